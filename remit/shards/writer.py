@@ -1,0 +1,201 @@
+"""Build shard tables from flat arrays and write them atomically.
+
+A shard is written to ``<name>.tmp``, flushed, read back and checked (schema, row count, list lengths,
+token checksum), and only then renamed into place. A crash at any point leaves either no shard or a
+complete one; a stray ``.tmp`` file is never read and is overwritten by the next attempt.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from remit.shards.checksum import file_sha256, token_checksum
+from remit.shards.schema import FLOAT_LIST_COLUMNS, SCHEMA
+from remit.shards.weights import group_ids
+
+#: Target uncompressed size of a row group. Big enough for efficient remote reads, small enough to stream.
+DEFAULT_ROW_GROUP_BYTES = 64 << 20
+#: Uncompressed bytes per token of the four token-level lists.
+_BYTES_PER_TOKEN = 16
+
+
+@dataclass
+class Rows:
+    """Many rows in flat form: row r's tokens are ``token_ids[offsets[r]:offsets[r+1]]``."""
+
+    sample_ids: np.ndarray  # int64 [R]
+    row_lengths: np.ndarray  # int64 [R]
+    token_ids: np.ndarray  # int32 [T]
+    logp_base: np.ndarray  # float32 [T], NaN at segment starts
+    logp_rl: np.ndarray  # float32 [T]
+    weight: np.ndarray  # float32 [T]
+    segment_starts: list[np.ndarray]  # per row, int32 in-row offsets, first is 0
+    segment_doc_ids: list[list[str]]
+    segment_doc_offsets: list[np.ndarray]  # per row, int64
+    sources: list[str]  # per row: the input file of the row's first segment
+
+    def __post_init__(self) -> None:
+        n_rows, n_tok = len(self.sample_ids), int(np.sum(self.row_lengths))
+        for name in ("token_ids", "logp_base", "logp_rl", "weight"):
+            if len(getattr(self, name)) != n_tok:
+                raise ValueError(f"{name} has {len(getattr(self, name))} values, the rows hold {n_tok} tokens")
+        for name in ("row_lengths", "segment_starts", "segment_doc_ids", "segment_doc_offsets", "sources"):
+            if len(getattr(self, name)) != n_rows:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries for {n_rows} rows")
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.row_lengths, dtype=np.int64)])
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What the manifest records about one shard."""
+
+    file: str
+    rows: int
+    tokens: int
+    first_sample_id: int
+    token_checksum: str
+    file_sha256: str
+    bytes: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _list_array(offsets: np.ndarray, values: pa.Array | np.ndarray, type_: pa.DataType) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=type_.value_type))
+
+
+def _nested(rows: list, type_: pa.DataType) -> pa.ListArray:
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    flat = [v for r in rows for v in r] if type_.value_type == pa.string() else (
+        np.concatenate(rows) if rows else np.zeros(0)
+    )
+    return _list_array(offsets, flat, type_)
+
+
+def build_table(rows: Rows, eps: float) -> pa.Table:
+    """The shard table for `rows`, with the per-row and per-segment summary columns filled in."""
+    n_rows = len(rows.sample_ids)
+    offsets = rows.offsets
+    row_of_tok = np.repeat(np.arange(n_rows), rows.row_lengths)
+    d = rows.logp_rl.astype(np.float64) - rows.logp_base.astype(np.float64)
+    scored = ~np.isnan(d)
+    w64 = rows.weight.astype(np.float64)
+
+    def per_row(values: np.ndarray) -> np.ndarray:
+        return np.bincount(row_of_tok[scored], weights=values[scored], minlength=n_rows)
+
+    n_scored = np.bincount(row_of_tok[scored], minlength=n_rows)
+    denom = np.maximum(n_scored, 1)
+    low, high = np.float32(1.0 - eps), np.float32(1.0 + eps)
+    mean_weight = np.where(n_scored > 0, per_row(w64) / denom, 1.0)
+    frac_low = per_row((rows.weight <= low).astype(np.float64)) / denom
+    frac_high = per_row((rows.weight >= high).astype(np.float64)) / denom
+    mean_d = np.where(n_scored > 0, per_row(np.nan_to_num(d)) / denom, 0.0)
+
+    seg = group_ids(rows.row_lengths, rows.segment_starts)
+    n_seg = np.array([len(s) for s in rows.segment_starts], dtype=np.int64)
+    seg_offsets = np.concatenate([[0], np.cumsum(n_seg)])
+    total_seg = int(seg_offsets[-1])
+    seg_scored = np.bincount(seg[scored], minlength=total_seg).astype(np.int32)
+    seg_sum_w = np.bincount(seg[scored], weights=w64[scored], minlength=total_seg)
+    seg_sum_d = np.bincount(seg[scored], weights=d[scored], minlength=total_seg)
+
+    arrays = {
+        "sample_id": pa.array(rows.sample_ids, pa.int64()),
+        "token_ids": _list_array(offsets, rows.token_ids.astype(np.int32), SCHEMA.field("token_ids").type),
+        "logp_base": _list_array(offsets, rows.logp_base.astype(np.float32), SCHEMA.field("logp_base").type),
+        "logp_rl": _list_array(offsets, rows.logp_rl.astype(np.float32), SCHEMA.field("logp_rl").type),
+        "weight": _list_array(offsets, rows.weight.astype(np.float32), SCHEMA.field("weight").type),
+        "segment_starts": _nested([np.asarray(s, np.int32) for s in rows.segment_starts], pa.list_(pa.int32())),
+        "segment_doc_ids": _nested(rows.segment_doc_ids, pa.list_(pa.string())),
+        "segment_doc_offsets": _nested(
+            [np.asarray(s, np.int64) for s in rows.segment_doc_offsets], pa.list_(pa.int64())
+        ),
+        "segment_n_scored": _list_array(seg_offsets, seg_scored, pa.list_(pa.int32())),
+        "segment_sum_weight": _list_array(seg_offsets, seg_sum_w, pa.list_(pa.float64())),
+        "segment_sum_discrepancy": _list_array(seg_offsets, seg_sum_d, pa.list_(pa.float64())),
+        "source": pa.array(rows.sources, pa.string()),
+        "n_tokens": pa.array(rows.row_lengths.astype(np.int32)),
+        "n_scored": pa.array(n_scored.astype(np.int32)),
+        "mean_weight": pa.array(mean_weight.astype(np.float32)),
+        "frac_at_low": pa.array(frac_low.astype(np.float32)),
+        "frac_at_high": pa.array(frac_high.astype(np.float32)),
+        "mean_discrepancy": pa.array(mean_d.astype(np.float32)),
+    }
+    return pa.Table.from_arrays([arrays[n] for n in SCHEMA.names], schema=SCHEMA)
+
+
+def rows_per_group(table: pa.Table, row_group_bytes: int) -> int:
+    tokens = int(pa.compute.sum(table.column("n_tokens")).as_py() or 0)
+    per_row = max(1, tokens * _BYTES_PER_TOKEN // max(1, table.num_rows))
+    return max(1, row_group_bytes // per_row)
+
+
+def write_table(table: pa.Table, path: str | Path, row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES) -> None:
+    """Write `table` (already in SCHEMA) to `path` with the project's Parquet settings; not atomic."""
+    pq.write_table(
+        table,
+        path,
+        row_group_size=rows_per_group(table, row_group_bytes),
+        compression="zstd",
+        compression_level=3,
+        # Dictionary encoding only where it pays (repeated strings); floats use BYTE_STREAM_SPLIT.
+        use_dictionary=["source", "segment_doc_ids.list.element"],
+        column_encoding={f"{c}.list.element": "BYTE_STREAM_SPLIT" for c in FLOAT_LIST_COLUMNS},
+        write_statistics=["sample_id", "n_tokens", "n_scored", "mean_weight", "source"],
+        store_schema=True,
+    )
+
+
+def write_shard(
+    table: pa.Table, path: str | Path, row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES
+) -> ShardInfo:
+    """Write `table` atomically to `path`, verified by a read-back before the rename."""
+    from remit.shards.reader import read_shard  # the reader imports this module's types
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    lengths = table.column("n_tokens").to_numpy().astype(np.int64)
+    tokens = pa.compute.list_flatten(table.column("token_ids")).to_numpy()
+    expected = token_checksum(lengths, tokens)
+    write_table(table, tmp, row_group_bytes)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    back = read_shard(tmp, expected_checksum=expected)
+    if back.num_rows != table.num_rows:
+        raise RuntimeError(f"{tmp}: read back {back.num_rows} rows, wrote {table.num_rows}")
+    info = ShardInfo(
+        file=path.name,
+        rows=table.num_rows,
+        tokens=int(lengths.sum()),
+        first_sample_id=int(table.column("sample_id")[0].as_py()) if table.num_rows else -1,
+        token_checksum=expected,
+        file_sha256=file_sha256(tmp),
+        bytes=tmp.stat().st_size,
+    )
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return info
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename in `path` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

