@@ -48,7 +48,7 @@ def make_output(
         lengths = np.array([len(r.tokens) for r in chunk], np.int64)
         tokens = np.concatenate([r.tokens for r in chunk])
         lb = (-rng.gamma(2.0, 1.5, len(tokens))).astype(np.float32)
-        lr = (lb + rng.normal(0.0, 0.4, len(tokens))).astype(np.float32)
+        lr = np.minimum(lb + rng.normal(0.0, 0.4, len(tokens)), 0.0).astype(np.float32)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         for r, off in zip(chunk, offsets):
             for s in r.segment_starts:

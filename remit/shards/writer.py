@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from remit.shards.checksum import file_sha256, token_checksum
+from remit.shards.faults import failpoint
 from remit.shards.schema import FLOAT_LIST_COLUMNS, SCHEMA
 from remit.shards.weights import group_ids
 
@@ -170,6 +171,7 @@ def write_shard(
     tokens = pa.compute.list_flatten(table.column("token_ids")).to_numpy()
     expected = token_checksum(lengths, tokens)
     write_table(table, tmp, row_group_bytes)
+    failpoint("shard-tmp-written")
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     back = read_shard(tmp, expected_checksum=expected)
