@@ -19,12 +19,13 @@ from pathlib import Path
 
 from remit import __version__
 
-SUBCOMMANDS = ("run", "plan", "finalize", "validate", "verify", "stats", "show")
+SUBCOMMANDS = ("run", "plan", "finalize", "launch", "validate", "verify", "stats", "show")
 _EPILOG = """commands:
   (none)     one shot: plan, score with both models, finalize (the flags above)
   run        score this worker's share of the units (same flags + --rank/--world-size)
   plan       only tokenize and pack the corpus into units (same flags)
   finalize   check all units and write manifest.json
+  launch     run N local worker processes, then finalize
   validate   re-read every shard and check it against the manifest
   verify     re-score a sample of rows with the hf engine and report the differences
   stats      weight statistics (DuckDB over the shards)
@@ -178,7 +179,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         p.add_argument("output", type=Path, help="annotation output folder")
     if command == "finalize":
         p.add_argument("--keep-work", action="store_true", help="keep _work/ after writing the manifest")
-    if command in ("verify", "stats", "show"):
+    if command in ("launch", "verify", "stats", "show"):
         import importlib
 
         importlib.import_module(f"remit.annotate.{command}").add_arguments(p)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from remit.annotate.engine import DTYPES, ENGINES, EngineSettings
@@ -53,7 +53,6 @@ class AnnotateConfig:
     plan_timeout_s: float = 6 * 3600
     """How long a worker of rank > 0 waits for rank 0 to finish planning."""
     progress_every_s: float = 10.0
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.base, self.rl, self.output = Path(self.base), Path(self.rl), Path(self.output)
