@@ -1,0 +1,101 @@
+"""The CPU compatibility layer for Megatron-Core: the only place that patches anything.
+
+Megatron-Core has no CPU path. To run tests and tiny demos on a machine without CUDA (with the gloo
+backend) it needs:
+
+1. ``torch.cuda.current_device()`` answering the CPU device: mcore places buffers (RoPE frequencies,
+   the global memory buffer, DDP grad buffers) on it.
+2. ``torch.cuda.synchronize()`` as a no-op: dist_checkpointing calls it around a save.
+3. Megatron's own no-op RNG tracker instead of ``model_parallel_cuda_manual_seed``, which calls
+   ``torch.cuda.manual_seed`` and fails without CUDA (see `seed_rng`).
+4. A torch function mode that redirects the ``device='cuda'`` tensors and ``.cuda()`` calls hard-coded
+   in mcore's optimizer, grad clipping and schedules to the CPU, and lets ``Tensor.type()`` answer
+   ``torch.cuda.*`` for the type checks in grad clipping.
+
+`apply()` does nothing when CUDA is available, so the same training code runs unchanged on GPUs with
+NCCL. Nothing outside this module knows about any of it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+_applied = False
+_mode: TorchFunctionMode | None = None
+
+
+def _is_cuda_device(device: object) -> bool:
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    return False
+
+
+class _CudaToCpu(TorchFunctionMode):
+    """Route tensors that mcore asks to create on CUDA to the CPU.
+
+    Kept minimal: it runs on every torch call, so it only inspects a ``device`` keyword and three
+    Tensor methods.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
+            args = (args[0], "cpu", *args[2:])
+        if "device" in kwargs and _is_cuda_device(kwargs["device"]):
+            kwargs["device"] = "cpu"
+        out = func(*args, **kwargs)
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs and isinstance(out, str):
+            # grad clipping asserts `grad.type() == 'torch.cuda.FloatTensor'`.
+            return out.replace("torch.", "torch.cuda.", 1) if not out.startswith("torch.cuda.") else out
+        return out
+
+
+def cuda_absent() -> bool:
+    return not torch.cuda.is_available()
+
+
+def apply() -> bool:
+    """Install the layer if CUDA is absent; return whether it is active. Safe to call repeatedly."""
+    global _applied, _mode
+    if not cuda_absent():
+        return False
+    if _applied:
+        return True
+    torch.cuda.current_device = lambda: torch.device("cpu")  # type: ignore[assignment]
+    torch.cuda.synchronize = lambda *args, **kwargs: None  # type: ignore[assignment]
+    _mode = _CudaToCpu()
+    # Entered for the life of the process: mcore creates CUDA tensors in optimizer construction, in
+    # every schedule call and in every optimizer step.
+    _mode.__enter__()
+    _applied = True
+    return True
+
+
+def seed_rng(seed: int) -> None:
+    """Seed torch and Megatron's tensor-parallel RNG tracker.
+
+    On CUDA this is mcore's own ``model_parallel_cuda_manual_seed``. On the CPU it installs mcore's
+    no-op tracker: dropout then draws from the CPU generator seeded here.
+    """
+    from megatron.core import tensor_parallel
+    from megatron.core.tensor_parallel.random import initialize_rng_tracker
+
+    torch.manual_seed(seed)
+    if cuda_absent():
+        initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
+    else:
+        tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def backend() -> str:
+    """The torch.distributed backend for this machine."""
+    return "gloo" if cuda_absent() else "nccl"
+
+
+def device() -> torch.device:
+    return torch.device("cpu") if cuda_absent() else torch.device("cuda", torch.cuda.current_device())
