@@ -1,0 +1,215 @@
+"""The `hf` engine: a plain transformers forward pass, the reference the `vllm` engine is checked against.
+
+Prompts are batched by a token budget (longest first, padded on the right), the decoder body runs once
+per batch, and the observed tokens' log-probs are taken chunk by chunk over positions: lm_head, a
+float32 log-softmax and a gather for at most a bounded number of positions at a time, so no
+[tokens x vocab] float32 tensor is ever built for a whole batch. Results come back in input order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from remit.annotate.engine import EngineSettings
+
+#: Padded tokens per forward pass when `settings.max_batch_tokens` is 0. On the CPU 8k tokens keep both
+#: cores busy (larger batches were no faster); on a GPU the body's activations stay small at 32k.
+CPU_BATCH_TOKENS = 8192
+GPU_BATCH_TOKENS = 32768
+
+#: Bytes allowed for one chunk of [positions x vocab] logits (model dtype) plus their float32 log-softmax.
+CPU_LOGIT_CHUNK_BYTES = 256 << 20
+GPU_LOGIT_CHUNK_BYTES = 1 << 30
+
+_TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def logit_chunk_positions(vocab_size: int, chunk_bytes: int) -> int:
+    """Positions per lm_head chunk so that logits (<= 4 B) plus the fp32 log-softmax (4 B) fit `chunk_bytes`."""
+    return max(1, chunk_bytes // (8 * max(1, vocab_size)))
+
+
+def token_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Group prompt indices, longest first, so that each group's padded size (count x longest) <= budget.
+
+    A prompt longer than the budget forms a group of its own. Sorting keeps padding small.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # Sorted longest first, so the group's first prompt sets its padded width.
+        width = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) + 1) * width > budget:
+            groups.append(current)
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def check_model_dir(model_dir: str | Path) -> Path:
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path}: not a model folder (no config.json). Pass the folder written by save_pretrained, "
+            "holding config.json and the weight files."
+        )
+    return path
+
+
+def as_prompts(prompts: Sequence[Any], vocab_size: int, max_len: int, model_dir: Path) -> list[np.ndarray]:
+    """Validate prompts as 1-D integer token-id arrays inside the vocabulary and the length limit."""
+    out = []
+    for i, p in enumerate(prompts):
+        a = np.asarray(p)
+        if a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer)):
+            raise ValueError(f"prompt {i}: expected a 1-D array of integer token ids, got shape {a.shape} {a.dtype}")
+        a = a.astype(np.int64, copy=False)
+        if a.size and (a.min() < 0 or a.max() >= vocab_size):
+            bad = int(a[(a < 0) | (a >= vocab_size)][0])
+            raise ValueError(
+                f"prompt {i}: token id {bad} is outside the "
+                f"vocabulary of {model_dir} (size {vocab_size}); the corpus was tokenized with another tokenizer."
+            )
+        if a.size > max_len:
+            raise ValueError(
+                f"prompt {i} has {a.size} tokens, more than max_model_len = {max_len}; raise max_model_len "
+                "(seq_len + 1) or cut the prompt."
+            )
+        out.append(a)
+    return out
+
+
+class HfScorer:
+    """One causal LM loaded with transformers, scoring token-id prompts (see `remit.annotate.engine`)."""
+
+    def __init__(self, model_dir: str | Path, settings: EngineSettings) -> None:
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM
+
+        self.model_dir = check_model_dir(model_dir)
+        self.settings = settings
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                self.model_dir, dtype=getattr(torch, _TORCH_DTYPES[settings.dtype])
+            )
+        except Exception as e:
+            raise RuntimeError(
+                f"{self.model_dir}: transformers could not load the model ({type(e).__name__}: {e}). "
+                "Check that the folder holds a causal LM saved with save_pretrained."
+            ) from e
+        self.model = model.to(self.device).eval()
+        self.body = self.model.base_model
+        self.lm_head = self.model.get_output_embeddings()
+        config = self.model.config
+        self.vocab_size = int(self.lm_head.weight.shape[0])
+        # Models that post-process lm_head's output in their forward (Cohere scales, Gemma 2 soft-caps):
+        # the chunked path must do the same to give the model's own distribution.
+        self.logit_scale = getattr(config, "logit_scale", None)
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+        gpu = self.device.type == "cuda"
+        self.batch_tokens = settings.max_batch_tokens or (GPU_BATCH_TOKENS if gpu else CPU_BATCH_TOKENS)
+        self.chunk_positions = logit_chunk_positions(
+            self.vocab_size, GPU_LOGIT_CHUNK_BYTES if gpu else CPU_LOGIT_CHUNK_BYTES
+        )
+        self.version = transformers.__version__
+
+    # -- scoring -------------------------------------------------------------------------------------
+
+    def score(self, prompts: Sequence[np.ndarray]) -> list[np.ndarray]:
+        arrays = as_prompts(prompts, self.vocab_size, self.settings.max_model_len, self.model_dir)
+        out: list[np.ndarray | None] = [None] * len(arrays)
+        todo = []
+        for i, a in enumerate(arrays):
+            if a.size < 2:  # nothing to predict: position 0 has no context
+                out[i] = np.full(a.size, np.nan, np.float32)
+            else:
+                todo.append(i)
+        lengths = [arrays[i].size for i in todo]
+        for group in token_batches(lengths, self.batch_tokens):
+            idx = [todo[g] for g in group]
+            for i, lp in zip(idx, self._score_batch([arrays[i] for i in idx])):
+                out[i] = lp
+        return out  # type: ignore[return-value]
+
+    def _score_batch(self, batch: list[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        lengths = np.array([a.size for a in batch])
+        width = int(lengths.max())
+        ids = np.zeros((len(batch), width), np.int64)
+        for r, a in enumerate(batch):
+            ids[r, : a.size] = a
+        input_ids = torch.from_numpy(ids).to(self.device)
+        # Right padding leaves every real token's causal context unchanged; the mask is passed only when
+        # there is padding, so that equal-length batches keep the faster maskless attention path.
+        mask = None
+        if (lengths != width).any():
+            mask = torch.from_numpy(np.arange(width)[None, :] < lengths[:, None]).to(self.device, torch.long)
+        with torch.no_grad():
+            hidden = self.body(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
+            # Position t predicts token t+1: keep positions 0..n-2 of each prompt, in row-major order.
+            valid = torch.from_numpy(np.arange(width - 1)[None, :] < (lengths - 1)[:, None]).to(self.device)
+            h = hidden[:, :-1][valid]
+            targets = input_ids[:, 1:][valid]
+            del hidden
+            flat = torch.empty(h.shape[0], dtype=torch.float32, device=self.device)
+            for start in range(0, h.shape[0], self.chunk_positions):
+                stop = min(start + self.chunk_positions, h.shape[0])
+                flat[start:stop] = self._target_logprobs(h[start:stop], targets[start:stop])
+        flat_np = flat.cpu().numpy()
+        result = []
+        offset = 0
+        for n in lengths:
+            lp = np.empty(n, np.float32)
+            lp[0] = np.nan
+            lp[1:] = flat_np[offset : offset + n - 1]
+            offset += n - 1
+            result.append(lp)
+        return result
+
+    def _target_logprobs(self, h: Any, targets: Any) -> Any:
+        import torch
+
+        logits = self.lm_head(h)
+        if self.logit_scale is not None:
+            logits = logits * self.logit_scale
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return logp.gather(-1, targets[:, None]).squeeze(-1)
+
+    # -- bookkeeping ---------------------------------------------------------------------------------
+
+    def describe(self) -> dict:
+        return {
+            "name": "hf",
+            "version": self.version,
+            "dtype": self.settings.dtype,
+            "settings": {
+                "device": self.device.type,
+                "max_model_len": self.settings.max_model_len,
+                "batch_tokens": self.batch_tokens,
+                "logit_chunk_positions": self.chunk_positions,
+                "seed": self.settings.seed,
+            },
+        }
+
+    def close(self) -> None:
+        import gc
+
+        import torch
+
+        for name in ("model", "body", "lm_head"):
+            if hasattr(self, name):
+                delattr(self, name)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
