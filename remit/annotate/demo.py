@@ -92,3 +92,20 @@ def make_model_pair(out_dir: str | Path, *, vocab_size: int = 1024, seed: int = 
     model.save_pretrained(rl_dir)
     tokenizer.save_pretrained(rl_dir)
     return base_dir, rl_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m remit.annotate.demo",
+                                description="Write the demo's tiny base/RL model pair (no download).")
+    p.add_argument("--out", type=Path, required=True, help="folder to write base/ and rl/ into")
+    p.add_argument("--seed", type=int, default=1, help="model seed (default 1)")
+    args = p.parse_args(argv)
+    base, rl = make_model_pair(args.out, seed=args.seed)
+    print(f"base model: {base}\nRL model:   {rl}\nsample corpus: {sample_corpus_path()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
