@@ -1,0 +1,254 @@
+"""`remit-annotate verify OUTPUT`: re-score a sample of rows with the `hf` engine and report the error.
+
+The stored log-probs came from a fast engine (vLLM by default); this re-scores a seeded sample of rows
+with an independent transformers forward pass, using the model folders and dtype recorded in the
+manifest, and reports the distribution of |stored - recomputed| for both log-probs and for the weight
+recomputed from them with the manifest's eps and centring. Each segment of a row is its own prompt, as
+when the output was made. The exit status is non-zero when the largest difference exceeds the tolerance
+or when the two disagree on which positions have no log-prob.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_ROWS = 64
+#: fp32 engines agree to ~1e-5 on log-probs; 1e-3 leaves room for long sequences and peaked models.
+DEFAULT_TOLERANCE = 1e-3
+COLUMNS = ["sample_id", "token_ids", "logp_base", "logp_rl", "weight", "segment_starts"]
+
+
+@dataclass(frozen=True)
+class ErrorStats:
+    """Distribution of |stored - recomputed| over the positions where both have a value."""
+
+    count: int
+    mean: float
+    p50: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, stored: np.ndarray, recomputed: np.ndarray) -> "ErrorStats":
+        both = ~(np.isnan(stored) | np.isnan(recomputed))
+        d = np.abs(stored[both].astype(np.float64) - recomputed[both].astype(np.float64))
+        if d.size == 0:
+            return cls(0, 0.0, 0.0, 0.0, 0.0)
+        p50, p99 = np.percentile(d, [50, 99])
+        return cls(int(d.size), float(d.mean()), float(p50), float(p99), float(d.max()))
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    rows: int
+    sample_ids: list[int]
+    tokens: int
+    dtype: str
+    tolerance: float
+    nan_mismatches: int
+    """Positions where exactly one of stored and recomputed log-probs is NaN (should be 0)."""
+    logp_base: ErrorStats
+    logp_rl: ErrorStats
+    weight: ErrorStats
+
+    @property
+    def max_error(self) -> float:
+        return max(self.logp_base.max, self.logp_rl.max, self.weight.max)
+
+    @property
+    def passed(self) -> bool:
+        return self.nan_mismatches == 0 and self.max_error <= self.tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(max_error=self.max_error, passed=self.passed)
+        return d
+
+
+def sample_rows(shard_rows: list[int], n: int, seed: int) -> list[tuple[int, int]]:
+    """(shard index, row inside the shard) of `n` distinct rows drawn with `seed`, in output order."""
+    total = int(sum(shard_rows))
+    n = min(n, total)
+    picks = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+    starts = np.concatenate([[0], np.cumsum(shard_rows)])
+    shard = np.searchsorted(starts, picks, side="right") - 1
+    return [(int(s), int(p - starts[s])) for s, p in zip(shard, picks)]
+
+
+def model_path(manifest_data: dict, role: str, override: str | Path | None) -> Path:
+    if override is not None:
+        path = Path(override)
+    else:
+        try:
+            path = Path(manifest_data["models"][role]["path"])
+        except (KeyError, TypeError):
+            raise ValueError(f"the manifest records no {role} model path; pass --{role} DIR") from None
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{role} model folder {path} (recorded in the manifest) is missing or holds no config.json; "
+            f"pass --{role} DIR pointing at the same checkpoint."
+        )
+    return path
+
+
+def score_segments(model_dir: Path, prompts: list[np.ndarray], settings: Any, label: str) -> list[np.ndarray]:
+    from remit.annotate.engine import open_scorer
+
+    start = time.perf_counter()
+    scorer = open_scorer("hf", model_dir, settings)
+    try:
+        scores = scorer.score(prompts)
+    finally:
+        scorer.close()
+    tokens = sum(len(p) for p in prompts)
+    elapsed = time.perf_counter() - start
+    print(f"verify: {label}: {len(prompts)} segments, {tokens} tokens in {elapsed:.1f} s "
+          f"({tokens / max(elapsed, 1e-9):,.0f} tok/s)", file=sys.stderr)
+    return scores
+
+
+def verify_output(
+    output: str | Path,
+    *,
+    rows: int = DEFAULT_ROWS,
+    seed: int = 0,
+    tolerance: float = DEFAULT_TOLERANCE,
+    dtype: str | None = None,
+    base: str | Path | None = None,
+    rl: str | Path | None = None,
+    max_batch_tokens: int = 0,
+) -> VerifyReport:
+    """Re-score `rows` sampled rows of a finished output with the hf engine and compare."""
+    from remit.annotate.engine import EngineSettings
+    from remit.shards import open_output, remit_weights
+
+    out = open_output(output)
+    m = out.manifest
+    base_dir = model_path(m.data, "base", base)
+    rl_dir = model_path(m.data, "rl", rl)
+    dtype = dtype or m.data.get("engine", {}).get("dtype", "float32")
+
+    picks = sample_rows([int(s["rows"]) for s in m.shards], rows, seed)
+    tables = []
+    for shard in sorted({s for s, _ in picks}):
+        table = out.read(shard, columns=COLUMNS)  # checks the token checksum against the manifest
+        tables.append(table.take([r for s, r in picks if s == shard]))
+
+    sample_ids: list[int] = []
+    lengths: list[int] = []
+    starts: list[np.ndarray] = []
+    prompts: list[np.ndarray] = []
+    stored = {name: [] for name in ("logp_base", "logp_rl", "weight")}
+    for table in tables:
+        cols = {name: table.column(name).to_pylist() for name in ("sample_id", "token_ids", "segment_starts")}
+        for name in stored:
+            stored[name].extend(np.asarray(v, np.float32) for v in table.column(name).to_pylist())
+        for sid, toks, seg in zip(cols["sample_id"], cols["token_ids"], cols["segment_starts"]):
+            toks = np.asarray(toks, np.int32)
+            bounds = [*seg, len(toks)]
+            prompts.extend(toks[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
+            sample_ids.append(int(sid))
+            lengths.append(len(toks))
+            starts.append(np.asarray(seg, np.int32))
+
+    longest = max((len(p) for p in prompts), default=2)
+    settings = EngineSettings(dtype=dtype, max_model_len=max(2, longest), max_batch_tokens=max_batch_tokens)
+    # Segments are concatenated back in row order, so the flat arrays line up with the stored ones.
+    new_base = np.concatenate(score_segments(base_dir, prompts, settings, "base") or [np.zeros(0, np.float32)])
+    new_rl = np.concatenate(score_segments(rl_dir, prompts, settings, "rl") or [np.zeros(0, np.float32)])
+    flat = {name: np.concatenate(v) if v else np.zeros(0, np.float32) for name, v in stored.items()}
+    row_lengths = np.asarray(lengths, np.int64)
+    new_weight = remit_weights(new_rl, new_base, row_lengths, starts, eps=m.eps, center=m.center)  # type: ignore[arg-type]
+
+    nan_mismatches = int(
+        np.sum(np.isnan(flat["logp_base"]) != np.isnan(new_base)) + np.sum(np.isnan(flat["logp_rl"]) != np.isnan(new_rl))
+    )
+    return VerifyReport(
+        rows=len(sample_ids),
+        sample_ids=sample_ids,
+        tokens=int(row_lengths.sum()),
+        dtype=dtype,
+        tolerance=tolerance,
+        nan_mismatches=nan_mismatches,
+        logp_base=ErrorStats.of(flat["logp_base"], new_base),
+        logp_rl=ErrorStats.of(flat["logp_rl"], new_rl),
+        weight=ErrorStats.of(flat["weight"], new_weight),
+    )
+
+
+def format_report(report: VerifyReport) -> str:
+    lines = [
+        f"verified {report.rows} rows, {report.tokens} tokens, re-scored with the hf engine in {report.dtype}",
+        f"{'|stored - recomputed|':<22}{'count':>10}{'mean':>11}{'p50':>11}{'p99':>11}{'max':>11}",
+    ]
+    for name in ("logp_base", "logp_rl", "weight"):
+        s: ErrorStats = getattr(report, name)
+        lines.append(f"{name:<22}{s.count:>10}{s.mean:>11.2e}{s.p50:>11.2e}{s.p99:>11.2e}{s.max:>11.2e}")
+    if report.nan_mismatches:
+        lines.append(f"{report.nan_mismatches} positions are NaN in one of stored/recomputed but not the other: "
+                     "the segment boundaries or the first-token convention do not match")
+    verdict = "OK" if report.passed else "FAILED"
+    lines.append(f"{verdict}: max difference {report.max_error:.2e} (tolerance {report.tolerance:.0e})")
+    if not report.passed and report.max_error > report.tolerance:
+        lines.append("A large difference means the output was scored with another model, dtype or engine "
+                     "setting than the manifest says, or that the engine is wrong; a bf16 run needs a larger "
+                     "--tolerance (~0.2) or --dtype float32 to measure its error.")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output", metavar="OUTPUT", help="a finished annotation output folder (with manifest.json)")
+    # -- sample
+    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS,
+                        help=f"rows to re-score, drawn at random (default {DEFAULT_ROWS}; more than the output "
+                             "holds = all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the row sample (default 0)")
+    # -- pass / fail
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help=f"largest allowed |stored - recomputed|, in nats for log-probs (default "
+                             f"{DEFAULT_TOLERANCE:g}, for fp32 outputs)")
+    # -- models and engine
+    parser.add_argument("--base", default=None, help="base model folder (default: the path in the manifest)")
+    parser.add_argument("--rl", default=None, help="RL model folder (default: the path in the manifest)")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                        help="dtype of the re-scoring (default: the dtype the output was scored in)")
+    parser.add_argument("--max-batch-tokens", type=int, default=0,
+                        help="padded tokens per forward pass of the hf engine (default 0 = automatic)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    """0 when every difference is within the tolerance, 1 when not, 2 when the check could not run."""
+    from remit.shards import ShardError
+
+    if args.rows < 1:
+        print("verify: --rows must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        report = verify_output(
+            args.output, rows=args.rows, seed=args.seed, tolerance=args.tolerance, dtype=args.dtype,
+            base=args.base, rl=args.rl, max_batch_tokens=args.max_batch_tokens,
+        )
+    except (ShardError, FileNotFoundError, ValueError, ImportError) as e:
+        print(f"verify: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 0 if report.passed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="remit-annotate verify", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

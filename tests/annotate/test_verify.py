@@ -1,0 +1,148 @@
+"""`remit-annotate verify`: re-scoring a sample with the hf engine finds what was stored, and flags drift."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from remit import __version__
+from remit.annotate.engine import EngineSettings
+from remit.annotate.engine_hf import HfScorer
+from remit.annotate.packing import Document, pack
+from remit.annotate.verify import add_arguments, run, sample_rows, verify_output
+from remit.shards import Rows, build_table, remit_weights, write_json_atomic, write_shard
+from remit.shards.manifest import MANIFEST_NAME, assemble_manifest
+from remit.shards.weights import RULE
+
+SEQ_LEN = 48
+
+
+def score_rows(scorer: HfScorer, rows: list) -> np.ndarray:
+    prompts = [r.tokens[a:b] for r in rows for a, b in r.segments()]
+    return np.concatenate(scorer.score(prompts))
+
+
+def build_scored_output(root: Path, model_pair: tuple[Path, Path], *, rl_shift: float = 0.0,
+                        center: str = "row", eps: float = 0.2) -> Path:
+    """A small real output: documents packed, each segment scored by both models with the hf engine.
+
+    `rl_shift` is added to the stored logp_rl of every tenth scored token, standing in for an output
+    scored with a different model or setting than its manifest says.
+    """
+    base_dir, rl_dir = model_pair
+    settings = EngineSettings(max_model_len=SEQ_LEN + 1)
+    rng = np.random.default_rng(5)
+    scorer = HfScorer(base_dir, settings)
+    vocab = scorer.vocab_size
+    docs = []
+    for i in range(12):
+        toks = rng.integers(3, vocab, int(rng.integers(1, 90))).astype(np.int32)
+        toks[-1] = 2
+        docs.append(Document(doc_id=f"doc-{i}", source="test.jsonl", tokens=toks))
+    rows = list(pack(docs, SEQ_LEN))
+    lb = score_rows(scorer, rows)
+    scorer.close()
+    lr = score_rows(HfScorer(rl_dir, settings), rows)
+    lr[::10] += rl_shift
+    lengths = np.array([len(r.tokens) for r in rows], np.int64)
+    starts = [np.array(r.segment_starts, np.int32) for r in rows]
+    batch = Rows(
+        sample_ids=np.arange(len(rows), dtype=np.int64),
+        row_lengths=lengths,
+        token_ids=np.concatenate([r.tokens for r in rows]),
+        logp_base=lb,
+        logp_rl=lr,
+        weight=remit_weights(lr, lb, lengths, starts, eps=eps, center=center),
+        segment_starts=starts,
+        segment_doc_ids=[r.segment_doc_ids for r in rows],
+        segment_doc_offsets=[np.array(r.segment_doc_offsets, np.int64) for r in rows],
+        sources=[r.source for r in rows],
+    )
+    # Two shards, so that sampling crosses a shard boundary.
+    half = len(rows) // 2
+    shards = []
+    for k, (a, b) in enumerate(((0, half), (half, len(rows)))):
+        off = batch.offsets
+        part = Rows(
+            sample_ids=batch.sample_ids[a:b], row_lengths=lengths[a:b],
+            token_ids=batch.token_ids[off[a]:off[b]], logp_base=lb[off[a]:off[b]], logp_rl=lr[off[a]:off[b]],
+            weight=batch.weight[off[a]:off[b]], segment_starts=starts[a:b],
+            segment_doc_ids=batch.segment_doc_ids[a:b], segment_doc_offsets=batch.segment_doc_offsets[a:b],
+            sources=batch.sources[a:b],
+        )
+        shards.append(write_shard(build_table(part, eps), root / f"shard-{k:05d}.parquet").to_dict())
+    model = {"weights_sha256": "sha256:test", "architecture": "LlamaForCausalLM"}
+    run_info = {
+        "run_id": "verify-test",
+        "remit_version": __version__,
+        "config": {},
+        "models": {"base": {"path": str(base_dir), **model}, "rl": {"path": str(rl_dir), **model}},
+        "tokenizer": {"sha256": "sha256:test", "vocab_size": vocab, "bos_id": 1, "eos_id": 2,
+                      "add_bos": False, "add_eos": True, "path": str(base_dir)},
+        "engine": {"name": "hf", "version": "test", "dtype": "float32", "settings": {}},
+        "packing": {"seq_len": SEQ_LEN, "row_tokens": SEQ_LEN + 1, "first_token_logp": "nan"},
+        "weights": {"eps": eps, "center": center, "rule": RULE},
+        "input": {"documents": len(docs), "skipped": {}, "last_row_tokens": int(lengths[-1])},
+    }
+    write_json_atomic(root / MANIFEST_NAME, assemble_manifest(run_info, shards))
+    return root
+
+
+@pytest.fixture(scope="module")
+def good_output(tmp_path_factory, model_pair) -> Path:
+    return build_scored_output(tmp_path_factory.mktemp("good"), model_pair, center="segment")
+
+
+@pytest.fixture(scope="module")
+def drifted_output(tmp_path_factory, model_pair) -> Path:
+    return build_scored_output(tmp_path_factory.mktemp("drift"), model_pair, rl_shift=0.01)
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def test_sample_rows_is_seeded_distinct_and_maps_to_shards():
+    picks = sample_rows([3, 0, 5], n=6, seed=1)
+    assert picks == sample_rows([3, 0, 5], n=6, seed=1)
+    assert len(set(picks)) == 6
+    assert all((s == 0 and r < 3) or (s == 2 and r < 5) for s, r in picks)
+    assert len(sample_rows([3, 0, 5], n=100, seed=0)) == 8  # more than there are: all rows
+
+
+def test_verify_finds_the_stored_scores(good_output):
+    report = verify_output(good_output, rows=1000)
+    assert report.passed, report
+    assert report.nan_mismatches == 0
+    assert report.rows == len(report.sample_ids) and report.tokens > report.logp_base.count
+    assert report.logp_base.max < 1e-4 and report.logp_rl.max < 1e-4 and report.weight.max < 1e-4
+    assert report.sample_ids == sorted(set(report.sample_ids))
+
+
+def test_verify_flags_drift(drifted_output):
+    report = verify_output(drifted_output, rows=1000)
+    assert not report.passed
+    assert report.logp_rl.max == pytest.approx(0.01, abs=1e-4)
+    assert report.logp_base.max < 1e-4
+    assert report.weight.max > 1e-3  # the shifted log-probs moved the weights
+
+
+def test_verify_cli_exit_status_and_json(good_output, drifted_output, capsys):
+    assert cli([str(good_output), "--rows", "4", "--seed", "3"]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert cli([str(drifted_output), "--rows", "1000", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] is False and report["logp_rl"]["max"] > 1e-3
+    assert cli([str(drifted_output), "--rows", "1000", "--tolerance", "0.05"]) == 0
+
+
+def test_verify_missing_model_or_output(good_output, tmp_path, capsys):
+    assert cli([str(good_output), "--base", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert cli([str(tmp_path / "no-output")]) == 2
