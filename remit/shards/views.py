@@ -1,0 +1,165 @@
+"""The canned DuckDB views over an output folder (the SQL lives in ``remit/shards/sql/*.sql``).
+
+The SQL files run unchanged in the plain ``duckdb`` shell and from Python. Both name the output folder
+the same way, with a DuckDB variable the views read each time they are queried::
+
+    SET VARIABLE remit_output = '/abs/path/to/output';
+
+then the files in name order. ``python -m remit.shards.views OUTPUT`` prints that whole script, ready
+for ``duckdb -init``; `connect` does the same for Python. DuckDB itself is imported inside the
+functions that need it, so ``import remit.shards`` never loads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from remit.shards.manifest import ShardError, read_manifest
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import duckdb
+
+SQL_DIR = Path(__file__).parent / "sql"
+#: The DuckDB variable that holds the output folder.
+OUTPUT_VARIABLE = "remit_output"
+#: Optional knobs the views read (with their defaults in the SQL): histogram bins, top-list length and
+#: the minimum count of a token id in the top lists.
+KNOBS = ("remit_bins", "remit_top_k", "remit_min_count")
+_VIEW_RE = re.compile(r"^CREATE OR REPLACE VIEW (\w+)", re.MULTILINE)
+
+
+def sql_files() -> list[Path]:
+    """The shipped SQL files, in the order they must run."""
+    files = sorted(SQL_DIR.glob("*.sql"))
+    if not files:
+        raise FileNotFoundError(f"{SQL_DIR}: no SQL files; the remit installation is incomplete (reinstall it)")
+    return files
+
+
+def view_names() -> list[str]:
+    """Every view the SQL files create, in creation order."""
+    return [name for f in sql_files() for name in _VIEW_RE.findall(f.read_text())]
+
+
+def sql_literal(value: str) -> str:
+    """`value` as a SQL string literal (single quotes doubled)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def check_output(root: str | Path) -> Path:
+    """The absolute output folder, after checking that the views will read exactly its shards.
+
+    Raises ShardError when the folder or its manifest is missing, when a shard the manifest lists is
+    absent, or when a top-level ``*.parquet`` file is not in the manifest (the views' glob would read it).
+    """
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise ShardError(f"{root}: no such output folder. Pass the folder that holds manifest.json and the shards.")
+    manifest = read_manifest(root)  # its error names the fix (finish or finalize the run)
+    if any(ch in str(root) for ch in "*?[]{}"):
+        raise ShardError(
+            f"{root}: the path contains a glob character, which DuckDB's read_parquet would expand; "
+            "rename or symlink the folder to a plain path."
+        )
+    listed = {s["file"] for s in manifest.shards}
+    present = {p.name for p in root.glob("*.parquet")}
+    if missing := sorted(listed - present):
+        raise ShardError(
+            f"{root}: {len(missing)} shard(s) listed in manifest.json are missing (first: {missing[0]}); "
+            "re-run the annotation to restore them."
+        )
+    if extra := sorted(present - listed):
+        raise ShardError(
+            f"{root}: {len(extra)} top-level .parquet file(s) are not in manifest.json (first: {extra[0]}); "
+            "the views read every top-level *.parquet file, so move them out of the folder."
+        )
+    if not listed:
+        raise ShardError(f"{root}: the manifest lists no shards; there is nothing to inspect.")
+    return root
+
+
+def setup_sql(root: str | Path, knobs: dict[str, Any] | None = None) -> str:
+    """The SET VARIABLE statements that point the views at `root` (and set any `knobs`)."""
+    lines = [f"SET VARIABLE {OUTPUT_VARIABLE} = {sql_literal(str(root))};"]
+    for name, value in (knobs or {}).items():
+        if name not in KNOBS:
+            raise ValueError(f"unknown view setting {name!r}; known: {', '.join(KNOBS)}")
+        if value is not None:
+            lines.append(f"SET VARIABLE {name} = {int(value)};")
+    return "\n".join(lines) + "\n"
+
+
+def script(root: str | Path, knobs: dict[str, Any] | None = None) -> str:
+    """A complete script for the duckdb shell: the variables, then every SQL file."""
+    root = check_output(root)
+    parts = [f"-- remit views over {root}\n", setup_sql(root, knobs)]
+    parts += [f"\n-- {f.name}\n{f.read_text()}" for f in sql_files()]
+    return "".join(parts)
+
+
+def create_views(con: "duckdb.DuckDBPyConnection", root: str | Path, knobs: dict[str, Any] | None = None) -> None:
+    """Point `con` at the output folder `root` and create every view in it."""
+    root = check_output(root)
+    con.execute(setup_sql(root, knobs))
+    for f in sql_files():
+        con.execute(f.read_text())
+
+
+def connect(
+    root: str | Path,
+    *,
+    memory_limit: str | None = None,
+    threads: int | None = None,
+    temp_directory: str | Path | None = None,
+    knobs: dict[str, Any] | None = None,
+) -> "duckdb.DuckDBPyConnection":
+    """An in-memory DuckDB connection with the views over `root` created.
+
+    `memory_limit` (e.g. ``"512MB"``) caps DuckDB's buffer memory; the views stream, and the one
+    aggregate whose groups grow with the output (per document) spills to `temp_directory`.
+    """
+    try:
+        import duckdb
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("the views need DuckDB: pip install 'remit[inspect]' (or pip install duckdb)") from e
+    root = check_output(root)  # before connecting, so a bad folder fails with the folder's message
+    config: dict[str, Any] = {}
+    if memory_limit is not None:
+        config["memory_limit"] = memory_limit
+    if threads is not None:
+        config["threads"] = int(threads)
+    if temp_directory is not None:
+        config["temp_directory"] = str(temp_directory)
+    con = duckdb.connect(":memory:", config=config)
+    create_views(con, root, knobs)
+    return con
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m remit.shards.views",
+        description="Print a duckdb shell script that creates the remit views over OUTPUT "
+        "(use: python -m remit.shards.views OUTPUT > remit.sql; duckdb -init remit.sql).",
+    )
+    parser.add_argument("output", nargs="?", help="annotation output folder (holds manifest.json and the shards)")
+    parser.add_argument("--sql-dir", action="store_true", help="print the folder of the shipped .sql files instead")
+    args = parser.parse_args(argv)
+    if args.sql_dir:
+        print(SQL_DIR)
+        return 0
+    if args.output is None:
+        parser.error("give the OUTPUT folder (or --sql-dir)")
+    try:
+        sys.stdout.write(script(args.output))
+    except ShardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
