@@ -23,6 +23,7 @@ from torch.overrides import TorchFunctionMode
 
 _applied = False
 _mode: TorchFunctionMode | None = None
+_saved: dict[str, object] = {}
 
 
 def _is_cuda_device(device: object) -> bool:
@@ -66,6 +67,7 @@ def apply() -> bool:
         return False
     if _applied:
         return True
+    _saved.update(current_device=torch.cuda.current_device, synchronize=torch.cuda.synchronize)
     torch.cuda.current_device = lambda: torch.device("cpu")  # type: ignore[assignment]
     torch.cuda.synchronize = lambda *args, **kwargs: None  # type: ignore[assignment]
     _mode = _CudaToCpu()
@@ -74,6 +76,18 @@ def apply() -> bool:
     _mode.__enter__()
     _applied = True
     return True
+
+
+def remove() -> None:
+    """Undo `apply()` (for tests that share a process with code that must not see the layer)."""
+    global _applied, _mode
+    if not _applied:
+        return
+    if _mode is not None:
+        _mode.__exit__(None, None, None)
+    torch.cuda.current_device = _saved["current_device"]  # type: ignore[assignment]
+    torch.cuda.synchronize = _saved["synchronize"]  # type: ignore[assignment]
+    _applied, _mode = False, None
 
 
 def seed_rng(seed: int) -> None:

@@ -64,13 +64,14 @@ class SampleOrder:
 
 
 def rank_sample_ids(
-    order: SampleOrder, step: int, global_batch: int, dp_rank: int, dp_size: int
+    order: SampleOrder, consumed_samples: int, global_batch: int, dp_rank: int, dp_size: int
 ) -> np.ndarray:
-    """The sample ids data-parallel rank `dp_rank` trains on at optimizer step `step` (0-based)."""
+    """The sample ids data-parallel rank `dp_rank` trains on in the global batch that starts after
+    `consumed_samples` samples (step k of a run with a fixed batch starts at k * global_batch)."""
     if global_batch % dp_size:
         raise ValueError(f"global batch {global_batch} is not divisible by data-parallel size {dp_size}")
     per_rank = global_batch // dp_size
-    start = step * global_batch + dp_rank * per_rank
+    start = consumed_samples + dp_rank * per_rank
     return order.ids(start, start + per_rank)
 
 
@@ -82,21 +83,21 @@ def micro_batches(
     micro_batch: int,
     dp_rank: int,
     dp_size: int,
-    start_step: int = 0,
+    consumed_samples: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Endless micro-batches for one rank, starting at optimizer step `start_step`.
+    """Endless micro-batches for one rank, starting after `consumed_samples` samples.
 
-    Each optimizer step yields ``global_batch / (micro_batch * dp_size)`` micro-batches; a resumed run
-    passes ``start_step = consumed_samples / global_batch``.
+    Each optimizer step yields ``global_batch / (micro_batch * dp_size)`` micro-batches. A resumed run
+    passes the consumed-sample count from its checkpoint, so it may even change the global batch.
     """
     per_rank = global_batch // dp_size
     if global_batch % dp_size or per_rank % micro_batch:
         raise ValueError(
             f"global batch {global_batch} must be a multiple of micro batch {micro_batch} * DP size {dp_size}"
         )
-    step = start_step
+    consumed = consumed_samples
     while True:
-        ids = rank_sample_ids(order, step, global_batch, dp_rank, dp_size)
+        ids = rank_sample_ids(order, consumed, global_batch, dp_rank, dp_size)
         for first in range(0, per_rank, micro_batch):
             yield collate([dataset[int(i)] for i in ids[first : first + micro_batch]])
-        step += 1
+        consumed += global_batch

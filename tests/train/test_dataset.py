@@ -100,15 +100,15 @@ def test_dp_ranks_are_disjoint_and_cover_everything(output):
     gbs, steps = 4, len(ds) // 4
     seen = {r: [] for r in range(2)}
     for step in range(steps):
-        one = rank_sample_ids(order, step, gbs, 0, 1)
-        two = [rank_sample_ids(order, step, gbs, r, 2) for r in range(2)]
+        one = rank_sample_ids(order, step * gbs, gbs, 0, 1)
+        two = [rank_sample_ids(order, step * gbs, gbs, r, 2) for r in range(2)]
         np.testing.assert_array_equal(one, np.concatenate(two))  # same global batch for any DP size
         for r in range(2):
             seen[r].extend(two[r].tolist())
     assert not set(seen[0]) & set(seen[1])
     covered = set(seen[0]) | set(seen[1])
     assert covered == set(order.epoch_order(0)[: steps * gbs].tolist())
-    rest = rank_sample_ids(order, steps, len(ds) - steps * gbs, 0, 1) if len(ds) % gbs else []
+    rest = rank_sample_ids(order, steps * gbs, len(ds) - steps * gbs, 0, 1) if len(ds) % gbs else []
     assert covered | set(np.asarray(rest).tolist()) >= set(range(steps * gbs))
 
 
@@ -139,7 +139,7 @@ def test_resume_from_consumed_samples(output):
     order = SampleOrder(ds.shard_rows, seed=2)
     full = micro_batches(ds, order, global_batch=4, micro_batch=2, dp_rank=0, dp_size=1)
     batches = [next(full)["sample_id"].tolist() for _ in range(10)]
-    resumed = micro_batches(ds, order, global_batch=4, micro_batch=2, dp_rank=0, dp_size=1, start_step=3)
+    resumed = micro_batches(ds, order, global_batch=4, micro_batch=2, dp_rank=0, dp_size=1, consumed_samples=12)
     assert [next(resumed)["sample_id"].tolist() for _ in range(4)] == batches[6:10]
 
 

@@ -1,0 +1,62 @@
+"""Process groups: torchrun/Slurm-launched or a plain single process, gloo on the CPU, NCCL on GPUs."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+
+from remit.train import cpu_compat
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init(tensor_parallel: int) -> bool:
+    """Join (or create) the default process group and Megatron's parallel groups.
+
+    Returns True when this call created the process group (so the caller should tear it down).
+    A process started without torchrun's environment runs as a world of one.
+    """
+    from megatron.core import parallel_state
+
+    cpu_compat.apply()
+    created = False
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(cpu_compat.backend())
+        created = True
+    world = dist.get_world_size()
+    if world % tensor_parallel:
+        raise ValueError(
+            f"tensor_model_parallel_size {tensor_parallel} does not divide the world size {world}; "
+            "launch a multiple of the TP size processes (torchrun --nproc-per-node)."
+        )
+    if parallel_state.model_parallel_is_initialized():
+        if parallel_state.get_tensor_model_parallel_world_size() != tensor_parallel:
+            raise ValueError("Megatron's parallel groups were initialised with another TP size in this process")
+    else:
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel)
+    return created
+
+
+def teardown(created: bool) -> None:
+    """Undo `init` if it created the groups; groups made by the caller stay."""
+    from megatron.core import parallel_state
+
+    if not created:
+        return
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,97 @@
+"""Checks before a training run touches a GPU: the output validates and was made with this tokenizer.
+
+A failed check raises `PreflightError` with every problem found, each naming the file (and row) and
+the fix, so a launch fails in seconds instead of after the model is loaded on every rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from remit.shards import ShardError, read_manifest
+
+
+class PreflightError(ValueError):
+    """The data or the checkpoint cannot be trained on as given. The message lists what to fix."""
+
+
+def validate_data(root: str | Path) -> None:
+    """The full validation of an annotation output (every shard re-read and checked). The one call site."""
+    from remit.shards.validate import validate_output
+
+    problems = validate_output(root)
+    if problems:
+        listed = "\n  ".join(str(p) for p in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise PreflightError(
+            f"{root}: the annotation output does not validate ({len(problems)} problems):\n  {listed}{more}\n"
+            "Training refuses it. Fix the listed shards (or pass --skip-validate to rely on the per-shard "
+            "checksum checks alone)."
+        )
+
+
+def _canonical_tokenizer(tokenizer: Any) -> dict[str, Any]:
+    # Must stay identical to the definition the annotation records in the manifest (tested against it):
+    # the backend's full definition without padding/truncation, plus the special-token map.
+    specials = {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        return {"backend": spec, "special_tokens": specials}
+    return {"vocab": sorted(tokenizer.get_vocab().items()), "special_tokens": specials}
+
+
+def tokenizer_sha256(hf_dir: str | Path) -> str | None:
+    """The manifest-style hash of the tokenizer saved in `hf_dir`, or None if it holds no tokenizer."""
+    hf_dir = Path(hf_dir)
+    if not any((hf_dir / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        return None
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    blob = json.dumps(_canonical_tokenizer(tokenizer), sort_keys=True, ensure_ascii=False).encode()
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def check_data_fits_model(data: str | Path, vocab_size: int, model_dir: str | Path) -> str | None:
+    """Refuse data whose tokenizer is not the model's; return the tokenizer hash the dataset must carry."""
+    manifest = read_manifest(data)
+    where = Path(data) / "manifest.json"
+    data_vocab = manifest.data.get("tokenizer", {}).get("vocab_size")
+    if data_vocab is not None and int(data_vocab) > vocab_size:
+        raise PreflightError(
+            f"{where}: the output's tokenizer has {data_vocab} tokens but the model ({model_dir}) only "
+            f"{vocab_size} embeddings. Annotate with this model's tokenizer, or start from the scored base model."
+        )
+    expected = tokenizer_sha256(model_dir)
+    if expected is not None and expected != manifest.tokenizer_hash:
+        raise PreflightError(
+            f"{where}: scored with tokenizer {manifest.tokenizer_hash}, but {model_dir} holds tokenizer "
+            f"{expected}. Token ids would mean other tokens: train from the base model the output was scored "
+            "with, or annotate the corpus with this model's tokenizer."
+        )
+    return expected
+
+
+def check_resume_matches(state: dict[str, Any], data: str | Path, seed: int) -> None:
+    """A resumed run must read the same output in the same order, or the trajectory is not a continuation."""
+    manifest = read_manifest(data)
+    if state.get("data_run_id") not in (None, manifest.run_id):
+        raise PreflightError(
+            f"{data}: output run {manifest.run_id}, but the checkpoint was trained on run {state['data_run_id']}. "
+            "Pass the same --data to resume, or start a new run in another --save folder."
+        )
+    if state.get("seed") not in (None, seed):
+        raise PreflightError(
+            f"--seed {seed} differs from the checkpoint's seed {state['seed']}: the data order would change. "
+            "Resume with the same seed, or start a new run in another --save folder."
+        )
+
+
+__all__ = ["PreflightError", "ShardError", "check_data_fits_model", "check_resume_matches", "tokenizer_sha256",
+           "validate_data"]
