@@ -30,9 +30,9 @@ def naive_logprobs(model, prompt: np.ndarray) -> np.ndarray:
     if len(prompt) < 2:
         return out
     with torch.no_grad():
-        ids = torch.from_numpy(prompt.astype(np.int64))[None]
+        ids = torch.from_numpy(prompt.astype(np.int64))[None].to(model.device)
         logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
-    out[1:] = logp[:-1].gather(-1, ids[0, 1:, None])[:, 0].numpy()
+    out[1:] = logp[:-1].gather(-1, ids[0, 1:, None])[:, 0].cpu().numpy()
     return out
 
 
