@@ -1,29 +1,40 @@
 """`remit-annotate validate`: re-read every shard and check it against the manifest and the format.
 
-Checks, per shard: the file's hash, that it parses, its schema, row count, list lengths, token
-checksum, contiguous sample ids, row widths (seq_len + 1, only the output's last row shorter),
-segment layout, NaN exactly at segment starts, weights in [1 - eps, 1 + eps], and that the stored
-weights follow from the stored log-probs by the rule in the manifest. Each problem names the file,
-the row where one is known, and what to do.
+Checks, per shard: the file's hash against the manifest; that it parses as Parquet; its schema; its row
+count; per row, that every token-level list has n_tokens values and every segment-level list one value
+per segment; the token checksum against the manifest; contiguous sample ids; row widths (seq_len + 1,
+only the output's last row shorter); the segment layout; NaN log-probs exactly at segment starts; no
+positive log-prob; weights in [1 - eps, 1 + eps] and 1.0 at segment starts; that the stored weights
+follow from the stored log-probs by the rule in the manifest; and, across shards, that every document's
+segments follow each other without gap or overlap (every token present exactly once).
+
+Each problem names the file, the row (0-based, in the file) and sample id where one is known, and what
+to do. The checks are independent of the writer's own read-back, so a bad writer is caught too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from remit.shards.checksum import file_sha256
 from remit.shards.manifest import ShardError, read_manifest
-from remit.shards.reader import read_shard
+from remit.shards.reader import table_token_checksum
+from remit.shards.schema import SEGMENT_LIST_COLUMNS, TOKEN_LIST_COLUMNS, schema_mismatch
 from remit.shards.weights import remit_weights
 
 #: Stored float32 weights vs the rule recomputed in float64: rounding is ~6e-8.
 WEIGHT_TOLERANCE = 1e-5
 _MAX_ROW_PROBLEMS = 5
-_RERUN = "delete this shard and its manifest entry's unit, then re-run the annotation to re-score it"
+_RERUN = ("delete this shard and `_work/done/unit-N.json` if the output still has `_work/`, else the whole "
+          "output, and run the annotation again (finished shards of an unfinished output are kept)")
+_REFINALIZE = "the manifest is inconsistent with the shards; re-run `remit-annotate finalize` from a kept `_work/`"
 
 
 @dataclass(frozen=True)
@@ -32,14 +43,23 @@ class Problem:
     row: int | None
     message: str
     fix: str
+    sample_id: int | None = None
 
     def __str__(self) -> str:
-        where = self.file if self.row is None else f"{self.file} row {self.row}"
+        where = self.file
+        if self.row is not None:
+            where += f" row {self.row}" + (f" (sample {self.sample_id})" if self.sample_id is not None else "")
         return f"{where}: {self.message.rstrip('.')}. Fix: {self.fix}"
 
 
-def _rows(mask: np.ndarray) -> list[int]:
-    return np.flatnonzero(mask).tolist()
+@dataclass
+class _DocCursor:
+    """The last segment seen, carried across shards: documents may span shard boundaries."""
+
+    doc_id: str | None = None
+    next_offset: int = 0
+    known: bool = True
+    """False after a shard with problems: the next shard's first segment is then not judged."""
 
 
 def validate_output(root: str | Path) -> list[Problem]:
@@ -55,87 +75,164 @@ def validate_output(root: str | Path) -> list[Problem]:
                                 "remove it, or re-run finalize if it belongs to this run"))
     width = manifest.seq_len + 1
     next_id = 0
+    cursor = _DocCursor()
     for i, entry in enumerate(manifest.shards):
         path = root / entry["file"]
         is_last_shard = i == len(manifest.shards) - 1
         if entry["first_sample_id"] != next_id:
             problems.append(Problem(str(path), None, f"first sample id {entry['first_sample_id']}, expected {next_id}",
-                                    "the manifest is inconsistent; re-run `remit-annotate finalize`"))
+                                    _REFINALIZE))
         next_id = entry["first_sample_id"] + entry["rows"]
-        if not path.exists():
-            problems.append(Problem(str(path), None, "missing", "restore it or re-run the annotation of its unit"))
-            continue
-        if file_sha256(path) != entry["file_sha256"]:
-            problems.append(Problem(str(path), None, "file content differs from the manifest (sha256 mismatch)", _RERUN))
-        try:
-            table = read_shard(path, expected_checksum=entry["token_checksum"])
-        except ShardError as e:
-            problems.append(Problem(str(path), None, str(e).removeprefix(f"{path}: "), _RERUN))
-            continue
-        problems.extend(_check_table(table, entry, path, width, is_last_shard, manifest.eps, manifest.center))
+        found = _check_shard(path, entry, width, is_last_shard, manifest.eps, manifest.center, cursor)
+        if found:
+            cursor = _DocCursor(known=False)  # this shard's documents are suspect: judge the next one afresh
+        problems.extend(found)
     if next_id != manifest.total_rows:
         problems.append(Problem(str(root / "manifest.json"), None,
-                                f"shards hold {next_id} rows, totals say {manifest.total_rows}",
-                                "re-run `remit-annotate finalize`"))
+                                f"shards hold {next_id} rows, totals say {manifest.total_rows}", _REFINALIZE))
     return problems
 
 
-def _check_table(table, entry: dict, path: Path, width: int, is_last_shard: bool, eps: float,
-                 center: str) -> list[Problem]:
-    problems: list[Problem] = []
+def _read(path: Path) -> tuple[pa.Table | None, str | None]:
+    """The shard's table, or None and what is wrong (unreadable, or the wrong schema)."""
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a truncated or corrupt footer
+        return None, f"cannot be read as Parquet ({type(e).__name__}: {e}); the file is truncated or corrupt"
+    mismatch = schema_mismatch(pf.schema_arrow)
+    if mismatch:
+        return None, f"wrong schema ({mismatch}); not written by this remit version, or altered"
+    try:
+        return pf.read(), None
+    except Exception as e:  # a corrupt data page or a bad compressed block
+        return None, f"cannot be read as Parquet ({type(e).__name__}: {e}); the file is corrupt"
+
+
+def _check_shard(path: Path, entry: dict, width: int, is_last_shard: bool, eps: float, center: str,
+                 cursor: _DocCursor) -> list[Problem]:
     f = str(path)
-    first = entry["first_sample_id"]
-
-    def row_problem(mask: np.ndarray, message: str, fix: str = _RERUN) -> None:
-        bad = _rows(mask)
-        for r in bad[:_MAX_ROW_PROBLEMS]:
-            problems.append(Problem(f, r, message, fix))
-        if len(bad) > _MAX_ROW_PROBLEMS:
-            problems.append(Problem(f, None, f"{message} in {len(bad) - _MAX_ROW_PROBLEMS} more rows", fix))
-
+    if not path.exists():
+        return [Problem(f, None, "missing", "restore it, or run the annotation of its unit again")]
+    problems: list[Problem] = []
+    if file_sha256(path) != entry["file_sha256"]:
+        problems.append(Problem(f, None, "file content differs from the manifest (sha256 mismatch)", _RERUN))
+    table, why = _read(path)
+    if table is None:
+        return problems + [Problem(f, None, str(why), _RERUN)]
     if table.num_rows != entry["rows"]:
-        problems.append(Problem(f, None, f"{table.num_rows} rows, the manifest says {entry['rows']}", _RERUN))
-        return problems
+        return problems + [Problem(f, None, f"{table.num_rows} rows, the manifest says {entry['rows']}", _RERUN)]
     ids = table.column("sample_id").to_numpy()
+    row_problem = _RowProblems(f, ids, problems)
+    if not _check_list_lengths(table, row_problem):
+        return problems  # the flat value checks below need consistent lists
+    got = table_token_checksum(table)
+    if got != entry["token_checksum"]:
+        problems.append(Problem(f, None, f"token checksum {got} differs from the manifest's {entry['token_checksum']}; "
+                                "the shard does not hold the tokens it was written with", _RERUN))
+    first = entry["first_sample_id"]
     row_problem(ids != np.arange(first, first + len(ids)), "sample id out of sequence")
     n_tok = table.column("n_tokens").to_numpy().astype(np.int64)
     short = n_tok != width
     if is_last_shard and len(short):
         short[-1] = n_tok[-1] > width or n_tok[-1] < 1
     row_problem(short, f"row width differs from seq_len + 1 = {width} (only the output's last row may be shorter)")
-
-    seg_lists = ["segment_starts", "segment_doc_ids", "segment_doc_offsets", "segment_n_scored",
-                 "segment_sum_weight", "segment_sum_discrepancy"]
-    n_seg = pc.list_value_length(table.column("segment_starts")).to_numpy(zero_copy_only=False)
-    for name in seg_lists[1:]:
-        other = pc.list_value_length(table.column(name)).to_numpy(zero_copy_only=False)
-        row_problem(other != n_seg, f"{name} has a different number of entries than segment_starts")
     starts = [np.asarray(s, np.int64) for s in table.column("segment_starts").to_pylist()]
-    bad_layout = np.array([len(s) == 0 or s[0] != 0 or np.any(np.diff(s) <= 0) or s[-1] >= n
+    bad_layout = np.array([len(s) == 0 or s[0] != 0 or bool(np.any(np.diff(s) <= 0)) or s[-1] >= n
                            for s, n in zip(starts, n_tok)], dtype=bool)
     row_problem(bad_layout, "segment_starts must begin at 0, increase, and stay inside the row")
     if bad_layout.any():
         return problems
+    _check_values(table, n_tok, starts, eps, center, row_problem)
+    _check_documents(table, n_tok, starts, cursor, row_problem)
+    return problems
 
+
+class _RowProblems:
+    """Adds one problem per bad row (the first few, then a count), naming row and sample id."""
+
+    def __init__(self, file: str, sample_ids: np.ndarray, out: list[Problem]) -> None:
+        self.file, self.ids, self.out = file, sample_ids, out
+
+    def __call__(self, bad_rows: np.ndarray, message: str, fix: str = _RERUN) -> None:
+        bad = np.flatnonzero(bad_rows).tolist()
+        for r in bad[:_MAX_ROW_PROBLEMS]:
+            self.out.append(Problem(self.file, r, message, fix, int(self.ids[r])))
+        if len(bad) > _MAX_ROW_PROBLEMS:
+            self.out.append(Problem(self.file, None, f"{message} in {len(bad) - _MAX_ROW_PROBLEMS} more rows", fix))
+
+
+def _lengths(table: pa.Table, name: str) -> np.ndarray:
+    return pc.list_value_length(table.column(name)).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _check_list_lengths(table: pa.Table, row_problem: _RowProblems) -> bool:
+    """Every token-level list has n_tokens values, every segment-level list one per segment. True if so."""
+    n_tok = table.column("n_tokens").to_numpy().astype(np.int64)
+    n_seg = _lengths(table, "segment_starts")
+    ok = True
+    for name in TOKEN_LIST_COLUMNS:
+        bad = _lengths(table, name) != n_tok
+        row_problem(bad, f"{name} has a different number of values than n_tokens")
+        ok &= not bad.any()
+    for name in SEGMENT_LIST_COLUMNS[1:]:
+        bad = _lengths(table, name) != n_seg
+        row_problem(bad, f"{name} has a different number of entries than segment_starts")
+        ok &= not bad.any()
+    return ok
+
+
+def _check_values(table: pa.Table, n_tok: np.ndarray, starts: list[np.ndarray], eps: float, center: str,
+                  row_problem: _RowProblems) -> None:
     flat = {c: pc.list_flatten(table.column(c)).to_numpy() for c in ("logp_base", "logp_rl", "weight")}
-    row_of = np.repeat(np.arange(len(n_tok)), n_tok)
+    n_rows = len(n_tok)
+    row_of = np.repeat(np.arange(n_rows), n_tok)
     offsets = np.concatenate([[0], np.cumsum(n_tok)])
     is_start = np.zeros(len(row_of), bool)
     is_start[np.concatenate([s + o for s, o in zip(starts, offsets[:-1])])] = True
+
+    def rows_with(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(row_of[mask], minlength=n_rows) > 0
+
     for c in ("logp_base", "logp_rl"):
         nan = np.isnan(flat[c])
-        row_problem(np.bincount(row_of[nan != is_start], minlength=len(n_tok)) > 0,
+        row_problem(rows_with(nan != is_start),
                     f"{c} is NaN where it should not be, or not NaN at a segment's first token")
-        row_problem(np.bincount(row_of[flat[c] > 0], minlength=len(n_tok)) > 0, f"{c} has a positive log-prob")
+        row_problem(rows_with(flat[c] > 0), f"{c} has a positive log-prob")
     w = flat["weight"]
     low, high = np.float32(1.0 - eps), np.float32(1.0 + eps)
     out_of_range = np.isnan(w) | (w < low) | (w > high)
-    row_problem(np.bincount(row_of[out_of_range], minlength=len(n_tok)) > 0,
-                f"weight outside [{low:.4g}, {high:.4g}] or NaN")
-    row_problem(np.bincount(row_of[is_start & (w != 1.0)], minlength=len(n_tok)) > 0,
-                "weight at a segment's first token is not 1.0")
+    row_problem(rows_with(out_of_range), f"weight outside [{low:.4g}, {high:.4g}] or NaN")
+    row_problem(rows_with(is_start & (w != 1.0)), "weight at a segment's first token is not 1.0")
     expected = remit_weights(flat["logp_rl"], flat["logp_base"], n_tok, starts, eps=eps, center=center)
     off_rule = np.abs(expected.astype(np.float64) - w) > WEIGHT_TOLERANCE
-    row_problem(np.bincount(row_of[off_rule & ~out_of_range], minlength=len(n_tok)) > 0,
+    row_problem(rows_with(off_rule & ~out_of_range),
                 f"weight does not follow from the log-probs by the manifest's rule (center={center}, eps={eps})")
-    return problems
+
+
+def _check_documents(table: pa.Table, n_tok: np.ndarray, starts: list[np.ndarray], cursor: _DocCursor,
+                     row_problem: _RowProblems) -> None:
+    """Each segment either starts a document (offset 0) or continues the previous segment's document
+    exactly where it stopped, at the start of a row. A gap, an overlap or a repeat breaks this."""
+    n_rows = len(n_tok)
+    n_seg = np.array([len(s) for s in starts], np.int64)
+    if not n_seg.sum():
+        return
+    seg_row = np.repeat(np.arange(n_rows), n_seg)
+    in_row = np.concatenate(starts)
+    row_start = np.concatenate([[0], np.cumsum(n_tok)])[:-1]
+    pos = row_start[seg_row] + in_row
+    seg_len = np.append(pos[1:], int(n_tok.sum())) - pos  # rows are contiguous: a segment ends where the next starts
+    doc_ids = np.asarray(pc.list_flatten(table.column("segment_doc_ids")).to_pylist(), dtype=object)
+    doc_off = pc.list_flatten(table.column("segment_doc_offsets")).to_numpy().astype(np.int64)
+    prev_id = np.empty(len(doc_ids), dtype=object)
+    prev_id[0] = cursor.doc_id if cursor.known else doc_ids[0]
+    prev_id[1:] = doc_ids[:-1]
+    prev_end = np.concatenate([[cursor.next_offset if cursor.known else doc_off[0]], (doc_off + seg_len)[:-1]])
+    # offset 0 always starts a document (ids may repeat in a corpus); anything else must continue one.
+    continues = (doc_ids == prev_id) & (doc_off == prev_end) & (in_row == 0)
+    bad_seg = (doc_off != 0) & ~continues
+    bad = np.zeros(n_rows, bool)
+    bad[seg_row[bad_seg]] = True
+    row_problem(bad, "a document segment does not continue its document where the previous segment stopped "
+                "(a gap, overlap or repeated piece of a document)")
+    cursor.doc_id, cursor.next_offset, cursor.known = str(doc_ids[-1]), int(doc_off[-1] + seg_len[-1]), True
