@@ -1,0 +1,292 @@
+"""`remit-annotate launch`: run N annotation workers on one machine, then finalize.
+
+    remit-annotate launch --workers 2 --base DIR --rl DIR --input PATH --output DIR [job flags]
+
+The launcher is deliberately thin: no scheduling of its own. It runs `remit-annotate plan` once (one
+process tokenizes and packs; a plan failure is reported before any worker starts), then N plain
+`remit-annotate run --rank i --world-size N` processes with the same job flags, each with its own
+log file. With GPUs, worker i sees only its own GPUs (CUDA_VISIBLE_DEVICES: --tensor-parallel-size
+of them each); without, the workers are pinned to disjoint sets of the allowed CPU cores, so that the
+engines' thread pools do not fight. When every worker has succeeded it finalizes; when one has
+failed it names the worker, its exit status and log, and exits non-zero. Rerunning the same command
+resumes: finished units are kept, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+#: Job flags that only the launcher uses, never forwarded to the workers.
+_LAUNCH_ONLY = ("workers", "gpus", "no_pin", "log_dir")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from remit.annotate.cli import add_job_arguments
+
+    add_job_arguments(parser)
+    g = parser.add_argument_group("launch")
+    g.add_argument("--workers", type=int, default=0,
+                   help="worker processes (default 0: one per --tensor-parallel-size GPUs; 1 without GPUs)")
+    g.add_argument("--gpus", default=None,
+                   help="comma-separated GPU ids to use (default: CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi "
+                        "lists); 'none' runs on the CPU")
+    g.add_argument("--no-pin", action="store_true", help="do not pin CPU workers to disjoint sets of cores")
+    g.add_argument("--log-dir", type=Path, default=None,
+                   help="folder for plan.log and worker-R.log (default OUTPUT/_work/logs, removed with _work/ "
+                        "after a successful finalize unless --keep-work)")
+
+
+# -- devices --------------------------------------------------------------------------------------------
+
+
+def visible_gpus(spec: str | None, env: dict[str, str] | None = None) -> list[str]:
+    """GPU ids to hand out: --gpus, else CUDA_VISIBLE_DEVICES, else nvidia-smi's list; [] for none."""
+    env = dict(os.environ if env is None else env)
+    if spec is not None:
+        return [] if spec.strip().lower() in ("", "none", "cpu") else [g.strip() for g in spec.split(",") if g.strip()]
+    if "CUDA_VISIBLE_DEVICES" in env:
+        return [g.strip() for g in env["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() and g.strip() != "-1"]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def cpu_sets(n_workers: int, allowed: list[int]) -> list[list[int]] | None:
+    """Split the allowed cores into n contiguous, disjoint, near-equal sets; None when there are too few."""
+    if n_workers < 1 or len(allowed) < n_workers:
+        return None
+    size, extra = divmod(len(allowed), n_workers)
+    sets, start = [], 0
+    for i in range(n_workers):
+        stop = start + size + (1 if i < extra else 0)
+        sets.append(allowed[start:stop])
+        start = stop
+    return sets
+
+
+@dataclass
+class WorkerSpec:
+    rank: int
+    env: dict[str, str]
+    cpus: list[int] | None = None
+    gpus: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        if self.gpus:
+            return f"GPUs {','.join(self.gpus)}"
+        if self.cpus:
+            return f"CPUs {_ranges(self.cpus)}"
+        return "unpinned"
+
+
+def _ranges(cpus: list[int]) -> str:
+    parts, start = [], cpus[0]
+    for a, b in zip(cpus, cpus[1:] + [None]):
+        if b != a + 1:
+            parts.append(str(start) if start == a else f"{start}-{a}")
+            start = b
+    return ",".join(parts)
+
+
+def worker_specs(n_workers: int, gpus: list[str], tp: int, pin: bool,
+                 base_env: dict[str, str] | None = None) -> list[WorkerSpec]:
+    """One spec per worker: its environment and the devices it may use."""
+    base_env = dict(os.environ if base_env is None else base_env)
+    # The launcher's own place in a Slurm/torchrun job must not leak into the workers: they get
+    # explicit --rank/--world-size, and the environment would otherwise also be read by libraries.
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        base_env.pop(key, None)
+    base_env["PYTHONUNBUFFERED"] = "1"
+    specs = []
+    if gpus:
+        if n_workers * tp > len(gpus):
+            raise ValueError(f"--workers {n_workers} x --tensor-parallel-size {tp} needs {n_workers * tp} GPUs; "
+                             f"{len(gpus)} are visible ({','.join(gpus)}). Lower --workers.")
+        for r in range(n_workers):
+            mine = gpus[r * tp:(r + 1) * tp]
+            specs.append(WorkerSpec(r, {**base_env, "CUDA_VISIBLE_DEVICES": ",".join(mine)}, gpus=mine))
+        return specs
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    sets = cpu_sets(n_workers, allowed) if pin else None
+    if pin and sets is None and n_workers > 1:
+        print(f"[launch] {n_workers} workers on {len(allowed)} cores: not pinning", file=sys.stderr)
+    for r in range(n_workers):
+        env = {**base_env, "CUDA_VISIBLE_DEVICES": ""}
+        cpus = sets[r] if sets else None
+        if cpus:
+            # torch sizes its thread pool from this, not from the affinity mask.
+            env["OMP_NUM_THREADS"] = str(len(cpus))
+        specs.append(WorkerSpec(r, env, cpus=cpus))
+    return specs
+
+
+# -- processes ------------------------------------------------------------------------------------------
+
+
+def job_flags(args: argparse.Namespace) -> list[str]:
+    """The job flags of `args` as a command line, for `remit-annotate plan/run` (every value explicit)."""
+    from remit.annotate.cli import add_job_arguments
+
+    probe = argparse.ArgumentParser(add_help=False)
+    add_job_arguments(probe)
+    flags: list[str] = []
+    for action in probe._actions:  # argparse keeps no public list of a parser's options
+        if not action.option_strings or action.dest in _LAUNCH_ONLY:
+            continue
+        value = getattr(args, action.dest, None)
+        flag = action.option_strings[-1]
+        if isinstance(action, argparse._StoreTrueAction):
+            flags += [flag] if value else []
+        elif value is None:
+            continue
+        elif isinstance(value, (list, tuple)):
+            flags += [flag, *map(str, value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def _child_setup(cpus: list[int] | None) -> Any:
+    def setup() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        try:  # Linux: the worker gets SIGTERM if the launcher dies, instead of scoring on unobserved
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    return setup
+
+
+def _start(cmd: list[str], env: dict[str, str], log: Path, cpus: list[int] | None) -> tuple[subprocess.Popen, IO]:
+    fh = open(log, "ab")
+    fh.write(f"$ {' '.join(cmd)}\n".encode())
+    fh.flush()
+    proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            preexec_fn=_child_setup(cpus))
+    return proc, fh
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join("    | " + line[-300:] for line in text[-lines:])
+
+
+def _exit_reason(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit code {rc}"
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated(signum)
+
+
+def run(args: argparse.Namespace) -> int:
+    from remit.annotate.finalize import finalize
+
+    output = Path(args.output)
+    tp = int(args.tensor_parallel_size)
+    gpus = visible_gpus(args.gpus)
+    n = args.workers or (len(gpus) // tp if gpus else 1)
+    if n < 1:
+        raise ValueError(f"--workers must be >= 1 (got {args.workers}; {len(gpus)} GPUs at tensor parallel {tp})")
+    specs = worker_specs(n, gpus, tp, pin=not args.no_pin)
+    log_dir = Path(args.log_dir) if args.log_dir else output / "_work" / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    python = [sys.executable, "-m", "remit.annotate.cli"]
+    flags = job_flags(args)
+    t0 = time.perf_counter()
+
+    # Plan once, in one process: workers then find plan.json and never wait on each other.
+    plan_log = log_dir / "plan.log"
+    proc, fh = _start([*python, "plan", *flags], {**specs[0].env, "CUDA_VISIBLE_DEVICES": ""}, plan_log, None)
+    rc = proc.wait()
+    fh.close()
+    if rc != 0:
+        print(f"[launch] planning failed ({_exit_reason(rc)}); log: {plan_log}\n{_tail(plan_log)}", file=sys.stderr)
+        return 1
+
+    procs: dict[int, tuple[subprocess.Popen, IO, Path]] = {}
+    old_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        for spec in specs:
+            log = log_dir / f"worker-{spec.rank}.log"
+            cmd = [*python, "run", *flags, "--rank", str(spec.rank), "--world-size", str(n)]
+            proc, fh = _start(cmd, spec.env, log, spec.cpus)
+            procs[spec.rank] = (proc, fh, log)
+            print(f"[launch] worker {spec.rank}/{n} pid {proc.pid} ({spec.describe()}), log {log}", flush=True)
+        failed = _wait(procs, output, args.progress_every)
+    except (KeyboardInterrupt, _Terminated):
+        for proc, _, _ in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc, _, _ in procs.values():
+            proc.wait()
+        print("[launch] stopped; finished units are kept. Rerun the same command to resume.", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        for _, fh, _ in procs.values():
+            fh.close()
+    if failed:
+        for rank, rc in failed:
+            log = procs[rank][2]
+            print(f"[launch] worker {rank} failed ({_exit_reason(rc)}); log: {log}\n{_tail(log)}", file=sys.stderr)
+        print(f"[launch] {len(failed)} of {n} workers failed; the others' units are kept. Fix the cause and rerun "
+              "the same command (any --workers) to finish the rest.", file=sys.stderr)
+        return 1
+    manifest = finalize(output, keep_work=args.keep_work)
+    t = manifest["totals"]
+    print(f"[launch] {n} workers, {time.perf_counter() - t0:.1f} s; {output}: {t['shards']} shards, {t['rows']:,} rows, "
+          f"{t['tokens']:,} tokens; manifest.json written", flush=True)
+    return 0
+
+
+def _wait(procs: dict[int, tuple[subprocess.Popen, IO, Path]], output: Path, every_s: float) -> list[tuple[int, int]]:
+    """Wait for every worker; report each exit and, periodically, the units done. Returns failures."""
+    done_dir = output / "_work" / "done"
+    running = dict(procs)
+    failed: list[tuple[int, int]] = []
+    last = time.monotonic()
+    while running:
+        for rank in list(running):
+            rc = running[rank][0].poll()
+            if rc is None:
+                continue
+            del running[rank]
+            print(f"[launch] worker {rank} {'done' if rc == 0 else 'FAILED: ' + _exit_reason(rc)}", flush=True)
+            if rc != 0:
+                failed.append((rank, rc))
+        if running and time.monotonic() - last >= every_s:
+            last = time.monotonic()
+            n_done = len(list(done_dir.glob("unit-*.json"))) if done_dir.is_dir() else 0
+            print(f"[launch] {n_done} units done, {len(running)} workers running", flush=True)
+        time.sleep(0.2)
+    return sorted(failed)
