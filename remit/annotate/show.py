@@ -67,7 +67,7 @@ class Segment:
     sample_id: int
     doc_id: str
     doc_offset: int
-    source: str
+    source: str | None  # the row's source, kept on its first segment only (other segments' is unknown)
     token_ids: list[int]
     logp_base: list[float]
     logp_rl: list[float]
@@ -123,7 +123,7 @@ def read_segments(con: Any, sample_ids: Sequence[int]) -> dict[int, list[Segment
     for sid, source, tok, lb, lr, w, starts, docs, offsets in rows:
         ends = [*starts[1:], len(tok)]
         out[sid] = [
-            Segment(sid, d, off, source, tok[a:b], lb[a:b], lr[a:b], w[a:b])
+            Segment(sid, d, off, source if a == 0 else None, tok[a:b], lb[a:b], lr[a:b], w[a:b])
             for a, b, d, off in zip(starts, ends, docs, offsets)
         ]
     return out
@@ -198,9 +198,10 @@ def item_html(item: Item, texts: dict[int, list[str]], eps: float, sep: str = ""
     for k, seg in enumerate(item.segments):
         scored = [w for w, lb in zip(seg.weight, seg.logp_base) if lb is not None and not math.isnan(lb)]
         mean = sum(scored) / len(scored) if scored else float("nan")
+        source = f" &middot; {_esc(seg.source)}" if seg.source is not None else ""
         out.append(
-            f'<div class="seg"><div class="meta">document <b>{_esc(seg.doc_id)}</b> from token '
-            f'{seg.doc_offset} &middot; row {seg.sample_id} &middot; {_esc(seg.source)} &middot; '
+            f'<div class="seg"><div class="meta">document <strong>{_esc(seg.doc_id)}</strong> from token '
+            f'{seg.doc_offset} &middot; row {seg.sample_id}{source} &middot; '
             f'{len(seg.token_ids)} tokens, mean weight {mean:.4f}</div>'
             f'<div class="tokens">{token_spans(seg, texts[id(seg)], eps, sep)}</div></div>'
         )
