@@ -28,13 +28,13 @@ def init(tensor_parallel: int) -> bool:
     cpu_compat.apply()
     created = False
     if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(cpu_compat.backend())
+        if "RANK" in os.environ:  # torchrun / Slurm set RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+            dist.init_process_group(cpu_compat.backend())
+        else:  # a plain process: a world of one, without touching os.environ (children inherit it)
+            dist.init_process_group(cpu_compat.backend(), init_method=f"tcp://127.0.0.1:{_free_port()}",
+                                    rank=0, world_size=1)
         created = True
     world = dist.get_world_size()
     if world % tensor_parallel:
