@@ -32,6 +32,11 @@ KNOBS = ("remit_bins", "remit_top_k", "remit_min_count")
 _VIEW_RE = re.compile(r"^CREATE OR REPLACE VIEW (\w+)", re.MULTILINE)
 
 
+def sql_dir() -> Path:
+    """The folder of the shipped .sql files (inside the installed package)."""
+    return SQL_DIR
+
+
 def sql_files() -> list[Path]:
     """The shipped SQL files, in the order they must run."""
     files = sorted(SQL_DIR.glob("*.sql"))
@@ -135,6 +140,8 @@ def connect(
     if temp_directory is not None:
         config["temp_directory"] = str(temp_directory)
     con = duckdb.connect(":memory:", config=config)
+    # No progress bar: it writes to stdout, where `stats --json` writes its result.
+    con.execute("SET enable_progress_bar = false")
     create_views(con, root, knobs)
     return con
 
