@@ -45,15 +45,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "largest scored-token count, so a short last row cannot win)")
     pick.add_argument("--doc", action="append", metavar="ID", default=None,
                       help="every segment of document ID, in order (repeatable)")
-    g.add_argument("--seed", type=int, default=0, help="seed for --random and the plot's token sample (default 0)")
+    g.add_argument("--seed", type=int, default=0, metavar="S", help="seed for --random and the plot's token sample (default 0)")
     # --- rendering ---
     g = parser.add_argument_group("rendering")
-    g.add_argument("--tokenizer", type=Path, default=None,
+    g.add_argument("--tokenizer", type=Path, default=None, metavar="DIR",
                    help="tokenizer folder for token texts (default: the manifest's tokenizer path; none: raw ids)")
-    g.add_argument("--plot-tokens", type=int, default=PLOT_SAMPLE_TOKENS,
+    g.add_argument("--plot-tokens", type=int, default=PLOT_SAMPLE_TOKENS, metavar="N",
                    help=f"scored tokens sampled for the discrepancy-against-weight plot (default {PLOT_SAMPLE_TOKENS})")
-    g.add_argument("--memory-limit", default=None, help="DuckDB memory limit, e.g. 2GB (default: DuckDB's)")
-    g.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
+    g.add_argument("--memory-limit", default=None, metavar="SIZE",
+                   help="DuckDB memory limit, e.g. 2GB (default: DuckDB's)")
+    g.add_argument("--threads", type=int, default=None, metavar="N", help="DuckDB threads (default: all cores)")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -381,10 +382,19 @@ def write_page(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        import duckdb
+    except ImportError:
+        print("remit-annotate show: needs DuckDB: pip install 'remit[inspect]'", file=sys.stderr)
+        return 2
+    try:
         out = write_page(args)
     except (ShardError, ValueError) as e:
         print(f"remit-annotate show: error: {e}", file=sys.stderr)
         return 2
+    except duckdb.OutOfMemoryException as e:
+        print(f"remit-annotate show: DuckDB ran out of memory ({str(e).splitlines()[0]}); raise --memory-limit "
+              "or lower --threads: each thread holds one row group of token lists.", file=sys.stderr)
+        return 3
     except ImportError as e:
         print(f"remit-annotate show: {e}; install the inspection extras: pip install 'remit[inspect]'",
               file=sys.stderr)

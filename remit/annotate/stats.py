@@ -30,22 +30,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the tables as one JSON object instead of text")
     # --- what to show ---
     g = parser.add_argument_group("tables")
-    g.add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
+    g.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, metavar="N",
                    help=f"token ids and documents in each top list (default {DEFAULT_TOP_K})")
-    g.add_argument("--min-count", type=int, default=DEFAULT_MIN_COUNT,
+    g.add_argument("--min-count", type=int, default=DEFAULT_MIN_COUNT, metavar="N",
                    help="a token id or document enters a top list only with at least this many scored tokens "
                         f"(default {DEFAULT_MIN_COUNT})")
-    g.add_argument("--bins", type=int, default=DEFAULT_BINS,
+    g.add_argument("--bins", type=int, default=DEFAULT_BINS, metavar="N",
                    help=f"weight histogram bins over [1-eps, 1+eps] (default {DEFAULT_BINS})")
-    g.add_argument("--tokenizer", type=Path, default=None,
+    g.add_argument("--tokenizer", type=Path, default=None, metavar="DIR",
                    help="tokenizer folder for decoding token ids (default: the manifest's tokenizer path; "
                         "none found: raw ids)")
     # --- engine ---
     g = parser.add_argument_group("DuckDB")
-    g.add_argument("--memory-limit", default=None,
-                   help="DuckDB memory limit, e.g. 2GB (default: DuckDB's, 80%% of RAM); the queries stream, "
-                        "about 150 MB per thread suffices for 4k-token rows")
-    g.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
+    g.add_argument("--memory-limit", default=None, metavar="SIZE",
+                   help="DuckDB memory limit, e.g. 2GB (default: DuckDB's, 80%% of RAM). The queries stream: "
+                        "each thread holds one row group of token lists, ~200-350 MB for 4k-token rows")
+    g.add_argument("--threads", type=int, default=None, metavar="N", help="DuckDB threads (default: all cores)")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -300,11 +300,22 @@ def run(args: argparse.Namespace) -> int:
     decode_top_tokens(result, tokenizer)
     if args.json:
         result["tokens_note"] = note
-        json.dump(result, sys.stdout, indent=2, allow_nan=False, default=_json_default)
+        json.dump(_finite(result), sys.stdout, indent=2, allow_nan=False, default=_json_default)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(render_text(result, note))
     return 0
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null, so the output is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _json_default(value: Any) -> Any:
