@@ -28,7 +28,7 @@ cumulative AS (
     FROM remit_token_stats
     WHERE kind IN ('weight_cell', 'discrepancy_cell')
 ),
-levels AS (SELECT unnest([0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0]) AS q),
+levels AS (SELECT unnest([0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0]::DOUBLE[]) AS q),
 quantiles AS (
     SELECT
         list(key / 10000 ORDER BY q) FILTER (WHERE kind = 'weight_cell') AS weight_quantiles,
@@ -53,7 +53,7 @@ SELECT
     r.tokens_at_high,
     r.tokens_at_low / nullif(r.scored_tokens, 0) AS share_at_low,
     r.tokens_at_high / nullif(r.scored_tokens, 0) AS share_at_high,
-    [0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0] AS quantile_levels,
+    [0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0]::DOUBLE[] AS quantile_levels,
     q.weight_quantiles,
     q.discrepancy_quantiles
 FROM per_row AS r, quantiles AS q, remit_manifest AS m;
