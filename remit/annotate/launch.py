@@ -224,14 +224,17 @@ def run(args: argparse.Namespace) -> int:
     flags = job_flags(args)
     t0 = time.perf_counter()
 
-    # Plan once, in one process: workers then find plan.json and never wait on each other.
-    plan_log = log_dir / "plan.log"
-    proc, fh = _start([*python, "plan", *flags], {**specs[0].env, "CUDA_VISIBLE_DEVICES": ""}, plan_log, None)
-    rc = proc.wait()
-    fh.close()
-    if rc != 0:
-        print(f"[launch] planning failed ({_exit_reason(rc)}); log: {plan_log}\n{_tail(plan_log)}", file=sys.stderr)
-        return 1
+    # Plan once, in one process: workers then find plan.json and never wait on each other. On a resume
+    # the plan exists; each worker still checks that it belongs to this run before touching anything.
+    if not (output / "_work" / "plan.json").exists() and not (output / "manifest.json").exists():
+        plan_log = log_dir / "plan.log"
+        proc, fh = _start([*python, "plan", *flags], {**specs[0].env, "CUDA_VISIBLE_DEVICES": ""}, plan_log, None)
+        rc = proc.wait()
+        fh.close()
+        if rc != 0:
+            print(f"[launch] planning failed ({_exit_reason(rc)}); log: {plan_log}\n{_tail(plan_log)}",
+                  file=sys.stderr)
+            return 1
 
     procs: dict[int, tuple[subprocess.Popen, IO, Path]] = {}
     old_term = signal.signal(signal.SIGTERM, _raise_terminated)
