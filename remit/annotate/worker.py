@@ -411,6 +411,7 @@ def _rl_pass(cfg: AnnotateConfig, out: Path, units: list[dict[str, Any]], run_id
         with _Timer(stats, "io"):
             table = _read_unit_checked(out, u)
             tokens, lengths, starts, prompts = unit_prompts(table)
+        with _Timer(stats, "bookkeeping"):
             saved = _load_base(bpath, u["tokens"])
         if saved is not None and saved[1] != describe_rl and u["unit"] in fresh:
             raise ShardError(
@@ -485,7 +486,7 @@ def run_worker(cfg: AnnotateConfig, rank: int = 0, world_size: int = 1) -> tuple
     # Normally one round. A second happens only when base log-probs saved by an earlier process prove
     # unusable in pass 2; the second round scores all of its units' base passes afresh, so it is the last.
     while pending:
-        with _Timer(stats, "io"):
+        with _Timer(stats, "bookkeeping"):
             need_base = [u for u in pending if _load_base(base_path(out, u["unit"]), u["tokens"]) is None]
         if need_base:
             _base_pass(cfg, out, need_base, rank, stats)
