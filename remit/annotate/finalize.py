@@ -143,7 +143,12 @@ def finalize(output: str | Path, *, keep_work: bool = False) -> dict[str, Any]:
         "documents", "tokens", "last_row_tokens", "skipped", "skip_examples")}}
     manifest = assemble_manifest(run_out, entries)
     # Unique temporary name: a Slurm finalize step and a user may finalize at once (same bytes either way).
-    write_json_unique(out / MANIFEST_NAME, manifest)
+    # The other one may also sweep our temporary file away below; its manifest is then already in place.
+    try:
+        write_json_unique(out / MANIFEST_NAME, manifest)
+    except FileNotFoundError:
+        if not (out / MANIFEST_NAME).exists():
+            raise
     for stray in out.glob("*.tmp"):
         stray.unlink(missing_ok=True)
     if not keep_work:
