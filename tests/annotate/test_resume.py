@@ -492,3 +492,68 @@ def test_vllm_worker_killed_between_shard_and_record_resumes_byte_identical(mode
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert validate_output(clean) == []
     assert_same_output(crashed, final_files(clean))
+
+
+# -- the launchers' plumbing (no scoring) ---------------------------------------------------------------------
+
+
+def test_cpu_sets_are_disjoint_and_cover_the_allowed_cores():
+    from remit.annotate.launch import cpu_sets
+
+    assert cpu_sets(3, [0, 1, 2, 3, 4, 5, 6, 7]) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert cpu_sets(2, [4, 5]) == [[4], [5]]
+    assert cpu_sets(3, [0, 1]) is None  # fewer cores than workers: not pinned
+
+
+def test_gpus_are_handed_out_by_tensor_parallel_groups():
+    from remit.annotate.launch import visible_gpus, worker_specs
+
+    specs = worker_specs(2, ["0", "1", "2", "3"], tp=2, pin=True, base_env={"RANK": "3", "PATH": "/bin"})
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in specs] == ["0,1", "2,3"]
+    assert all("RANK" not in s.env and s.env["PATH"] == "/bin" for s in specs)
+    with pytest.raises(ValueError, match="needs 6 GPUs; 4 are visible"):
+        worker_specs(3, ["0", "1", "2", "3"], tp=2, pin=True)
+    assert visible_gpus("none") == [] and visible_gpus("2, 3") == ["2", "3"]
+    assert visible_gpus(None, {"CUDA_VISIBLE_DEVICES": "GPU-a1,GPU-b2"}) == ["GPU-a1", "GPU-b2"]
+    assert visible_gpus(None, {"CUDA_VISIBLE_DEVICES": ""}) == []
+
+
+def test_the_launcher_forwards_every_job_flag(model_pair, corpus, tmp_path):
+    """The flags given to the workers parse back to the same job as the launcher's own."""
+    from remit.annotate.cli import build_parser
+    from remit.annotate.launch import job_flags
+
+    given = ["--workers", "3", "--no-pin", *cli_flags(model_pair, corpus, tmp_path / "o"), "--eps", "0.1",
+             "--center", "segment", "--strict", "--tensor-parallel-size", "2", "--keep-work"]
+    launch_args = build_parser("launch").parse_args(given)
+    run_args = build_parser("run").parse_args(job_flags(launch_args))
+    for key, value in vars(run_args).items():
+        if key not in ("rank", "world_size"):
+            assert getattr(launch_args, key) == value, key
+
+
+SBATCH = Path(__file__).resolve().parents[2] / "remit" / "annotate" / "launch" / "annotate_array.sbatch"
+
+
+def test_slurm_script_submits_the_array_and_a_dependent_finalize(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    calls = tmp_path / "calls"
+    (fake / "sbatch").write_text(f'#!/bin/bash\necho "$*" >> {calls}\necho "$((4000 + $(wc -l < {calls})));c1"\n')
+    (fake / "sbatch").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env["PATH"] = f"{fake}:{env['PATH']}"
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(SBATCH), "--workers", "8", "--", "--base", "/m/b", "--rl", "/m/r", "--input",
+                           "/d/a b.jsonl", "--output", str(out), "--tensor-parallel-size", "2"],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    array, final = calls.read_text().splitlines()
+    assert "--array=0-7" in array and "--gres=gpu:2" in array and "REMIT_STEP=worker" in array
+    assert "--dependency=afterany:4001" in final and "REMIT_STEP=finalize" in final
+    assert "finalize: job 4002" in proc.stdout
+    # The worker step runs `remit-annotate run` with the job flags; rank/world come from Slurm's environment.
+    step = subprocess.run(["bash", str(SBATCH), "--", "--base", "/m/b", "--input", "/d/a b.jsonl", "--output", "/o"],
+                          env={**env, "SLURM_JOB_ID": "1", "REMIT_STEP": "worker", "REMIT_BIN": "echo"},
+                          capture_output=True, text=True)
+    assert step.stdout.strip() == "run --base /m/b --input /d/a b.jsonl --output /o"
