@@ -48,8 +48,7 @@ def step_times(model_dir: Path, out: Path, root: Path, mode: str, steps: int, mb
 
 
 def loader_tokens_per_s(out: Path, seq_len: int, mbs: int, batches: int) -> float:
-    import torch
-
+    from remit.train import cpu_compat
     from remit.train.dataset import RemitDataset
     from remit.train.loader import to_device
     from remit.train.sampler import SampleOrder, micro_batches
@@ -57,11 +56,16 @@ def loader_tokens_per_s(out: Path, seq_len: int, mbs: int, batches: int) -> floa
     ds = RemitDataset(out, create_attention_mask=False)
     it = micro_batches(ds, SampleOrder(ds.shard_rows, seed=0), global_batch=mbs, micro_batch=mbs, dp_rank=0,
                        dp_size=1)
+    device = cpu_compat.device()  # as in training: the attention mask is built on the training device
     for _ in range(5):
-        to_device(next(it), torch.device("cpu"))
+        to_device(next(it), device)
     t0 = time.perf_counter()
     for _ in range(batches):
-        to_device(next(it), torch.device("cpu"))
+        to_device(next(it), device)
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
     return batches * mbs * seq_len / (time.perf_counter() - t0)
 
 

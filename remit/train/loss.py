@@ -38,7 +38,8 @@ def group_index(segment_ids: torch.Tensor, center: str) -> torch.Tensor:
 
 @torch.no_grad()
 def online_weights(
-    logp_rl: torch.Tensor, logp_theta: torch.Tensor, valid: torch.Tensor, groups: torch.Tensor, eps: float
+    logp_rl: torch.Tensor, logp_theta: torch.Tensor, valid: torch.Tensor, groups: torch.Tensor, eps: float,
+    num_groups: int | None = None,
 ) -> torch.Tensor:
     """The paper's weight for every position (flat tensors); 1.0 where `valid` is False.
 
@@ -46,7 +47,8 @@ def online_weights(
     """
     d = (logp_rl - logp_theta).to(torch.float32)
     d = torch.where(valid, d, torch.zeros_like(d))
-    n_groups = int(groups.max()) + 1 if groups.numel() else 0
+    # An upper bound instead of groups.max(): reading the max would stall the GPU every micro-batch.
+    n_groups = num_groups if num_groups is not None else (int(groups.max()) + 1 if groups.numel() else 0)
     sums = torch.zeros(n_groups, dtype=torch.float32, device=d.device).index_add_(0, groups, d)
     counts = torch.zeros(n_groups, dtype=torch.float32, device=d.device).index_add_(0, groups, valid.float())
     means = sums / counts.clamp(min=1.0)
@@ -86,31 +88,21 @@ def remit_loss(
         if logp_rl is None or segment_ids is None:
             raise ValueError("mode 'online' needs logp_rl and segment_ids")
         groups = group_index(segment_ids, center)
-        w = online_weights(logp_rl.reshape(-1), -loss.detach(), valid, groups, eps) * mask
+        b, s = segment_ids.shape
+        w = online_weights(logp_rl.reshape(-1), -loss.detach(), valid, groups, eps,
+                           num_groups=b * (s + 1)) * mask
     w = w.detach()
     sum_wl = (loss * w).sum()
     n_valid = valid.sum().to(torch.int32)
     with torch.no_grad():
-        low, high = _clip_bounds(mode, eps, w.device)
-        report = torch.stack(
-            [
-                sum_wl.detach().double(),
-                (loss.detach() * mask).sum().double(),
-                n_valid.double(),
-                w.sum().double(),
-                ((w <= low) & valid).sum().double(),
-                ((w >= high) & valid).sum().double(),
-            ]
-        )
+        # Python-float bounds compare in float32, exactly as the stored weights were clipped, and
+        # need no host-to-device copy. For 'none' no weight sits at a bound.
+        at_low = ((w <= 1.0 - eps) & valid).sum() if mode != "none" else torch.zeros_like(n_valid)
+        at_high = ((w >= 1.0 + eps) & valid).sum() if mode != "none" else torch.zeros_like(n_valid)
+        counts = torch.stack([n_valid, at_low.to(torch.int32), at_high.to(torch.int32)]).double()
+        sums = torch.stack([sum_wl.detach(), (loss.detach() * mask).sum(), w.sum()]).double()
+        report = torch.stack([sums[0], sums[1], counts[0], sums[2], counts[1], counts[2]])
     return sum_wl, n_valid, report
-
-
-def _clip_bounds(mode: str, eps: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The float32 clip bounds; for 'none' bounds no weight can reach, so both shares are 0."""
-    if mode == "none":
-        return torch.tensor(-1.0, device=device), torch.tensor(3.0, device=device)
-    return (torch.tensor(1.0 - eps, dtype=torch.float32, device=device),
-            torch.tensor(1.0 + eps, dtype=torch.float32, device=device))
 
 
 def summarize(report: torch.Tensor) -> dict[str, float]:

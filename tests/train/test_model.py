@@ -22,6 +22,25 @@ def mcore():
     cpu_compat.remove()
 
 
+def _dev() -> torch.device:
+    from remit.train import cpu_compat
+
+    return cpu_compat.device()
+
+
+class _OnDevice(torch.nn.Module):
+    """Runs the model on the training device (a GPU where there is one) with CPU inputs and outputs."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model.to(_dev())
+
+    def forward(self, *args, **kwargs):
+        move = lambda t: t.to(_dev()) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        out = self.model(*map(move, args), **{k: move(v) for k, v in kwargs.items()})
+        return out.float().cpu()
+
+
 def _mcore_model(hf_dir, seq_len=64):
     from remit.train.convert import load_hf_into
     from remit.train.model import build_gpt_model, llama_shape, read_hf_config, transformer_config
@@ -48,7 +67,7 @@ def test_hf_to_mcore_and_back_reproduces_the_logits(mcore, model_pair, tmp_path)
     pos = torch.arange(24)[None].expand(2, 24)
     with torch.no_grad():
         ref = hf(ids).logits
-        got = model(ids, pos, _causal(24))
+        got = _OnDevice(model)(ids, pos, _causal(24))
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
 
     out = save_hf(gather_full_state(model, None), base_dir, tmp_path / "back")
@@ -73,7 +92,7 @@ def test_tied_embeddings_convert(mcore, tmp_path):
 
     ids = torch.randint(3, 96, (1, 16))
     with torch.no_grad():
-        torch.testing.assert_close(model(ids, torch.arange(16)[None], _causal(16)),
+        torch.testing.assert_close(_OnDevice(model)(ids, torch.arange(16)[None], _causal(16)),
                                    LlamaForCausalLM.from_pretrained(d)(ids).logits, rtol=0, atol=1e-5)
     back = read_hf_weights(save_hf(gather_full_state(model, None), d, tmp_path / "back"))
     assert "lm_head.weight" not in back and set(back) == set(read_hf_weights(d)) - {"lm_head.weight"}
@@ -108,7 +127,8 @@ def test_online_with_the_base_model_reproduces_static(mcore, model_pair, tmp_pat
     model, _ = _mcore_model(base_dir, 48)
     batch = to_device(collate([ds[i] for i in range(len(ds))]), torch.device("cpu"))
     with torch.no_grad():
-        loss = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
+        loss = _OnDevice(model)(batch["tokens"], batch["position_ids"], batch["attention_mask"],
+                                labels=batch["labels"])
     valid = batch["loss_mask"] > 0
     # log p_theta vs the stored log p_base, label-aligned
     stored_base = []

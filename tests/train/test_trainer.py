@@ -18,8 +18,16 @@ REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("dp_worker.py")
 
 
+def _two_ranks() -> pytest.MarkDecorator:
+    import torch
+
+    return pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.device_count() < 2,
+                              reason="two NCCL ranks need two GPUs (on the CPU, gloo runs both)")
+
+
 def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "PYTHONWARNINGS": "ignore"}
 
 
 def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -96,6 +104,7 @@ def test_resume_reproduces_the_uninterrupted_curve(baseline, data, tmp_path):
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), (a["step"], key)
 
 
+@_two_ranks()
 def test_two_process_data_parallel_matches_one_process(baseline, data, model_pair, tmp_path):
     _worker(data, tmp_path / "run", tmp_path / "ids", nproc=2, init_hf=model_pair[0])
     one, two = _metrics(baseline / "run"), _metrics(tmp_path / "run")
@@ -110,6 +119,7 @@ def test_two_process_data_parallel_matches_one_process(baseline, data, model_pai
         assert r0 | r1 == set(ids), step  # together the same global batch as one process
 
 
+@_two_ranks()
 def test_tensor_parallel_2_matches_tp_1(baseline, data, model_pair, tmp_path):
     _worker(data, tmp_path / "run", tmp_path / "ids", nproc=2, tp=2, init_hf=model_pair[0])
     for a, b in zip(_metrics(baseline / "run"), _metrics(tmp_path / "run")):
