@@ -7,8 +7,6 @@ manifest can say exactly what each document's token stream starts and ends with.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -17,6 +15,7 @@ import numpy as np
 
 from remit.annotate.inputs import Item, Record, Skip
 from remit.annotate.packing import Document
+from remit.shards.tokenizer_hash import canonical_tokenizer, tokenizer_hash
 
 BOS_POLICIES = ("auto", "always", "never")
 EOS_POLICIES = ("always", "never")
@@ -39,27 +38,8 @@ def load_tokenizer(model_dir: str | Path):
         ) from e
 
 
-def _canonical(tokenizer) -> dict[str, Any]:
-    """What defines how text becomes ids: the backend's full definition (vocab, merges, added and
-    special tokens, normalizer, pre-tokenizer) plus the special-token map. Padding/truncation
-    settings are dropped: they do not change ids."""
-    specials = {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        spec = json.loads(backend.to_str())
-        spec.pop("truncation", None)
-        spec.pop("padding", None)
-        return {"backend": spec, "special_tokens": specials}
-    return {"vocab": sorted(tokenizer.get_vocab().items()), "special_tokens": specials}
-
-
-def tokenizer_hash(tokenizer) -> str:
-    blob = json.dumps(_canonical(tokenizer), sort_keys=True, ensure_ascii=False).encode()
-    return "sha256:" + hashlib.sha256(blob).hexdigest()
-
-
 def explain_mismatch(base, rl) -> str:
-    a, b = _canonical(base), _canonical(rl)
+    a, b = canonical_tokenizer(base), canonical_tokenizer(rl)
     reasons = []
     va, vb = base.get_vocab(), rl.get_vocab()
     if len(va) != len(vb):

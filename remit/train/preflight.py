@@ -6,12 +6,11 @@ the fix, so a launch fails in seconds instead of after the model is loaded on ev
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from remit.shards import ShardError, read_manifest
+from remit.shards.tokenizer_hash import tokenizer_hash
 
 
 class PreflightError(ValueError):
@@ -33,19 +32,6 @@ def validate_data(root: str | Path) -> None:
         )
 
 
-def _canonical_tokenizer(tokenizer: Any) -> dict[str, Any]:
-    # Must stay identical to the definition the annotation records in the manifest (tested against it):
-    # the backend's full definition without padding/truncation, plus the special-token map.
-    specials = {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        spec = json.loads(backend.to_str())
-        spec.pop("truncation", None)
-        spec.pop("padding", None)
-        return {"backend": spec, "special_tokens": specials}
-    return {"vocab": sorted(tokenizer.get_vocab().items()), "special_tokens": specials}
-
-
 def tokenizer_sha256(hf_dir: str | Path) -> str | None:
     """The manifest-style hash of the tokenizer saved in `hf_dir`, or None if it holds no tokenizer."""
     hf_dir = Path(hf_dir)
@@ -53,9 +39,7 @@ def tokenizer_sha256(hf_dir: str | Path) -> str | None:
         return None
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
-    blob = json.dumps(_canonical_tokenizer(tokenizer), sort_keys=True, ensure_ascii=False).encode()
-    return "sha256:" + hashlib.sha256(blob).hexdigest()
+    return tokenizer_hash(AutoTokenizer.from_pretrained(str(hf_dir)))
 
 
 def check_data_fits_model(data: str | Path, vocab_size: int, model_dir: str | Path) -> str | None:
