@@ -26,6 +26,8 @@ import numpy as np
 from remit.annotate.engine import EngineSettings
 from remit.annotate.engine_hf import as_prompts, check_model_dir
 
+log = logging.getLogger(__name__)
+
 #: Bytes per (position, vocabulary entry) on vLLM's prompt log-prob path: the logits (<= 4 B), their
 #: float32 log-softmax (4 B), the rank comparison (1 B) and slack for temporaries.
 BYTES_PER_LOGIT = 12
@@ -152,18 +154,23 @@ class VllmScorer:
         self.version = vllm.__version__
         self.vocab_size = vocab_size(self.model_dir)
 
-        if settings.max_batch_tokens:
-            batch_tokens = settings.max_batch_tokens
-        elif self.cuda:
+        if self.cuda:
             import torch
 
-            batch_tokens = auto_batch_tokens(
+            safe_tokens = auto_batch_tokens(
                 self.vocab_size,
                 gpu_total_bytes=torch.cuda.get_device_properties(0).total_memory,
                 gpu_memory_utilization=settings.gpu_memory_utilization,
             )
         else:
-            batch_tokens = auto_batch_tokens(self.vocab_size)
+            safe_tokens = auto_batch_tokens(self.vocab_size)
+        batch_tokens = settings.max_batch_tokens or safe_tokens
+        if batch_tokens > safe_tokens and batch_tokens > MIN_BATCH_TOKENS:
+            log.warning(
+                "max_batch_tokens %d is above %d, the size at which the [tokens x vocab] log-prob tensors of "
+                "one step (vocabulary %d) fit the memory vLLM does not manage; long runs may run out of memory.",
+                batch_tokens, safe_tokens, self.vocab_size,
+            )
         kwargs: dict[str, Any] = {
             "model": str(self.model_dir),
             "dtype": settings.dtype,
