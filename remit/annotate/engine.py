@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -65,6 +65,39 @@ class Scorer(Protocol):
     def close(self) -> None:
         """Free the model (and its KV cache) so the next model can be loaded in the same process."""
         ...
+
+
+def check_model_dir(model_dir: str | Path) -> Path:
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path}: not a model folder (no config.json). Pass the folder written by save_pretrained, "
+            "holding config.json and the weight files."
+        )
+    return path
+
+
+def as_prompts(prompts: Sequence[Any], vocab_size: int, max_len: int, model_dir: Path) -> list[np.ndarray]:
+    """Validate prompts as 1-D integer token-id arrays inside the vocabulary and the length limit."""
+    out = []
+    for i, p in enumerate(prompts):
+        a = np.asarray(p)
+        if a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer)):
+            raise ValueError(f"prompt {i}: expected a 1-D array of integer token ids, got shape {a.shape} {a.dtype}")
+        a = a.astype(np.int64, copy=False)
+        if a.size and (a.min() < 0 or a.max() >= vocab_size):
+            bad = int(a[(a < 0) | (a >= vocab_size)][0])
+            raise ValueError(
+                f"prompt {i}: token id {bad} is outside the "
+                f"vocabulary of {model_dir} (size {vocab_size}); the corpus was tokenized with another tokenizer."
+            )
+        if a.size > max_len:
+            raise ValueError(
+                f"prompt {i} has {a.size} tokens, more than max_model_len = {max_len}; raise max_model_len "
+                "(seq_len + 1) or cut the prompt."
+            )
+        out.append(a)
+    return out
 
 
 def open_scorer(engine: str, model_dir: str | Path, settings: EngineSettings) -> Scorer:

@@ -23,8 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from remit.annotate.engine import EngineSettings
-from remit.annotate.engine_hf import as_prompts, check_model_dir
+from remit.annotate.engine import EngineSettings, as_prompts, check_model_dir
 
 log = logging.getLogger(__name__)
 
