@@ -22,9 +22,9 @@ from typing import Any
 
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.plan import PLAN_FILE, RUN_FILE, read_plan, work_dir
-from remit.annotate.worker import done_path, trusted_record, write_json_unique
+from remit.annotate.worker import done_path, trusted_record
 from remit.shards.checksum import file_sha256
-from remit.shards.manifest import MANIFEST_NAME, ShardError, assemble_manifest, read_manifest
+from remit.shards.manifest import MANIFEST_NAME, ShardError, assemble_manifest, read_manifest, write_json_atomic
 
 _SHARD_KEYS = ("file", "rows", "tokens", "first_sample_id", "token_checksum", "file_sha256", "bytes")
 _SHOWN = 20
@@ -145,7 +145,7 @@ def finalize(output: str | Path, *, keep_work: bool = False) -> dict[str, Any]:
     # Unique temporary name: a Slurm finalize step and a user may finalize at once (same bytes either way).
     # The other one may also sweep our temporary file away below; its manifest is then already in place.
     try:
-        write_json_unique(out / MANIFEST_NAME, manifest)
+        write_json_atomic(out / MANIFEST_NAME, manifest)
     except FileNotFoundError:
         if not (out / MANIFEST_NAME).exists():
             raise

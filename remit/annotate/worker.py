@@ -20,7 +20,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,7 +42,7 @@ from remit.annotate.plan import (
 )
 from remit.annotate.progress import Progress
 from remit.shards.faults import failpoint
-from remit.shards.manifest import MANIFEST_NAME, ShardError
+from remit.shards.manifest import MANIFEST_NAME, ShardError, write_json_atomic
 from remit.shards.weights import remit_weights
 from remit.shards.writer import Rows, build_table, write_shard
 
@@ -124,22 +123,6 @@ def rank_from_env(rank: int | None, world_size: int | None,
 # -- files ----------------------------------------------------------------------------------------------
 
 
-def write_json_unique(path: Path, obj: Any) -> None:
-    """Write JSON atomically under a temporary name unique to this process.
-
-    Two workers may write the same file at once (both create run.json on a fresh output). With a shared
-    temporary name one could rename the other's half-written file into place; with unique names each
-    rename installs a complete file, and the last one wins (the contents are identical).
-    """
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _read_json(path: Path) -> dict[str, Any] | None:
     """The JSON object in `path`, or None when it is missing or unreadable (e.g. empty after a node crash)."""
     try:
@@ -186,7 +169,7 @@ def prepare_output(cfg: AnnotateConfig, run: dict[str, Any]) -> bool:
     if run_file.exists():
         _refuse_other_run(run_file, run["run_id"], "the unfinished work")
     else:
-        write_json_unique(run_file, run)
+        write_json_atomic(run_file, run)
         # Another run's worker may have raced us to an empty folder: whoever renamed last holds run.json.
         _refuse_other_run(run_file, run["run_id"], "the unfinished work")
     return False
@@ -455,7 +438,7 @@ def _rl_pass(cfg: AnnotateConfig, out: Path, units: list[dict[str, Any]], run_id
         with _Timer(stats, "bookkeeping"):
             record = {**info.to_dict(), "unit": u["unit"], "run_id": run_id,
                       "engine": describe_rl, "engine_base": describe_base}
-            write_json_unique(done_path(out, u["unit"]), record)
+            write_json_atomic(done_path(out, u["unit"]), record)
             failpoint("after-done")
             bpath.unlink(missing_ok=True)
         stats.units_scored += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,14 @@ class ShardError(ValueError):
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to a temporary name, flush it to disk, then rename it into place."""
+    """Write JSON under a temporary name unique to this process, flush it to disk, then rename it.
+
+    Two workers may write the same file at once (both create run.json on a fresh output). With a
+    shared temporary name one could rename the other's half-written file into place; with unique
+    names each rename installs a complete file, and the last one wins.
+    """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
