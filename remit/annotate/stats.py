@@ -151,6 +151,13 @@ def load_tokenizer(manifest: dict[str, Any], root: Path, override: Path | None =
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as e:  # transformers raises OSError, ValueError and others for unusable folders
         return None, f"token ids not decoded: cannot load the tokenizer in {path} ({type(e).__name__}: {e})"
+    from remit.shards.tokenizer_hash import tokenizer_hash
+
+    recorded_hash = (manifest.get("tokenizer") or {}).get("sha256")
+    if recorded_hash and recorded_hash.startswith("sha256:") and tokenizer_hash(tok) != recorded_hash:
+        # Decoding with another tokenizer would print confident but wrong token texts.
+        return None, (f"token ids not decoded: the tokenizer in {path} is not the one the output was scored "
+                      f"with (its hash differs from the manifest's {recorded_hash}); pass --tokenizer DIR")
     return tok, f"token ids decoded with the tokenizer in {path}"
 
 

@@ -38,6 +38,7 @@ def make_text_output(root: Path, docs: list[tuple[str, str, str]], tokenizer_dir
     from remit import __version__
     from remit.annotate.packing import Document, pack
     from remit.shards import Rows, build_table, remit_weights, write_json_atomic, write_shard
+    from remit.shards.tokenizer_hash import tokenizer_hash
     from remit.shards.manifest import MANIFEST_NAME, assemble_manifest
     from remit.shards.weights import RULE
 
@@ -67,7 +68,7 @@ def make_text_output(root: Path, docs: list[tuple[str, str, str]], tokenizer_dir
     run = {
         "run_id": "text-output", "remit_version": __version__, "config": {"note": "<b>not bold</b> & co"},
         "models": {"base": {"path": "base"}, "rl": {"path": "rl"}},
-        "tokenizer": {"sha256": "sha256:test", "vocab_size": len(tok), "bos_id": tok.bos_token_id,
+        "tokenizer": {"sha256": tokenizer_hash(tok), "vocab_size": len(tok), "bos_id": tok.bos_token_id,
                       "eos_id": tok.eos_token_id, "add_bos": False, "add_eos": True, "path": str(tokenizer_dir)},
         "engine": {"name": "synthetic", "version": "0", "dtype": "float32", "settings": {}},
         "packing": {"seq_len": seq_len, "row_tokens": seq_len + 1, "first_token_logp": "nan"},

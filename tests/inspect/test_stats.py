@@ -123,3 +123,13 @@ def test_help_and_import_load_no_engine() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_tokenizer_other_than_the_scoring_one_is_not_used(capsys, text_output: Path, tmp_path: Path) -> None:
+    from remit.annotate.demo import corpus_texts, train_tokenizer
+
+    other = tmp_path / "other-tokenizer"
+    train_tokenizer(corpus_texts(), vocab_size=500).save_pretrained(other)
+    out = run_json(capsys, text_output, "--tokenizer", str(other), "--min-count", "2", "--top-k", "5")
+    assert "not the one the output was scored with" in out["tokens_note"]
+    assert all(r["text"] is None for r in out["top_up_tokens"])
