@@ -99,6 +99,21 @@ def model_path(manifest_data: dict, role: str, override: str | Path | None) -> P
     return path
 
 
+def check_same_model(manifest_data: dict, role: str, path: Path) -> None:
+    """Refuse a model folder whose weights differ from the ones that scored the output: the comparison
+    would then measure the change of model, not the engine's error."""
+    from remit.annotate.plan import model_info
+
+    recorded = (manifest_data.get("models", {}).get(role) or {}).get("weights_sha256")
+    if recorded:
+        actual = model_info(path)["weights_sha256"]
+        if actual != recorded:
+            raise ValueError(
+                f"{role} model {path}: its weights hash {actual} differs from the manifest's {recorded}; it is "
+                f"not the checkpoint that scored this output. Pass --{role} DIR with that checkpoint."
+            )
+
+
 def score_segments(model_dir: Path, prompts: list[np.ndarray], settings: Any, label: str) -> list[np.ndarray]:
     from remit.annotate.engine import open_scorer
 
@@ -134,6 +149,8 @@ def verify_output(
     m = out.manifest
     base_dir = model_path(m.data, "base", base)
     rl_dir = model_path(m.data, "rl", rl)
+    check_same_model(m.data, "base", base_dir)
+    check_same_model(m.data, "rl", rl_dir)
     dtype = dtype or m.data.get("engine", {}).get("dtype", "float32")
 
     picks = sample_rows([int(s["rows"]) for s in m.shards], rows, seed)

@@ -75,12 +75,13 @@ def build_scored_output(root: Path, model_pair: tuple[Path, Path], *, rl_shift: 
             sources=batch.sources[a:b],
         )
         shards.append(write_shard(build_table(part, eps), root / f"shard-{k:05d}.parquet").to_dict())
-    model = {"weights_sha256": "sha256:test", "architecture": "LlamaForCausalLM"}
+    from remit.annotate.plan import model_info
+
     run_info = {
         "run_id": "verify-test",
         "remit_version": __version__,
         "config": {},
-        "models": {"base": {"path": str(base_dir), **model}, "rl": {"path": str(rl_dir), **model}},
+        "models": {"base": model_info(Path(base_dir)), "rl": model_info(Path(rl_dir))},
         "tokenizer": {"sha256": "sha256:test", "vocab_size": vocab, "bos_id": 1, "eos_id": 2,
                       "add_bos": False, "add_eos": True, "path": str(base_dir)},
         "engine": {"name": "hf", "version": "test", "dtype": "float32", "settings": {}},
@@ -146,3 +147,10 @@ def test_verify_missing_model_or_output(good_output, tmp_path, capsys):
     assert cli([str(good_output), "--base", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err
     assert cli([str(tmp_path / "no-output")]) == 2
+
+
+def test_verify_refuses_another_checkpoint(good_output, model_pair, capsys):
+    base, rl = model_pair
+    # The RL checkpoint passed as --base: same shapes, other weights, so the hash check must catch it.
+    assert cli([str(good_output), "--base", str(rl)]) == 2
+    assert "not the checkpoint that scored this output" in capsys.readouterr().err
