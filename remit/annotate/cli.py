@@ -104,7 +104,7 @@ def _print_summary(manifest: dict | None, stats, seconds: float) -> None:
         for ex in inp.get("skip_examples", [])[:5]:
             lines.append(f"             e.g. {ex}")
     lines.append(f"scored     {stats.tokens:>14,} tokens in {stats.units_scored} units "
-                 f"({stats.units_skipped} already done)")
+                 f"({stats.units_skipped} already done, {stats.units_rescored} redone from scratch)")
     score_s = stats.seconds.get("score_base", 0.0) + stats.seconds.get("score_rl", 0.0)
     if stats.tokens and seconds > 0:
         lines.append(f"speed      {stats.tokens / seconds:>14,.0f} tokens/s end to end "
