@@ -532,7 +532,7 @@ def test_the_launcher_forwards_every_job_flag(model_pair, corpus, tmp_path):
             assert getattr(launch_args, key) == value, key
 
 
-SBATCH = Path(__file__).resolve().parents[2] / "remit" / "annotate" / "launch" / "annotate_array.sbatch"
+SBATCH = Path(__file__).resolve().parents[2] / "remit" / "annotate" / "slurm" / "annotate_array.sbatch"
 
 
 def test_slurm_script_submits_the_array_and_a_dependent_finalize(tmp_path):
