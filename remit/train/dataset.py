@@ -51,11 +51,13 @@ def make_sample(
 ) -> dict[str, np.ndarray]:
     """The training fields of one row (length <= seq_len + 1), padded to `seq_len` positions.
 
+    A one-token row (the output's last row can be one) has no label: an all-masked sample.
+
     Padding (only on the output's last, short row) has loss_mask 0, its own segment id -1 and
     position ids continuing from 0; `logp_rl` and `loss_weight` are 0 wherever loss_mask is 0.
     """
     n = len(row_tokens)
-    if not 2 <= n <= seq_len + 1:
+    if not 1 <= n <= seq_len + 1:
         raise ValueError(f"row of {n} tokens cannot make a sample of seq_len {seq_len}")
     used = n - 1  # input positions that have a label
     is_start = np.zeros(n, dtype=bool)

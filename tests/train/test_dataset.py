@@ -195,3 +195,22 @@ def test_refuses_a_manifest_that_disagrees_with_a_shard(output, tmp_path):
     (bad / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ShardError, match=r"shard-00000\.parquet: 5 rows, the manifest says 6"):
         RemitDataset(bad)
+
+
+def test_a_one_token_last_row_is_an_all_masked_sample(tmp_path):
+    # 10 tokens with seq_len 8 pack into rows of 9 and 1: the output's last row holds a single token.
+    out = make_output(tmp_path / "o", n_docs=1, seq_len=8, doc_len=(10, 10), rows_per_shard=4, seed=0)
+    ds = RemitDataset(out, seq_len=8, tokenizer_hash="sha256:synthetic")
+    assert len(ds) == 2
+    last = ds[1]
+    assert last["loss_mask"].sum() == 0 and last["loss_weight"].sum() == 0
+    assert ds[0]["loss_mask"].sum() > 0
+    for mode in ("none", "static", "online"):
+        import torch
+
+        from remit.train.loss import remit_loss
+
+        b = {k: torch.as_tensor(v)[None] for k, v in last.items() if k != "attention_mask"}
+        s, n, _ = remit_loss(torch.ones(1, 8), b["loss_mask"], mode, loss_weight=b["loss_weight"],
+                             logp_rl=b["logp_rl"], segment_ids=b["segment_ids"])
+        assert float(s) == 0.0 and int(n) == 0
