@@ -30,8 +30,18 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                if line.strip() and json.loads(line)["step"] <= resume_iteration:
+            lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+            for i, line in enumerate(lines):
+                try:
+                    step = json.loads(line)["step"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    if i == len(lines) - 1:  # a line cut short when the process was killed mid-write
+                        print(f"{self.path}: dropping its unreadable last line (an interrupted write)", flush=True)
+                        continue
+                    raise ValueError(
+                        f"{self.path}: line {i + 1} is not a metrics record; move the file away to start it anew"
+                    ) from None
+                if step <= resume_iteration:
                     kept.append(line)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(f"{line}\n" for line in kept))

@@ -76,7 +76,11 @@ def baseline(tmp_path_factory, data, model_pair) -> Path:
 def test_metrics_schedule_and_checkpoints(baseline):
     rows = _metrics(baseline / "run")
     assert [r["step"] for r in rows] == list(range(1, 7))
-    for key in ("step", "loss", "loss_unweighted", "mean_weight", "frac_at_low", "frac_at_high", "lr", "tokens"):
+    from remit.train.metrics import STABLE_KEYS
+
+    # Other tools read these keys: freeze them (adding a key is fine, losing or renaming one is not).
+    assert set(STABLE_KEYS) >= {"step", "loss", "loss_unweighted", "mean_weight", "lr", "tokens"}
+    for key in STABLE_KEYS:
         assert all(key in r for r in rows), key
     assert all(np.isfinite(r["loss"]) and r["loss"] != r["loss_unweighted"] for r in rows)
     lrs = [r["lr"] for r in rows]
