@@ -62,8 +62,10 @@ def check_data_fits_model(data: str | Path, vocab_size: int, model_dir: str | Pa
     return expected
 
 
-def check_resume_matches(state: dict[str, Any], data: str | Path, seed: int) -> None:
-    """A resumed run must read the same output in the same order, or the trajectory is not a continuation."""
+def check_resume_matches(state: dict[str, Any], data: str | Path, seed: int,
+                         objective: dict[str, Any] | None = None) -> None:
+    """A resumed run must read the same output in the same order and optimise the same objective (weight
+    mode, eps, centring, global batch), or the trajectory is not a continuation."""
     manifest = read_manifest(data)
     if state.get("data_run_id") not in (None, manifest.run_id):
         raise PreflightError(
@@ -75,6 +77,12 @@ def check_resume_matches(state: dict[str, Any], data: str | Path, seed: int) -> 
             f"--seed {seed} differs from the checkpoint's seed {state['seed']}: the data order would change. "
             "Resume with the same seed, or start a new run in another --save folder."
         )
+    for key, value in (objective or {}).items():
+        if state.get(key) not in (None, value):
+            raise PreflightError(
+                f"{key} = {value!r} differs from the checkpoint's {state[key]!r}: the resumed run would optimise "
+                f"another objective. Resume with the checkpoint's {key}, or start a new run in another --save folder."
+            )
 
 
 __all__ = ["PreflightError", "ShardError", "check_data_fits_model", "check_resume_matches", "tokenizer_sha256",

@@ -114,6 +114,7 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
     order = SampleOrder(dataset.shard_rows, seed=cfg.seed, shuffle_shards=cfg.shuffle_shards)
     eps = cfg.eps if cfg.eps is not None and cfg.weights == "online" else manifest.eps
     center = cfg.center or manifest.center
+    objective = {"weights": cfg.weights, "eps": eps, "center": center, "global_batch_size": gbs}
 
     cpu_compat.seed_rng(cfg.seed)
     tcfg = transformer_config(shape, tp=tp_size, bf16=cfg.bf16)
@@ -138,7 +139,7 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
     iteration, consumed, tokens = 0, 0, 0
     if resume_it is not None:
         state = load_checkpoint(load_dir, ddp, optimizer, scheduler)
-        check_resume_matches(state, cfg.data, cfg.seed)
+        check_resume_matches(state, cfg.data, cfg.seed, objective)
         iteration, consumed, tokens = int(state["iteration"]), int(state["consumed_samples"]), int(state["tokens"])
     if is_main:
         cfg.save.mkdir(parents=True, exist_ok=True)
@@ -187,7 +188,7 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
             if step == cfg.train_iters or (cfg.save_interval and step % cfg.save_interval == 0):
                 saved = save_checkpoint(cfg.save, step, ddp, optimizer, scheduler, {
                     "consumed_samples": consumed, "tokens": tokens, "seed": cfg.seed,
-                    "data_run_id": manifest.run_id, "weights": cfg.weights,
+                    "data_run_id": manifest.run_id, **objective,
                 })
     finally:
         loader.close()

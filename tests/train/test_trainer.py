@@ -163,3 +163,14 @@ def test_a_corrupt_output_is_refused_before_training(data, model_pair, tmp_path)
     assert proc.returncode == 2
     assert "shard-00001.parquet" in proc.stderr and "does not validate" in proc.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_resume_with_another_objective_is_refused(baseline, data, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(baseline / "run", run)
+    proc = _run([sys.executable, "-m", "remit.train", "--data", str(data), "--save", str(run),
+                 "--weights", "static", "--train-iters", "8", "--micro-batch-size", "2",
+                 "--global-batch-size", "4", "--lr", "1e-3", "--lr-warmup-iters", "2", "--seed", "7",
+                 "--shuffle-shards", "2"])
+    assert proc.returncode != 0
+    assert "weights = 'static' differs from the checkpoint's 'online'" in proc.stderr + proc.stdout
