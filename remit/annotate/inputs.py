@@ -154,10 +154,13 @@ def _read_jsonl(path: Path, fields: Fields) -> Iterator[Item]:
 
 def _read_table_batches(batches: Iterator, source: str, fields: Fields) -> Iterator[Item]:
     index = 0
-    for batch in batches:
-        for obj in batch.to_pylist():
-            yield _record(obj, source, index, fields)
-            index += 1
+    try:
+        for batch in batches:
+            for obj in batch.to_pylist():
+                yield _record(obj, source, index, fields)
+                index += 1
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid (a corrupt page) is a ValueError
+        yield Skip(source, index, f"unreadable from this record on ({type(e).__name__}: {e})", "unreadable file")
 
 
 def _columns(names: list[str], fields: Fields, source: str) -> list[str]:
@@ -178,10 +181,7 @@ def _read_parquet(path: Path, fields: Fields) -> Iterator[Item]:
         yield Skip(source, 0, f"unreadable Parquet file ({type(e).__name__}: {e})", "unreadable file")
         return
     cols = _columns(pf.schema_arrow.names, fields, source)
-    try:
-        yield from _read_table_batches(pf.iter_batches(batch_size=_BATCH_ROWS, columns=cols), source, fields)
-    except OSError as e:
-        yield Skip(source, -1, f"unreadable from some row on ({type(e).__name__}: {e})", "unreadable file")
+    yield from _read_table_batches(pf.iter_batches(batch_size=_BATCH_ROWS, columns=cols), source, fields)
 
 
 def _read_datasets(path: Path, fields: Fields) -> Iterator[Item]:
@@ -210,6 +210,26 @@ def _read_text_file(path: Path, fields: Fields) -> Iterator[Item]:
         yield Skip(source, 0, "text files cannot hold pre-tokenized input", "not token ids")
         return
     yield Record(doc_id=source, source=source, index=0, text=text)
+
+
+def check_columns(paths: list[Path], fields: Fields) -> None:
+    """Fail before any work starts when a Parquet or `datasets` input lacks the text (or token) column;
+    reads schemas only."""
+    import pyarrow.parquet as pq
+
+    for path in paths:
+        if is_datasets_folder(path):
+            from datasets import DatasetDict, load_from_disk
+
+            ds = load_from_disk(str(path))
+            for name, split in ([(n, ds[n]) for n in sorted(ds)] if isinstance(ds, DatasetDict) else [("", ds)]):
+                _columns(split.column_names, fields, f"{path}[{name}]" if name else str(path))
+        elif _has_suffix(path, PARQUET_SUFFIXES):
+            try:
+                names = pq.read_schema(path).names
+            except Exception:  # an unreadable file is skipped and counted when it is read
+                continue
+            _columns(names, fields, str(path))
 
 
 def read_inputs(paths: list[Path], fields: Fields) -> Iterator[Item]:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from remit import __version__
 from remit.annotate.config import AnnotateConfig
-from remit.annotate.inputs import Fields, Skip, expand_inputs, fingerprint, read_inputs
+from remit.annotate.inputs import Fields, Skip, check_columns, expand_inputs, fingerprint, read_inputs
 from remit.annotate.packing import PackedRow, pack
 from remit.annotate.progress import Progress
 from remit.annotate.tokenize import SpecialTokens, check_same_tokenizer, load_tokenizer, tokenize_records
@@ -91,6 +91,7 @@ def describe_run(cfg: AnnotateConfig) -> tuple[dict[str, Any], Any, SpecialToken
     """
     cfg.check_paths()
     inputs = expand_inputs(cfg.inputs)
+    check_columns(inputs, Fields(text=cfg.text_field, id=cfg.id_field, tokens=cfg.token_field))
     tok_base, tok_rl = load_tokenizer(cfg.base), load_tokenizer(cfg.rl)
     tok_hash = check_same_tokenizer(tok_base, tok_rl, cfg.base, cfg.rl)
     special = SpecialTokens.resolve(tok_base, cfg.bos, cfg.eos)

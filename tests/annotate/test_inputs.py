@@ -166,3 +166,16 @@ def test_doc_ids_default_to_file_and_record(tmp_path):
     p.write_text(json.dumps({"text": "x"}) + "\n" + json.dumps({"text": "y", "id": 7}) + "\n")
     ids = [r.doc_id for r in read_inputs([p], Fields())]
     assert ids == [f"{p}:0", "7"]
+
+
+def test_missing_column_fails_before_any_work(model_pair, tmp_path, capsys):
+    base, rl = model_pair
+    good = tmp_path / "a.jsonl"
+    good.write_text(json.dumps({"text": "fine"}) + "\n")
+    bad = tmp_path / "b.parquet"
+    pq.write_table(pa.table({"body": ["x"]}), bad)
+    code = main(["plan", "--base", str(base), "--rl", str(rl), "--input", str(good), str(bad),
+                 "--output", str(tmp_path / "o"), "--engine", "hf", "--seq-len", "16"])
+    assert code == 2
+    assert "no column 'text'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
