@@ -30,6 +30,7 @@ from remit.annotate.tokenize import SpecialTokens, check_same_tokenizer, load_to
 from remit.shards.checksum import bytes_sha256, token_checksum
 from remit.shards.manifest import write_json_atomic
 from remit.shards.weights import RULE
+from remit.shards.writer import fsync_file
 
 WORK_DIR = "_work"
 RUN_FILE = "run.json"
@@ -168,6 +169,7 @@ def _write_unit(output: Path, unit: int, rows: list[PackedRow], first_sample_id:
     path = unit_plan_path(output, unit)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(_unit_table(rows, first_sample_id), tmp, compression="zstd")
+    fsync_file(tmp)  # plan.json, written later, must never point at a unit lost in a power failure
     tmp.replace(path)
     lengths = np.array([len(r.tokens) for r in rows], np.int64)
     return {

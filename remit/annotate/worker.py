@@ -44,7 +44,7 @@ from remit.annotate.progress import Progress
 from remit.shards.faults import failpoint
 from remit.shards.manifest import MANIFEST_NAME, ShardError, write_json_atomic
 from remit.shards.weights import remit_weights
-from remit.shards.writer import Rows, build_table, write_shard
+from remit.shards.writer import Rows, build_table, fsync_file, write_shard
 
 #: Timer keys that count as unit bookkeeping (markers, renames, checksums, leftovers), as opposed to
 #: scoring, reading the planned units, computing weights or encoding the shard.
@@ -301,6 +301,7 @@ def _sweep_leftovers(output: Path, units: list[dict[str, Any]], done: set[int]) 
 def _save_npz_atomic(path: Path, **arrays: Any) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
+    fsync_file(tmp)
     os.replace(tmp, path)
 
 

@@ -172,8 +172,7 @@ def write_shard(
     expected = token_checksum(lengths, tokens)
     write_table(table, tmp, row_group_bytes)
     failpoint("shard-tmp-written")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    fsync_file(tmp)
     back = read_shard(tmp, expected_checksum=expected)
     if back.num_rows != table.num_rows:
         raise RuntimeError(f"{tmp}: read back {back.num_rows} rows, wrote {table.num_rows}")
@@ -189,6 +188,12 @@ def write_shard(
     os.replace(tmp, path)
     fsync_dir(path.parent)
     return info
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a just-written file to disk before it is renamed into place."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def fsync_dir(path: str | Path) -> None:
