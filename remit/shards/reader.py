@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from remit.shards.checksum import token_checksum
 from remit.shards.manifest import Manifest, ShardError, read_manifest
-from remit.shards.schema import SCHEMA, TOKEN_LIST_COLUMNS, schema_mismatch
+from remit.shards.schema import SCHEMA, SEGMENT_LIST_COLUMNS, TOKEN_LIST_COLUMNS, schema_mismatch
 
 
 def read_shard(
@@ -48,22 +48,36 @@ def read_shard(
     return table
 
 
-def check_list_lengths(table: pa.Table, path: str | Path) -> None:
-    """Every token-level list of a row has n_tokens values, every segment-level list one per segment."""
+def list_lengths(table: pa.Table, name: str) -> np.ndarray:
+    return pc.list_value_length(table.column(name)).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def list_length_mismatches(table: pa.Table) -> list[tuple[str, str, np.ndarray]]:
+    """(column, what it should match, bad-row mask) for each list column of `table` whose per-row length
+    is wrong: token-level lists must hold n_tokens values, segment-level lists one per segment."""
     names = table.column_names
-    if "n_tokens" not in names:
-        return
-    n_tokens = table.column("n_tokens").to_numpy()
-    for name in TOKEN_LIST_COLUMNS:
-        if name in names:
-            lengths = pc.list_value_length(table.column(name)).to_numpy(zero_copy_only=False)
-            bad = np.flatnonzero(lengths != n_tokens)
-            if len(bad):
-                r = int(bad[0])
-                raise ShardError(
-                    f"{path}: row {r} has {lengths[r]} values in {name!r} but n_tokens = {n_tokens[r]} "
-                    f"({len(bad)} rows affected). The shard is inconsistent; re-run the annotation for it."
-                )
+    out = []
+    if "n_tokens" in names:
+        n_tokens = table.column("n_tokens").to_numpy().astype(np.int64)
+        for name in TOKEN_LIST_COLUMNS:
+            if name in names:
+                out.append((name, "n_tokens", list_lengths(table, name) != n_tokens))
+    if "segment_starts" in names:
+        n_seg = list_lengths(table, "segment_starts")
+        for name in SEGMENT_LIST_COLUMNS[1:]:
+            if name in names:
+                out.append((name, "segment_starts", list_lengths(table, name) != n_seg))
+    return [m for m in out if m[2].any()]
+
+
+def check_list_lengths(table: pa.Table, path: str | Path) -> None:
+    """Raise on the first list column whose length does not match its row (see list_length_mismatches)."""
+    for name, against, bad in list_length_mismatches(table):
+        rows = np.flatnonzero(bad)
+        raise ShardError(
+            f"{path}: row {int(rows[0])} has a different number of values in {name!r} than {against} says "
+            f"({len(rows)} rows affected). The shard is inconsistent; re-run the annotation for it."
+        )
 
 
 def table_token_checksum(table: pa.Table) -> str:

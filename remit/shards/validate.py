@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 
 from remit.shards.checksum import file_sha256
 from remit.shards.manifest import ShardError, read_manifest
-from remit.shards.reader import table_token_checksum
-from remit.shards.schema import SEGMENT_LIST_COLUMNS, TOKEN_LIST_COLUMNS, schema_mismatch
+from remit.shards.reader import list_length_mismatches, table_token_checksum
+from remit.shards.schema import schema_mismatch
 from remit.shards.weights import remit_weights
 
 #: Stored float32 weights vs the rule recomputed in float64: rounding is ~6e-8.
@@ -160,24 +160,12 @@ class _RowProblems:
             self.out.append(Problem(self.file, None, f"{message} in {len(bad) - _MAX_ROW_PROBLEMS} more rows", fix))
 
 
-def _lengths(table: pa.Table, name: str) -> np.ndarray:
-    return pc.list_value_length(table.column(name)).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
 def _check_list_lengths(table: pa.Table, row_problem: _RowProblems) -> bool:
     """Every token-level list has n_tokens values, every segment-level list one per segment. True if so."""
-    n_tok = table.column("n_tokens").to_numpy().astype(np.int64)
-    n_seg = _lengths(table, "segment_starts")
-    ok = True
-    for name in TOKEN_LIST_COLUMNS:
-        bad = _lengths(table, name) != n_tok
-        row_problem(bad, f"{name} has a different number of values than n_tokens")
-        ok &= not bad.any()
-    for name in SEGMENT_LIST_COLUMNS[1:]:
-        bad = _lengths(table, name) != n_seg
-        row_problem(bad, f"{name} has a different number of entries than segment_starts")
-        ok &= not bad.any()
-    return ok
+    bad = list_length_mismatches(table)
+    for name, against, rows in bad:
+        row_problem(rows, f"{name} has a different number of values than {against} says")
+    return not bad
 
 
 def _check_values(table: pa.Table, n_tok: np.ndarray, starts: list[np.ndarray], eps: float, center: str,

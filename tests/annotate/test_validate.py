@@ -107,7 +107,7 @@ def test_mismatched_list_lengths(out, sealed):
     if sealed:
         reseal(out, SHARD)
     problems = validate_output(out)
-    found = about(problems, SHARD, row=3, text="weight has a different number of values than n_tokens")
+    found = about(problems, SHARD, row=3, text="weight has a different number of values than n_tokens says")
     assert found and found[0].sample_id == 8 + 3
     assert "row 3 (sample 11)" in str(found[0]) and "Fix:" in str(found[0])
 
@@ -115,7 +115,7 @@ def test_mismatched_list_lengths(out, sealed):
 def test_mismatched_segment_list_lengths(out):
     edit_column(out, SHARD, "segment_doc_offsets", lambda rows: rows[2].append(0))
     reseal(out, SHARD)
-    assert about(validate_output(out), SHARD, row=2, text="segment_doc_offsets has a different number of entries")
+    assert about(validate_output(out), SHARD, row=2, text="segment_doc_offsets has a different number of values than segment_starts")
 
 
 @pytest.mark.parametrize("sealed", [False, True])

@@ -98,3 +98,14 @@ def test_token_checksum_depends_on_row_cut():
 def test_missing_manifest_says_what_to_do(tmp_path):
     with pytest.raises(ShardError, match="finalize"):
         open_output(tmp_path)
+
+
+def test_segment_list_mismatch_is_refused(output, tmp_path):
+    t = pq.read_table(output / "shard-00000.parquet")
+    offs = t.column("segment_doc_offsets").to_pylist()
+    offs[1] = offs[1] + [0]
+    field = SCHEMA.field("segment_doc_offsets")
+    t = t.set_column(t.schema.get_field_index("segment_doc_offsets"), field, pa.array(offs, field.type))
+    pq.write_table(t, tmp_path / "z.parquet")
+    with pytest.raises(ShardError, match="row 1 .*segment_doc_offsets.*segment_starts"):
+        read_shard(tmp_path / "z.parquet")
