@@ -143,6 +143,7 @@ def verify_output(
 ) -> VerifyReport:
     """Re-score `rows` sampled rows of a finished output with the hf engine and compare."""
     from remit.annotate.engine import EngineSettings
+    from remit.annotate.worker import unit_prompts
     from remit.shards import open_output, remit_weights
 
     out = open_output(output)
@@ -165,16 +166,13 @@ def verify_output(
     prompts: list[np.ndarray] = []
     stored = {name: [] for name in ("logp_base", "logp_rl", "weight")}
     for table in tables:
-        cols = {name: table.column(name).to_pylist() for name in ("sample_id", "token_ids", "segment_starts")}
         for name in stored:
             stored[name].extend(np.asarray(v, np.float32) for v in table.column(name).to_pylist())
-        for sid, toks, seg in zip(cols["sample_id"], cols["token_ids"], cols["segment_starts"]):
-            toks = np.asarray(toks, np.int32)
-            bounds = [*seg, len(toks)]
-            prompts.extend(toks[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
-            sample_ids.append(int(sid))
-            lengths.append(len(toks))
-            starts.append(np.asarray(seg, np.int32))
+        _, row_lengths, row_starts, row_prompts = unit_prompts(table)
+        prompts.extend(row_prompts)
+        sample_ids.extend(int(x) for x in table.column("sample_id").to_pylist())
+        lengths.extend(int(n) for n in row_lengths)
+        starts.extend(row_starts)
 
     longest = max((len(p) for p in prompts), default=2)
     settings = EngineSettings(dtype=dtype, max_model_len=max(2, longest), max_batch_tokens=max_batch_tokens)
