@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 
@@ -31,7 +32,10 @@ def init(tensor_parallel: int) -> bool:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         if "RANK" in os.environ:  # torchrun / Slurm set RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
-            dist.init_process_group(cpu_compat.backend())
+            # Rank 0 validates the whole output while the others wait in a collective: allow that
+            # more than the default 10 minutes (REMIT_DIST_TIMEOUT_MIN, default 60).
+            dist.init_process_group(cpu_compat.backend(), timeout=datetime.timedelta(
+                minutes=float(os.environ.get("REMIT_DIST_TIMEOUT_MIN", "60"))))
         else:  # a plain process: a world of one, without touching os.environ (children inherit it)
             dist.init_process_group(cpu_compat.backend(), init_method=f"tcp://127.0.0.1:{_free_port()}",
                                     rank=0, world_size=1)
