@@ -29,6 +29,7 @@ from remit.annotate.progress import Progress
 from remit.annotate.tokenize import SpecialTokens, check_same_tokenizer, load_tokenizer, tokenize_records
 from remit.shards.checksum import bytes_sha256, token_checksum
 from remit.shards.manifest import write_json_atomic
+from remit.shards.schema import SCHEMA
 from remit.shards.weights import RULE
 from remit.shards.writer import fsync_file
 
@@ -36,15 +37,10 @@ WORK_DIR = "_work"
 RUN_FILE = "run.json"
 PLAN_FILE = "plan.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+#: The planned units hold the token-level layout of the final shards: the same columns, the same types.
 PLAN_SCHEMA = pa.schema(
-    [
-        pa.field("sample_id", pa.int64(), nullable=False),
-        pa.field("token_ids", pa.list_(pa.int32()), nullable=False),
-        pa.field("segment_starts", pa.list_(pa.int32()), nullable=False),
-        pa.field("segment_doc_ids", pa.list_(pa.string()), nullable=False),
-        pa.field("segment_doc_offsets", pa.list_(pa.int64()), nullable=False),
-        pa.field("source", pa.string(), nullable=False),
-    ]
+    [SCHEMA.field(n) for n in ("sample_id", "token_ids", "segment_starts", "segment_doc_ids",
+                               "segment_doc_offsets", "source")]
 )
 
 
