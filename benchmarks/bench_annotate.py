@@ -92,8 +92,17 @@ def main() -> int:
     from remit.annotate.finalize import finalize
     from remit.annotate.worker import run_worker
 
-    cfg = AnnotateConfig(base=base, rl=rl, inputs=[corpus], output=out, engine=args.engine, dtype=args.dtype,
-                         seq_len=args.seq_len, rows_per_shard=64, progress_every_s=30)
+    cfg = AnnotateConfig(
+        base=base,
+        rl=rl,
+        inputs=[corpus],
+        output=out,
+        engine=args.engine,
+        dtype=args.dtype,
+        seq_len=args.seq_len,
+        rows_per_shard=64,
+        progress_every_s=30,
+    )
     t0 = time.perf_counter()
     stats, _ = run_worker(cfg)
     manifest = finalize(out)
@@ -108,11 +117,15 @@ def main() -> int:
     print(f"\nmachine load average at end: {os.getloadavg()}")
     print(f"engine {args.engine} {args.dtype}: {tokens:,} tokens, {manifest['totals']['rows']} rows, wall {wall:.1f} s")
     print("time split: " + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(s.items()) if k != "total"))
-    print(f"share of wall time in the two scoring passes: {100 * scoring / wall:.1f}% (score() calls only), "
-          f"{100 * passes / wall:.1f}% (with model loading)   [target >= 90%]")
+    print(
+        f"share of wall time in the two scoring passes: {100 * scoring / wall:.1f}% (score() calls only), "
+        f"{100 * passes / wall:.1f}% (with model loading)   [target >= 90%]"
+    )
     print(f"end to end: {tokens / wall:,.0f} tokens/s; per model pass: {2 * tokens / scoring:,.0f} tokens/s")
-    print(f"bytes per token on disk: {total_bytes / tokens:.2f} total; {core / tokens:.2f} for ids + two log-probs "
-          f"+ weight   [target <= 10]")
+    print(
+        f"bytes per token on disk: {total_bytes / tokens:.2f} total; {core / tokens:.2f} for ids + two log-probs "
+        f"+ weight   [target <= 10]"
+    )
     for name, b in sorted(sizes.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<26} {b / tokens:6.2f} B/token")
     return 0

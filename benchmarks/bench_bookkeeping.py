@@ -47,8 +47,16 @@ def run_once(models: tuple[Path, Path], corpus: Path, out: Path, seq_len: int, r
         encode["s"] += time.perf_counter() - t0
 
     shutil.rmtree(out, ignore_errors=True)
-    cfg = AnnotateConfig(base=models[0], rl=models[1], inputs=[corpus], output=out, engine="hf", seq_len=seq_len,
-                         rows_per_shard=rows_per_shard, progress_every_s=1e9)
+    cfg = AnnotateConfig(
+        base=models[0],
+        rl=models[1],
+        inputs=[corpus],
+        output=out,
+        engine="hf",
+        seq_len=seq_len,
+        rows_per_shard=rows_per_shard,
+        progress_every_s=1e9,
+    )
     writer.write_table = timed_write_table
     try:
         stats, plan = run_worker(cfg)
@@ -64,15 +72,28 @@ def run_once(models: tuple[Path, Path], corpus: Path, out: Path, seq_len: int, r
     scoring = sec.get("score_base", 0.0) + sec.get("score_rl", 0.0)
     shard_checks = sec.get("write", 0.0) - encode["s"]
     bookkeeping = sum(sec.get(k, 0.0) for k in BOOKKEEPING_KEYS) + shard_checks
-    return {"units": len(plan["units"]), "tokens": stats.tokens, "scoring": scoring, "bookkeeping": bookkeeping,
-            "markers": sum(sec.get(k, 0.0) for k in BOOKKEEPING_KEYS), "shard_checks": shard_checks,
-            "encode": encode["s"], "finalize": finalize_s, "total": sec.get("total", 0.0)}
+    return {
+        "units": len(plan["units"]),
+        "tokens": stats.tokens,
+        "scoring": scoring,
+        "bookkeeping": bookkeeping,
+        "markers": sum(sec.get(k, 0.0) for k in BOOKKEEPING_KEYS),
+        "shard_checks": shard_checks,
+        "encode": encode["s"],
+        "finalize": finalize_s,
+        "total": sec.get("total", 0.0),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows-per-shard", type=int, nargs="+", default=[16, 64],
-                    help="unit sizes to measure, in rows (default: 16 64)")
+    ap.add_argument(
+        "--rows-per-shard",
+        type=int,
+        nargs="+",
+        default=[16, 64],
+        help="unit sizes to measure, in rows (default: 16 64)",
+    )
     ap.add_argument("--seq-len", type=int, default=256, help="tokens per row - 1 (default 256)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per unit size; the median ratio is shown (default 3)")
     ap.add_argument("--work", type=Path, default=None, help="folder for models and outputs (default: a temp folder)")
@@ -84,20 +105,26 @@ def main() -> None:
     models = make_model_pair(work / "models")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"tiny model pair, sample corpus, hf engine, seq-len {args.seq_len}; load average {load:.1f} at start")
-    header = (f"{'rows/unit':>9} {'units':>5} {'tokens':>7} {'scoring s':>9} {'bookkeeping s':>13} "
-              f"{'(records, base, scan':>20} {'+ shard checks)':>15} {'encode s':>8} {'ratio':>7} {'finalize':>9}")
+    header = (
+        f"{'rows/unit':>9} {'units':>5} {'tokens':>7} {'scoring s':>9} {'bookkeeping s':>13} "
+        f"{'(records, base, scan':>20} {'+ shard checks)':>15} {'encode s':>8} {'ratio':>7} {'finalize':>9}"
+    )
     print(header)
     for rows in args.rows_per_shard:
         runs = [run_once(models, sample_corpus_path(), work / "out", args.seq_len, rows) for _ in range(args.repeats)]
         for r in runs:
             r["ratio"] = r["bookkeeping"] / r["scoring"]
         mid = sorted(runs, key=lambda r: r["ratio"])[len(runs) // 2]
-        print(f"{rows:>9} {mid['units']:>5} {mid['tokens']:>7} {mid['scoring']:>9.3f} {mid['bookkeeping']:>13.4f} "
-              f"{mid['markers']:>20.4f} {mid['shard_checks']:>15.4f} {mid['encode']:>8.3f} "
-              f"{100 * mid['ratio']:>6.2f}% {100 * mid['finalize'] / mid['scoring']:>8.2f}%")
+        print(
+            f"{rows:>9} {mid['units']:>5} {mid['tokens']:>7} {mid['scoring']:>9.3f} {mid['bookkeeping']:>13.4f} "
+            f"{mid['markers']:>20.4f} {mid['shard_checks']:>15.4f} {mid['encode']:>8.3f} "
+            f"{100 * mid['ratio']:>6.2f}% {100 * mid['finalize'] / mid['scoring']:>8.2f}%"
+        )
         ratios = [100 * r["ratio"] for r in runs]
-        print(f"{'':>9} bookkeeping/scoring over {len(runs)} runs: median {statistics.median(ratios):.2f}%, "
-              f"min {min(ratios):.2f}%, max {max(ratios):.2f}% (target <= 2%)")
+        print(
+            f"{'':>9} bookkeeping/scoring over {len(runs)} runs: median {statistics.median(ratios):.2f}%, "
+            f"min {min(ratios):.2f}%, max {max(ratios):.2f}% (target <= 2%)"
+        )
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 

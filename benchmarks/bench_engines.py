@@ -69,16 +69,20 @@ def worker(args: argparse.Namespace) -> None:
     describe = scorer.describe()
     scorer.close()
     np.save(args.result, np.stack([s[1:] for s in scores]))
-    print(json.dumps({
-        "engine": args.worker,
-        "dtype": args.dtype,
-        "tokens": int(ids.size),
-        "seconds": seconds,
-        "load_seconds": load_s,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "foreign_cpu_share": foreign,
-        "settings": describe["settings"],
-    }))
+    print(
+        json.dumps(
+            {
+                "engine": args.worker,
+                "dtype": args.dtype,
+                "tokens": int(ids.size),
+                "seconds": seconds,
+                "load_seconds": load_s,
+                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "foreign_cpu_share": foreign,
+                "settings": describe["settings"],
+            }
+        )
+    )
 
 
 # -- the driver ---------------------------------------------------------------------------------------
@@ -110,8 +114,22 @@ def build_corpus(workdir: Path, sequences: int, seq_len: int, vocab: int, seed: 
 
 
 def run_worker(engine: str, dtype: str, model: Path, corpus: Path, result: Path, max_batch_tokens: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", engine, "--dtype-one", dtype, "--model", str(model),
-           "--corpus", str(corpus), "--result", str(result), "--max-batch-tokens", str(max_batch_tokens)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        engine,
+        "--dtype-one",
+        dtype,
+        "--model",
+        str(model),
+        "--corpus",
+        str(corpus),
+        "--result",
+        str(result),
+        "--max-batch-tokens",
+        str(max_batch_tokens),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
@@ -130,12 +148,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq-len", type=int, default=1024, help="tokens per prompt (default 1024)")
     parser.add_argument("--vocab", type=int, default=32000, help="vocabulary size of the model (default 32000)")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="dtypes to run, in order")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="rounds; each round runs every engine once per dtype, the engine order "
-                             "alternating between rounds so that a load drift hits both (default 1)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="rounds; each round runs every engine once per dtype, the engine order "
+        "alternating between rounds so that a load drift hits both (default 1)",
+    )
     parser.add_argument("--max-batch-tokens", type=int, default=0, help="EngineSettings.max_batch_tokens (0 = auto)")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/remit-bench"),
-                        help="where the model and corpus are built and reused (default /tmp/remit-bench)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/remit-bench"),
+        help="where the model and corpus are built and reused (default /tmp/remit-bench)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the corpus (default 0)")
     parser.add_argument("--json", type=Path, default=None, help="also write all results to this JSON file")
     # -- internal: one measured run
@@ -152,8 +178,10 @@ def main(argv: list[str] | None = None) -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = build_model(args.workdir, args.vocab)
     corpus = build_corpus(args.workdir, args.sequences, args.seq_len, args.vocab, args.seed)
-    print(f"corpus: {args.sequences} x {args.seq_len} tokens; {os.cpu_count()} CPUs; "
-          f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"corpus: {args.sequences} x {args.seq_len} tokens; {os.cpu_count()} CPUs; "
+        f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     runs: list[dict] = []
     reference: np.ndarray | None = None
     for round_ in range(args.repeats):
@@ -173,12 +201,17 @@ def main(argv: list[str] | None = None) -> None:
                 r["load_average_after"] = os.getloadavg()
                 runs.append(r)
                 foreign = "n/a" if r["foreign_cpu_share"] is None else f"{100 * r['foreign_cpu_share']:.0f}%"
-                print(f"  round {round_} {engine:>4} {dtype:<8} {r['tok_per_s']:>8,.0f} tok/s  "
-                      f"scoring {r['seconds']:6.1f} s  load {r['load_seconds']:5.1f} s  "
-                      f"peak RSS {gib(r['peak_rss_bytes'])}  foreign CPU {foreign}  "
-                      f"max|diff| vs HF fp32 {r.get('max_abs_diff_vs_hf_fp32', float('nan')):.1e}", flush=True)
+                print(
+                    f"  round {round_} {engine:>4} {dtype:<8} {r['tok_per_s']:>8,.0f} tok/s  "
+                    f"scoring {r['seconds']:6.1f} s  load {r['load_seconds']:5.1f} s  "
+                    f"peak RSS {gib(r['peak_rss_bytes'])}  foreign CPU {foreign}  "
+                    f"max|diff| vs HF fp32 {r.get('max_abs_diff_vs_hf_fp32', float('nan')):.1e}",
+                    flush=True,
+                )
 
-    print("\n| dtype | HF tok/s | vLLM tok/s | vLLM / HF | HF peak RSS | vLLM peak RSS | max abs diff vs HF fp32 (vLLM) |")
+    print(
+        "\n| dtype | HF tok/s | vLLM tok/s | vLLM / HF | HF peak RSS | vLLM peak RSS | max abs diff vs HF fp32 (vLLM) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     summary = []
     for dtype in args.dtypes:
@@ -189,11 +222,14 @@ def main(argv: list[str] | None = None) -> None:
         vllm_rate = float(np.median([r["tok_per_s"] for r in by["vllm"]]))
         ratio = float(np.median(ratios))
         diff = max(r.get("max_abs_diff_vs_hf_fp32", float("nan")) for r in by["vllm"])
-        print(f"| {dtype} | {hf_rate:,.0f} | {vllm_rate:,.0f} | {ratio:.2f}x | "
-              f"{gib(max(r['peak_rss_bytes'] for r in by['hf']))} | {gib(max(r['peak_rss_bytes'] for r in by['vllm']))} "
-              f"| {diff:.1e} |")
-        summary.append({"dtype": dtype, "hf_tok_per_s": hf_rate, "vllm_tok_per_s": vllm_rate,
-                        "ratio": ratio, "ratios": ratios})
+        print(
+            f"| {dtype} | {hf_rate:,.0f} | {vllm_rate:,.0f} | {ratio:.2f}x | "
+            f"{gib(max(r['peak_rss_bytes'] for r in by['hf']))} | {gib(max(r['peak_rss_bytes'] for r in by['vllm']))} "
+            f"| {diff:.1e} |"
+        )
+        summary.append(
+            {"dtype": dtype, "hf_tok_per_s": hf_rate, "vllm_tok_per_s": vllm_rate, "ratio": ratio, "ratios": ratios}
+        )
     vllm_settings = next(r["settings"] for r in runs if r["engine"] == "vllm")
     print(f"\nvLLM settings: {json.dumps(vllm_settings, sort_keys=True)}")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -35,8 +35,9 @@ def build(work: Path, million_tokens: int) -> Path:
         return out
     n_docs = int(million_tokens * 1e6 / (sum(DOC_LEN) / 2))
     t0 = time.perf_counter()
-    make_output(out, n_docs=n_docs, seq_len=SEQ_LEN, vocab=128_000, doc_len=DOC_LEN, rows_per_shard=2048,
-                seed=million_tokens)
+    make_output(
+        out, n_docs=n_docs, seq_len=SEQ_LEN, vocab=128_000, doc_len=DOC_LEN, rows_per_shard=2048, seed=million_tokens
+    )
     print(f"built {out} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return out
 
@@ -91,27 +92,38 @@ def main() -> int:
         out = build(args.work, size)
         manifest = json.loads((out / "manifest.json").read_text())
         runs = [measure(stats_code(out, args.threads, args.memory_limit)) for _ in range(args.repeat)]
-        results.append({
-            "tokens": manifest["totals"]["tokens"],
-            "rows": manifest["totals"]["rows"],
-            "shards": manifest["totals"]["shards"],
-            "bytes_on_disk": manifest["totals"]["bytes"],
-            "stats_seconds_best": min(float(r[2]) for r in runs),
-            "process_seconds_best": min(r[0] for r in runs),
-            "process_cpu_seconds_best": min(r[3] for r in runs),
-            "peak_rss_mib_max": max(r[1] for r in runs),
-            "peak_rss_above_baseline_mib": max(r[1] for r in runs) - base_rss,
-        })
-    report = {"cpu_cores": os.cpu_count(), "threads": args.threads, "memory_limit": args.memory_limit,
-              "baseline_rss_mib": base_rss, "results": results}
+        results.append(
+            {
+                "tokens": manifest["totals"]["tokens"],
+                "rows": manifest["totals"]["rows"],
+                "shards": manifest["totals"]["shards"],
+                "bytes_on_disk": manifest["totals"]["bytes"],
+                "stats_seconds_best": min(float(r[2]) for r in runs),
+                "process_seconds_best": min(r[0] for r in runs),
+                "process_cpu_seconds_best": min(r[3] for r in runs),
+                "peak_rss_mib_max": max(r[1] for r in runs),
+                "peak_rss_above_baseline_mib": max(r[1] for r in runs) - base_rss,
+            }
+        )
+    report = {
+        "cpu_cores": os.cpu_count(),
+        "threads": args.threads,
+        "memory_limit": args.memory_limit,
+        "baseline_rss_mib": base_rss,
+        "results": results,
+    }
     print(json.dumps(report, indent=2))
-    print(f"\n| tokens | on disk | stats wall time (best of {args.repeat}) | process CPU time | peak RSS "
-          "| above import baseline |")
+    print(
+        f"\n| tokens | on disk | stats wall time (best of {args.repeat}) | process CPU time | peak RSS "
+        "| above import baseline |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['tokens'] / 1e6:.1f}M | {r['bytes_on_disk'] / 2**20:.0f} MiB | {r['stats_seconds_best']:.2f} s "
-              f"| {r['process_cpu_seconds_best']:.2f} s | {r['peak_rss_mib_max']:.0f} MiB "
-              f"| {r['peak_rss_above_baseline_mib']:.0f} MiB |")
+        print(
+            f"| {r['tokens'] / 1e6:.1f}M | {r['bytes_on_disk'] / 2**20:.0f} MiB | {r['stats_seconds_best']:.2f} s "
+            f"| {r['process_cpu_seconds_best']:.2f} s | {r['peak_rss_mib_max']:.0f} MiB "
+            f"| {r['peak_rss_above_baseline_mib']:.0f} MiB |"
+        )
     return 0
 
 

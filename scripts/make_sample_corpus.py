@@ -43,9 +43,9 @@ def proof_sketch(rng: random.Random) -> str:
 def code_note(rng: random.Random) -> str:
     k = rng.randint(2, 12)
     return (
-        f"def power_of_two(n):\n    \"\"\"Return 2**n for n >= 0.\"\"\"\n    result = 1\n"
+        f'def power_of_two(n):\n    """Return 2**n for n >= 0."""\n    result = 1\n'
         f"    for _ in range(n):\n        result *= 2\n    return result\n\n"
-        f"# Check: power_of_two({k}) == {2 ** k}, so the loop runs {k} times."
+        f"# Check: power_of_two({k}) == {2**k}, so the loop runs {k} times."
     )
 
 

@@ -38,33 +38,60 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models and data")
     g.add_argument("--base", required=True, type=Path, help="base checkpoint folder (Hugging Face format)")
     g.add_argument("--rl", required=True, type=Path, help="RL-tuned sibling of --base (same tokenizer)")
-    g.add_argument("--input", required=True, nargs="+", type=Path, dest="inputs",
-                   help="corpus: .jsonl/.jsonl.gz, .parquet, folders of .txt, or `datasets` save_to_disk folders")
+    g.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        type=Path,
+        dest="inputs",
+        help="corpus: .jsonl/.jsonl.gz, .parquet, folders of .txt, or `datasets` save_to_disk folders",
+    )
     g.add_argument("--output", required=True, type=Path, help="output folder (manifest.json + shard-*.parquet)")
     g.add_argument("--text-field", default="text", help="field/column holding the text (default: text)")
-    g.add_argument("--id-field", default="id",
-                   help="field holding the document id (default: id; absent: '<file>:<record>')")
-    g.add_argument("--token-field", default=None,
-                   help="pre-tokenized input: field with token ids, used as they are (default: off)")
+    g.add_argument(
+        "--id-field", default="id", help="field holding the document id (default: id; absent: '<file>:<record>')"
+    )
+    g.add_argument(
+        "--token-field", default=None, help="pre-tokenized input: field with token ids, used as they are (default: off)"
+    )
     g.add_argument("--strict", action="store_true", help="fail on the first unusable record instead of skipping it")
     # --- packing and weights ---
     g = p.add_argument_group("packing and weights")
-    g.add_argument("--seq-len", type=int, default=4096, help="training sequence length in tokens; rows hold seq-len + 1")
+    g.add_argument(
+        "--seq-len", type=int, default=4096, help="training sequence length in tokens; rows hold seq-len + 1"
+    )
     g.add_argument("--eps", type=float, default=0.2, help="clip half-width: weights in [1-eps, 1+eps] (default 0.2)")
-    g.add_argument("--center", choices=("row", "segment"), default="row",
-                   help="centre the log-prob difference per row (training sequence) or per document segment")
-    g.add_argument("--bos", choices=("auto", "always", "never"), default="auto",
-                   help="prepend BOS to each document (auto: as the tokenizer's template does)")
+    g.add_argument(
+        "--center",
+        choices=("row", "segment"),
+        default="row",
+        help="centre the log-prob difference per row (training sequence) or per document segment",
+    )
+    g.add_argument(
+        "--bos",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="prepend BOS to each document (auto: as the tokenizer's template does)",
+    )
     g.add_argument("--eos", choices=("always", "never"), default="always", help="append EOS to each document")
-    g.add_argument("--rows-per-shard", type=int, default=2048,
-                   help="rows per shard = the unit of work and resume (default 2048)")
+    g.add_argument(
+        "--rows-per-shard", type=int, default=2048, help="rows per shard = the unit of work and resume (default 2048)"
+    )
     # --- engine ---
     g = p.add_argument_group("engine")
     g.add_argument("--engine", choices=("vllm", "hf"), default="vllm", help="scoring engine (default vllm)")
-    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                   help="scoring dtype for both models (default float32: bf16 errors exceed the weight's range)")
-    g.add_argument("--max-batch-tokens", type=int, default=0,
-                   help="tokens per engine step; bounds the [tokens x vocab] log-softmax (0 = from vocab size)")
+    g.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="scoring dtype for both models (default float32: bf16 errors exceed the weight's range)",
+    )
+    g.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=0,
+        help="tokens per engine step; bounds the [tokens x vocab] log-softmax (0 = from vocab size)",
+    )
     g.add_argument("--kv-cache-gib", type=float, default=1.0, help="vLLM KV cache on CPU, GiB (default 1)")
     g.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vLLM on GPU (default 0.85)")
     g.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM tensor parallel size (default 1)")
@@ -78,12 +105,28 @@ def config_from_args(args: argparse.Namespace):
     from remit.annotate.config import AnnotateConfig
 
     return AnnotateConfig(
-        base=args.base, rl=args.rl, inputs=args.inputs, output=args.output, engine=args.engine,
-        seq_len=args.seq_len, eps=args.eps, center=args.center, dtype=args.dtype, text_field=args.text_field,
-        id_field=args.id_field, token_field=args.token_field, rows_per_shard=args.rows_per_shard, bos=args.bos,
-        eos=args.eos, strict=args.strict, max_batch_tokens=args.max_batch_tokens, kv_cache_gib=args.kv_cache_gib,
-        gpu_memory_utilization=args.gpu_memory_utilization, tensor_parallel_size=args.tensor_parallel_size,
-        keep_work=args.keep_work, progress_every_s=args.progress_every,
+        base=args.base,
+        rl=args.rl,
+        inputs=args.inputs,
+        output=args.output,
+        engine=args.engine,
+        seq_len=args.seq_len,
+        eps=args.eps,
+        center=args.center,
+        dtype=args.dtype,
+        text_field=args.text_field,
+        id_field=args.id_field,
+        token_field=args.token_field,
+        rows_per_shard=args.rows_per_shard,
+        bos=args.bos,
+        eos=args.eos,
+        strict=args.strict,
+        max_batch_tokens=args.max_batch_tokens,
+        kv_cache_gib=args.kv_cache_gib,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        tensor_parallel_size=args.tensor_parallel_size,
+        keep_work=args.keep_work,
+        progress_every_s=args.progress_every,
     )
 
 
@@ -99,18 +142,26 @@ def _print_summary(manifest: dict | None, stats, seconds: float) -> None:
             f"{manifest['totals']['bytes'] / max(1, manifest['totals']['tokens']):.2f} bytes/token)",
         ]
         skipped = inp.get("skipped") or {}
-        lines.append(f"skipped    {sum(skipped.values()):>14,}  " + (
-            ", ".join(f"{k}: {v}" for k, v in skipped.items()) if skipped else ""))
+        lines.append(
+            f"skipped    {sum(skipped.values()):>14,}  "
+            + (", ".join(f"{k}: {v}" for k, v in skipped.items()) if skipped else "")
+        )
         for ex in inp.get("skip_examples", [])[:5]:
             lines.append(f"             e.g. {ex}")
-    lines.append(f"scored     {stats.tokens:>14,} tokens in {stats.units_scored} units "
-                 f"({stats.units_skipped} already done, {stats.units_rescored} redone from scratch)")
+    lines.append(
+        f"scored     {stats.tokens:>14,} tokens in {stats.units_scored} units "
+        f"({stats.units_skipped} already done, {stats.units_rescored} redone from scratch)"
+    )
     score_s = stats.seconds.get("score_base", 0.0) + stats.seconds.get("score_rl", 0.0)
     if stats.tokens and seconds > 0:
-        lines.append(f"speed      {stats.tokens / seconds:>14,.0f} tokens/s end to end "
-                     f"({2 * stats.tokens / max(score_s, 1e-9):,.0f} tokens/s per model pass)")
-        lines.append(f"time       {seconds:>14.1f} s; scoring passes {100 * score_s / seconds:.1f}%, "
-                     + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(stats.seconds.items()) if k != "total"))
+        lines.append(
+            f"speed      {stats.tokens / seconds:>14,.0f} tokens/s end to end "
+            f"({2 * stats.tokens / max(score_s, 1e-9):,.0f} tokens/s per model pass)"
+        )
+        lines.append(
+            f"time       {seconds:>14.1f} s; scoring passes {100 * score_s / seconds:.1f}%, "
+            + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(stats.seconds.items()) if k != "total")
+        )
     print("\n".join(lines), flush=True)
 
 
@@ -162,19 +213,30 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:
     prog = "remit-annotate" + (f" {command}" if command else "")
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=_EPILOG if command is None else None)
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EPILOG if command is None else None,
+    )
     if command is None:
         p.add_argument("--version", action="version", version=f"remit {__version__}")
     if command in (None, "run", "plan"):
         add_job_arguments(p)
     if command == "run":
         g = p.add_argument_group("workers")
-        g.add_argument("--rank", type=int, default=None,
-                       help="this worker's rank (default: from SLURM_ARRAY_TASK_ID, SLURM_PROCID or RANK; else 0)")
-        g.add_argument("--world-size", type=int, default=None,
-                       help="number of workers (default: from SLURM_ARRAY_TASK_COUNT, SLURM_NTASKS or WORLD_SIZE; else 1)")
+        g.add_argument(
+            "--rank",
+            type=int,
+            default=None,
+            help="this worker's rank (default: from SLURM_ARRAY_TASK_ID, SLURM_PROCID or RANK; else 0)",
+        )
+        g.add_argument(
+            "--world-size",
+            type=int,
+            default=None,
+            help="number of workers (default: from SLURM_ARRAY_TASK_COUNT, SLURM_NTASKS or WORLD_SIZE; else 1)",
+        )
     if command in ("finalize", "validate"):
         p.add_argument("output", type=Path, help="annotation output folder")
     if command == "finalize":
@@ -205,8 +267,17 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return importlib.import_module(f"remit.annotate.{command}").run(args)
-    except (TokenizerMismatch, InputError, StrictInputError, ShardError, ValueError, TimeoutError,
-            ImportError, RuntimeError, FileNotFoundError) as e:
+    except (
+        TokenizerMismatch,
+        InputError,
+        StrictInputError,
+        ShardError,
+        ValueError,
+        TimeoutError,
+        ImportError,
+        RuntimeError,
+        FileNotFoundError,
+    ) as e:
         if os.environ.get("REMIT_DEBUG"):
             raise
         print(f"remit-annotate: error: {e}", file=sys.stderr)

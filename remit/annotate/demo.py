@@ -43,8 +43,18 @@ def train_tokenizer(texts: list[str], vocab_size: int = 1024, extra_special: tup
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
-def tiny_llama(vocab_size: int, seed: int, *, hidden: int = 128, layers: int = 2, heads: int = 4,
-               kv_heads: int = 2, ffn: int = 384, max_positions: int = 4096, tie: bool = False):
+def tiny_llama(
+    vocab_size: int,
+    seed: int,
+    *,
+    hidden: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    ffn: int = 384,
+    max_positions: int = 4096,
+    tie: bool = False,
+):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -77,8 +87,15 @@ def perturb(model, seed: int, scale: float = 0.3) -> None:
             p.add_(torch.randn(p.shape, generator=gen) * std * scale)
 
 
-def make_model_pair(out_dir: str | Path, *, vocab_size: int = 1024, seed: int = 1, rl_scale: float = 0.3,
-                    texts: list[str] | None = None, **model_kwargs) -> tuple[Path, Path]:
+def make_model_pair(
+    out_dir: str | Path,
+    *,
+    vocab_size: int = 1024,
+    seed: int = 1,
+    rl_scale: float = 0.3,
+    texts: list[str] | None = None,
+    **model_kwargs,
+) -> tuple[Path, Path]:
     """Write `out_dir/base` and `out_dir/rl` (safetensors + tokenizer); reuse them if already there."""
     out_dir = Path(out_dir)
     base_dir, rl_dir = out_dir / "base", out_dir / "rl"
@@ -97,8 +114,9 @@ def make_model_pair(out_dir: str | Path, *, vocab_size: int = 1024, seed: int = 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m remit.annotate.demo",
-                                description="Write the demo's tiny base/RL model pair (no download).")
+    p = argparse.ArgumentParser(
+        prog="python -m remit.annotate.demo", description="Write the demo's tiny base/RL model pair (no download)."
+    )
     p.add_argument("--out", type=Path, required=True, help="folder to write base/ and rl/ into")
     p.add_argument("--seed", type=int, default=1, help="model seed (default 1)")
     args = p.parse_args(argv)

@@ -124,8 +124,7 @@ def vocab_size(model_dir: Path) -> int:
     raise ValueError(f"{model_dir}/config.json has no vocab_size; is this a causal language model?")
 
 
-def auto_batch_tokens(vocab: int, *, gpu_total_bytes: int | None = None,
-                      gpu_memory_utilization: float = 0.85) -> int:
+def auto_batch_tokens(vocab: int, *, gpu_total_bytes: int | None = None, gpu_memory_utilization: float = 0.85) -> int:
     """max_num_batched_tokens such that one chunk's [tokens x vocab] log-prob tensors fit their budget.
 
     CPU: a fixed 1 GiB. GPU: half of the memory vLLM leaves free beyond `gpu_memory_utilization`, since
@@ -168,7 +167,9 @@ class VllmScorer:
             log.warning(
                 "max_batch_tokens %d is above %d, the size at which the [tokens x vocab] log-prob tensors of "
                 "one step (vocabulary %d) fit the memory vLLM does not manage; long runs may run out of memory.",
-                batch_tokens, safe_tokens, self.vocab_size,
+                batch_tokens,
+                safe_tokens,
+                self.vocab_size,
             )
         kwargs: dict[str, Any] = {
             "model": str(self.model_dir),

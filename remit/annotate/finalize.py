@@ -32,10 +32,20 @@ _SHOWN = 20
 # Config fields -> flags, for the resume command. Every field in the run identity must be here: a resume
 # command that leaves one out at a non-default value would describe another run and be refused.
 _FLAGS = {
-    "engine": "--engine", "seq_len": "--seq-len", "eps": "--eps", "center": "--center", "dtype": "--dtype",
-    "rows_per_shard": "--rows-per-shard", "bos": "--bos", "eos": "--eos", "text_field": "--text-field",
-    "id_field": "--id-field", "token_field": "--token-field", "max_batch_tokens": "--max-batch-tokens",
-    "kv_cache_gib": "--kv-cache-gib", "gpu_memory_utilization": "--gpu-memory-utilization",
+    "engine": "--engine",
+    "seq_len": "--seq-len",
+    "eps": "--eps",
+    "center": "--center",
+    "dtype": "--dtype",
+    "rows_per_shard": "--rows-per-shard",
+    "bos": "--bos",
+    "eos": "--eos",
+    "text_field": "--text-field",
+    "id_field": "--id-field",
+    "token_field": "--token-field",
+    "max_batch_tokens": "--max-batch-tokens",
+    "kv_cache_gib": "--kv-cache-gib",
+    "gpu_memory_utilization": "--gpu-memory-utilization",
     "tensor_parallel_size": "--tensor-parallel-size",
 }
 
@@ -48,8 +58,18 @@ def resume_command(config: dict[str, Any], output: Path, command: str = "run") -
     """The command line that continues this run (`run`: one worker, which also finalizes; any
     --rank/--world-size split, `launch` or the Slurm array take the same flags)."""
     defaults = {f.name: f.default for f in fields(AnnotateConfig)}
-    args = ["remit-annotate", command, "--base", config["base"], "--rl", config["rl"], "--input", *config["inputs"],
-            "--output", str(output)]
+    args = [
+        "remit-annotate",
+        command,
+        "--base",
+        config["base"],
+        "--rl",
+        config["rl"],
+        "--input",
+        *config["inputs"],
+        "--output",
+        str(output),
+    ]
     for key, flag in _FLAGS.items():
         value = config.get(key, defaults[key])
         # The job-shape flags are always shown (they say what the run is); the rest only when changed.
@@ -62,8 +82,9 @@ def _shown(units: list[int]) -> str:
     return ", ".join(map(str, units[:_SHOWN])) + (f" ... ({len(units)} in all)" if len(units) > _SHOWN else "")
 
 
-def check_units(out: Path, run: dict[str, Any],
-                plan: dict[str, Any]) -> tuple[list[dict], list[str], list[int], dict[str, Any] | None]:
+def check_units(
+    out: Path, run: dict[str, Any], plan: dict[str, Any]
+) -> tuple[list[dict], list[str], list[int], dict[str, Any] | None]:
     """Check every planned unit. Returns the shard entries in unit order, the problems, the units to score
     again, and the engine set-up (when all units agree on one).
 
@@ -78,8 +99,10 @@ def check_units(out: Path, run: dict[str, Any],
     for u in plan["units"]:
         n = u["unit"]
         if u["first_sample_id"] != next_sample:
-            problems.append(f"{work_dir(out) / PLAN_FILE}: unit {n} starts at sample id {u['first_sample_id']}, "
-                            f"expected {next_sample}; delete {work_dir(out)} and run again")
+            problems.append(
+                f"{work_dir(out) / PLAN_FILE}: unit {n} starts at sample id {u['first_sample_id']}, "
+                f"expected {next_sample}; delete {work_dir(out)} and run again"
+            )
         next_sample = u["first_sample_id"] + u["rows"]
         record, why = trusted_record(out, u, run["run_id"])
         if record is not None and file_sha256(out / record["file"]) != record["file_sha256"]:
@@ -92,8 +115,10 @@ def check_units(out: Path, run: dict[str, Any],
                 missing.append(n)
             continue
         if record.get("engine") != record.get("engine_base"):
-            problems.append(f"{done_path(out, n)}: the base pass used {record.get('engine_base')}, the RL pass "
-                            f"{record.get('engine')}; delete this record and run again to re-score the unit")
+            problems.append(
+                f"{done_path(out, n)}: the base pass used {record.get('engine_base')}, the RL pass "
+                f"{record.get('engine')}; delete this record and run again to re-score the unit"
+            )
         engines.setdefault(json.dumps(record.get("engine"), sort_keys=True), []).append(n)
         entries.append({k: record[k] for k in _SHARD_KEYS})
     if len(engines) > 1:
@@ -122,8 +147,10 @@ def finalize(output: str | Path, *, keep_work: bool = False) -> dict[str, Any]:
         )
     run = json.loads(run_file.read_text())
     if plan.get("run_id") != run["run_id"]:
-        raise ShardError(f"{work_dir(out) / PLAN_FILE}: planned for another run than {run_file}; delete "
-                         f"{work_dir(out)} and start again")
+        raise ShardError(
+            f"{work_dir(out) / PLAN_FILE}: planned for another run than {run_file}; delete "
+            f"{work_dir(out)} and start again"
+        )
     entries, problems, redo, engine = check_units(out, run, plan)
     if redo or problems:
         lines = [f"{out}: not finalized."]
@@ -139,8 +166,10 @@ def finalize(output: str | Path, *, keep_work: bool = False) -> dict[str, Any]:
         raise IncompleteOutput("\n".join(lines))
     run_out = {k: v for k, v in run.items() if k != "engine_request"}
     run_out["engine"] = engine
-    run_out["input"] = {**run["input"], **{k: plan["totals"][k] for k in (
-        "documents", "tokens", "last_row_tokens", "skipped", "skip_examples")}}
+    run_out["input"] = {
+        **run["input"],
+        **{k: plan["totals"][k] for k in ("documents", "tokens", "last_row_tokens", "skipped", "skip_examples")},
+    }
     manifest = assemble_manifest(run_out, entries)
     # Unique temporary name: a Slurm finalize step and a user may finalize at once (same bytes either way).
     # The other one may also sweep our temporary file away below; its manifest is then already in place.

@@ -80,7 +80,8 @@ def expand_inputs(paths: list[str | Path]) -> list[Path]:
             out.append(p)
         else:
             files = sorted(
-                f for f in p.rglob("*")
+                f
+                for f in p.rglob("*")
                 if f.is_file() and _has_suffix(f, JSONL_SUFFIXES + PARQUET_SUFFIXES + TEXT_SUFFIXES)
             )
             if not files:
@@ -222,7 +223,7 @@ def check_columns(paths: list[Path], fields: Fields) -> None:
             from datasets import DatasetDict, load_from_disk
 
             ds = load_from_disk(str(path))
-            for name, split in ([(n, ds[n]) for n in sorted(ds)] if isinstance(ds, DatasetDict) else [("", ds)]):
+            for name, split in [(n, ds[n]) for n in sorted(ds)] if isinstance(ds, DatasetDict) else [("", ds)]:
                 _columns(split.column_names, fields, f"{path}[{name}]" if name else str(path))
         elif _has_suffix(path, PARQUET_SUFFIXES):
             try:

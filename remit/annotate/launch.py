@@ -34,15 +34,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_job_arguments(parser)
     g = parser.add_argument_group("launch")
-    g.add_argument("--workers", type=int, default=0,
-                   help="worker processes (default 0: one per --tensor-parallel-size GPUs; 1 without GPUs)")
-    g.add_argument("--gpus", default=None,
-                   help="comma-separated GPU ids to use (default: CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi "
-                        "lists); 'none' runs on the CPU")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="worker processes (default 0: one per --tensor-parallel-size GPUs; 1 without GPUs)",
+    )
+    g.add_argument(
+        "--gpus",
+        default=None,
+        help="comma-separated GPU ids to use (default: CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi "
+        "lists); 'none' runs on the CPU",
+    )
     g.add_argument("--no-pin", action="store_true", help="do not pin CPU workers to disjoint sets of cores")
-    g.add_argument("--log-dir", type=Path, default=None,
-                   help="folder for plan.log and worker-R.log (default OUTPUT/_work/logs, removed with _work/ "
-                        "after a successful finalize unless --keep-work)")
+    g.add_argument(
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="folder for plan.log and worker-R.log (default OUTPUT/_work/logs, removed with _work/ "
+        "after a successful finalize unless --keep-work)",
+    )
 
 
 # -- devices --------------------------------------------------------------------------------------------
@@ -58,8 +69,13 @@ def visible_gpus(spec: str | None, env: dict[str, str] | None = None) -> list[st
     if shutil.which("nvidia-smi") is None:
         return []
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=30, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in out.splitlines() if line.strip()]
@@ -102,8 +118,9 @@ def _ranges(cpus: list[int]) -> str:
     return ",".join(parts)
 
 
-def worker_specs(n_workers: int, gpus: list[str], tp: int, pin: bool,
-                 base_env: dict[str, str] | None = None) -> list[WorkerSpec]:
+def worker_specs(
+    n_workers: int, gpus: list[str], tp: int, pin: bool, base_env: dict[str, str] | None = None
+) -> list[WorkerSpec]:
     """One spec per worker: its environment and the devices it may use."""
     base_env = dict(os.environ if base_env is None else base_env)
     # The launcher's own place in a Slurm/torchrun job must not leak into the workers: they get
@@ -114,10 +131,12 @@ def worker_specs(n_workers: int, gpus: list[str], tp: int, pin: bool,
     specs = []
     if gpus:
         if n_workers * tp > len(gpus):
-            raise ValueError(f"--workers {n_workers} x --tensor-parallel-size {tp} needs {n_workers * tp} GPUs; "
-                             f"{len(gpus)} are visible ({','.join(gpus)}). Lower --workers.")
+            raise ValueError(
+                f"--workers {n_workers} x --tensor-parallel-size {tp} needs {n_workers * tp} GPUs; "
+                f"{len(gpus)} are visible ({','.join(gpus)}). Lower --workers."
+            )
         for r in range(n_workers):
-            mine = gpus[r * tp:(r + 1) * tp]
+            mine = gpus[r * tp : (r + 1) * tp]
             specs.append(WorkerSpec(r, {**base_env, "CUDA_VISIBLE_DEVICES": ",".join(mine)}, gpus=mine))
         return specs
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -178,8 +197,9 @@ def _start(cmd: list[str], env: dict[str, str], log: Path, cpus: list[int] | Non
     fh = open(log, "ab")
     fh.write(f"$ {' '.join(cmd)}\n".encode())
     fh.flush()
-    proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            preexec_fn=_child_setup(cpus))
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_child_setup(cpus)
+    )
     return proc, fh
 
 
@@ -232,8 +252,7 @@ def run(args: argparse.Namespace) -> int:
         rc = proc.wait()
         fh.close()
         if rc != 0:
-            print(f"[launch] planning failed ({_exit_reason(rc)}); log: {plan_log}\n{_tail(plan_log)}",
-                  file=sys.stderr)
+            print(f"[launch] planning failed ({_exit_reason(rc)}); log: {plan_log}\n{_tail(plan_log)}", file=sys.stderr)
             return 1
 
     procs: dict[int, tuple[subprocess.Popen, IO, Path]] = {}
@@ -262,13 +281,19 @@ def run(args: argparse.Namespace) -> int:
         for rank, rc in failed:
             log = procs[rank][2]
             print(f"[launch] worker {rank} failed ({_exit_reason(rc)}); log: {log}\n{_tail(log)}", file=sys.stderr)
-        print(f"[launch] {len(failed)} of {n} workers failed; the others' units are kept. Fix the cause and rerun "
-              "the same command (any --workers) to finish the rest.", file=sys.stderr)
+        print(
+            f"[launch] {len(failed)} of {n} workers failed; the others' units are kept. Fix the cause and rerun "
+            "the same command (any --workers) to finish the rest.",
+            file=sys.stderr,
+        )
         return 1
     manifest = finalize(output, keep_work=args.keep_work)
     t = manifest["totals"]
-    print(f"[launch] {n} workers, {time.perf_counter() - t0:.1f} s; {output}: {t['shards']} shards, {t['rows']:,} rows, "
-          f"{t['tokens']:,} tokens; manifest.json written", flush=True)
+    print(
+        f"[launch] {n} workers, {time.perf_counter() - t0:.1f} s; {output}: {t['shards']} shards, {t['rows']:,} rows, "
+        f"{t['tokens']:,} tokens; manifest.json written",
+        flush=True,
+    )
     return 0
 
 

@@ -39,8 +39,10 @@ PLAN_FILE = "plan.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 #: The planned units hold the token-level layout of the final shards: the same columns, the same types.
 PLAN_SCHEMA = pa.schema(
-    [SCHEMA.field(n) for n in ("sample_id", "token_ids", "segment_starts", "segment_doc_ids",
-                               "segment_doc_offsets", "source")]
+    [
+        SCHEMA.field(n)
+        for n in ("sample_id", "token_ids", "segment_starts", "segment_doc_ids", "segment_doc_offsets", "source")
+    ]
 )
 
 
@@ -116,8 +118,10 @@ def describe_run(cfg: AnnotateConfig) -> tuple[dict[str, Any], Any, SpecialToken
         },
         "weights": {"eps": cfg.eps, "center": cfg.center, "rule": RULE},
         "engine_request": {"name": cfg.engine, **cfg.engine_settings().to_dict()},
-        "input": {"paths": fingerprint(inputs), "fields": {
-            "text": cfg.text_field, "id": cfg.id_field, "tokens": cfg.token_field}},
+        "input": {
+            "paths": fingerprint(inputs),
+            "fields": {"text": cfg.text_field, "id": cfg.id_field, "tokens": cfg.token_field},
+        },
     }
     run["run_id"] = bytes_sha256(json.dumps(run, sort_keys=True).encode())
     return run, tok_base, special

@@ -19,8 +19,9 @@ def _fmt_count(n: float) -> str:
 
 
 class Progress:
-    def __init__(self, label: str, *, total: float | None = None, unit: str = "tok", every_s: float = 10.0,
-                 stream=None) -> None:
+    def __init__(
+        self, label: str, *, total: float | None = None, unit: str = "tok", every_s: float = 10.0, stream=None
+    ) -> None:
         self.label, self.total, self.unit, self.every_s = label, total, unit, every_s
         self.stream = stream or sys.stderr
         self.done = 0.0

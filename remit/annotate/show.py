@@ -40,20 +40,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("rows to show (one of; default: --random 5)")
     pick = g.add_mutually_exclusive_group()
     pick.add_argument("--random", type=int, metavar="N", default=None, help="N rows chosen at random with --seed")
-    pick.add_argument("--top", type=int, metavar="N", default=None,
-                      help="the N rows with the highest mean weight (among rows with at least half the "
-                           "largest scored-token count, so a short last row cannot win)")
-    pick.add_argument("--doc", action="append", metavar="ID", default=None,
-                      help="every segment of document ID, in order (repeatable)")
-    g.add_argument("--seed", type=int, default=0, metavar="S", help="seed for --random and the plot's token sample (default 0)")
+    pick.add_argument(
+        "--top",
+        type=int,
+        metavar="N",
+        default=None,
+        help="the N rows with the highest mean weight (among rows with at least half the "
+        "largest scored-token count, so a short last row cannot win)",
+    )
+    pick.add_argument(
+        "--doc", action="append", metavar="ID", default=None, help="every segment of document ID, in order (repeatable)"
+    )
+    g.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="seed for --random and the plot's token sample (default 0)"
+    )
     # --- rendering ---
     g = parser.add_argument_group("rendering")
-    g.add_argument("--tokenizer", type=Path, default=None, metavar="DIR",
-                   help="tokenizer folder for token texts (default: the manifest's tokenizer path; none: raw ids)")
-    g.add_argument("--plot-tokens", type=int, default=PLOT_SAMPLE_TOKENS, metavar="N",
-                   help=f"scored tokens sampled for the discrepancy-against-weight plot (default {PLOT_SAMPLE_TOKENS})")
-    g.add_argument("--memory-limit", default=None, metavar="SIZE",
-                   help="DuckDB memory limit, e.g. 2GB (default: DuckDB's)")
+    g.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="tokenizer folder for token texts (default: the manifest's tokenizer path; none: raw ids)",
+    )
+    g.add_argument(
+        "--plot-tokens",
+        type=int,
+        default=PLOT_SAMPLE_TOKENS,
+        metavar="N",
+        help=f"scored tokens sampled for the discrepancy-against-weight plot (default {PLOT_SAMPLE_TOKENS})",
+    )
+    g.add_argument(
+        "--memory-limit", default=None, metavar="SIZE", help="DuckDB memory limit, e.g. 2GB (default: DuckDB's)"
+    )
     g.add_argument("--threads", type=int, default=None, metavar="N", help="DuckDB threads (default: all cores)")
 
 
@@ -100,16 +119,24 @@ def random_sample_ids(shards: Sequence[dict[str, Any]], n: int, seed: int) -> li
 
 def top_sample_ids(con: Any, n: int) -> list[int]:
     # Reads the summary columns only; the token lists are fetched for the chosen rows alone.
-    return [r[0] for r in con.execute(
-        "SELECT sample_id FROM remit_rows "
-        "WHERE n_scored >= (SELECT max(n_scored) FROM remit_rows) / 2 "
-        "ORDER BY mean_weight DESC, sample_id LIMIT ?", [n]).fetchall()]
+    return [
+        r[0]
+        for r in con.execute(
+            "SELECT sample_id FROM remit_rows "
+            "WHERE n_scored >= (SELECT max(n_scored) FROM remit_rows) / 2 "
+            "ORDER BY mean_weight DESC, sample_id LIMIT ?",
+            [n],
+        ).fetchall()
+    ]
 
 
 def doc_sample_ids(con: Any, doc_id: str) -> list[int]:
-    return [r[0] for r in con.execute(
-        "SELECT sample_id FROM remit_rows WHERE list_contains(segment_doc_ids, ?) ORDER BY sample_id",
-        [doc_id]).fetchall()]
+    return [
+        r[0]
+        for r in con.execute(
+            "SELECT sample_id FROM remit_rows WHERE list_contains(segment_doc_ids, ?) ORDER BY sample_id", [doc_id]
+        ).fetchall()
+    ]
 
 
 def read_segments(con: Any, sample_ids: Sequence[int]) -> dict[int, list[Segment]]:
@@ -119,7 +146,8 @@ def read_segments(con: Any, sample_ids: Sequence[int]) -> dict[int, list[Segment
     rows = con.execute(
         "SELECT sample_id, source, token_ids, logp_base, logp_rl, weight, segment_starts, segment_doc_ids, "
         "segment_doc_offsets FROM remit_rows WHERE sample_id IN (SELECT unnest(?::BIGINT[])) ORDER BY sample_id",
-        [list(sample_ids)]).fetchall()
+        [list(sample_ids)],
+    ).fetchall()
     out: dict[int, list[Segment]] = {}
     for sid, source, tok, lb, lr, w, starts, docs, offsets in rows:
         ends = [*starts[1:], len(tok)]
@@ -137,8 +165,10 @@ def choose_items(con: Any, manifest: dict[str, Any], args: argparse.Namespace) -
         for doc in args.doc:
             ids = doc_sample_ids(con, doc)
             if not ids:
-                raise ValueError(f"document id {doc!r} is not in this output (ids are the segment_doc_ids; "
-                                 "`remit-annotate stats` lists some)")
+                raise ValueError(
+                    f"document id {doc!r} is not in this output (ids are the segment_doc_ids; "
+                    "`remit-annotate stats` lists some)"
+                )
             segs = [s for sid in ids for s in read_segments(con, [sid])[sid] if s.doc_id == doc]
             items.append(Item(f"document {doc}", sorted(segs, key=lambda s: s.doc_offset)))
         return items, f"documents {', '.join(args.doc)}"
@@ -186,11 +216,16 @@ def token_spans(seg: Segment, texts: Sequence[str], eps: float, sep: str = "") -
     parts = []
     for text, lb, lr, w in zip(texts, seg.logp_base, seg.logp_rl, seg.weight):
         scored = lb is not None and lr is not None and not (math.isnan(lb) or math.isnan(lr))
-        tip = f"{text!r}\nlogp_base {lb:.4f}\nlogp_rl {lr:.4f}\nweight {w:.4f}" if scored else \
-            f"{text!r}\nno log-prob (first token of its segment)\nweight {w:.4f}"
+        tip = (
+            f"{text!r}\nlogp_base {lb:.4f}\nlogp_rl {lr:.4f}\nweight {w:.4f}"
+            if scored
+            else f"{text!r}\nno log-prob (first token of its segment)\nweight {w:.4f}"
+        )
         cls = "t" if scored else "t unscored"
-        parts.append(f'<span class="{cls}" style="background:{weight_colour(w, eps) if scored else "#ffffff"}" '
-                     f'title="{_esc(tip)}">{_esc(_shown(text))}</span>')
+        parts.append(
+            f'<span class="{cls}" style="background:{weight_colour(w, eps) if scored else "#ffffff"}" '
+            f'title="{_esc(tip)}">{_esc(_shown(text))}</span>'
+        )
     return sep.join(parts)
 
 
@@ -202,8 +237,8 @@ def item_html(item: Item, texts: dict[int, list[str]], eps: float, sep: str = ""
         source = f" &middot; {_esc(seg.source)}" if seg.source is not None else ""
         out.append(
             f'<div class="seg"><div class="meta">document <strong>{_esc(seg.doc_id)}</strong> from token '
-            f'{seg.doc_offset} &middot; row {seg.sample_id}{source} &middot; '
-            f'{len(seg.token_ids)} tokens, mean weight {mean:.4f}</div>'
+            f"{seg.doc_offset} &middot; row {seg.sample_id}{source} &middot; "
+            f"{len(seg.token_ids)} tokens, mean weight {mean:.4f}</div>"
             f'<div class="tokens">{token_spans(seg, texts[id(seg)], eps, sep)}</div></div>'
         )
     out.append("</div>")
@@ -231,17 +266,22 @@ def manifest_html(manifest: dict[str, Any]) -> str:
     shards = manifest.get("shards") or []
     cols = ["file", "rows", "tokens", "first_sample_id", "bytes", "token_checksum", "file_sha256"]
     shard_rows = "".join("<tr>" + "".join(f"<td>{_esc(s.get(c, ''))}</td>" for c in cols) + "</tr>" for s in shards)
-    return (f'<table class="kv">{body}</table>'
-            f"<details><summary>{len(shards)} shards</summary><table class=\"grid\"><tr>"
-            + "".join(f"<th>{_esc(c)}</th>" for c in cols) + f"</tr>{shard_rows}</table></details>")
+    return (
+        f'<table class="kv">{body}</table>'
+        f'<details><summary>{len(shards)} shards</summary><table class="grid"><tr>'
+        + "".join(f"<th>{_esc(c)}</th>" for c in cols)
+        + f"</tr>{shard_rows}</table></details>"
+    )
 
 
 def legend_html(eps: float) -> str:
     stops = ", ".join(weight_colour(1 + eps * x / 10, eps) for x in range(-10, 11))
-    return (f'<div class="legend"><span>weight {1 - eps:g}</span>'
-            f'<span class="bar" style="background:linear-gradient(to right, {stops})"></span>'
-            f"<span>{1 + eps:g}</span> <span class=\"note\">(white: 1; hover a token for its log-probs; "
-            "dotted outline: a segment's first token, which has no log-prob)</span></div>")
+    return (
+        f'<div class="legend"><span>weight {1 - eps:g}</span>'
+        f'<span class="bar" style="background:linear-gradient(to right, {stops})"></span>'
+        f'<span>{1 + eps:g}</span> <span class="note">(white: 1; hover a token for its log-probs; '
+        "dotted outline: a segment's first token, which has no log-prob)</span></div>"
+    )
 
 
 CSS = """
@@ -263,12 +303,23 @@ td { font-family: ui-monospace, monospace; word-break: break-all; }
 """
 
 
-def build_page(*, root: Path, manifest: dict[str, Any], items: list[Item], texts: dict[int, list[str]],
-               how: str, note: str, plots: list[tuple[str, bytes]], sep: str = "") -> str:
+def build_page(
+    *,
+    root: Path,
+    manifest: dict[str, Any],
+    items: list[Item],
+    texts: dict[int, list[str]],
+    how: str,
+    note: str,
+    plots: list[tuple[str, bytes]],
+    sep: str = "",
+) -> str:
     eps = float(manifest["weights"]["eps"])
-    imgs = "\n".join(f'<figure><img alt="{_esc(title)}" src="data:image/png;base64,'
-                     f'{base64.b64encode(png).decode("ascii")}"><figcaption>{_esc(title)}</figcaption></figure>'
-                     for title, png in plots)
+    imgs = "\n".join(
+        f'<figure><img alt="{_esc(title)}" src="data:image/png;base64,'
+        f'{base64.b64encode(png).decode("ascii")}"><figcaption>{_esc(title)}</figcaption></figure>'
+        for title, png in plots
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
@@ -312,8 +363,15 @@ def make_plots(con: Any, eps: float, sample_tokens: int, seed: int) -> list[tupl
     plots = []
     hist = con.execute("SELECT lower, upper, tokens FROM remit_weight_histogram").fetchall()
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.bar([h[0] for h in hist], [h[2] for h in hist], width=[h[1] - h[0] for h in hist], align="edge",
-           color=[weight_colour((h[0] + h[1]) / 2, eps) for h in hist], edgecolor="#555", linewidth=0.4)
+    ax.bar(
+        [h[0] for h in hist],
+        [h[2] for h in hist],
+        width=[h[1] - h[0] for h in hist],
+        align="edge",
+        color=[weight_colour((h[0] + h[1]) / 2, eps) for h in hist],
+        edgecolor="#555",
+        linewidth=0.4,
+    )
     ax.set(xlabel="weight", ylabel="scored tokens", title="Weight histogram")
     plots.append(("Weight histogram of all scored tokens; the clip bounds fall in the outer bins", _png(fig)))
     plt.close(fig)
@@ -321,14 +379,18 @@ def make_plots(con: Any, eps: float, sample_tokens: int, seed: int) -> list[tupl
     # A reservoir sample keeps memory fixed whatever the output size.
     sample = con.execute(
         f"SELECT discrepancy, weight FROM remit_tokens USING SAMPLE reservoir({int(sample_tokens)} ROWS) "
-        f"REPEATABLE ({int(seed)})").fetchall()
+        f"REPEATABLE ({int(seed)})"
+    ).fetchall()
     fig, ax = plt.subplots(figsize=(7, 3.8))
     if sample:
         d, w = zip(*sample)
         hb = ax.hexbin(d, w, gridsize=60, norm=LogNorm(), cmap="viridis", mincnt=1)
         fig.colorbar(hb, ax=ax, label="tokens")
-    ax.set(xlabel="discrepancy  logp_rl - logp_base (raw, before centring)", ylabel="weight",
-           title="Discrepancy against weight")
+    ax.set(
+        xlabel="discrepancy  logp_rl - logp_base (raw, before centring)",
+        ylabel="weight",
+        title="Discrepancy against weight",
+    )
     plots.append((f"Discrepancy against weight, {len(sample):,} scored tokens sampled at random", _png(fig)))
     plt.close(fig)
 
@@ -370,8 +432,16 @@ def write_page(args: argparse.Namespace) -> Path:
             decoded = token_texts(tokenizer, seg.token_ids)
             texts[id(seg)] = [t if t is not None else f"[{i}]" for t, i in zip(decoded, seg.token_ids)]
     # Raw ids need a space between them; decoded texts carry their own spacing.
-    page = build_page(root=root, manifest=manifest, items=items, texts=texts, how=how, note=note, plots=plots,
-                      sep=" " if tokenizer is None else "")
+    page = build_page(
+        root=root,
+        manifest=manifest,
+        items=items,
+        texts=texts,
+        how=how,
+        note=note,
+        plots=plots,
+        sep=" " if tokenizer is None else "",
+    )
     out = Path(args.html)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -392,12 +462,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"remit-annotate show: error: {e}", file=sys.stderr)
         return 2
     except duckdb.OutOfMemoryException as e:
-        print(f"remit-annotate show: DuckDB ran out of memory ({str(e).splitlines()[0]}); raise --memory-limit "
-              "or lower --threads: each thread holds one row group of token lists.", file=sys.stderr)
+        print(
+            f"remit-annotate show: DuckDB ran out of memory ({str(e).splitlines()[0]}); raise --memory-limit "
+            "or lower --threads: each thread holds one row group of token lists.",
+            file=sys.stderr,
+        )
         return 3
     except ImportError as e:
-        print(f"remit-annotate show: {e}; install the inspection extras: pip install 'remit[inspect]'",
-              file=sys.stderr)
+        print(f"remit-annotate show: {e}; install the inspection extras: pip install 'remit[inspect]'", file=sys.stderr)
         return 2
     print(f"wrote {out} ({out.stat().st_size:,} bytes)")
     return 0

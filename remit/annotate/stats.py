@@ -30,21 +30,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the tables as one JSON object instead of text")
     # --- what to show ---
     g = parser.add_argument_group("tables")
-    g.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, metavar="N",
-                   help=f"token ids and documents in each top list (default {DEFAULT_TOP_K})")
-    g.add_argument("--min-count", type=int, default=DEFAULT_MIN_COUNT, metavar="N",
-                   help="a token id or document enters a top list only with at least this many scored tokens "
-                        f"(default {DEFAULT_MIN_COUNT})")
-    g.add_argument("--bins", type=int, default=DEFAULT_BINS, metavar="N",
-                   help=f"weight histogram bins over [1-eps, 1+eps] (default {DEFAULT_BINS})")
-    g.add_argument("--tokenizer", type=Path, default=None, metavar="DIR",
-                   help="tokenizer folder for decoding token ids (default: the manifest's tokenizer path; "
-                        "none found: raw ids)")
+    g.add_argument(
+        "--top-k",
+        type=int,
+        default=DEFAULT_TOP_K,
+        metavar="N",
+        help=f"token ids and documents in each top list (default {DEFAULT_TOP_K})",
+    )
+    g.add_argument(
+        "--min-count",
+        type=int,
+        default=DEFAULT_MIN_COUNT,
+        metavar="N",
+        help="a token id or document enters a top list only with at least this many scored tokens "
+        f"(default {DEFAULT_MIN_COUNT})",
+    )
+    g.add_argument(
+        "--bins",
+        type=int,
+        default=DEFAULT_BINS,
+        metavar="N",
+        help=f"weight histogram bins over [1-eps, 1+eps] (default {DEFAULT_BINS})",
+    )
+    g.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="tokenizer folder for decoding token ids (default: the manifest's tokenizer path; none found: raw ids)",
+    )
     # --- engine ---
     g = parser.add_argument_group("DuckDB")
-    g.add_argument("--memory-limit", default=None, metavar="SIZE",
-                   help="DuckDB memory limit, e.g. 2GB (default: DuckDB's, 80%% of RAM). The queries stream: "
-                        "each thread holds one row group of token lists, ~200-350 MB for 4k-token rows")
+    g.add_argument(
+        "--memory-limit",
+        default=None,
+        metavar="SIZE",
+        help="DuckDB memory limit, e.g. 2GB (default: DuckDB's, 80%% of RAM). The queries stream: "
+        "each thread holds one row group of token lists, ~200-350 MB for 4k-token rows",
+    )
     g.add_argument("--threads", type=int, default=None, metavar="N", help="DuckDB threads (default: all cores)")
 
 
@@ -92,9 +115,11 @@ def collect(
                 "top_up_tokens": _records(con, "FROM remit_top_up_tokens"),
                 "top_down_tokens": _records(con, "FROM remit_top_down_tokens"),
                 "top_up_documents": _records(
-                    con, f"FROM remit_by_document {doc_filter} ORDER BY mean_weight DESC, doc_id LIMIT {int(top_k)}"),
+                    con, f"FROM remit_by_document {doc_filter} ORDER BY mean_weight DESC, doc_id LIMIT {int(top_k)}"
+                ),
                 "top_down_documents": _records(
-                    con, f"FROM remit_by_document {doc_filter} ORDER BY mean_weight ASC, doc_id LIMIT {int(top_k)}"),
+                    con, f"FROM remit_by_document {doc_filter} ORDER BY mean_weight ASC, doc_id LIMIT {int(top_k)}"
+                ),
                 "settings": {"top_k": top_k, "min_count": min_count, "bins": bins},
             }
         finally:
@@ -140,8 +165,11 @@ def load_tokenizer(manifest: dict[str, Any], root: Path, override: Path | None =
     path = tokenizer_path(manifest, root, override)
     if path is None:
         recorded = (manifest.get("tokenizer") or {}).get("path")
-        why = f"the manifest's tokenizer path {recorded!r} does not exist here" if recorded else \
-            "the manifest records no tokenizer path"
+        why = (
+            f"the manifest's tokenizer path {recorded!r} does not exist here"
+            if recorded
+            else "the manifest records no tokenizer path"
+        )
         return None, f"token ids not decoded: {why} (pass --tokenizer DIR)"
     try:
         from transformers import AutoTokenizer
@@ -156,8 +184,10 @@ def load_tokenizer(manifest: dict[str, Any], root: Path, override: Path | None =
     recorded_hash = (manifest.get("tokenizer") or {}).get("sha256")
     if recorded_hash and recorded_hash.startswith("sha256:") and tokenizer_hash(tok) != recorded_hash:
         # Decoding with another tokenizer would print confident but wrong token texts.
-        return None, (f"token ids not decoded: the tokenizer in {path} is not the one the output was scored "
-                      f"with (its hash differs from the manifest's {recorded_hash}); pass --tokenizer DIR")
+        return None, (
+            f"token ids not decoded: the tokenizer in {path} is not the one the output was scored "
+            f"with (its hash differs from the manifest's {recorded_hash}); pass --tokenizer DIR"
+        )
     return tok, f"token ids decoded with the tokenizer in {path}"
 
 
@@ -183,8 +213,10 @@ def decode_top_tokens(result: dict[str, Any], tokenizer: Any) -> None:
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "") -> str:
     """Aligned columns: numbers right-aligned, text left-aligned."""
     cells = [[_cell(v) for v in row] for row in rows]
-    numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) and bool(rows)
-               for i in range(len(headers))]
+    numeric = [
+        all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) and bool(rows)
+        for i in range(len(headers))
+    ]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:
@@ -230,53 +262,104 @@ def render_text(result: dict[str, Any], note: str = "") -> str:
     if note:
         parts.append(note)
     overview = [
-        ("rows", s["rows"]), ("segments", s["segments"]), ("tokens", s["tokens"]),
-        ("scored tokens", s["scored_tokens"]), ("mean weight", s["mean_weight"]),
+        ("rows", s["rows"]),
+        ("segments", s["segments"]),
+        ("tokens", s["tokens"]),
+        ("scored tokens", s["scored_tokens"]),
+        ("mean weight", s["mean_weight"]),
         ("mean discrepancy (logp_rl - logp_base)", s["mean_discrepancy"]),
-        ("tokens at low clip (1-eps)", s["tokens_at_low"]), ("share at low clip %", _pct(s["share_at_low"])),
-        ("tokens at high clip (1+eps)", s["tokens_at_high"]), ("share at high clip %", _pct(s["share_at_high"])),
+        ("tokens at low clip (1-eps)", s["tokens_at_low"]),
+        ("share at low clip %", _pct(s["share_at_low"])),
+        ("tokens at high clip (1+eps)", s["tokens_at_high"]),
+        ("share at high clip %", _pct(s["share_at_high"])),
     ]
     parts.append(format_table(["summary", "value"], overview, "\n## Summary"))
     levels = list(s["weight_quantiles"])
-    parts.append(format_table(
-        ["quantile", "weight", "discrepancy"],
-        [(k, s["weight_quantiles"][k], s["discrepancy_quantiles"][k]) for k in levels],
-        "\n## Quantiles (weights to 1e-4, discrepancy to 1e-3)",
-    ))
+    parts.append(
+        format_table(
+            ["quantile", "weight", "discrepancy"],
+            [(k, s["weight_quantiles"][k], s["discrepancy_quantiles"][k]) for k in levels],
+            "\n## Quantiles (weights to 1e-4, discrepancy to 1e-3)",
+        )
+    )
     hist = result["weight_histogram"]
     peak = max((b["tokens"] for b in hist), default=0) or 1
-    parts.append(format_table(
-        ["lower", "upper", "tokens", "share %", ""],
-        [(b["lower"], b["upper"], b["tokens"], _pct(b["share"]), "#" * round(30 * b["tokens"] / peak)) for b in hist],
-        "\n## Weight histogram",
-    ))
-    parts.append(format_table(
-        ["source", "rows", "tokens", "scored", "mean weight", "mean discrepancy", "at low %", "at high %"],
-        [(r["source"], r["rows"], r["tokens"], r["scored_tokens"], r["mean_weight"], r["mean_discrepancy"],
-          _pct(r["share_at_low"]), _pct(r["share_at_high"])) for r in result["by_source"]],
-        "\n## By source (a row counts under the source of its first segment)",
-    ))
-    parts.append(format_table(
-        ["positions", "tokens", "mean weight", "mean discrepancy", "at low %", "at high %"],
-        [(f"{r['pos_from']}-{r['pos_to']}", r["tokens"], r["mean_weight"], r["mean_discrepancy"],
-          _pct(r["share_at_low"]), _pct(r["share_at_high"])) for r in result["by_position"]],
-        "\n## Weight by position inside the segment",
-    ))
+    parts.append(
+        format_table(
+            ["lower", "upper", "tokens", "share %", ""],
+            [
+                (b["lower"], b["upper"], b["tokens"], _pct(b["share"]), "#" * round(30 * b["tokens"] / peak))
+                for b in hist
+            ],
+            "\n## Weight histogram",
+        )
+    )
+    parts.append(
+        format_table(
+            ["source", "rows", "tokens", "scored", "mean weight", "mean discrepancy", "at low %", "at high %"],
+            [
+                (
+                    r["source"],
+                    r["rows"],
+                    r["tokens"],
+                    r["scored_tokens"],
+                    r["mean_weight"],
+                    r["mean_discrepancy"],
+                    _pct(r["share_at_low"]),
+                    _pct(r["share_at_high"]),
+                )
+                for r in result["by_source"]
+            ],
+            "\n## By source (a row counts under the source of its first segment)",
+        )
+    )
+    parts.append(
+        format_table(
+            ["positions", "tokens", "mean weight", "mean discrepancy", "at low %", "at high %"],
+            [
+                (
+                    f"{r['pos_from']}-{r['pos_to']}",
+                    r["tokens"],
+                    r["mean_weight"],
+                    r["mean_discrepancy"],
+                    _pct(r["share_at_low"]),
+                    _pct(r["share_at_high"]),
+                )
+                for r in result["by_position"]
+            ],
+            "\n## Weight by position inside the segment",
+        )
+    )
     k, m = result["settings"]["top_k"], result["settings"]["min_count"]
     for key, title in (("top_up_tokens", "up-weighted"), ("top_down_tokens", "down-weighted")):
-        parts.append(format_table(
-            ["token", "id", "count", "mean weight", "mean discrepancy"],
-            [(_shown_token(r), str(r["token_id"]), r["count"], r["mean_weight"], r["mean_discrepancy"])
-             for r in result[key]],
-            f"\n## Top {k} {title} token ids (seen >= {m} times)",
-        ))
+        parts.append(
+            format_table(
+                ["token", "id", "count", "mean weight", "mean discrepancy"],
+                [
+                    (_shown_token(r), str(r["token_id"]), r["count"], r["mean_weight"], r["mean_discrepancy"])
+                    for r in result[key]
+                ],
+                f"\n## Top {k} {title} token ids (seen >= {m} times)",
+            )
+        )
     for key, title in (("top_up_documents", "up-weighted"), ("top_down_documents", "down-weighted")):
-        parts.append(format_table(
-            ["document", "segments", "tokens", "scored", "mean weight", "mean discrepancy"],
-            [(r["doc_id"], r["segments"], r["tokens"], r["scored_tokens"], r["mean_weight"], r["mean_discrepancy"])
-             for r in result[key]],
-            f"\n## Top {k} {title} documents (>= {m} scored tokens)",
-        ))
+        parts.append(
+            format_table(
+                ["document", "segments", "tokens", "scored", "mean weight", "mean discrepancy"],
+                [
+                    (
+                        r["doc_id"],
+                        r["segments"],
+                        r["tokens"],
+                        r["scored_tokens"],
+                        r["mean_weight"],
+                        r["mean_discrepancy"],
+                    )
+                    for r in result[key]
+                ],
+                f"\n## Top {k} {title} documents (>= {m} scored tokens)",
+            )
+        )
     return "\n".join(parts) + "\n"
 
 
@@ -293,16 +376,25 @@ def run(args: argparse.Namespace) -> int:
         print("remit-annotate stats: needs DuckDB: pip install 'remit[inspect]'", file=sys.stderr)
         return 2
     try:
-        result = collect(args.output, top_k=args.top_k, min_count=args.min_count, bins=args.bins,
-                         memory_limit=args.memory_limit, threads=args.threads)
+        result = collect(
+            args.output,
+            top_k=args.top_k,
+            min_count=args.min_count,
+            bins=args.bins,
+            memory_limit=args.memory_limit,
+            threads=args.threads,
+        )
         root = Path(result["output"])
         tokenizer, note = load_tokenizer(read_manifest(root).data, root, args.tokenizer)
     except (ShardError, ValueError) as e:
         print(f"remit-annotate stats: error: {e}", file=sys.stderr)
         return 2
     except duckdb.OutOfMemoryException as e:
-        print(f"remit-annotate stats: DuckDB ran out of memory ({str(e).splitlines()[0]}). Raise --memory-limit "
-              "or lower --threads: each thread holds one row group of token lists.", file=sys.stderr)
+        print(
+            f"remit-annotate stats: DuckDB ran out of memory ({str(e).splitlines()[0]}). Raise --memory-limit "
+            "or lower --threads: each thread holds one row group of token lists.",
+            file=sys.stderr,
+        )
         return 3
     decode_top_tokens(result, tokenizer)
     if args.json:

@@ -118,9 +118,7 @@ class SpecialTokens:
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-def tokenize_records(
-    items: Iterable[Item], tokenizer, special: SpecialTokens
-) -> Iterator[Document | Skip]:
+def tokenize_records(items: Iterable[Item], tokenizer, special: SpecialTokens) -> Iterator[Document | Skip]:
     """Documents (token ids with BOS/EOS applied) and Skips, in input order; texts are encoded in batches."""
     pending: list[Record] = []
 
@@ -148,6 +146,11 @@ def _document(r: Record, ids: np.ndarray, special: SpecialTokens) -> Iterator[Do
         yield Skip(r.source, r.index, f"empty document {r.doc_id!r}", "empty document")
         return
     if ids.min() < 0 or ids.max() >= special.vocab_size:
-        yield Skip(r.source, r.index, f"document {r.doc_id!r}: token id out of range [0, {special.vocab_size})", "token id out of range")
+        yield Skip(
+            r.source,
+            r.index,
+            f"document {r.doc_id!r}: token id out of range [0, {special.vocab_size})",
+            "token id out of range",
+        )
         return
     yield Document(doc_id=r.doc_id, source=r.source, tokens=special.wrap(ids))

@@ -125,8 +125,11 @@ def score_segments(model_dir: Path, prompts: list[np.ndarray], settings: Any, la
         scorer.close()
     tokens = sum(len(p) for p in prompts)
     elapsed = time.perf_counter() - start
-    print(f"verify: {label}: {len(prompts)} segments, {tokens} tokens in {elapsed:.1f} s "
-          f"({tokens / max(elapsed, 1e-9):,.0f} tok/s)", file=sys.stderr)
+    print(
+        f"verify: {label}: {len(prompts)} segments, {tokens} tokens in {elapsed:.1f} s "
+        f"({tokens / max(elapsed, 1e-9):,.0f} tok/s)",
+        file=sys.stderr,
+    )
     return scores
 
 
@@ -184,7 +187,8 @@ def verify_output(
     new_weight = remit_weights(new_rl, new_base, row_lengths, starts, eps=m.eps, center=m.center)  # type: ignore[arg-type]
 
     nan_mismatches = int(
-        np.sum(np.isnan(flat["logp_base"]) != np.isnan(new_base)) + np.sum(np.isnan(flat["logp_rl"]) != np.isnan(new_rl))
+        np.sum(np.isnan(flat["logp_base"]) != np.isnan(new_base))
+        + np.sum(np.isnan(flat["logp_rl"]) != np.isnan(new_rl))
     )
     return VerifyReport(
         rows=len(sample_ids),
@@ -208,35 +212,54 @@ def format_report(report: VerifyReport) -> str:
         s: ErrorStats = getattr(report, name)
         lines.append(f"{name:<22}{s.count:>10}{s.mean:>11.2e}{s.p50:>11.2e}{s.p99:>11.2e}{s.max:>11.2e}")
     if report.nan_mismatches:
-        lines.append(f"{report.nan_mismatches} positions are NaN in one of stored/recomputed but not the other: "
-                     "the segment boundaries or the first-token convention do not match")
+        lines.append(
+            f"{report.nan_mismatches} positions are NaN in one of stored/recomputed but not the other: "
+            "the segment boundaries or the first-token convention do not match"
+        )
     verdict = "OK" if report.passed else "FAILED"
     lines.append(f"{verdict}: max difference {report.max_error:.2e} (tolerance {report.tolerance:.0e})")
     if not report.passed and report.max_error > report.tolerance:
-        lines.append("A large difference means the output was scored with another model, dtype or engine "
-                     "setting than the manifest says, or that the engine is wrong; a bf16 run needs a larger "
-                     "--tolerance (~0.2) or --dtype float32 to measure its error.")
+        lines.append(
+            "A large difference means the output was scored with another model, dtype or engine "
+            "setting than the manifest says, or that the engine is wrong; a bf16 run needs a larger "
+            "--tolerance (~0.2) or --dtype float32 to measure its error."
+        )
     return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", metavar="OUTPUT", help="a finished annotation output folder (with manifest.json)")
     # -- sample
-    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS,
-                        help=f"rows to re-score, drawn at random (default {DEFAULT_ROWS}; more than the output "
-                             "holds = all)")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=DEFAULT_ROWS,
+        help=f"rows to re-score, drawn at random (default {DEFAULT_ROWS}; more than the output holds = all)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the row sample (default 0)")
     # -- pass / fail
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                        help=f"largest allowed |stored - recomputed|, in nats for log-probs (default "
-                             f"{DEFAULT_TOLERANCE:g}, for fp32 outputs)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help=f"largest allowed |stored - recomputed|, in nats for log-probs (default "
+        f"{DEFAULT_TOLERANCE:g}, for fp32 outputs)",
+    )
     # -- models and engine
     parser.add_argument("--base", default=None, help="base model folder (default: the path in the manifest)")
     parser.add_argument("--rl", default=None, help="RL model folder (default: the path in the manifest)")
-    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                        help="dtype of the re-scoring (default: the dtype the output was scored in)")
-    parser.add_argument("--max-batch-tokens", type=int, default=0,
-                        help="padded tokens per forward pass of the hf engine (default 0 = automatic)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=("float32", "bfloat16", "float16"),
+        help="dtype of the re-scoring (default: the dtype the output was scored in)",
+    )
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=0,
+        help="padded tokens per forward pass of the hf engine (default 0 = automatic)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
 
 
@@ -249,8 +272,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         report = verify_output(
-            args.output, rows=args.rows, seed=args.seed, tolerance=args.tolerance, dtype=args.dtype,
-            base=args.base, rl=args.rl, max_batch_tokens=args.max_batch_tokens,
+            args.output,
+            rows=args.rows,
+            seed=args.seed,
+            tolerance=args.tolerance,
+            dtype=args.dtype,
+            base=args.base,
+            rl=args.rl,
+            max_batch_tokens=args.max_batch_tokens,
         )
     except (ShardError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"verify: {e}", file=sys.stderr)

@@ -88,8 +88,7 @@ def _env_pair(env: dict[str, str], rank_key: str, size_key: str) -> tuple[int, i
     return None
 
 
-def rank_from_env(rank: int | None, world_size: int | None,
-                  env: dict[str, str] | None = None) -> tuple[int, int]:
+def rank_from_env(rank: int | None, world_size: int | None, env: dict[str, str] | None = None) -> tuple[int, int]:
     """This worker's rank and the world size: explicit values first, then the launcher's environment.
 
     Launchers nest, so the levels compose (outer index x inner size + inner index):
@@ -104,8 +103,10 @@ def rank_from_env(rank: int | None, world_size: int | None,
     if rank is None or world_size is None:
         outer = None
         if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-            outer = (int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0)),
-                     int(env["SLURM_ARRAY_TASK_COUNT"]))
+            outer = (
+                int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0)),
+                int(env["SLURM_ARRAY_TASK_COUNT"]),
+            )
         inner = _env_pair(env, "RANK", "WORLD_SIZE") or _env_pair(env, "SLURM_PROCID", "SLURM_NTASKS") or (0, 1)
         r, w = inner
         if outer is not None:
@@ -207,8 +208,7 @@ def _plan_lock(work: Path) -> Iterator[None]:
         yield
 
 
-def ensure_plan(cfg: AnnotateConfig, run: dict[str, Any], tokenizer: Any, special: Any,
-                rank: int) -> dict[str, Any]:
+def ensure_plan(cfg: AnnotateConfig, run: dict[str, Any], tokenizer: Any, special: Any, rank: int) -> dict[str, Any]:
     """Rank 0 plans when no plan exists; other ranks wait for it.
 
     Readers trust only plan.json, which build_plan writes last: a plan folder without it (rank 0 was
@@ -245,8 +245,10 @@ def _read_unit_checked(output: Path, unit: dict[str, Any]) -> pa.Table:
             "are kept."
         ) from e
     if table.num_rows != unit["rows"]:
-        raise ShardError(f"planned unit {unit['unit']}: {table.num_rows} rows, plan.json says {unit['rows']}; "
-                         f"delete {work_dir(output) / PLAN_FILE} and rerun")
+        raise ShardError(
+            f"planned unit {unit['unit']}: {table.num_rows} rows, plan.json says {unit['rows']}; "
+            f"delete {work_dir(output) / PLAN_FILE} and rerun"
+        )
     return table
 
 
@@ -378,8 +380,15 @@ def _base_pass(cfg: AnnotateConfig, out: Path, units: list[dict[str, Any]], rank
         del scorer
 
 
-def _rl_pass(cfg: AnnotateConfig, out: Path, units: list[dict[str, Any]], run_id: str, rank: int,
-             stats: WorkerStats, fresh: set[int]) -> list[dict[str, Any]]:
+def _rl_pass(
+    cfg: AnnotateConfig,
+    out: Path,
+    units: list[dict[str, Any]],
+    run_id: str,
+    rank: int,
+    stats: WorkerStats,
+    fresh: set[int],
+) -> list[dict[str, Any]]:
     """Score `units` with the RL model, write their shards and completion records.
 
     `fresh` holds the units whose base pass ran in this process. Returns the units whose saved base
@@ -433,12 +442,19 @@ def _rl_pass(cfg: AnnotateConfig, out: Path, units: list[dict[str, Any]], run_id
         with _Timer(stats, "write"):
             info = write_shard(shard, out / shard_name(u["unit"]))
         if info.token_checksum != u["token_checksum"]:
-            raise ShardError(f"{out / info.file}: token checksum differs from the plan's; the plan was altered. "
-                             f"Delete {work_dir(out) / PLAN_FILE} and rerun.")
+            raise ShardError(
+                f"{out / info.file}: token checksum differs from the plan's; the plan was altered. "
+                f"Delete {work_dir(out) / PLAN_FILE} and rerun."
+            )
         failpoint("after-shard")
         with _Timer(stats, "bookkeeping"):
-            record = {**info.to_dict(), "unit": u["unit"], "run_id": run_id,
-                      "engine": describe_rl, "engine_base": describe_base}
+            record = {
+                **info.to_dict(),
+                "unit": u["unit"],
+                "run_id": run_id,
+                "engine": describe_rl,
+                "engine_base": describe_base,
+            }
             write_json_atomic(done_path(out, u["unit"]), record)
             failpoint("after-done")
             bpath.unlink(missing_ok=True)

@@ -16,9 +16,7 @@ from remit.shards.manifest import Manifest, ShardError, read_manifest
 from remit.shards.schema import SCHEMA, SEGMENT_LIST_COLUMNS, TOKEN_LIST_COLUMNS, schema_mismatch
 
 
-def read_shard(
-    path: str | Path, *, expected_checksum: str | None = None, columns: list[str] | None = None
-) -> pa.Table:
+def read_shard(path: str | Path, *, expected_checksum: str | None = None, columns: list[str] | None = None) -> pa.Table:
     """Read one shard, checking its schema, its list lengths and (if given) its token checksum."""
     path = Path(path)
     try:
@@ -101,7 +99,8 @@ class Output:
         entry = self.manifest.shards[index]
         table = read_shard(
             self.root / entry["file"],
-            expected_checksum=entry["token_checksum"] if verify and (columns is None or "token_ids" in columns)
+            expected_checksum=entry["token_checksum"]
+            if verify and (columns is None or "token_ids" in columns)
             else None,
             columns=columns,
         )

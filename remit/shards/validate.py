@@ -31,8 +31,10 @@ from remit.shards.weights import remit_weights
 #: Stored float32 weights vs the rule recomputed in float64: rounding is ~6e-8.
 WEIGHT_TOLERANCE = 1e-5
 _MAX_ROW_PROBLEMS = 5
-_RERUN = ("delete this shard and `_work/done/unit-N.json` if the output still has `_work/`, else the whole "
-          "output, and run the annotation again (finished shards of an unfinished output are kept)")
+_RERUN = (
+    "delete this shard and `_work/done/unit-N.json` if the output still has `_work/`, else the whole "
+    "output, and run the annotation again (finished shards of an unfinished output are kept)"
+)
 _REFINALIZE = "the manifest is inconsistent with the shards; re-run `remit-annotate finalize` from a kept `_work/`"
 
 
@@ -70,8 +72,14 @@ def validate_output(root: str | Path) -> list[Problem]:
     problems: list[Problem] = []
     listed = {s["file"] for s in manifest.shards}
     for extra in sorted(p.name for p in root.glob("*.parquet") if p.name not in listed):
-        problems.append(Problem(str(root / extra), None, "shard not listed in the manifest",
-                                "remove it, or re-run finalize if it belongs to this run"))
+        problems.append(
+            Problem(
+                str(root / extra),
+                None,
+                "shard not listed in the manifest",
+                "remove it, or re-run finalize if it belongs to this run",
+            )
+        )
     width = manifest.seq_len + 1
     next_id = 0
     cursor = _DocCursor()
@@ -79,16 +87,23 @@ def validate_output(root: str | Path) -> list[Problem]:
         path = root / entry["file"]
         is_last_shard = i == len(manifest.shards) - 1
         if entry["first_sample_id"] != next_id:
-            problems.append(Problem(str(path), None, f"first sample id {entry['first_sample_id']}, expected {next_id}",
-                                    _REFINALIZE))
+            problems.append(
+                Problem(str(path), None, f"first sample id {entry['first_sample_id']}, expected {next_id}", _REFINALIZE)
+            )
         next_id = entry["first_sample_id"] + entry["rows"]
         found = _check_shard(path, entry, width, is_last_shard, manifest.eps, manifest.center, cursor)
         if found:
             cursor = _DocCursor(known=False)  # this shard's documents are suspect: judge the next one afresh
         problems.extend(found)
     if next_id != manifest.total_rows:
-        problems.append(Problem(str(root / "manifest.json"), None,
-                                f"shards hold {next_id} rows, totals say {manifest.total_rows}", _REFINALIZE))
+        problems.append(
+            Problem(
+                str(root / "manifest.json"),
+                None,
+                f"shards hold {next_id} rows, totals say {manifest.total_rows}",
+                _REFINALIZE,
+            )
+        )
     return problems
 
 
@@ -107,8 +122,9 @@ def _read(path: Path) -> tuple[pa.Table | None, str | None]:
         return None, f"cannot be read as Parquet ({type(e).__name__}: {e}); the file is corrupt"
 
 
-def _check_shard(path: Path, entry: dict, width: int, is_last_shard: bool, eps: float, center: str,
-                 cursor: _DocCursor) -> list[Problem]:
+def _check_shard(
+    path: Path, entry: dict, width: int, is_last_shard: bool, eps: float, center: str, cursor: _DocCursor
+) -> list[Problem]:
     f = str(path)
     if not path.exists():
         return [Problem(f, None, "missing", "restore it, or run the annotation of its unit again")]
@@ -126,8 +142,15 @@ def _check_shard(path: Path, entry: dict, width: int, is_last_shard: bool, eps: 
         return problems  # the flat value checks below need consistent lists
     got = table_token_checksum(table)
     if got != entry["token_checksum"]:
-        problems.append(Problem(f, None, f"token checksum {got} differs from the manifest's {entry['token_checksum']}; "
-                                "the shard does not hold the tokens it was written with", _RERUN))
+        problems.append(
+            Problem(
+                f,
+                None,
+                f"token checksum {got} differs from the manifest's {entry['token_checksum']}; "
+                "the shard does not hold the tokens it was written with",
+                _RERUN,
+            )
+        )
     first = entry["first_sample_id"]
     row_problem(ids != np.arange(first, first + len(ids)), "sample id out of sequence")
     n_tok = table.column("n_tokens").to_numpy().astype(np.int64)
@@ -136,8 +159,10 @@ def _check_shard(path: Path, entry: dict, width: int, is_last_shard: bool, eps: 
         short[-1] = n_tok[-1] > width or n_tok[-1] < 1
     row_problem(short, f"row width differs from seq_len + 1 = {width} (only the output's last row may be shorter)")
     starts = [np.asarray(s, np.int64) for s in table.column("segment_starts").to_pylist()]
-    bad_layout = np.array([len(s) == 0 or s[0] != 0 or bool(np.any(np.diff(s) <= 0)) or s[-1] >= n
-                           for s, n in zip(starts, n_tok)], dtype=bool)
+    bad_layout = np.array(
+        [len(s) == 0 or s[0] != 0 or bool(np.any(np.diff(s) <= 0)) or s[-1] >= n for s, n in zip(starts, n_tok)],
+        dtype=bool,
+    )
     row_problem(bad_layout, "segment_starts must begin at 0, increase, and stay inside the row")
     if bad_layout.any():
         return problems
@@ -168,8 +193,9 @@ def _check_list_lengths(table: pa.Table, row_problem: _RowProblems) -> bool:
     return not bad
 
 
-def _check_values(table: pa.Table, n_tok: np.ndarray, starts: list[np.ndarray], eps: float, center: str,
-                  row_problem: _RowProblems) -> None:
+def _check_values(
+    table: pa.Table, n_tok: np.ndarray, starts: list[np.ndarray], eps: float, center: str, row_problem: _RowProblems
+) -> None:
     flat = {c: pc.list_flatten(table.column(c)).to_numpy() for c in ("logp_base", "logp_rl", "weight")}
     n_rows = len(n_tok)
     row_of = np.repeat(np.arange(n_rows), n_tok)
@@ -182,8 +208,9 @@ def _check_values(table: pa.Table, n_tok: np.ndarray, starts: list[np.ndarray], 
 
     for c in ("logp_base", "logp_rl"):
         nan = np.isnan(flat[c])
-        row_problem(rows_with(nan != is_start),
-                    f"{c} is NaN where it should not be, or not NaN at a segment's first token")
+        row_problem(
+            rows_with(nan != is_start), f"{c} is NaN where it should not be, or not NaN at a segment's first token"
+        )
         row_problem(rows_with(flat[c] > 0), f"{c} has a positive log-prob")
     w = flat["weight"]
     low, high = np.float32(1.0 - eps), np.float32(1.0 + eps)
@@ -192,12 +219,15 @@ def _check_values(table: pa.Table, n_tok: np.ndarray, starts: list[np.ndarray], 
     row_problem(rows_with(is_start & (w != 1.0)), "weight at a segment's first token is not 1.0")
     expected = remit_weights(flat["logp_rl"], flat["logp_base"], n_tok, starts, eps=eps, center=center)
     off_rule = np.abs(expected.astype(np.float64) - w) > WEIGHT_TOLERANCE
-    row_problem(rows_with(off_rule & ~out_of_range),
-                f"weight does not follow from the log-probs by the manifest's rule (center={center}, eps={eps})")
+    row_problem(
+        rows_with(off_rule & ~out_of_range),
+        f"weight does not follow from the log-probs by the manifest's rule (center={center}, eps={eps})",
+    )
 
 
-def _check_documents(table: pa.Table, n_tok: np.ndarray, starts: list[np.ndarray], cursor: _DocCursor,
-                     row_problem: _RowProblems) -> None:
+def _check_documents(
+    table: pa.Table, n_tok: np.ndarray, starts: list[np.ndarray], cursor: _DocCursor, row_problem: _RowProblems
+) -> None:
     """Each segment either starts a document (offset 0) or continues the previous segment's document
     exactly where it stopped, at the start of a row. A gap, an overlap or a repeat breaks this."""
     n_rows = len(n_tok)
@@ -220,6 +250,9 @@ def _check_documents(table: pa.Table, n_tok: np.ndarray, starts: list[np.ndarray
     bad_seg = (doc_off != 0) & ~continues
     bad = np.zeros(n_rows, bool)
     bad[seg_row[bad_seg]] = True
-    row_problem(bad, "a document segment does not continue its document where the previous segment stopped "
-                "(a gap, overlap or repeated piece of a document)")
+    row_problem(
+        bad,
+        "a document segment does not continue its document where the previous segment stopped "
+        "(a gap, overlap or repeated piece of a document)",
+    )
     cursor.doc_id, cursor.next_offset, cursor.known = str(doc_ids[-1]), int(doc_off[-1] + seg_len[-1]), True

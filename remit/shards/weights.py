@@ -36,9 +36,11 @@ def group_ids(row_lengths: np.ndarray, segment_starts: list[np.ndarray] | None) 
     if segment_starts is None:
         return row_of_token
     row_offsets = np.concatenate([[0], np.cumsum(row_lengths)[:-1]]) if n_rows else np.zeros(0, np.int64)
-    starts = np.concatenate(
-        [np.asarray(s, dtype=np.int64) + off for s, off in zip(segment_starts, row_offsets)]
-    ) if n_rows else np.zeros(0, np.int64)
+    starts = (
+        np.concatenate([np.asarray(s, dtype=np.int64) + off for s, off in zip(segment_starts, row_offsets)])
+        if n_rows
+        else np.zeros(0, np.int64)
+    )
     is_start = np.zeros(int(row_lengths.sum()), dtype=np.int64)
     is_start[starts[starts < len(is_start)]] = 1
     return np.cumsum(is_start) - 1

@@ -78,8 +78,10 @@ def _list_array(offsets: np.ndarray, values: pa.Array | np.ndarray, type_: pa.Da
 def _nested(rows: list, type_: pa.DataType) -> pa.ListArray:
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    flat = [v for r in rows for v in r] if type_.value_type == pa.string() else (
-        np.concatenate(rows) if rows else np.zeros(0)
+    flat = (
+        [v for r in rows for v in r]
+        if type_.value_type == pa.string()
+        else (np.concatenate(rows) if rows else np.zeros(0))
     )
     return _list_array(offsets, flat, type_)
 
@@ -159,9 +161,7 @@ def write_table(table: pa.Table, path: str | Path, row_group_bytes: int = DEFAUL
     )
 
 
-def write_shard(
-    table: pa.Table, path: str | Path, row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES
-) -> ShardInfo:
+def write_shard(table: pa.Table, path: str | Path, row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES) -> ShardInfo:
     """Write `table` atomically to `path`, verified by a read-back before the rename."""
     from remit.shards.reader import read_shard  # the reader imports this module's types
 

@@ -40,8 +40,10 @@ def latest_iteration(root: str | Path | None) -> int | None:
         raise ValueError(f"{tracker}: expected an iteration number, found {text!r}; fix or delete the file.")
     it = int(text)
     if not iteration_dir(root, it).is_dir():
-        raise ValueError(f"{tracker}: names iteration {it} but {iteration_dir(root, it)} is missing; "
-                         "point the tracker at an existing iter_* folder.")
+        raise ValueError(
+            f"{tracker}: names iteration {it} but {iteration_dir(root, it)} is missing; "
+            "point the tracker at an existing iter_* folder."
+        )
     return it
 
 

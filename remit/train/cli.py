@@ -20,37 +20,66 @@ def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="remit-train",
         description="Mid-train a Llama checkpoint on ReMiT-weighted shards with Megatron-Core. "
-                    "Subcommand: `remit-train export-hf --help`.",
+        "Subcommand: `remit-train export-hf --help`.",
     )
     # --- data ---
     p.add_argument("--data", type=Path, required=True, help="annotation output folder (manifest.json + shards)")
-    p.add_argument("--weights", choices=WEIGHT_MODES, default="static",
-                   help="none: plain next-token loss; static: stored weights; online: the paper's rule with the "
-                        "current model's log-prob (default: static)")
-    p.add_argument("--eps", type=float, default=None,
-                   help="online: clip half-width, weights in [1-eps, 1+eps] (default: the manifest's)")
-    p.add_argument("--center", choices=CENTER_MODES, default=None,
-                   help="online: centre the discrepancy per row or per segment (default: the manifest's)")
-    p.add_argument("--shuffle-shards", type=int, default=8,
-                   help="shards mixed in one shuffle window, also shards cached per rank (default: 8)")
-    p.add_argument("--skip-validate", action="store_true",
-                   help="skip the full validation of the output at start (shards are still checksum-verified)")
+    p.add_argument(
+        "--weights",
+        choices=WEIGHT_MODES,
+        default="static",
+        help="none: plain next-token loss; static: stored weights; online: the paper's rule with the "
+        "current model's log-prob (default: static)",
+    )
+    p.add_argument(
+        "--eps",
+        type=float,
+        default=None,
+        help="online: clip half-width, weights in [1-eps, 1+eps] (default: the manifest's)",
+    )
+    p.add_argument(
+        "--center",
+        choices=CENTER_MODES,
+        default=None,
+        help="online: centre the discrepancy per row or per segment (default: the manifest's)",
+    )
+    p.add_argument(
+        "--shuffle-shards",
+        type=int,
+        default=8,
+        help="shards mixed in one shuffle window, also shards cached per rank (default: 8)",
+    )
+    p.add_argument(
+        "--skip-validate",
+        action="store_true",
+        help="skip the full validation of the output at start (shards are still checksum-verified)",
+    )
     # --- model and checkpoints ---
     p.add_argument("--init-hf", type=Path, default=None, help="Hugging Face Llama checkpoint to start from")
     p.add_argument("--save", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, HF template")
     p.add_argument("--load", type=Path, default=None, help="checkpoint folder to resume from (default: --save)")
-    p.add_argument("--save-interval", type=int, default=None,
-                   help="save every N iterations; always at the end (default: only at the end)")
+    p.add_argument(
+        "--save-interval",
+        type=int,
+        default=None,
+        help="save every N iterations; always at the end (default: only at the end)",
+    )
     p.add_argument("--export-hf", type=Path, default=None, help="after training, write the model as HF here")
     # --- schedule and optimiser ---
     p.add_argument("--train-iters", type=int, required=True, help="optimizer steps in total")
     p.add_argument("--micro-batch-size", type=int, default=1, help="sequences per forward pass per rank")
-    p.add_argument("--global-batch-size", type=int, default=None,
-                   help="sequences per optimizer step over all ranks (default: micro batch x DP size)")
+    p.add_argument(
+        "--global-batch-size",
+        type=int,
+        default=None,
+        help="sequences per optimizer step over all ranks (default: micro batch x DP size)",
+    )
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default: 3e-4)")
     p.add_argument("--min-lr", type=float, default=0.0, help="learning rate at the end of the decay (default: 0)")
     p.add_argument("--lr-warmup-iters", type=int, default=0, help="linear warm-up iterations (default: 0)")
-    p.add_argument("--lr-decay-iters", type=int, default=None, help="decay length in iterations (default: --train-iters)")
+    p.add_argument(
+        "--lr-decay-iters", type=int, default=None, help="decay length in iterations (default: --train-iters)"
+    )
     p.add_argument("--lr-decay-style", choices=DECAY_STYLES, default="cosine", help="decay shape (default: cosine)")
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default: 0.1)")
     p.add_argument("--adam-beta1", type=float, default=0.9)
@@ -66,8 +95,9 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="remit-train export-hf",
-                                description="Write a checkpoint of a remit-train run as a Hugging Face Llama.")
+    p = argparse.ArgumentParser(
+        prog="remit-train export-hf", description="Write a checkpoint of a remit-train run as a Hugging Face Llama."
+    )
     p.add_argument("--load", type=Path, required=True, help="the run folder (--save of the training run)")
     p.add_argument("--out", type=Path, required=True, help="output folder for the HF checkpoint")
     p.add_argument("--iteration", type=int, default=None, help="which iter_* to export (default: the latest)")

@@ -105,29 +105,40 @@ class TrainConfig:
             _fail("center", f"unknown centring {self.center!r}", f"use one of {', '.join(CENTER_MODES)}")
         if self.lr_decay_style not in DECAY_STYLES:
             _fail("lr_decay_style", f"unknown style {self.lr_decay_style!r}", f"use {' or '.join(DECAY_STYLES)}")
-        for name in ("train_iters", "micro_batch_size", "tensor_model_parallel_size", "log_interval",
-                     "shuffle_shards"):
+        for name in ("train_iters", "micro_batch_size", "tensor_model_parallel_size", "log_interval", "shuffle_shards"):
             if int(getattr(self, name)) < 1:
                 _fail(name, f"must be >= 1, got {getattr(self, name)}", "pass a positive integer")
         if self.save_interval is not None and self.save_interval < 1:
             _fail("save_interval", f"must be >= 1, got {self.save_interval}", "or leave it unset to save at the end")
         if self.global_batch_size is not None and self.global_batch_size % self.micro_batch_size:
-            _fail("global_batch_size", f"{self.global_batch_size} is not a multiple of micro_batch_size "
-                  f"{self.micro_batch_size}", "make it micro_batch_size * data-parallel size * accumulation steps")
+            _fail(
+                "global_batch_size",
+                f"{self.global_batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}",
+                "make it micro_batch_size * data-parallel size * accumulation steps",
+            )
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            _fail("lr", f"need 0 <= min_lr <= lr and lr > 0 (lr={self.lr}, min_lr={self.min_lr})",
-                  "fix the learning-rate flags")
+            _fail(
+                "lr",
+                f"need 0 <= min_lr <= lr and lr > 0 (lr={self.lr}, min_lr={self.min_lr})",
+                "fix the learning-rate flags",
+            )
         decay = self.decay_iters
         if self.lr_warmup_iters < 0 or self.lr_warmup_iters >= decay:
-            _fail("lr_warmup_iters", f"{self.lr_warmup_iters} must lie in [0, decay iterations {decay})",
-                  "shorten the warm-up or lengthen the run")
+            _fail(
+                "lr_warmup_iters",
+                f"{self.lr_warmup_iters} must lie in [0, decay iterations {decay})",
+                "shorten the warm-up or lengthen the run",
+            )
         if self.clip_grad < 0:
             _fail("clip_grad", f"{self.clip_grad} < 0", "pass 0 to turn clipping off, or a positive norm")
         if self.init_hf is None and self.load is None:
             # `load` defaults to `save`; a fresh run needs a model to start from.
             if not (self.save / TRACKER_FILE).exists():
-                _fail("init_hf", "no model to start from (no --init-hf and no checkpoint in --save)",
-                      "pass --init-hf DIR with a Hugging Face Llama checkpoint, or --load a checkpoint")
+                _fail(
+                    "init_hf",
+                    "no model to start from (no --init-hf and no checkpoint in --save)",
+                    "pass --init-hf DIR with a Hugging Face Llama checkpoint, or --load a checkpoint",
+                )
 
     @property
     def decay_iters(self) -> int:
@@ -137,8 +148,12 @@ class TrainConfig:
         """(global batch size, micro-batches per step per rank) for `dp_size` data-parallel ranks."""
         gbs = self.global_batch_size or self.micro_batch_size * dp_size
         if gbs % (self.micro_batch_size * dp_size):
-            _fail("global_batch_size", f"{gbs} is not divisible by micro_batch_size * data-parallel size "
-                  f"({self.micro_batch_size} * {dp_size})", "pick a global batch that is a multiple of both")
+            _fail(
+                "global_batch_size",
+                f"{gbs} is not divisible by micro_batch_size * data-parallel size "
+                f"({self.micro_batch_size} * {dp_size})",
+                "pick a global batch that is a multiple of both",
+            )
         return gbs, gbs // (self.micro_batch_size * dp_size)
 
     def to_dict(self) -> dict[str, Any]:

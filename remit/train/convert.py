@@ -145,8 +145,10 @@ def load_hf_into(model: torch.nn.Module, hf_dir: str | Path, shape: LlamaShape, 
         for name, param in params.items():
             part = tp_slice(name, full[name], tp_rank, tp_size)
             if part.shape != param.shape:
-                raise ValueError(f"{hf_dir}: {name} has shape {tuple(part.shape)} for this rank, the model "
-                                 f"expects {tuple(param.shape)}")
+                raise ValueError(
+                    f"{hf_dir}: {name} has shape {tuple(part.shape)} for this rank, the model "
+                    f"expects {tuple(param.shape)}"
+                )
             param.copy_(part.to(param.dtype))
 
 

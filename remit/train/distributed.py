@@ -34,11 +34,14 @@ def init(tensor_parallel: int) -> bool:
         if "RANK" in os.environ:  # torchrun / Slurm set RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
             # Rank 0 validates the whole output while the others wait in a collective: allow that
             # more than the default 10 minutes (REMIT_DIST_TIMEOUT_MIN, default 60).
-            dist.init_process_group(cpu_compat.backend(), timeout=datetime.timedelta(
-                minutes=float(os.environ.get("REMIT_DIST_TIMEOUT_MIN", "60"))))
+            dist.init_process_group(
+                cpu_compat.backend(),
+                timeout=datetime.timedelta(minutes=float(os.environ.get("REMIT_DIST_TIMEOUT_MIN", "60"))),
+            )
         else:  # a plain process: a world of one, without touching os.environ (children inherit it)
-            dist.init_process_group(cpu_compat.backend(), init_method=f"tcp://127.0.0.1:{_free_port()}",
-                                    rank=0, world_size=1)
+            dist.init_process_group(
+                cpu_compat.backend(), init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+            )
         created = True
     world = dist.get_world_size()
     if world % tensor_parallel:

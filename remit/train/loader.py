@@ -27,8 +27,11 @@ def document_mask(segment_ids: torch.Tensor) -> torch.Tensor:
 
 def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     """Tensors on `device`; the attention mask is built there from the segment ids (smaller to move)."""
-    out = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True) for k, v in batch.items()
-           if k != "attention_mask"}
+    out = {
+        k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True)
+        for k, v in batch.items()
+        if k != "attention_mask"
+    }
     out["attention_mask"] = document_mask(out["segment_ids"])
     return out
 
@@ -49,8 +52,15 @@ class BatchLoader:
         device: torch.device,
         prefetch: int = 2,
     ) -> None:
-        self._source = micro_batches(dataset, order, global_batch=global_batch, micro_batch=micro_batch,
-                                     dp_rank=dp_rank, dp_size=dp_size, consumed_samples=consumed_samples)
+        self._source = micro_batches(
+            dataset,
+            order,
+            global_batch=global_batch,
+            micro_batch=micro_batch,
+            dp_rank=dp_rank,
+            dp_size=dp_size,
+            consumed_samples=consumed_samples,
+        )
         self._device = device
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
         self._stop = threading.Event()

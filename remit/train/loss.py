@@ -38,7 +38,11 @@ def group_index(segment_ids: torch.Tensor, center: str) -> torch.Tensor:
 
 @torch.no_grad()
 def online_weights(
-    logp_rl: torch.Tensor, logp_theta: torch.Tensor, valid: torch.Tensor, groups: torch.Tensor, eps: float,
+    logp_rl: torch.Tensor,
+    logp_theta: torch.Tensor,
+    valid: torch.Tensor,
+    groups: torch.Tensor,
+    eps: float,
     num_groups: int | None = None,
 ) -> torch.Tensor:
     """The paper's weight for every position (flat tensors); 1.0 where `valid` is False.
@@ -89,8 +93,7 @@ def remit_loss(
             raise ValueError("mode 'online' needs logp_rl and segment_ids")
         groups = group_index(segment_ids, center)
         b, s = segment_ids.shape
-        w = online_weights(logp_rl.reshape(-1), -loss.detach(), valid, groups, eps,
-                           num_groups=b * (s + 1)) * mask
+        w = online_weights(logp_rl.reshape(-1), -loss.detach(), valid, groups, eps, num_groups=b * (s + 1)) * mask
     w = w.detach()
     sum_wl = (loss * w).sum()
     n_valid = valid.sum().to(torch.int32)

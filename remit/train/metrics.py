@@ -14,8 +14,20 @@ from pathlib import Path
 from typing import Any
 
 METRICS_NAME = "metrics.jsonl"
-STABLE_KEYS = ("step", "loss", "loss_unweighted", "mean_weight", "frac_at_low", "frac_at_high", "lr",
-               "grad_norm", "tokens", "consumed_samples", "step_time_s", "tokens_per_s")
+STABLE_KEYS = (
+    "step",
+    "loss",
+    "loss_unweighted",
+    "mean_weight",
+    "frac_at_low",
+    "frac_at_high",
+    "lr",
+    "grad_norm",
+    "tokens",
+    "consumed_samples",
+    "step_time_s",
+    "tokens_per_s",
+)
 
 
 class MetricsLog:

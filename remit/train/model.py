@@ -15,8 +15,17 @@ from typing import Any
 import torch
 
 #: Files copied from the HF checkpoint into the run folder, so that export needs no other input.
-TEMPLATE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                  "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja")
+TEMPLATE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
 
 
 @dataclass(frozen=True)
@@ -83,8 +92,12 @@ def llama_shape(cfg: dict[str, Any], source: str = "config.json") -> LlamaShape:
 
 def check_parallel(shape: LlamaShape, tp: int) -> None:
     """Tensor parallelism splits heads, KV groups, the FFN and the vocabulary; each must divide."""
-    for name, value in (("num_attention_heads", shape.num_heads), ("num_key_value_heads", shape.num_kv_heads),
-                        ("intermediate_size", shape.ffn_hidden_size), ("vocab_size", shape.vocab_size)):
+    for name, value in (
+        ("num_attention_heads", shape.num_heads),
+        ("num_key_value_heads", shape.num_kv_heads),
+        ("intermediate_size", shape.ffn_hidden_size),
+        ("vocab_size", shape.vocab_size),
+    ):
         if value % tp:
             raise ValueError(
                 f"tensor_model_parallel_size {tp} does not divide the model's {name} ({value}); choose a TP size "

@@ -62,8 +62,9 @@ def check_data_fits_model(data: str | Path, vocab_size: int, model_dir: str | Pa
     return expected
 
 
-def check_resume_matches(state: dict[str, Any], data: str | Path, seed: int,
-                         objective: dict[str, Any] | None = None) -> None:
+def check_resume_matches(
+    state: dict[str, Any], data: str | Path, seed: int, objective: dict[str, Any] | None = None
+) -> None:
     """A resumed run must read the same output in the same order and optimise the same objective (weight
     mode, eps, centring, global batch), or the trajectory is not a continuation."""
     manifest = read_manifest(data)
@@ -85,5 +86,11 @@ def check_resume_matches(state: dict[str, Any], data: str | Path, seed: int,
             )
 
 
-__all__ = ["PreflightError", "ShardError", "check_data_fits_model", "check_resume_matches", "tokenizer_sha256",
-           "validate_data"]
+__all__ = [
+    "PreflightError",
+    "ShardError",
+    "check_data_fits_model",
+    "check_resume_matches",
+    "tokenizer_sha256",
+    "validate_data",
+]

@@ -44,9 +44,7 @@ class SampleOrder:
         parts = []
         for w, first in enumerate(range(0, len(shard_perm), self.shuffle_shards)):
             window = shard_perm[first : first + self.shuffle_shards]
-            ids = np.concatenate(
-                [np.arange(self.shard_first[s], self.shard_first[s + 1]) for s in window]
-            )
+            ids = np.concatenate([np.arange(self.shard_first[s], self.shard_first[s + 1]) for s in window])
             parts.append(np.random.default_rng([self.seed, epoch, w]).permutation(ids))
         self._epoch, self._order = epoch, np.concatenate(parts)
         return self._order

@@ -69,8 +69,16 @@ def _forward_step(mode: str, eps: float, center: str, seen: list[np.ndarray], da
     per_token_loss = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
 
     def loss_func(output_tensor: torch.Tensor):
-        s, n, report = remit_loss(output_tensor, batch["loss_mask"], mode, loss_weight=batch["loss_weight"],
-                                  logp_rl=batch["logp_rl"], segment_ids=batch["segment_ids"], eps=eps, center=center)
+        s, n, report = remit_loss(
+            output_tensor,
+            batch["loss_mask"],
+            mode,
+            loss_weight=batch["loss_weight"],
+            logp_rl=batch["logp_rl"],
+            segment_ids=batch["segment_ids"],
+            eps=eps,
+            center=center,
+        )
         return s, n, {"remit": report}
 
     return per_token_loss, loss_func
@@ -108,8 +116,9 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
     tokenizer_hash = _preflight(cfg, template, shape.vocab_size)
 
     manifest = read_manifest(cfg.data)
-    dataset = RemitDataset(cfg.data, tokenizer_hash=tokenizer_hash, cache_shards=cfg.shuffle_shards,
-                           create_attention_mask=False)
+    dataset = RemitDataset(
+        cfg.data, tokenizer_hash=tokenizer_hash, cache_shards=cfg.shuffle_shards, create_attention_mask=False
+    )
     seq_len = dataset.seq_len
     order = SampleOrder(dataset.shard_rows, seed=cfg.seed, shuffle_shards=cfg.shuffle_shards)
     eps = cfg.eps if cfg.eps is not None and cfg.weights == "online" else manifest.eps
@@ -125,15 +134,32 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
     tcfg.finalize_model_grads_func = finalize_model_grads
     tcfg.no_sync_func = ddp.no_sync
     optimizer = get_megatron_optimizer(
-        OptimizerConfig(optimizer="adam", lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
-                        adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_eps=cfg.adam_eps,
-                        clip_grad=cfg.clip_grad, bf16=cfg.bf16, params_dtype=tcfg.params_dtype),
+        OptimizerConfig(
+            optimizer="adam",
+            lr=cfg.lr,
+            min_lr=cfg.min_lr,
+            weight_decay=cfg.weight_decay,
+            adam_beta1=cfg.adam_beta1,
+            adam_beta2=cfg.adam_beta2,
+            adam_eps=cfg.adam_eps,
+            clip_grad=cfg.clip_grad,
+            bf16=cfg.bf16,
+            params_dtype=tcfg.params_dtype,
+        ),
         [ddp],
     )
     scheduler = OptimizerParamScheduler(
-        optimizer, init_lr=0.0, max_lr=cfg.lr, min_lr=cfg.min_lr, lr_warmup_steps=cfg.lr_warmup_iters,
-        lr_decay_steps=cfg.decay_iters, lr_decay_style=cfg.lr_decay_style, start_wd=cfg.weight_decay,
-        end_wd=cfg.weight_decay, wd_incr_steps=cfg.train_iters, wd_incr_style="constant",
+        optimizer,
+        init_lr=0.0,
+        max_lr=cfg.lr,
+        min_lr=cfg.min_lr,
+        lr_warmup_steps=cfg.lr_warmup_iters,
+        lr_decay_steps=cfg.decay_iters,
+        lr_decay_style=cfg.lr_decay_style,
+        start_wd=cfg.weight_decay,
+        end_wd=cfg.weight_decay,
+        wd_incr_steps=cfg.train_iters,
+        wd_incr_style="constant",
     )
 
     iteration, consumed, tokens = 0, 0, 0
@@ -144,13 +170,23 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
     if is_main:
         cfg.save.mkdir(parents=True, exist_ok=True)
         _copy_template(template, cfg.save / HF_TEMPLATE)
-        print(f"remit-train: {cfg.weights} weights, {len(dataset)} samples of {seq_len} tokens, "
-              f"DP {dp_size} x TP {tp_size}, global batch {gbs} ({n_micro} micro-batches of {cfg.micro_batch_size}"
-              f" per rank), " + (f"resuming at step {iteration}" if iteration else "from " + str(template)),
-              flush=True)
+        print(
+            f"remit-train: {cfg.weights} weights, {len(dataset)} samples of {seq_len} tokens, "
+            f"DP {dp_size} x TP {tp_size}, global batch {gbs} ({n_micro} micro-batches of {cfg.micro_batch_size}"
+            f" per rank), " + (f"resuming at step {iteration}" if iteration else "from " + str(template)),
+            flush=True,
+        )
 
-    loader = BatchLoader(dataset, order, global_batch=gbs, micro_batch=cfg.micro_batch_size, dp_rank=dp_rank,
-                         dp_size=dp_size, consumed_samples=consumed, device=device)
+    loader = BatchLoader(
+        dataset,
+        order,
+        global_batch=gbs,
+        micro_batch=cfg.micro_batch_size,
+        dp_rank=dp_rank,
+        dp_size=dp_size,
+        consumed_samples=consumed,
+        device=device,
+    )
     log = MetricsLog(cfg.save, resume_iteration=iteration, enabled=is_main)
     progress = Progress(cfg.train_iters, iteration, cfg.log_interval, enabled=is_main)
     forward_backward = get_forward_backward_func()
@@ -167,8 +203,12 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
             seen: list[np.ndarray] = []
             reports = forward_backward(
                 forward_step_func=partial(_forward_step, cfg.weights, eps, center, seen),
-                data_iterator=loader, model=[ddp], num_microbatches=n_micro, seq_length=seq_len,
-                micro_batch_size=cfg.micro_batch_size, forward_only=False,
+                data_iterator=loader,
+                model=[ddp],
+                num_microbatches=n_micro,
+                seq_length=seq_len,
+                micro_batch_size=cfg.micro_batch_size,
+                forward_only=False,
             )
             _, grad_norm, _ = optimizer.step()
             stats = torch.stack([r["remit"] for r in reports]).sum(0)
@@ -177,19 +217,35 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
             summary = summarize(stats.cpu())
             tokens += summary.pop("valid_tokens")
             elapsed = time.perf_counter() - t0
-            record = {"step": step, **summary, "lr": lr,
-                      "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                      "tokens": tokens, "consumed_samples": consumed, "step_time_s": elapsed,
-                      "tokens_per_s": gbs * seq_len / elapsed}
+            record = {
+                "step": step,
+                **summary,
+                "lr": lr,
+                "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "tokens": tokens,
+                "consumed_samples": consumed,
+                "step_time_s": elapsed,
+                "tokens_per_s": gbs * seq_len / elapsed,
+            }
             log.write(record)
             progress.step(record)
             if observer is not None:
                 observer(step, np.concatenate(seen), record)
             if step == cfg.train_iters or (cfg.save_interval and step % cfg.save_interval == 0):
-                saved = save_checkpoint(cfg.save, step, ddp, optimizer, scheduler, {
-                    "consumed_samples": consumed, "tokens": tokens, "seed": cfg.seed,
-                    "data_run_id": manifest.run_id, **objective,
-                })
+                saved = save_checkpoint(
+                    cfg.save,
+                    step,
+                    ddp,
+                    optimizer,
+                    scheduler,
+                    {
+                        "consumed_samples": consumed,
+                        "tokens": tokens,
+                        "seed": cfg.seed,
+                        "data_run_id": manifest.run_id,
+                        **objective,
+                    },
+                )
     finally:
         loader.close()
         log.close()

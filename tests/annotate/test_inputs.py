@@ -15,15 +15,33 @@ from remit.annotate.plan import read_plan, read_unit
 
 DOCS = [
     {"id": "a", "text": "So 2 + 2 = 4. Therefore the answer is 4."},
-    {"id": "b", "text": "Größe, 数学, emoji 🧮 and <script>alert(1)</script> & \"quotes\"."},
+    {"id": "b", "text": 'Größe, 数学, emoji 🧮 and <script>alert(1)</script> & "quotes".'},
     {"id": "c", "text": "Adding 17 and 25 gives 42, so the total is \\boxed{42}."},
 ]
 
 
 def plan_tokens(model_pair, inputs, out, *extra) -> tuple[list[list[int]], dict]:
     base, rl = model_pair
-    args = ["plan", "--base", str(base), "--rl", str(rl), "--input", *map(str, inputs), "--output", str(out),
-            "--engine", "hf", "--seq-len", "16", "--rows-per-shard", "4", "--progress-every", "1000", *extra]
+    args = [
+        "plan",
+        "--base",
+        str(base),
+        "--rl",
+        str(rl),
+        "--input",
+        *map(str, inputs),
+        "--output",
+        str(out),
+        "--engine",
+        "hf",
+        "--seq-len",
+        "16",
+        "--rows-per-shard",
+        "4",
+        "--progress-every",
+        "1000",
+        *extra,
+    ]
     assert main(args) == 0
     plan = read_plan(out)
     rows = []
@@ -105,7 +123,11 @@ def test_bad_records_are_skipped_and_counted(model_pair, tmp_path):
     rows, plan = plan_tokens(model_pair, [p], tmp_path / "o")
     assert plan["totals"]["documents"] == 2
     assert plan["totals"]["skipped"] == {
-        "empty document": 1, "invalid JSON": 1, "missing field": 1, "not a string": 1, "not an object": 1,
+        "empty document": 1,
+        "invalid JSON": 1,
+        "missing field": 1,
+        "not a string": 1,
+        "not an object": 1,
         "not UTF-8": 1,
     }
     assert any("record 1" in e and "invalid JSON" in e for e in plan["totals"]["skip_examples"])
@@ -115,8 +137,23 @@ def test_strict_fails_on_first_bad_record(model_pair, tmp_path, capsys):
     base, rl = model_pair
     p = tmp_path / "bad.jsonl"
     p.write_text("\n".join(BAD_LINES) + "\n")
-    code = main(["--base", str(base), "--rl", str(rl), "--input", str(p), "--output", str(tmp_path / "o"),
-                 "--engine", "hf", "--seq-len", "16", "--strict"])
+    code = main(
+        [
+            "--base",
+            str(base),
+            "--rl",
+            str(rl),
+            "--input",
+            str(p),
+            "--output",
+            str(tmp_path / "o"),
+            "--engine",
+            "hf",
+            "--seq-len",
+            "16",
+            "--strict",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert f"{p} record 1" in err and "invalid JSON" in err and "--strict" in err
@@ -138,8 +175,25 @@ def test_no_usable_documents_is_an_error(model_pair, tmp_path, capsys):
     base, rl = model_pair
     p = tmp_path / "e.jsonl"
     p.write_text(json.dumps({"text": ""}) + "\n")
-    assert main(["--base", str(base), "--rl", str(rl), "--input", str(p), "--output", str(tmp_path / "o"),
-                 "--engine", "hf", "--seq-len", "16"]) == 2
+    assert (
+        main(
+            [
+                "--base",
+                str(base),
+                "--rl",
+                str(rl),
+                "--input",
+                str(p),
+                "--output",
+                str(tmp_path / "o"),
+                "--engine",
+                "hf",
+                "--seq-len",
+                "16",
+            ]
+        )
+        == 2
+    )
     assert "no usable documents" in capsys.readouterr().err
 
 
@@ -174,8 +228,24 @@ def test_missing_column_fails_before_any_work(model_pair, tmp_path, capsys):
     good.write_text(json.dumps({"text": "fine"}) + "\n")
     bad = tmp_path / "b.parquet"
     pq.write_table(pa.table({"body": ["x"]}), bad)
-    code = main(["plan", "--base", str(base), "--rl", str(rl), "--input", str(good), str(bad),
-                 "--output", str(tmp_path / "o"), "--engine", "hf", "--seq-len", "16"])
+    code = main(
+        [
+            "plan",
+            "--base",
+            str(base),
+            "--rl",
+            str(rl),
+            "--input",
+            str(good),
+            str(bad),
+            "--output",
+            str(tmp_path / "o"),
+            "--engine",
+            "hf",
+            "--seq-len",
+            "16",
+        ]
+    )
     assert code == 2
     assert "no column 'text'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

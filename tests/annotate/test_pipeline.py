@@ -23,8 +23,25 @@ SEQ_LEN = 64
 
 
 def annotate(base, rl, inputs, output, *extra: str) -> int:
-    args = ["--base", str(base), "--rl", str(rl), "--input", *map(str, inputs), "--output", str(output),
-            "--engine", "hf", "--seq-len", str(SEQ_LEN), "--rows-per-shard", "8", "--progress-every", "1000", *extra]
+    args = [
+        "--base",
+        str(base),
+        "--rl",
+        str(rl),
+        "--input",
+        *map(str, inputs),
+        "--output",
+        str(output),
+        "--engine",
+        "hf",
+        "--seq-len",
+        str(SEQ_LEN),
+        "--rows-per-shard",
+        "8",
+        "--progress-every",
+        "1000",
+        *extra,
+    ]
     return main(args)
 
 
@@ -104,8 +121,10 @@ def test_nan_exactly_at_segment_starts_and_weight_one_there(run):
 def test_weights_follow_the_rule(run):
     t = all_rows(run)
     lengths = np.array(t.column("n_tokens").to_pylist())
-    flat = {c: np.concatenate([np.array(x, np.float32) for x in t.column(c).to_pylist()])
-            for c in ("logp_base", "logp_rl", "weight")}
+    flat = {
+        c: np.concatenate([np.array(x, np.float32) for x in t.column(c).to_pylist()])
+        for c in ("logp_base", "logp_rl", "weight")
+    }
     want = remit_weights(flat["logp_rl"], flat["logp_base"], lengths, eps=0.2, center="row")
     np.testing.assert_array_equal(flat["weight"], want)
     assert flat["weight"].min() >= np.float32(0.8) and flat["weight"].max() <= np.float32(1.2)
@@ -246,8 +265,27 @@ def test_vllm_engine_end_to_end_matches_hf(run, model_pair, tmp_path):
     docs.write_text("".join(json.dumps(d) + "\n" for d in documents()[:40]))
     hf_out, vl_out = tmp_path / "hf", tmp_path / "vllm"
     assert annotate(base, rl, [docs], hf_out) == 0
-    assert main(["--base", str(base), "--rl", str(rl), "--input", str(docs), "--output", str(vl_out),
-                 "--seq-len", str(SEQ_LEN), "--rows-per-shard", "8", "--progress-every", "1000"]) == 0
+    assert (
+        main(
+            [
+                "--base",
+                str(base),
+                "--rl",
+                str(rl),
+                "--input",
+                str(docs),
+                "--output",
+                str(vl_out),
+                "--seq-len",
+                str(SEQ_LEN),
+                "--rows-per-shard",
+                "8",
+                "--progress-every",
+                "1000",
+            ]
+        )
+        == 0
+    )
     assert open_output(vl_out).manifest.data["engine"]["name"] == "vllm"
     a, b = all_rows(hf_out), all_rows(vl_out)
     assert a.column("token_ids").to_pylist() == b.column("token_ids").to_pylist()

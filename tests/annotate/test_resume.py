@@ -41,9 +41,17 @@ SEQ_LEN = 48
 ROWS_PER_SHARD = 4
 SEED = 20260
 #: Imported once by the fork server, so that each forked worker starts in milliseconds.
-PRELOAD = ["torch", "transformers", "transformers.models.llama.modeling_llama", "transformers.models.auto.modeling_auto",
-           "transformers.models.auto.tokenization_auto", "transformers.tokenization_utils_fast",
-           "remit.annotate.worker", "remit.annotate.engine_hf", "remit.annotate.finalize"]
+PRELOAD = [
+    "torch",
+    "transformers",
+    "transformers.models.llama.modeling_llama",
+    "transformers.models.auto.modeling_auto",
+    "transformers.models.auto.tokenization_auto",
+    "transformers.tokenization_utils_fast",
+    "remit.annotate.worker",
+    "remit.annotate.engine_hf",
+    "remit.annotate.finalize",
+]
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------
@@ -75,17 +83,41 @@ def corpus(tmp_path_factory) -> Path:
 
 def job(model_pair, corpus: Path, output: Path, **overrides: Any) -> dict[str, Any]:
     base, rl = model_pair
-    kwargs = dict(base=str(base), rl=str(rl), inputs=[str(corpus)], output=str(output), engine="hf",
-                  seq_len=SEQ_LEN, rows_per_shard=ROWS_PER_SHARD, progress_every_s=1000.0, plan_timeout_s=300.0)
+    kwargs = dict(
+        base=str(base),
+        rl=str(rl),
+        inputs=[str(corpus)],
+        output=str(output),
+        engine="hf",
+        seq_len=SEQ_LEN,
+        rows_per_shard=ROWS_PER_SHARD,
+        progress_every_s=1000.0,
+        plan_timeout_s=300.0,
+    )
     kwargs.update(overrides)
     return kwargs
 
 
 def cli_flags(model_pair, corpus: Path, output: Path, engine: str = "hf") -> list[str]:
     base, rl = model_pair
-    return ["--base", str(base), "--rl", str(rl), "--input", str(corpus), "--output", str(output),
-            "--engine", engine, "--seq-len", str(SEQ_LEN), "--rows-per-shard", str(ROWS_PER_SHARD),
-            "--progress-every", "1000"]
+    return [
+        "--base",
+        str(base),
+        "--rl",
+        str(rl),
+        "--input",
+        str(corpus),
+        "--output",
+        str(output),
+        "--engine",
+        engine,
+        "--seq-len",
+        str(SEQ_LEN),
+        "--rows-per-shard",
+        str(ROWS_PER_SHARD),
+        "--progress-every",
+        "1000",
+    ]
 
 
 def resume(kwargs: dict[str, Any], world: int = 1) -> dict[str, Any]:
@@ -242,17 +274,18 @@ def test_reference_holds_every_document_token_once(reference, model_pair, corpus
 
 
 FAILPOINT_TRIALS = [
-    "base-saved:2",        # in the middle of the base pass
-    "before-shard:2",      # in the middle of the RL pass, nothing of the unit's shard written
+    "base-saved:2",  # in the middle of the base pass
+    "before-shard:2",  # in the middle of the RL pass, nothing of the unit's shard written
     "shard-tmp-written:3",  # in the middle of a shard write (temporary file, not yet verified or renamed)
-    "after-shard:2",       # between the shard's rename and its completion record
-    "after-done:3",        # between the completion record and the deletion of the base log-probs
+    "after-shard:2",  # between the shard's rename and its completion record
+    "after-done:3",  # between the completion record and the deletion of the base log-probs
 ]
 
 
 @pytest.mark.parametrize("point", FAILPOINT_TRIALS)
-def test_kill_at_fail_point_then_resume_is_byte_identical(point, spawner, planned, reference, model_pair, corpus,
-                                                          tmp_path):
+def test_kill_at_fail_point_then_resume_is_byte_identical(
+    point, spawner, planned, reference, model_pair, corpus, tmp_path
+):
     out = fresh_copy(planned, tmp_path / "out")
     kwargs = job(model_pair, corpus, out)
     p = start_worker(spawner, kwargs, failpoint=point)
@@ -265,8 +298,9 @@ def test_kill_at_fail_point_then_resume_is_byte_identical(point, spawner, planne
 RANDOM_TRIALS = 6
 
 
-def test_kill_at_random_moments_then_resume_is_byte_identical(spawner, planned, reference, model_pair, corpus,
-                                                              tmp_path, n_units):
+def test_kill_at_random_moments_then_resume_is_byte_identical(
+    spawner, planned, reference, model_pair, corpus, tmp_path, n_units
+):
     """Workers killed at seeded random moments across the run, each resumed and compared.
 
     The last trial is killed twice: once at random, then again at random during its resume.
@@ -289,16 +323,21 @@ def test_kill_the_cli_worker_then_resume_with_another_world_size(planned, refere
     write; then the rest is finished by three workers instead of one."""
     out = fresh_copy(planned, tmp_path / "out")
     env = {**os.environ, "REMIT_FAILPOINT": "after-shard:2", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "remit.annotate.cli", "run", *cli_flags(model_pair, corpus, out)],
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "remit.annotate.cli", "run", *cli_flags(model_pair, corpus, out)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert len(list((out / "_work" / "done").glob("*.json"))) == 1
     resume(job(model_pair, corpus, out), world=3)
     assert_same_output(out, reference)
 
 
-def test_resharding_with_another_world_size_gives_the_same_output(planned, reference, model_pair, corpus,
-                                                                  tmp_path, spawner):
+def test_resharding_with_another_world_size_gives_the_same_output(
+    planned, reference, model_pair, corpus, tmp_path, spawner
+):
     """Rank 1 of 3 finishes, rank 0 of 3 is killed half-way; ranks 0 and 1 of 2 finish the rest."""
     out = fresh_copy(planned, tmp_path / "out")
     kwargs = job(model_pair, corpus, out)
@@ -318,7 +357,7 @@ def test_kill_while_planning_then_resume(reference, model_pair, corpus, tmp_path
     (work / "plan.json").unlink()
     units = sorted((work / "plan").glob("unit-*.parquet"))
     units[-1].write_bytes(units[-1].read_bytes()[:100])  # the unit being written when the kill came
-    for extra in units[len(units) // 2:]:
+    for extra in units[len(units) // 2 :]:
         extra.unlink()
     (work / "plan" / "unit-99999.parquet.tmp").write_bytes(b"partial")
     resume(job(model_pair, corpus, out))
@@ -357,8 +396,9 @@ def test_launcher_names_the_failed_worker_and_its_log(planned, model_pair, corpu
     out = fresh_copy(planned, tmp_path / "out")  # planned: the launcher skips its plan step
     logs = tmp_path / "logs"
     monkeypatch.setenv("REMIT_FAILPOINT", "after-shard:1")
-    rc = main(["launch", "--workers", "2", "--gpus", "none", "--log-dir", str(logs),
-               *cli_flags(model_pair, corpus, out)])
+    rc = main(
+        ["launch", "--workers", "2", "--gpus", "none", "--log-dir", str(logs), *cli_flags(model_pair, corpus, out)]
+    )
     assert rc == 1
     err = capsys.readouterr().err
     assert "worker 0 failed (killed by SIGKILL)" in err and str(logs / "worker-0.log") in err
@@ -385,8 +425,9 @@ def test_a_different_runs_output_is_refused(planned, model_pair, corpus, tmp_pat
     assert_same_output(finished, reference)
 
 
-def test_finalize_lists_missing_units_with_the_command_that_finishes_them(planned, reference, model_pair, corpus,
-                                                                         tmp_path):
+def test_finalize_lists_missing_units_with_the_command_that_finishes_them(
+    planned, reference, model_pair, corpus, tmp_path
+):
     from remit.annotate.cli import main
 
     out = fresh_copy(planned, tmp_path / "out")
@@ -404,8 +445,9 @@ def test_finalize_lists_missing_units_with_the_command_that_finishes_them(planne
     assert_same_output(out, reference)
 
 
-def test_a_completion_record_whose_shard_is_gone_or_altered_is_scored_again(planned, reference, model_pair, corpus,
-                                                                           tmp_path):
+def test_a_completion_record_whose_shard_is_gone_or_altered_is_scored_again(
+    planned, reference, model_pair, corpus, tmp_path
+):
     out = fresh_copy(planned, tmp_path / "out")
     cfg = AnnotateConfig(**job(model_pair, corpus, out, keep_work=True))
     run_worker(cfg)
@@ -444,17 +486,23 @@ def test_leftovers_of_a_killed_worker_are_cleaned(planned, model_pair, corpus, t
 # -- rank and world size from the environment -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({}, (0, 1)),
-    ({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "16", "SLURM_ARRAY_TASK_MIN": "0"}, (7, 16)),
-    ({"SLURM_ARRAY_TASK_ID": "11", "SLURM_ARRAY_TASK_COUNT": "10", "SLURM_ARRAY_TASK_MIN": "10"}, (1, 10)),
-    ({"SLURM_PROCID": "3", "SLURM_NTASKS": "8"}, (3, 8)),
-    ({"RANK": "5", "WORLD_SIZE": "6"}, (5, 6)),
-    # srun starting torchrun on each node: SLURM_PROCID numbers nodes, RANK every process.
-    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "RANK": "9", "WORLD_SIZE": "16"}, (9, 16)),
-    # an array task running 4 processes with srun: array index x 4 + task index.
-    ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_PROCID": "1", "SLURM_NTASKS": "4"}, (9, 12)),
-])
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, (0, 1)),
+        ({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "16", "SLURM_ARRAY_TASK_MIN": "0"}, (7, 16)),
+        ({"SLURM_ARRAY_TASK_ID": "11", "SLURM_ARRAY_TASK_COUNT": "10", "SLURM_ARRAY_TASK_MIN": "10"}, (1, 10)),
+        ({"SLURM_PROCID": "3", "SLURM_NTASKS": "8"}, (3, 8)),
+        ({"RANK": "5", "WORLD_SIZE": "6"}, (5, 6)),
+        # srun starting torchrun on each node: SLURM_PROCID numbers nodes, RANK every process.
+        ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "RANK": "9", "WORLD_SIZE": "16"}, (9, 16)),
+        # an array task running 4 processes with srun: array index x 4 + task index.
+        (
+            {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_PROCID": "1", "SLURM_NTASKS": "4"},
+            (9, 12),
+        ),
+    ],
+)
 def test_rank_and_world_size_from_the_environment(env, expected):
     assert rank_from_env(None, None, env) == expected
 
@@ -473,13 +521,17 @@ def test_explicit_rank_wins_and_bad_ranks_are_refused():
 def test_vllm_worker_killed_between_shard_and_record_resumes_byte_identical(model_pair, corpus, tmp_path):
     """The default engine, as the CLI runs it: an uninterrupted run, and one killed after a shard's rename
     (before its completion record) and resumed. vLLM runs only in subprocesses (it binds the process)."""
+
     def run_cli(out: Path, failpoint: str | None = None) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if k != "REMIT_FAILPOINT"}
         if failpoint:
             env["REMIT_FAILPOINT"] = failpoint
-        return subprocess.run([sys.executable, "-m", "remit.annotate.cli", "run",
-                               *cli_flags(model_pair, corpus, out, engine="vllm")],
-                              env=env, capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "remit.annotate.cli", "run", *cli_flags(model_pair, corpus, out, engine="vllm")],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
 
     # Both plan from scratch: the engine is part of the run, so the hf-planned template does not apply.
     crashed, clean = tmp_path / "crashed", tmp_path / "clean"
@@ -523,8 +575,20 @@ def test_the_launcher_forwards_every_job_flag(model_pair, corpus, tmp_path):
     from remit.annotate.cli import build_parser
     from remit.annotate.launch import job_flags
 
-    given = ["--workers", "3", "--no-pin", *cli_flags(model_pair, corpus, tmp_path / "o"), "--eps", "0.1",
-             "--center", "segment", "--strict", "--tensor-parallel-size", "2", "--keep-work"]
+    given = [
+        "--workers",
+        "3",
+        "--no-pin",
+        *cli_flags(model_pair, corpus, tmp_path / "o"),
+        "--eps",
+        "0.1",
+        "--center",
+        "segment",
+        "--strict",
+        "--tensor-parallel-size",
+        "2",
+        "--keep-work",
+    ]
     launch_args = build_parser("launch").parse_args(given)
     run_args = build_parser("run").parse_args(job_flags(launch_args))
     for key, value in vars(run_args).items():
@@ -544,16 +608,38 @@ def test_slurm_script_submits_the_array_and_a_dependent_finalize(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env["PATH"] = f"{fake}:{env['PATH']}"
     out = tmp_path / "out"
-    proc = subprocess.run(["bash", str(SBATCH), "--workers", "8", "--", "--base", "/m/b", "--rl", "/m/r", "--input",
-                           "/d/a b.jsonl", "--output", str(out), "--tensor-parallel-size", "2"],
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            "bash",
+            str(SBATCH),
+            "--workers",
+            "8",
+            "--",
+            "--base",
+            "/m/b",
+            "--rl",
+            "/m/r",
+            "--input",
+            "/d/a b.jsonl",
+            "--output",
+            str(out),
+            "--tensor-parallel-size",
+            "2",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     array, final = calls.read_text().splitlines()
     assert "--array=0-7" in array and "--gres=gpu:2" in array and "REMIT_STEP=worker" in array
     assert "--dependency=afterany:4001" in final and "REMIT_STEP=finalize" in final
     assert "finalize: job 4002" in proc.stdout
     # The worker step runs `remit-annotate run` with the job flags; rank/world come from Slurm's environment.
-    step = subprocess.run(["bash", str(SBATCH), "--", "--base", "/m/b", "--input", "/d/a b.jsonl", "--output", "/o"],
-                          env={**env, "SLURM_JOB_ID": "1", "REMIT_STEP": "worker", "REMIT_BIN": "echo"},
-                          capture_output=True, text=True)
+    step = subprocess.run(
+        ["bash", str(SBATCH), "--", "--base", "/m/b", "--input", "/d/a b.jsonl", "--output", "/o"],
+        env={**env, "SLURM_JOB_ID": "1", "REMIT_STEP": "worker", "REMIT_BIN": "echo"},
+        capture_output=True,
+        text=True,
+    )
     assert step.stdout.strip() == "run --base /m/b --input /d/a b.jsonl --output /o"

@@ -91,8 +91,11 @@ def test_flipped_byte(out, where):
 def test_wrong_schema(out, sealed):
     table = pq.read_table(out / SHARD)
     i = table.schema.get_field_index("weight")
-    table = table.set_column(i, pa.field("weight", pa.list_(pa.float64()), nullable=False),
-                             table.column("weight").cast(pa.list_(pa.float64())))
+    table = table.set_column(
+        i,
+        pa.field("weight", pa.list_(pa.float64()), nullable=False),
+        table.column("weight").cast(pa.list_(pa.float64())),
+    )
     pq.write_table(table, out / SHARD)
     if sealed:
         reseal(out, SHARD)
@@ -115,7 +118,12 @@ def test_mismatched_list_lengths(out, sealed):
 def test_mismatched_segment_list_lengths(out):
     edit_column(out, SHARD, "segment_doc_offsets", lambda rows: rows[2].append(0))
     reseal(out, SHARD)
-    assert about(validate_output(out), SHARD, row=2, text="segment_doc_offsets has a different number of values than segment_starts")
+    assert about(
+        validate_output(out),
+        SHARD,
+        row=2,
+        text="segment_doc_offsets has a different number of values than segment_starts",
+    )
 
 
 @pytest.mark.parametrize("sealed", [False, True])

@@ -26,8 +26,9 @@ def score_rows(scorer: HfScorer, rows: list) -> np.ndarray:
     return np.concatenate(scorer.score(prompts))
 
 
-def build_scored_output(root: Path, model_pair: tuple[Path, Path], *, rl_shift: float = 0.0,
-                        center: str = "row", eps: float = 0.2) -> Path:
+def build_scored_output(
+    root: Path, model_pair: tuple[Path, Path], *, rl_shift: float = 0.0, center: str = "row", eps: float = 0.2
+) -> Path:
     """A small real output: documents packed, each segment scored by both models with the hf engine.
 
     `rl_shift` is added to the stored logp_rl of every tenth scored token, standing in for an output
@@ -68,10 +69,15 @@ def build_scored_output(root: Path, model_pair: tuple[Path, Path], *, rl_shift: 
     for k, (a, b) in enumerate(((0, half), (half, len(rows)))):
         off = batch.offsets
         part = Rows(
-            sample_ids=batch.sample_ids[a:b], row_lengths=lengths[a:b],
-            token_ids=batch.token_ids[off[a]:off[b]], logp_base=lb[off[a]:off[b]], logp_rl=lr[off[a]:off[b]],
-            weight=batch.weight[off[a]:off[b]], segment_starts=starts[a:b],
-            segment_doc_ids=batch.segment_doc_ids[a:b], segment_doc_offsets=batch.segment_doc_offsets[a:b],
+            sample_ids=batch.sample_ids[a:b],
+            row_lengths=lengths[a:b],
+            token_ids=batch.token_ids[off[a] : off[b]],
+            logp_base=lb[off[a] : off[b]],
+            logp_rl=lr[off[a] : off[b]],
+            weight=batch.weight[off[a] : off[b]],
+            segment_starts=starts[a:b],
+            segment_doc_ids=batch.segment_doc_ids[a:b],
+            segment_doc_offsets=batch.segment_doc_offsets[a:b],
             sources=batch.sources[a:b],
         )
         shards.append(write_shard(build_table(part, eps), root / f"shard-{k:05d}.parquet").to_dict())
@@ -82,8 +88,15 @@ def build_scored_output(root: Path, model_pair: tuple[Path, Path], *, rl_shift: 
         "remit_version": __version__,
         "config": {},
         "models": {"base": model_info(Path(base_dir)), "rl": model_info(Path(rl_dir))},
-        "tokenizer": {"sha256": "sha256:test", "vocab_size": vocab, "bos_id": 1, "eos_id": 2,
-                      "add_bos": False, "add_eos": True, "path": str(base_dir)},
+        "tokenizer": {
+            "sha256": "sha256:test",
+            "vocab_size": vocab,
+            "bos_id": 1,
+            "eos_id": 2,
+            "add_bos": False,
+            "add_eos": True,
+            "path": str(base_dir),
+        },
         "engine": {"name": "hf", "version": "test", "dtype": "float32", "settings": {}},
         "packing": {"seq_len": SEQ_LEN, "row_tokens": SEQ_LEN + 1, "first_token_logp": "nan"},
         "weights": {"eps": eps, "center": center, "rule": RULE},

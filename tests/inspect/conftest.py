@@ -12,24 +12,40 @@ from tests.synthetic import make_output
 @pytest.fixture(scope="session")
 def small_output(tmp_path_factory) -> Path:
     """~5k tokens in 8 shards; a small vocabulary so that token ids repeat often enough for top lists."""
-    return make_output(tmp_path_factory.mktemp("inspect") / "out", n_docs=70, seq_len=64, vocab=60,
-                       rows_per_shard=12, seed=3)
+    return make_output(
+        tmp_path_factory.mktemp("inspect") / "out", n_docs=70, seq_len=64, vocab=60, rows_per_shard=12, seed=3
+    )
 
 
 @pytest.fixture(scope="session")
 def segment_output(tmp_path_factory) -> Path:
     """Segment-centred weights and another eps, to check the views read eps from the manifest."""
-    return make_output(tmp_path_factory.mktemp("inspect") / "seg", n_docs=30, seq_len=32, vocab=40, eps=0.1,
-                       center="segment", rows_per_shard=16, seed=5)
+    return make_output(
+        tmp_path_factory.mktemp("inspect") / "seg",
+        n_docs=30,
+        seq_len=32,
+        vocab=40,
+        eps=0.1,
+        center="segment",
+        rows_per_shard=16,
+        seed=5,
+    )
 
 
-EVIL_TEXT = '<script>alert("x & y\')</script> Tom & Jerry say "hi" & \'bye\' <b>bold?</b>\n'
-EVIL_DOC_ID = 'doc<script>"&\'1'
+EVIL_TEXT = "<script>alert(\"x & y')</script> Tom & Jerry say \"hi\" & 'bye' <b>bold?</b>\n"
+EVIL_DOC_ID = "doc<script>\"&'1"
 EVIL_SOURCE = "in/<i>src</i>&.jsonl"
 
 
-def make_text_output(root: Path, docs: list[tuple[str, str, str]], tokenizer_dir: Path, *, seq_len: int = 48,
-                     eps: float = 0.2, seed: int = 0) -> Path:
+def make_text_output(
+    root: Path,
+    docs: list[tuple[str, str, str]],
+    tokenizer_dir: Path,
+    *,
+    seq_len: int = 48,
+    eps: float = 0.2,
+    seed: int = 0,
+) -> Path:
     """An output whose tokens come from real texts: `docs` are (doc_id, source, text), tokenized with the
     tokenizer saved in `tokenizer_dir` (recorded in the manifest). Log-probs are random."""
     import numpy as np
@@ -38,14 +54,15 @@ def make_text_output(root: Path, docs: list[tuple[str, str, str]], tokenizer_dir
     from remit import __version__
     from remit.annotate.packing import Document, pack
     from remit.shards import Rows, build_table, remit_weights, write_json_atomic, write_shard
-    from remit.shards.tokenizer_hash import tokenizer_hash
     from remit.shards.manifest import MANIFEST_NAME, assemble_manifest
+    from remit.shards.tokenizer_hash import tokenizer_hash
     from remit.shards.weights import RULE
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     rng = np.random.default_rng(seed)
-    documents = [Document(doc_id=d, source=s, tokens=np.array(tok.encode(t) + [tok.eos_token_id], np.int32))
-                 for d, s, t in docs]
+    documents = [
+        Document(doc_id=d, source=s, tokens=np.array(tok.encode(t) + [tok.eos_token_id], np.int32)) for d, s, t in docs
+    ]
     rows = list(pack(documents, seq_len))
     lengths = np.array([len(r.tokens) for r in rows], np.int64)
     tokens = np.concatenate([r.tokens for r in rows])
@@ -57,8 +74,13 @@ def make_text_output(root: Path, docs: list[tuple[str, str, str]], tokenizer_dir
         lr[off + np.array(r.segment_starts)] = np.nan
     starts = [np.array(r.segment_starts, np.int32) for r in rows]
     batch = Rows(
-        sample_ids=np.arange(len(rows), dtype=np.int64), row_lengths=lengths, token_ids=tokens, logp_base=lb,
-        logp_rl=lr, weight=remit_weights(lr, lb, lengths, starts, eps=eps), segment_starts=starts,
+        sample_ids=np.arange(len(rows), dtype=np.int64),
+        row_lengths=lengths,
+        token_ids=tokens,
+        logp_base=lb,
+        logp_rl=lr,
+        weight=remit_weights(lr, lb, lengths, starts, eps=eps),
+        segment_starts=starts,
         segment_doc_ids=[r.segment_doc_ids for r in rows],
         segment_doc_offsets=[np.array(r.segment_doc_offsets, np.int64) for r in rows],
         sources=[r.source for r in rows],
@@ -66,10 +88,19 @@ def make_text_output(root: Path, docs: list[tuple[str, str, str]], tokenizer_dir
     root.mkdir(parents=True, exist_ok=True)
     info = write_shard(build_table(batch, eps), root / "shard-00000.parquet")
     run = {
-        "run_id": "text-output", "remit_version": __version__, "config": {"note": "<b>not bold</b> & co"},
+        "run_id": "text-output",
+        "remit_version": __version__,
+        "config": {"note": "<b>not bold</b> & co"},
         "models": {"base": {"path": "base"}, "rl": {"path": "rl"}},
-        "tokenizer": {"sha256": tokenizer_hash(tok), "vocab_size": len(tok), "bos_id": tok.bos_token_id,
-                      "eos_id": tok.eos_token_id, "add_bos": False, "add_eos": True, "path": str(tokenizer_dir)},
+        "tokenizer": {
+            "sha256": tokenizer_hash(tok),
+            "vocab_size": len(tok),
+            "bos_id": tok.bos_token_id,
+            "eos_id": tok.eos_token_id,
+            "add_bos": False,
+            "add_eos": True,
+            "path": str(tokenizer_dir),
+        },
         "engine": {"name": "synthetic", "version": "0", "dtype": "float32", "settings": {}},
         "packing": {"seq_len": seq_len, "row_tokens": seq_len + 1, "first_token_logp": "nan"},
         "weights": {"eps": eps, "center": "row", "rule": RULE},

@@ -47,8 +47,12 @@ def load(root: Path, eps: float) -> Flat:
         cols["n_tokens"].append(t.column("n_tokens").to_numpy())
         cols["sample_id"].append(t.column("sample_id").to_numpy())
         cols["source"] += t.column("source").to_pylist()
-        for sid, n, starts, docs in zip(t.column("sample_id").to_pylist(), t.column("n_tokens").to_pylist(),
-                                        t.column("segment_starts").to_pylist(), t.column("segment_doc_ids").to_pylist()):
+        for sid, n, starts, docs in zip(
+            t.column("sample_id").to_pylist(),
+            t.column("n_tokens").to_pylist(),
+            t.column("segment_starts").to_pylist(),
+            t.column("segment_doc_ids").to_pylist(),
+        ):
             ends = [*starts[1:], n]
             for s, e, d in zip(starts, ends, docs):
                 pos.append(np.arange(e - s))

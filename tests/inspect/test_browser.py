@@ -19,18 +19,28 @@ pytest.importorskip("matplotlib")
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install -y chromium)")
+    CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install -y chromium)"
+)
 
 # Flags for a closed network and a machine without a display or a session bus.
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-         "--force-device-scale-factor=1"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--force-device-scale-factor=1",
+]
 
 
 def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
-    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=180, check=True)
+    return subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=180, check=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +48,9 @@ def page(tmp_path_factory, text_output: Path) -> Path:
     out = tmp_path_factory.mktemp("browser") / "page.html"
     p = argparse.ArgumentParser()
     show.add_arguments(p)
-    args = p.parse_args([str(text_output), "-o", str(out), "--doc", EVIL_DOC_ID, "--doc", "plain-1",
-                         "--plot-tokens", "2000"])
+    args = p.parse_args(
+        [str(text_output), "-o", str(out), "--doc", EVIL_DOC_ID, "--doc", "plain-1", "--plot-tokens", "2000"]
+    )
     assert show.run(args) == 0
     return out
 

@@ -17,8 +17,15 @@ LIMIT_MB = 64
 @pytest.fixture(scope="module")
 def big_output(tmp_path_factory) -> Path:
     # ~5.6M tokens: ~64 MB of Parquet on disk, ~90 MB of token lists once decoded.
-    return make_output(tmp_path_factory.mktemp("inspect") / "big", n_docs=12000, seq_len=256, vocab=50000,
-                       doc_len=(20, 1000), rows_per_shard=4096, seed=2)
+    return make_output(
+        tmp_path_factory.mktemp("inspect") / "big",
+        n_docs=12000,
+        seq_len=256,
+        vocab=50000,
+        doc_len=(20, 1000),
+        rows_per_shard=4096,
+        seed=2,
+    )
 
 
 @pytest.mark.slow

@@ -38,8 +38,18 @@ def test_flags_are_frozen() -> None:
     p = argparse.ArgumentParser()
     show.add_arguments(p)
     flags = sorted(s for a in p._actions for s in a.option_strings if s not in ("-h", "--help"))
-    assert flags == ["--doc", "--html", "--memory-limit", "--plot-tokens", "--random", "--seed", "--threads",
-                     "--tokenizer", "--top", "-o"]
+    assert flags == [
+        "--doc",
+        "--html",
+        "--memory-limit",
+        "--plot-tokens",
+        "--random",
+        "--seed",
+        "--threads",
+        "--tokenizer",
+        "--top",
+        "-o",
+    ]
 
 
 def test_colour_scale() -> None:
@@ -108,8 +118,11 @@ def test_spans_carry_the_shard_values(tmp_path: Path, text_output: Path) -> None
 def test_top_rows_are_the_most_up_weighted(tmp_path: Path, small_output: Path) -> None:
     page = render(tmp_path, small_output, "--top", "3")
     shown = [int(x) for x in re.findall(r"<h3>row (\d+)</h3>", page)]
-    rows = [r for p in sorted(small_output.glob("*.parquet"))
-            for r in pq.read_table(p, columns=["sample_id", "mean_weight", "n_scored"]).to_pylist()]
+    rows = [
+        r
+        for p in sorted(small_output.glob("*.parquet"))
+        for r in pq.read_table(p, columns=["sample_id", "mean_weight", "n_scored"]).to_pylist()
+    ]
     floor = max(r["n_scored"] for r in rows) // 2
     best = sorted((r for r in rows if r["n_scored"] >= floor), key=lambda r: (-r["mean_weight"], r["sample_id"]))
     assert shown == [r["sample_id"] for r in best[:3]]

@@ -37,16 +37,28 @@ def case(request):
 def test_every_file_creates_views() -> None:
     names = view_names()
     assert [f.name for f in sql_files()][0] == "00_base.sql"
-    for want in ("remit_rows", "remit_tokens", "remit_token_stats", "remit_summary", "remit_weight_histogram",
-                 "remit_by_source", "remit_by_document", "remit_weight_by_position", "remit_token_weights",
-                 "remit_top_up_tokens", "remit_top_down_tokens", "remit_manifest"):
+    for want in (
+        "remit_rows",
+        "remit_tokens",
+        "remit_token_stats",
+        "remit_summary",
+        "remit_weight_histogram",
+        "remit_by_source",
+        "remit_by_document",
+        "remit_weight_by_position",
+        "remit_token_weights",
+        "remit_top_up_tokens",
+        "remit_top_down_tokens",
+        "remit_manifest",
+    ):
         assert want in names
 
 
 def test_tokens_view_holds_only_scored_tokens(case) -> None:
     con, f = case
-    got = con.execute("SELECT count(*), sum(weight::DOUBLE), sum(discrepancy), sum(pos_in_segment) "
-                      "FROM remit_tokens").fetchone()
+    got = con.execute(
+        "SELECT count(*), sum(weight::DOUBLE), sum(discrepancy), sum(pos_in_segment) FROM remit_tokens"
+    ).fetchone()
     s = f.scored
     assert got[0] == int(s.sum())
     assert got[1] == pytest.approx(float(f.weight[s].astype(np.float64).sum()), rel=1e-12)
@@ -217,6 +229,8 @@ def test_work_folder_and_tmp_files_are_ignored(tmp_path: Path, small_output: Pat
     shutil.copy(copy / "shard-00000.parquet", copy / "_work" / "unit.parquet")
     shutil.copy(copy / "shard-00000.parquet", copy / "shard-00009.parquet.tmp")
     con = connect(copy)
-    assert con.execute("SELECT count(*) FROM remit_rows").fetchone()[0] == \
-        json.loads((copy / "manifest.json").read_text())["totals"]["rows"]
+    assert (
+        con.execute("SELECT count(*) FROM remit_rows").fetchone()[0]
+        == json.loads((copy / "manifest.json").read_text())["totals"]["rows"]
+    )
     assert not math.isnan(con.execute("SELECT mean_weight FROM remit_summary").fetchone()[0])

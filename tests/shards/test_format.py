@@ -46,11 +46,13 @@ def test_duckdb_reads_every_column(output):
     counts = duckdb.sql(f"select {cols} from read_parquet('{glob}')").fetchall()[0]
     total = open_output(output).manifest.total_rows
     assert all(c == total for c in counts)
-    s = duckdb.sql(
-        f"select sum(len(weight)), sum(list_sum(weight)) from read_parquet('{glob}')"
-    ).fetchall()[0]
-    flat = np.concatenate([pq.read_table(p, columns=["weight"]).column("weight").combine_chunks().flatten()
-                           .to_numpy() for p in sorted(output.glob("*.parquet"))])
+    s = duckdb.sql(f"select sum(len(weight)), sum(list_sum(weight)) from read_parquet('{glob}')").fetchall()[0]
+    flat = np.concatenate(
+        [
+            pq.read_table(p, columns=["weight"]).column("weight").combine_chunks().flatten().to_numpy()
+            for p in sorted(output.glob("*.parquet"))
+        ]
+    )
     assert s[0] == len(flat)
     assert np.isclose(s[1], flat.astype(np.float64).sum(), rtol=1e-6)
 
@@ -84,7 +86,9 @@ def test_list_length_mismatch_is_refused(output, tmp_path):
     t = pq.read_table(output / "shard-00000.parquet")
     w = t.column("weight").to_pylist()
     w[2] = w[2][:-1]
-    t = t.set_column(t.schema.get_field_index("weight"), SCHEMA.field("weight"), pa.array(w, SCHEMA.field("weight").type))
+    t = t.set_column(
+        t.schema.get_field_index("weight"), SCHEMA.field("weight"), pa.array(w, SCHEMA.field("weight").type)
+    )
     pq.write_table(t, tmp_path / "y.parquet")
     with pytest.raises(ShardError, match="row 2"):
         read_shard(tmp_path / "y.parquet")

@@ -15,9 +15,9 @@ def reference_weights(lr, lb, lengths, starts, eps, center):
     out, pos = [], 0
     for n, st in zip(lengths, starts):
         d = [float(lr[pos + i]) - float(lb[pos + i]) for i in range(n)]
-        groups = [list(range(n))] if center == "row" else [
-            list(range(a, b)) for a, b in zip(list(st), list(st[1:]) + [n])
-        ]
+        groups = (
+            [list(range(n))] if center == "row" else [list(range(a, b)) for a, b in zip(list(st), list(st[1:]) + [n])]
+        )
         w = [1.0] * n
         for g in groups:
             valid = [i for i in g if not math.isnan(d[i])]
@@ -38,8 +38,11 @@ def random_rows(seed, n_rows=7, max_len=40, scale=0.5):
     starts = []
     for n in lengths:
         k = int(rng.integers(1, min(n, 4) + 1))
-        starts.append(np.sort(np.concatenate([[0], rng.choice(np.arange(1, n), k - 1, replace=False)])).astype(np.int32)
-                      if n > 1 and k > 1 else np.array([0], np.int32))
+        starts.append(
+            np.sort(np.concatenate([[0], rng.choice(np.arange(1, n), k - 1, replace=False)])).astype(np.int32)
+            if n > 1 and k > 1
+            else np.array([0], np.int32)
+        )
     total = int(lengths.sum())
     lb = -rng.gamma(2.0, 1.0, total)
     lr = lb + rng.normal(0, scale, total)

@@ -14,8 +14,16 @@ from remit.train.trainer import train
 
 def main() -> None:
     data, save, record, tp, *extra = sys.argv[1:]
-    opts = {"weights": "online", "train_iters": 6, "micro_batch_size": 2, "global_batch_size": 4, "lr": 1e-3,
-            "lr_warmup_iters": 2, "seed": 7, "shuffle_shards": 2}
+    opts = {
+        "weights": "online",
+        "train_iters": 6,
+        "micro_batch_size": 2,
+        "global_batch_size": 4,
+        "lr": 1e-3,
+        "lr_warmup_iters": 2,
+        "seed": 7,
+        "shuffle_shards": 2,
+    }
     for kv in extra:
         k, v = kv.split("=", 1)
         opts[k] = type(opts[k])(v) if k in opts else (int(v) if v.isdigit() else v)

@@ -26,16 +26,32 @@ def _segment_logps(model, tokens: np.ndarray) -> np.ndarray:
     return np.concatenate([[np.nan], lp.numpy()]).astype(np.float32)
 
 
-def make_scored_output(root: Path, base_dir: Path, rl_dir: Path, tokenizer_sha256: str, *, n_docs: int = 12,
-                       seq_len: int = 48, eps: float = 0.2, center: str = "row", seed: int = 0) -> Path:
+def make_scored_output(
+    root: Path,
+    base_dir: Path,
+    rl_dir: Path,
+    tokenizer_sha256: str,
+    *,
+    n_docs: int = 12,
+    seq_len: int = 48,
+    eps: float = 0.2,
+    center: str = "row",
+    seed: int = 0,
+) -> Path:
     from transformers import LlamaForCausalLM
 
     base = LlamaForCausalLM.from_pretrained(base_dir).eval()
     rl = LlamaForCausalLM.from_pretrained(rl_dir).eval()
     vocab = base.config.vocab_size
     rng = np.random.default_rng(seed)
-    docs = [Document(doc_id=f"d{i}", source="s.jsonl", tokens=np.concatenate(
-        [[1], rng.integers(3, vocab, int(rng.integers(4, 70))), [2]]).astype(np.int32)) for i in range(n_docs)]
+    docs = [
+        Document(
+            doc_id=f"d{i}",
+            source="s.jsonl",
+            tokens=np.concatenate([[1], rng.integers(3, vocab, int(rng.integers(4, 70))), [2]]).astype(np.int32),
+        )
+        for i in range(n_docs)
+    ]
     rows = list(pack(docs, seq_len))
     lb_all, lr_all = [], []
     for r in rows:
@@ -48,16 +64,24 @@ def make_scored_output(root: Path, base_dir: Path, rl_dir: Path, tokenizer_sha25
     lengths = np.array([len(r.tokens) for r in rows], np.int64)
     starts = [np.array(r.segment_starts, np.int32) for r in rows]
     lb, lr = np.concatenate(lb_all), np.concatenate(lr_all)
-    rows_ = Rows(sample_ids=np.arange(len(rows), dtype=np.int64), row_lengths=lengths,
-                 token_ids=np.concatenate([r.tokens for r in rows]), logp_base=lb, logp_rl=lr,
-                 weight=remit_weights(lr, lb, lengths, starts, eps=eps, center=center), segment_starts=starts,
-                 segment_doc_ids=[r.segment_doc_ids for r in rows],
-                 segment_doc_offsets=[np.array(r.segment_doc_offsets, np.int64) for r in rows],
-                 sources=[r.source for r in rows])
+    rows_ = Rows(
+        sample_ids=np.arange(len(rows), dtype=np.int64),
+        row_lengths=lengths,
+        token_ids=np.concatenate([r.tokens for r in rows]),
+        logp_base=lb,
+        logp_rl=lr,
+        weight=remit_weights(lr, lb, lengths, starts, eps=eps, center=center),
+        segment_starts=starts,
+        segment_doc_ids=[r.segment_doc_ids for r in rows],
+        segment_doc_offsets=[np.array(r.segment_doc_offsets, np.int64) for r in rows],
+        sources=[r.source for r in rows],
+    )
     root.mkdir(parents=True, exist_ok=True)
     info = write_shard(build_table(rows_, eps), root / "shard-00000.parquet")
     run = {
-        "run_id": f"scored-{seed}", "remit_version": __version__, "config": {"test": True},
+        "run_id": f"scored-{seed}",
+        "remit_version": __version__,
+        "config": {"test": True},
         "models": {"base": {"path": str(base_dir)}, "rl": {"path": str(rl_dir)}},
         "tokenizer": {"sha256": tokenizer_sha256, "vocab_size": vocab, "bos_id": 1, "eos_id": 2},
         "engine": {"name": "hf", "dtype": "float32"},

@@ -9,11 +9,34 @@ from remit.train.config import TrainConfig
 
 #: Frozen: adding or renaming a flag must be a deliberate change here and in docs/training.md.
 TRAIN_FLAGS = [
-    "--adam-beta1", "--adam-beta2", "--adam-eps", "--bf16", "--center", "--clip-grad", "--data", "--eps",
-    "--export-hf", "--global-batch-size", "--init-hf", "--load", "--log-interval", "--lr", "--lr-decay-iters",
-    "--lr-decay-style", "--lr-warmup-iters", "--micro-batch-size", "--min-lr", "--save", "--save-interval",
-    "--seed", "--shuffle-shards", "--skip-validate", "--tensor-model-parallel-size", "--train-iters",
-    "--weight-decay", "--weights",
+    "--adam-beta1",
+    "--adam-beta2",
+    "--adam-eps",
+    "--bf16",
+    "--center",
+    "--clip-grad",
+    "--data",
+    "--eps",
+    "--export-hf",
+    "--global-batch-size",
+    "--init-hf",
+    "--load",
+    "--log-interval",
+    "--lr",
+    "--lr-decay-iters",
+    "--lr-decay-style",
+    "--lr-warmup-iters",
+    "--micro-batch-size",
+    "--min-lr",
+    "--save",
+    "--save-interval",
+    "--seed",
+    "--shuffle-shards",
+    "--skip-validate",
+    "--tensor-model-parallel-size",
+    "--train-iters",
+    "--weight-decay",
+    "--weights",
 ]
 
 
@@ -33,24 +56,43 @@ def test_flags_documented(pytestconfig):
 
 
 def test_flags_build_a_config(tmp_path):
-    args = train_parser().parse_args(["--data", "d", "--init-hf", "m", "--save", str(tmp_path), "--train-iters",
-                                      "10", "--weights", "online", "--eps", "0.1", "--center", "segment"])
+    args = train_parser().parse_args(
+        [
+            "--data",
+            "d",
+            "--init-hf",
+            "m",
+            "--save",
+            str(tmp_path),
+            "--train-iters",
+            "10",
+            "--weights",
+            "online",
+            "--eps",
+            "0.1",
+            "--center",
+            "segment",
+        ]
+    )
     cfg = config_from_args(args)
     assert cfg.weights == "online" and cfg.eps == 0.1 and cfg.center == "segment" and cfg.decay_iters == 10
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"weights": "dynamic"}, "weights"),
-    ({"eps": 1.5}, "eps"),
-    ({"center": "doc"}, "center"),
-    ({"micro_batch_size": 0}, "micro_batch_size"),
-    ({"global_batch_size": 5, "micro_batch_size": 2}, "global_batch_size"),
-    ({"lr_warmup_iters": 10, "train_iters": 10}, "lr_warmup_iters"),
-    ({"min_lr": 1.0, "lr": 0.1}, "lr"),
-    ({"lr_decay_style": "step"}, "lr_decay_style"),
-    ({"clip_grad": -1.0}, "clip_grad"),
-    ({"init_hf": None}, "init_hf"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"weights": "dynamic"}, "weights"),
+        ({"eps": 1.5}, "eps"),
+        ({"center": "doc"}, "center"),
+        ({"micro_batch_size": 0}, "micro_batch_size"),
+        ({"global_batch_size": 5, "micro_batch_size": 2}, "global_batch_size"),
+        ({"lr_warmup_iters": 10, "train_iters": 10}, "lr_warmup_iters"),
+        ({"min_lr": 1.0, "lr": 0.1}, "lr"),
+        ({"lr_decay_style": "step"}, "lr_decay_style"),
+        ({"clip_grad": -1.0}, "clip_grad"),
+        ({"init_hf": None}, "init_hf"),
+    ],
+)
 def test_bad_config_names_the_field(tmp_path, kwargs, field):
     base = {"data": "d", "init_hf": "m", "save": tmp_path / "run"}
     with pytest.raises(ValueError, match=rf"^{field}: "):
@@ -82,8 +124,9 @@ def test_launch_scripts(pytestconfig, tmp_path):
 
     launch = pytestconfig.rootpath / "remit" / "train" / "launch"
     env = {**os.environ, "NPROC": "1", "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    proc = subprocess.run(["bash", str(launch / "torchrun.sh"), "--help"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        ["bash", str(launch / "torchrun.sh"), "--help"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--weights {none,static,online}" in proc.stdout
     assert subprocess.run(["bash", "-n", str(launch / "slurm.sbatch")]).returncode == 0

@@ -19,8 +19,9 @@ SEQ = 32
 
 @pytest.fixture(scope="module")
 def output(tmp_path_factory) -> Path:
-    return make_output(tmp_path_factory.mktemp("out") / "o", n_docs=30, seq_len=SEQ, doc_len=(3, 40),
-                       rows_per_shard=5, seed=3)
+    return make_output(
+        tmp_path_factory.mktemp("out") / "o", n_docs=30, seq_len=SEQ, doc_len=(3, 40), rows_per_shard=5, seed=3
+    )
 
 
 def reference_sample(tokens, weight, logp_rl, starts, seq_len):
@@ -33,14 +34,21 @@ def reference_sample(tokens, weight, logp_rl, starts, seq_len):
             if i in starts:
                 seg, seg_start = seg + 1, i
             ok = (i + 1) not in starts
-            out["tokens"].append(tokens[i]); out["labels"].append(tokens[i + 1])
+            out["tokens"].append(tokens[i])
+            out["labels"].append(tokens[i + 1])
             out["mask"].append(1.0 if ok else 0.0)
             out["w"].append(weight[i + 1] if ok else 0.0)
             out["lrl"].append(logp_rl[i + 1] if ok else 0.0)
-            out["pos"].append(i - seg_start); out["seg"].append(seg)
+            out["pos"].append(i - seg_start)
+            out["seg"].append(seg)
         else:
-            out["tokens"].append(0); out["labels"].append(0); out["mask"].append(0.0)
-            out["w"].append(0.0); out["lrl"].append(0.0); out["pos"].append(i - (n - 1)); out["seg"].append(-1)
+            out["tokens"].append(0)
+            out["labels"].append(0)
+            out["mask"].append(0.0)
+            out["w"].append(0.0)
+            out["lrl"].append(0.0)
+            out["pos"].append(i - (n - 1))
+            out["seg"].append(-1)
     return out
 
 
@@ -70,8 +78,13 @@ def test_attention_is_causal_within_segments_only():
             allowed = k <= q and seg[0, q] == seg[0, k]
             assert m[q, k] == (not allowed), (q, k)
     # a row whose segments restart mid-row: positions restart too
-    s = make_sample(np.arange(10, dtype=np.int32), np.ones(10, np.float32), np.zeros(10, np.float32),
-                    np.array([0, 4, 7], np.int32), seq_len=9)
+    s = make_sample(
+        np.arange(10, dtype=np.int32),
+        np.ones(10, np.float32),
+        np.zeros(10, np.float32),
+        np.array([0, 4, 7], np.int32),
+        seq_len=9,
+    )
     np.testing.assert_array_equal(s["position_ids"], [0, 1, 2, 3, 0, 1, 2, 0, 1])
     np.testing.assert_array_equal(s["loss_mask"], [1, 1, 1, 0, 1, 1, 0, 1, 1])
 
@@ -125,8 +138,9 @@ def test_weights_stay_with_their_tokens_for_any_dp_and_micro_batch(output):
                 mb = next(it)
                 for b in range(len(mb["sample_id"])):
                     valid = mb["loss_mask"][b] > 0
-                    pairs.append((int(mb["sample_id"][b]), mb["labels"][b][valid].tolist(),
-                                  mb["loss_weight"][b][valid].tolist()))
+                    pairs.append(
+                        (int(mb["sample_id"][b]), mb["labels"][b][valid].tolist(), mb["loss_weight"][b][valid].tolist())
+                    )
         return sorted(pairs)
 
     ref = step_pairs(1, 4)
@@ -213,6 +227,12 @@ def test_a_one_token_last_row_is_an_all_masked_sample(tmp_path):
         from remit.train.loss import remit_loss
 
         b = {k: torch.as_tensor(v)[None] for k, v in last.items() if k != "attention_mask"}
-        s, n, _ = remit_loss(torch.ones(1, 8), b["loss_mask"], mode, loss_weight=b["loss_weight"],
-                             logp_rl=b["logp_rl"], segment_ids=b["segment_ids"])
+        s, n, _ = remit_loss(
+            torch.ones(1, 8),
+            b["loss_mask"],
+            mode,
+            loss_weight=b["loss_weight"],
+            logp_rl=b["logp_rl"],
+            segment_ids=b["segment_ids"],
+        )
         assert float(s) == 0.0 and int(n) == 0

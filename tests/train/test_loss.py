@@ -68,8 +68,13 @@ def test_gradients_treat_the_online_weight_as_a_constant():
     lrl = -_ce(logits, labels).detach() + 0.3 * torch.randn(labels.shape)
     s, n, _ = remit_loss(_ce(logits, labels), mask, "online", logp_rl=lrl, segment_ids=seg, eps=0.2)
     g = torch.autograd.grad(s, logits)[0]
-    w = online_weights(lrl.flatten(), -_ce(logits, labels).detach().flatten(), mask.flatten() > 0,
-                       torch.arange(3).repeat_interleave(16), 0.2).view(labels.shape)
+    w = online_weights(
+        lrl.flatten(),
+        -_ce(logits, labels).detach().flatten(),
+        mask.flatten() > 0,
+        torch.arange(3).repeat_interleave(16),
+        0.2,
+    ).view(labels.shape)
     g_ref = torch.autograd.grad((_ce(logits, labels) * w * mask).sum(), logits)[0]
     torch.testing.assert_close(g, g_ref)
 

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = [pytest.mark.megatron, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore::UserWarning")]
+pytestmark = [
+    pytest.mark.megatron,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +84,6 @@ def test_hf_to_mcore_and_back_reproduces_the_logits(mcore, model_pair, tmp_path)
 
 def test_tied_embeddings_convert(mcore, tmp_path):
     from remit.annotate.demo import tiny_llama
-
     from remit.train.convert import gather_full_state, read_hf_weights, save_hf
 
     d = tmp_path / "tied"
@@ -92,8 +94,12 @@ def test_tied_embeddings_convert(mcore, tmp_path):
 
     ids = torch.randint(3, 96, (1, 16))
     with torch.no_grad():
-        torch.testing.assert_close(_OnDevice(model)(ids, torch.arange(16)[None], _causal(16)),
-                                   LlamaForCausalLM.from_pretrained(d)(ids).logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            _OnDevice(model)(ids, torch.arange(16)[None], _causal(16)),
+            LlamaForCausalLM.from_pretrained(d)(ids).logits,
+            rtol=0,
+            atol=1e-5,
+        )
     back = read_hf_weights(save_hf(gather_full_state(model, None), d, tmp_path / "back"))
     assert "lm_head.weight" not in back and set(back) == set(read_hf_weights(d)) - {"lm_head.weight"}
 
@@ -127,8 +133,7 @@ def test_online_with_the_base_model_reproduces_static(mcore, model_pair, tmp_pat
     model, _ = _mcore_model(base_dir, 48)
     batch = to_device(collate([ds[i] for i in range(len(ds))]), torch.device("cpu"))
     with torch.no_grad():
-        loss = _OnDevice(model)(batch["tokens"], batch["position_ids"], batch["attention_mask"],
-                                labels=batch["labels"])
+        loss = _OnDevice(model)(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
     valid = batch["loss_mask"] > 0
     # log p_theta vs the stored log p_base, label-aligned
     stored_base = []
@@ -140,11 +145,20 @@ def test_online_with_the_base_model_reproduces_static(mcore, model_pair, tmp_pat
     stored_base = torch.from_numpy(np.stack(stored_base))
     torch.testing.assert_close(-loss[valid], stored_base[valid], rtol=0, atol=2e-5)
 
-    w = online_weights(batch["logp_rl"].flatten(), -loss.flatten(), valid.flatten(),
-                       group_index(batch["segment_ids"], center), 0.2).view(loss.shape)
+    w = online_weights(
+        batch["logp_rl"].flatten(), -loss.flatten(), valid.flatten(), group_index(batch["segment_ids"], center), 0.2
+    ).view(loss.shape)
     torch.testing.assert_close(w[valid], batch["loss_weight"][valid], rtol=0, atol=1e-4)
-    s_on = summarize(remit_loss(loss, batch["loss_mask"], "online", logp_rl=batch["logp_rl"],
-                                segment_ids=batch["segment_ids"], center=center)[2])
+    s_on = summarize(
+        remit_loss(
+            loss,
+            batch["loss_mask"],
+            "online",
+            logp_rl=batch["logp_rl"],
+            segment_ids=batch["segment_ids"],
+            center=center,
+        )[2]
+    )
     s_st = summarize(remit_loss(loss, batch["loss_mask"], "static", loss_weight=batch["loss_weight"])[2])
     assert s_on["loss"] == pytest.approx(s_st["loss"], rel=1e-5)
     assert s_on["mean_weight"] == pytest.approx(s_st["mean_weight"], rel=1e-5)

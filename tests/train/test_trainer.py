@@ -21,8 +21,10 @@ WORKER = Path(__file__).with_name("dp_worker.py")
 def _two_ranks() -> pytest.MarkDecorator:
     import torch
 
-    return pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.device_count() < 2,
-                              reason="two NCCL ranks need two GPUs (on the CPU, gloo runs both)")
+    return pytest.mark.skipif(
+        torch.cuda.is_available() and torch.cuda.device_count() < 2,
+        reason="two NCCL ranks need two GPUs (on the CPU, gloo runs both)",
+    )
 
 
 def _env() -> dict[str, str]:
@@ -45,8 +47,19 @@ def _worker(data: Path, save: Path, record: Path, *, nproc: int = 1, tp: int = 1
     if nproc == 1:
         _ok(_run([sys.executable, str(WORKER), *args]))
     else:
-        _ok(_run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                  str(WORKER), *args]))
+        _ok(
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    f"--nproc-per-node={nproc}",
+                    str(WORKER),
+                    *args,
+                ]
+            )
+        )
 
 
 def _metrics(save: Path) -> list[dict]:
@@ -61,8 +74,16 @@ def data(tmp_path_factory, model_pair) -> Path:
     from tests.synthetic import make_output
 
     base, _ = model_pair
-    return make_output(tmp_path_factory.mktemp("data") / "out", n_docs=50, seq_len=32, vocab=800, doc_len=(3, 60),
-                       rows_per_shard=6, seed=11, tokenizer_sha256=tokenizer_sha256(base))
+    return make_output(
+        tmp_path_factory.mktemp("data") / "out",
+        n_docs=50,
+        seq_len=32,
+        vocab=800,
+        doc_len=(3, 60),
+        rows_per_shard=6,
+        seed=11,
+        tokenizer_sha256=tokenizer_sha256(base),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +117,35 @@ def test_resume_reproduces_the_uninterrupted_curve(baseline, data, tmp_path):
     shutil.copytree(baseline / "run", run)
     shutil.rmtree(run / "iter_0000006")
     (run / "latest_checkpointed_iteration.txt").write_text("3\n")
-    proc = _ok(_run([sys.executable, "-m", "remit.train", "--data", str(data), "--save", str(run),
-                     "--weights", "online", "--train-iters", "6", "--micro-batch-size", "2",
-                     "--global-batch-size", "4", "--lr", "1e-3", "--lr-warmup-iters", "2", "--seed", "7",
-                     "--shuffle-shards", "2"]))
+    proc = _ok(
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "remit.train",
+                "--data",
+                str(data),
+                "--save",
+                str(run),
+                "--weights",
+                "online",
+                "--train-iters",
+                "6",
+                "--micro-batch-size",
+                "2",
+                "--global-batch-size",
+                "4",
+                "--lr",
+                "1e-3",
+                "--lr-warmup-iters",
+                "2",
+                "--seed",
+                "7",
+                "--shuffle-shards",
+                "2",
+            ]
+        )
+    )
     assert "resuming at step 3" in proc.stdout and "step 6/6" in proc.stdout
     full, resumed = _metrics(baseline / "run"), _metrics(run)
     assert [r["step"] for r in resumed] == list(range(1, 7))
@@ -136,9 +182,31 @@ def test_export_after_training_round_trips_to_hf(data, model_pair, tmp_path):
     from transformers import LlamaForCausalLM
 
     base, _ = model_pair
-    proc = _ok(_run([sys.executable, "-m", "remit.train", "--data", str(data), "--init-hf", str(base),
-                     "--save", str(tmp_path / "run"), "--weights", "static", "--train-iters", "1",
-                     "--lr", "1e-12", "--weight-decay", "0", "--export-hf", str(tmp_path / "hf")]))
+    proc = _ok(
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "remit.train",
+                "--data",
+                str(data),
+                "--init-hf",
+                str(base),
+                "--save",
+                str(tmp_path / "run"),
+                "--weights",
+                "static",
+                "--train-iters",
+                "1",
+                "--lr",
+                "1e-12",
+                "--weight-decay",
+                "0",
+                "--export-hf",
+                str(tmp_path / "hf"),
+            ]
+        )
+    )
     assert "exported" in proc.stdout
     ids = torch.randint(3, 800, (2, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -146,8 +214,20 @@ def test_export_after_training_round_trips_to_hf(data, model_pair, tmp_path):
         got = LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()(ids).logits
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
     # the subcommand exports the same checkpoint
-    _ok(_run([sys.executable, "-m", "remit.train", "export-hf", "--load", str(tmp_path / "run"),
-              "--out", str(tmp_path / "hf2")]))
+    _ok(
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "remit.train",
+                "export-hf",
+                "--load",
+                str(tmp_path / "run"),
+                "--out",
+                str(tmp_path / "hf2"),
+            ]
+        )
+    )
     with torch.no_grad():
         again = LlamaForCausalLM.from_pretrained(tmp_path / "hf2").eval()(ids).logits
     torch.testing.assert_close(again, got, rtol=0, atol=0)
@@ -158,8 +238,21 @@ def test_a_corrupt_output_is_refused_before_training(data, model_pair, tmp_path)
     shutil.copytree(data, bad)
     shard = bad / "shard-00001.parquet"
     shard.write_bytes(shard.read_bytes()[:-64])
-    proc = _run([sys.executable, "-m", "remit.train", "--data", str(bad), "--init-hf", str(model_pair[0]),
-                 "--save", str(tmp_path / "run"), "--train-iters", "2"])
+    proc = _run(
+        [
+            sys.executable,
+            "-m",
+            "remit.train",
+            "--data",
+            str(bad),
+            "--init-hf",
+            str(model_pair[0]),
+            "--save",
+            str(tmp_path / "run"),
+            "--train-iters",
+            "2",
+        ]
+    )
     assert proc.returncode == 2
     assert "shard-00001.parquet" in proc.stderr and "does not validate" in proc.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
@@ -168,9 +261,32 @@ def test_a_corrupt_output_is_refused_before_training(data, model_pair, tmp_path)
 def test_resume_with_another_objective_is_refused(baseline, data, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(baseline / "run", run)
-    proc = _run([sys.executable, "-m", "remit.train", "--data", str(data), "--save", str(run),
-                 "--weights", "static", "--train-iters", "8", "--micro-batch-size", "2",
-                 "--global-batch-size", "4", "--lr", "1e-3", "--lr-warmup-iters", "2", "--seed", "7",
-                 "--shuffle-shards", "2"])
+    proc = _run(
+        [
+            sys.executable,
+            "-m",
+            "remit.train",
+            "--data",
+            str(data),
+            "--save",
+            str(run),
+            "--weights",
+            "static",
+            "--train-iters",
+            "8",
+            "--micro-batch-size",
+            "2",
+            "--global-batch-size",
+            "4",
+            "--lr",
+            "1e-3",
+            "--lr-warmup-iters",
+            "2",
+            "--seed",
+            "7",
+            "--shuffle-shards",
+            "2",
+        ]
+    )
     assert proc.returncode != 0
     assert "weights = 'static' differs from the checkpoint's 'online'" in proc.stderr + proc.stdout
