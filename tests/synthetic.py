@@ -90,7 +90,7 @@ def make_output(
         "engine": {"name": "synthetic", "version": "0", "dtype": "float32", "settings": {}},
         "packing": {"seq_len": seq_len, "row_tokens": seq_len + 1, "first_token_logp": "nan"},
         "weights": {"eps": eps, "center": center, "rule": RULE},
-        "input": {"documents": n_docs, "skipped": {}, "last_row_tokens": int(len(rows[-1].tokens))},
+        "input": {"documents": n_docs, "skipped": {}, "last_row_tokens": len(rows[-1].tokens)},
     }
     write_json_atomic(root / MANIFEST_NAME, assemble_manifest(run, shards))
     return root

@@ -8,9 +8,10 @@ ids and return, for each prompt p, a float32 array a with ``a[0] = NaN`` (no con
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 

@@ -8,8 +8,9 @@ float32 log-softmax and a gather for at most a bounded number of positions at a 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

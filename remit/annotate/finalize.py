@@ -190,4 +190,4 @@ def finalize(output: str | Path, *, keep_work: bool = False) -> dict[str, Any]:
     return manifest
 
 
-__all__ = ["IncompleteOutput", "check_units", "finalize", "resume_command", "PLAN_FILE"]
+__all__ = ["PLAN_FILE", "IncompleteOutput", "check_units", "finalize", "resume_command"]

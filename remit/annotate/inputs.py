@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Union
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class Skip:
         return f"{self.source} record {self.index}"
 
 
-Item = Union[Record, Skip]
+Item = Record | Skip
 
 
 class InputError(ValueError):

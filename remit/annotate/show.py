@@ -18,9 +18,10 @@ import io
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from remit.shards.manifest import ShardError
 
@@ -231,7 +232,7 @@ def token_spans(seg: Segment, texts: Sequence[str], eps: float, sep: str = "") -
 
 def item_html(item: Item, texts: dict[int, list[str]], eps: float, sep: str = "") -> str:
     out = [f'<div class="item"><h3>{_esc(item.title)}</h3>']
-    for k, seg in enumerate(item.segments):
+    for seg in item.segments:
         scored = [w for w, lb in zip(seg.weight, seg.logp_base) if lb is not None and not math.isnan(lb)]
         mean = sum(scored) / len(scored) if scored else float("nan")
         source = f" &middot; {_esc(seg.source)}" if seg.source is not None else ""

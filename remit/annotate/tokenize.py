@@ -7,9 +7,10 @@ manifest can say exactly what each document's token stream starts and ends with.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,7 @@ class SpecialTokens:
     vocab_size: int
 
     @classmethod
-    def resolve(cls, tokenizer, bos: str, eos: str) -> "SpecialTokens":
+    def resolve(cls, tokenizer, bos: str, eos: str) -> SpecialTokens:
         if bos not in BOS_POLICIES:
             raise ValueError(f"bos must be one of {BOS_POLICIES}; got {bos!r}")
         if eos not in EOS_POLICIES:

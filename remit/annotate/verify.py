@@ -37,7 +37,7 @@ class ErrorStats:
     max: float
 
     @classmethod
-    def of(cls, stored: np.ndarray, recomputed: np.ndarray) -> "ErrorStats":
+    def of(cls, stored: np.ndarray, recomputed: np.ndarray) -> ErrorStats:
         both = ~(np.isnan(stored) | np.isnan(recomputed))
         d = np.abs(stored[both].astype(np.float64) - recomputed[both].astype(np.float64))
         if d.size == 0:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -124,4 +124,4 @@ def open_output(root: str | Path) -> Output:
     return Output(root=root, manifest=read_manifest(root))
 
 
-__all__ = ["Output", "ShardError", "open_output", "read_shard", "SCHEMA"]
+__all__ = ["SCHEMA", "Output", "ShardError", "open_output", "read_shard"]

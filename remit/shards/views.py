@@ -106,7 +106,7 @@ def script(root: str | Path, knobs: dict[str, Any] | None = None) -> str:
     return "".join(parts)
 
 
-def create_views(con: "duckdb.DuckDBPyConnection", root: str | Path, knobs: dict[str, Any] | None = None) -> None:
+def create_views(con: duckdb.DuckDBPyConnection, root: str | Path, knobs: dict[str, Any] | None = None) -> None:
     """Point `con` at the output folder `root` and create every view in it."""
     root = check_output(root)
     con.execute(setup_sql(root, knobs))
@@ -121,7 +121,7 @@ def connect(
     threads: int | None = None,
     temp_directory: str | Path | None = None,
     knobs: dict[str, Any] | None = None,
-) -> "duckdb.DuckDBPyConnection":
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the views over `root` created.
 
     `memory_limit` (e.g. ``"512MB"``) caps DuckDB's buffer memory; the views stream, and the one

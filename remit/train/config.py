@@ -131,14 +131,13 @@ class TrainConfig:
             )
         if self.clip_grad < 0:
             _fail("clip_grad", f"{self.clip_grad} < 0", "pass 0 to turn clipping off, or a positive norm")
-        if self.init_hf is None and self.load is None:
-            # `load` defaults to `save`; a fresh run needs a model to start from.
-            if not (self.save / TRACKER_FILE).exists():
-                _fail(
-                    "init_hf",
-                    "no model to start from (no --init-hf and no checkpoint in --save)",
-                    "pass --init-hf DIR with a Hugging Face Llama checkpoint, or --load a checkpoint",
-                )
+        # `load` defaults to `save`; a fresh run needs a model to start from.
+        if self.init_hf is None and self.load is None and not (self.save / TRACKER_FILE).exists():
+            _fail(
+                "init_hf",
+                "no model to start from (no --init-hf and no checkpoint in --save)",
+                "pass --init-hf DIR with a Hugging Face Llama checkpoint, or --load a checkpoint",
+            )
 
     @property
     def decay_iters(self) -> int:

@@ -210,7 +210,7 @@ class RemitDataset:
             seg_starts=pc.list_flatten(seg_col).to_numpy(),
         )
         short = np.flatnonzero(lengths[:-1] != self.seq_len + 1)
-        if len(short) or index < self.num_shards - 1 and lengths[-1] != self.seq_len + 1:
+        if len(short) or (index < self.num_shards - 1 and lengths[-1] != self.seq_len + 1):
             r = int(short[0]) if len(short) else len(lengths) - 1
             raise ShardError(
                 f"{path}: row {r} has {int(lengths[r])} tokens; every row but the output's last must have "

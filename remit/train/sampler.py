@@ -14,7 +14,7 @@ run resumes exactly from its count of consumed samples.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

@@ -120,7 +120,7 @@ BAD_LINES = [
 def test_bad_records_are_skipped_and_counted(model_pair, tmp_path):
     p = tmp_path / "bad.jsonl"
     p.write_bytes(("\n".join(BAD_LINES) + "\n").encode() + b'{"id": "latin", "text": "caf\xe9"}\n')
-    rows, plan = plan_tokens(model_pair, [p], tmp_path / "o")
+    _rows, plan = plan_tokens(model_pair, [p], tmp_path / "o")
     assert plan["totals"]["documents"] == 2
     assert plan["totals"]["skipped"] == {
         "empty document": 1,

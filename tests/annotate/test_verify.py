@@ -163,7 +163,7 @@ def test_verify_missing_model_or_output(good_output, tmp_path, capsys):
 
 
 def test_verify_refuses_another_checkpoint(good_output, model_pair, capsys):
-    base, rl = model_pair
+    _base, rl = model_pair
     # The RL checkpoint passed as --base: same shapes, other weights, so the hash check must catch it.
     assert cli([str(good_output), "--base", str(rl)]) == 2
     assert "not the checkpoint that scored this output" in capsys.readouterr().err

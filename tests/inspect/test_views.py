@@ -36,7 +36,7 @@ def case(request):
 
 def test_every_file_creates_views() -> None:
     names = view_names()
-    assert [f.name for f in sql_files()][0] == "00_base.sql"
+    assert next(f.name for f in sql_files()) == "00_base.sql"
     for want in (
         "remit_rows",
         "remit_tokens",

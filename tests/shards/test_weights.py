@@ -92,7 +92,7 @@ def test_nan_positions_get_weight_one_and_do_not_shift_the_mean():
 
 
 def test_rejects_bad_arguments():
-    lr, lb, lengths, starts = random_rows(0)
+    lr, lb, lengths, _starts = random_rows(0)
     with pytest.raises(ValueError, match="eps"):
         remit_weights(lr, lb, lengths, eps=1.5)
     with pytest.raises(ValueError, match="center"):

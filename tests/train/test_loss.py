@@ -66,7 +66,7 @@ def test_gradients_treat_the_online_weight_as_a_constant():
     logits, labels, mask, _ = _batch(2)
     seg = torch.zeros(labels.shape, dtype=torch.long)
     lrl = -_ce(logits, labels).detach() + 0.3 * torch.randn(labels.shape)
-    s, n, _ = remit_loss(_ce(logits, labels), mask, "online", logp_rl=lrl, segment_ids=seg, eps=0.2)
+    s, _n, _ = remit_loss(_ce(logits, labels), mask, "online", logp_rl=lrl, segment_ids=seg, eps=0.2)
     g = torch.autograd.grad(s, logits)[0]
     w = online_weights(
         lrl.flatten(),
