@@ -1,4 +1,4 @@
-"""`remit-train`: mid-train a Llama checkpoint on an annotation output with ReMiT weights.
+"""`remit-train`: mid-train a Hugging Face checkpoint on an annotation output with ReMiT weights.
 
     remit-train --data OUTPUT --weights {none,static,online} --init-hf DIR --train-iters N --save DIR [...]
     remit-train export-hf --load RUN_DIR --out DIR [--iteration N]
@@ -13,13 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from remit.train.config import CENTER_MODES, DECAY_STYLES, WEIGHT_MODES, TrainConfig
+from remit.train.config import ATTENTION_BACKENDS, CENTER_MODES, DECAY_STYLES, WEIGHT_MODES, TrainConfig
 
 
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="remit-train",
-        description="Mid-train a Llama checkpoint on ReMiT-weighted shards with Megatron-Core. "
+        description="Mid-train a Hugging Face checkpoint on ReMiT-weighted shards with Megatron-Core. "
         "Subcommand: `remit-train export-hf --help`.",
     )
     # --- data ---
@@ -55,7 +55,19 @@ def train_parser() -> argparse.ArgumentParser:
         help="skip the full validation of the output at start (shards are still checksum-verified)",
     )
     # --- model and checkpoints ---
-    p.add_argument("--init-hf", type=Path, default=None, help="Hugging Face Llama checkpoint to start from")
+    p.add_argument(
+        "--init-hf",
+        type=Path,
+        default=None,
+        help="Hugging Face checkpoint to start from: Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3 or SmolLM3",
+    )
+    p.add_argument(
+        "--attention",
+        choices=ATTENTION_BACKENDS,
+        default="auto",
+        help="document-masked attention: sdpa (memory linear in seq-len), te (Transformer Engine, packed), "
+        "dense (reference, S x S scores), auto = te where Transformer Engine runs, else sdpa (default: auto)",
+    )
     p.add_argument("--save", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, HF template")
     p.add_argument("--load", type=Path, default=None, help="checkpoint folder to resume from (default: --save)")
     p.add_argument(
@@ -96,7 +108,8 @@ def train_parser() -> argparse.ArgumentParser:
 
 def export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="remit-train export-hf", description="Write a checkpoint of a remit-train run as a Hugging Face Llama."
+        prog="remit-train export-hf",
+        description="Write a checkpoint of a remit-train run as a Hugging Face checkpoint.",
     )
     p.add_argument("--load", type=Path, required=True, help="the run folder (--save of the training run)")
     p.add_argument("--out", type=Path, required=True, help="output folder for the HF checkpoint")

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 WEIGHT_MODES: tuple[str, ...] = ("none", "static", "online")
+#: Attention backends (see remit.train.attention): auto picks te where Transformer Engine runs, else sdpa.
+ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "dense", "te")
 CENTER_MODES: tuple[str, ...] = ("row", "segment")
 DECAY_STYLES: tuple[str, ...] = ("cosine", "linear")
 #: The file in a checkpoint folder naming its latest iteration (as Megatron-LM names it).
@@ -42,7 +44,13 @@ class TrainConfig:
 
     # --- model and checkpoints ---
     init_hf: Path | None = None
-    """Hugging Face Llama checkpoint to start from. Needed unless resuming from `load`."""
+    """Hugging Face checkpoint to start from (Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM3). Needed
+    unless resuming from `load`."""
+    attention: str = "auto"
+    """Document-masked attention: 'sdpa' (torch scaled_dot_product_attention per document, memory linear
+    in the sequence length), 'te' (Transformer Engine, packed THD sequences), 'dense' (mcore's attention
+    with a dense [b, 1, S, S] mask: the reference, S x S scores per head) or 'auto' (te if Transformer
+    Engine and a GPU are there, else sdpa)."""
     save: Path = Path("remit-train-out")
     """Folder for checkpoints (iter_NNNNNNN/), metrics.jsonl and the HF config template."""
     load: Path | None = None
@@ -101,6 +109,8 @@ class TrainConfig:
             _fail("weights", f"unknown mode {self.weights!r}", f"use one of {', '.join(WEIGHT_MODES)}")
         if self.eps is not None and not 0.0 <= self.eps < 1.0:
             _fail("eps", f"{self.eps} is outside [0, 1)", "weights must stay positive: use e.g. 0.2")
+        if self.attention not in ATTENTION_BACKENDS:
+            _fail("attention", f"unknown backend {self.attention!r}", f"use one of {', '.join(ATTENTION_BACKENDS)}")
         if self.center is not None and self.center not in CENTER_MODES:
             _fail("center", f"unknown centring {self.center!r}", f"use one of {', '.join(CENTER_MODES)}")
         if self.lr_decay_style not in DECAY_STYLES:
@@ -136,7 +146,7 @@ class TrainConfig:
             _fail(
                 "init_hf",
                 "no model to start from (no --init-hf and no checkpoint in --save)",
-                "pass --init-hf DIR with a Hugging Face Llama checkpoint, or --load a checkpoint",
+                "pass --init-hf DIR with a Hugging Face checkpoint, or --load a checkpoint",
             )
 
     @property

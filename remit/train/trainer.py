@@ -8,6 +8,7 @@ count, so the objective is the paper's: sum over the global batch of w*l over th
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -21,19 +22,24 @@ import torch.distributed as dist
 
 from remit.shards import ShardError, read_manifest
 from remit.train import cpu_compat, distributed
+from remit.train.architecture import read_architecture
+from remit.train.attention import resolve_backend
 from remit.train.checkpoint import latest_iteration, load_checkpoint, save_checkpoint
 from remit.train.config import TrainConfig
-from remit.train.convert import gather_full_state, load_hf_into, save_hf
+from remit.train.convert import check_hf_checkpoint, gather_full_state, load_hf_into, save_hf
 from remit.train.dataset import RemitDataset
 from remit.train.loader import BatchLoader
 from remit.train.loss import remit_loss, summarize
 from remit.train.metrics import MetricsLog, Progress
-from remit.train.model import TEMPLATE_FILES, build_gpt_model, llama_shape, read_hf_config, transformer_config
+from remit.train.model import TEMPLATE_FILES, build_gpt_model, forward_tokens, transformer_config
 from remit.train.preflight import PreflightError, check_data_fits_model, check_resume_matches, validate_data
 from remit.train.sampler import SampleOrder
 
 #: Sub-folder of the save folder holding the HF config and tokenizer the run started from.
 HF_TEMPLATE = "hf_template"
+#: File in the save folder naming the architecture and the attention backend (whose layer spec names
+#: the checkpoint's tensors), for export.
+MODEL_FILE = "model.json"
 
 #: Called on every rank after each step with (step, this rank's sample ids, the step's metrics).
 Observer = Callable[[int, np.ndarray, dict[str, Any]], None]
@@ -64,10 +70,10 @@ def _copy_template(src: Path, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
-def _forward_step(mode: str, eps: float, center: str, seen: list[np.ndarray], data_iterator, model):
+def _forward_step(mode: str, eps: float, center: str, attention: str, seen: list[np.ndarray], data_iterator, model):
     batch = next(data_iterator)
     seen.append(batch["sample_id"].cpu().numpy())
-    per_token_loss = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
+    per_token_loss = forward_tokens(model, batch, attention)
 
     def loss_func(output_tensor: torch.Tensor):
         s, n, report = remit_loss(
@@ -113,8 +119,11 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
     template = Path(load_dir) / HF_TEMPLATE if resume_it is not None else cfg.init_hf
     if template is None:
         raise PreflightError(f"{load_dir}: no checkpoint to resume and no --init-hf; pass --init-hf DIR.")
-    shape = llama_shape(read_hf_config(template), str(template / "config.json"))
-    tokenizer_hash = _preflight(cfg, template, shape.vocab_size)
+    arch = read_architecture(template)
+    attention = resolve_backend(cfg.attention)
+    if resume_it is None:
+        check_hf_checkpoint(template, arch)  # tensor names and shapes, before any data is read
+    tokenizer_hash = _preflight(cfg, template, arch.vocab_size)
 
     manifest = read_manifest(cfg.data)
     dataset = RemitDataset(
@@ -127,10 +136,10 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
     objective = {"weights": cfg.weights, "eps": eps, "center": center, "global_batch_size": gbs}
 
     cpu_compat.seed_rng(cfg.seed)
-    tcfg = transformer_config(shape, tp=tp_size, bf16=cfg.bf16)
-    model = build_gpt_model(shape, tcfg, max_sequence_length=seq_len).to(device)
+    tcfg = transformer_config(arch, tp=tp_size, bf16=cfg.bf16, attention=attention)
+    model = build_gpt_model(arch, tcfg, max_sequence_length=seq_len, attention=attention).to(device)
     if resume_it is None:
-        load_hf_into(model, template, shape, tp_rank, tp_size)
+        load_hf_into(model, template, arch, tp_rank, tp_size)
     ddp = DistributedDataParallel(tcfg, DistributedDataParallelConfig(grad_reduce_in_fp32=True), model)
     tcfg.finalize_model_grads_func = finalize_model_grads
     tcfg.no_sync_func = ddp.no_sync
@@ -171,8 +180,11 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
     if is_main:
         cfg.save.mkdir(parents=True, exist_ok=True)
         _copy_template(template, cfg.save / HF_TEMPLATE)
+        model_info = {"attention": attention, "architecture": arch.to_dict()}
+        (cfg.save / MODEL_FILE).write_text(json.dumps(model_info, indent=1) + "\n")
         print(
-            f"remit-train: {cfg.weights} weights, {len(dataset)} samples of {seq_len} tokens, "
+            f"remit-train: {arch.model_type}, {attention} attention, {cfg.weights} weights, "
+            f"{len(dataset)} samples of {seq_len} tokens, "
             f"DP {dp_size} x TP {tp_size}, global batch {gbs} ({n_micro} micro-batches of {cfg.micro_batch_size}"
             f" per rank), " + (f"resuming at step {iteration}" if iteration else "from " + str(template)),
             flush=True,
@@ -203,7 +215,7 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
             lr = float(optimizer.param_groups[0]["lr"])
             seen: list[np.ndarray] = []
             reports = forward_backward(
-                forward_step_func=partial(_forward_step, cfg.weights, eps, center, seen),
+                forward_step_func=partial(_forward_step, cfg.weights, eps, center, attention, seen),
                 data_iterator=loader,
                 model=[ddp],
                 num_microbatches=n_micro,

@@ -12,6 +12,7 @@ TRAIN_FLAGS = [
     "--adam-beta1",
     "--adam-beta2",
     "--adam-eps",
+    "--attention",
     "--bf16",
     "--center",
     "--clip-grad",

@@ -1,0 +1,189 @@
+"""Every supported architecture against transformers, on tiny models whose every tensor is random:
+logits (one document and packed documents), export back to HF, tensor parallelism, and refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.train.tiny_models import ARCHS, VOCAB, load_hf, make_tiny, packed_batch
+
+pytestmark = [
+    pytest.mark.megatron,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
+REPO = Path(__file__).resolve().parents[2]
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("archs")
+    return {name: make_tiny(name, root / name, seed=i) for i, name in enumerate(ARCHS)}
+
+
+def _mcore(hf_dir: Path, attention: str = "sdpa", seq_len: int = 64):
+    from remit.train.architecture import read_architecture
+    from remit.train.convert import check_hf_checkpoint, load_hf_into
+    from remit.train.model import build_gpt_model, transformer_config
+
+    arch = read_architecture(hf_dir)
+    check_hf_checkpoint(hf_dir, arch)
+    model = build_gpt_model(arch, transformer_config(arch, attention=attention), seq_len, attention)
+    load_hf_into(model, hf_dir, arch, 0, 1)
+    return model.eval(), arch
+
+
+def _logits(model, batch, attention: str = "sdpa") -> torch.Tensor:
+    from remit.train.model import forward_tokens
+
+    with torch.no_grad():
+        return forward_tokens(model, batch, attention).float()
+
+
+def _one_doc(ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    b, s = ids.shape
+    return {
+        "tokens": ids,
+        "position_ids": torch.arange(s).expand(b, s),
+        "segment_ids": torch.zeros(b, s, dtype=torch.long),
+    }
+
+
+# --- the fixtures exercise each feature --------------------------------------------------------------
+
+
+def _without_feature(name: str, hf_dir: Path, out: Path) -> Path | None:
+    """A copy of the model with its distinguishing feature switched off (None for plain Llama 2)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(hf_dir, out)
+    cfg = json.loads((out / "config.json").read_text())
+    weights = load_file(str(out / "model.safetensors"))
+    if name.startswith("llama3"):
+        cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": cfg["rope_parameters"]["rope_theta"]}
+    elif name == "mistral":
+        cfg["sliding_window"] = None
+    elif name == "qwen2":
+        weights = {k: (torch.zeros_like(v) if k.endswith(".bias") else v) for k, v in weights.items()}
+    elif name == "qwen2-window":
+        cfg["use_sliding_window"] = False
+        cfg.pop("layer_types", None)
+    elif name == "qwen3":
+        weights = {k: (torch.ones_like(v) if "q_norm" in k or "k_norm" in k else v) for k, v in weights.items()}
+    elif name == "smollm3":
+        cfg["no_rope_layers"] = [1] * cfg["num_hidden_layers"]
+    else:
+        return None
+    (out / "config.json").write_text(json.dumps(cfg))
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_the_fixture_feature_changes_the_logits(tiny, name, tmp_path):
+    """Equality with transformers below means something only if the feature matters in the fixture."""
+    off = _without_feature(name, tiny[name], tmp_path / "off")
+    if off is None:
+        pytest.skip("plain Llama 2 is the baseline")
+    ids = torch.randint(3, VOCAB, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        diff = (load_hf(tiny[name])(ids).logits - load_hf(off)(ids).logits).abs().max().item()
+    assert diff > 1e-2, f"{name}: switching the feature off changes the logits by only {diff}"
+
+
+# --- logits against transformers ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_logits_equal_transformers(mcore, tiny, name):
+    model, arch = _mcore(tiny[name])
+    ids = torch.randint(3, VOCAB, (2, 40), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = load_hf(tiny[name])(ids).logits
+    got = _logits(model, _one_doc(ids))
+    assert (got - ref).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "dense"])
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_packed_documents_equal_each_document_alone(mcore, tiny, name, attention):
+    """Rows of several documents (positions restarting at each), the last row padded: every document's
+    logits equal transformers' on that document alone. Documents are longer than the sliding windows."""
+    model, _ = _mcore(tiny[name], attention)
+    batch = packed_batch([[13, 1, 20, 14], [30, 9], [5, 22]], seed=3, pad_to=48)
+    got = _logits(model, batch, attention)
+    hf = load_hf(tiny[name])
+    worst = 0.0
+    for r, start, n in batch["docs"]:
+        with torch.no_grad():
+            ref = hf(batch["tokens"][r : r + 1, start : start + n]).logits[0]
+        worst = max(worst, (got[r, start : start + n] - ref).abs().max().item())
+    assert worst <= TOL, f"{name}/{attention}: max |diff| {worst}"
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_export_reloads_in_transformers_with_the_same_logits(mcore, tiny, name, tmp_path):
+    from remit.train.convert import gather_full_state, read_hf_weights, save_hf
+
+    model, _ = _mcore(tiny[name])
+    out = save_hf(gather_full_state(model, None), tiny[name], tmp_path / "export")
+    assert (out / "config.json").read_bytes() == (tiny[name] / "config.json").read_bytes()
+    original, back = read_hf_weights(tiny[name]), read_hf_weights(out)
+    assert set(back) == set(original)
+    for key, value in original.items():
+        assert torch.equal(back[key], value), key
+    ids = torch.randint(3, VOCAB, (2, 40), generator=torch.Generator().manual_seed(4))
+    reloaded = load_hf(out)
+    assert type(reloaded).__name__ == type(load_hf(tiny[name])).__name__
+    with torch.no_grad():
+        assert (reloaded(ids).logits - _logits(model, _one_doc(ids))).abs().max().item() <= TOL
+
+
+def test_inv_freq_follows_the_llama3_formula():
+    """The llama3 band edges: short wavelengths kept, long ones divided by `factor`, the middle blended."""
+    from remit.train.architecture import architecture_from_config
+    from tests.train.tiny_models import hf_config
+
+    arch = architecture_from_config(hf_config("llama3.1").to_dict())
+    plain = 1.0 / (arch.rope_theta ** (torch.arange(0, arch.head_dim, 2).float() / arch.head_dim))
+    wavelen = 2 * torch.pi / plain
+    got = arch.inv_freq()
+    short, long = wavelen < 64 / 4, wavelen > 64 / 1
+    assert short.any() and long.any() and (~short & ~long).any()
+    torch.testing.assert_close(got[short], plain[short], rtol=0, atol=0)
+    torch.testing.assert_close(got[long], plain[long] / 8, rtol=1e-6, atol=0)
+    mid = ~short & ~long
+    assert ((got[mid] < plain[mid]) & (got[mid] > plain[mid] / 8)).all()
+
+
+@pytest.mark.slow
+def test_tensor_parallel_2_equals_transformers(tiny, tmp_path):
+    """Two gloo ranks, TP=2: vocab-parallel logits gathered equal transformers', and the gathered full
+    state converts back to the original tensors, for biases, q/k norms, NoPE layers and windows."""
+    names = ["qwen2", "qwen3", "smollm3", "mistral", "llama3.2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    worker = Path(__file__).with_name("tp_arch_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(worker)]
+    proc = subprocess.run(
+        cmd + [str(tmp_path)] + [f"{n}={tiny[n]}" for n in names],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    result = json.loads((tmp_path / "tp_result.json").read_text())
+    assert set(result) == set(names)
+    for name, r in result.items():
+        assert r["logits"] <= TOL and r["packed"] <= TOL and r["round_trip"] == 0.0, (name, r)
