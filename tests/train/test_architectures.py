@@ -106,7 +106,7 @@ def test_the_fixture_feature_changes_the_logits(tiny, name, tmp_path):
 
 @pytest.mark.parametrize("name", list(ARCHS))
 def test_logits_equal_transformers(mcore, tiny, name):
-    model, arch = _mcore(tiny[name])
+    model, _ = _mcore(tiny[name])
     ids = torch.randint(3, VOCAB, (2, 40), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = load_hf(tiny[name])(ids).logits

@@ -1,0 +1,308 @@
+"""What remit-train refuses to load, before any work, and how it says so: one line naming the file,
+the key or tensor, the value and what to do."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.train.tiny_models import hf_config, make_tiny
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _refused(raw: dict, *needles: str) -> str:
+    from remit.train.architecture import ArchitectureError, architecture_from_config
+
+    with pytest.raises(ArchitectureError) as e:
+        architecture_from_config(raw, "/ckpt/config.json")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("/ckpt/config.json: "), msg
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+    return msg
+
+
+def _cfg(name: str, **changes) -> dict:
+    raw = hf_config(name).to_dict()
+    for key, value in changes.items():
+        if value is _DROP:
+            raw.pop(key, None)
+        else:
+            raw[key] = value
+    return raw
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize(
+    "model_type, what",
+    [
+        ("olmo2", "post-norm"),
+        ("gemma", "(1 + w) RMSNorm"),
+        ("gemma2", "soft-capping"),
+        ("gemma3_text", "sandwich norms"),
+        ("phi3", "fused qkv"),
+        ("mixtral", "mixture-of-experts"),
+        ("qwen2_moe", "mixture-of-experts"),
+        ("qwen3_moe", "mixture-of-experts"),
+        ("deepseek_v3", "multi-head latent attention"),
+    ],
+)
+def test_unsupported_families_are_refused_by_name(model_type, what):
+    raw = {"model_type": model_type, "architectures": ["SomethingForCausalLM"], "hidden_size": 64}
+    _refused(raw, f'model_type="{model_type}"', what, "SomethingForCausalLM")
+
+
+def test_an_unknown_family_is_refused():
+    _refused({"model_type": "brand_new", "architectures": ["NewForCausalLM"]}, "brand_new", "NewForCausalLM", "llama")
+
+
+def test_architectures_must_match_model_type():
+    _refused(_cfg("qwen2", model_type="llama", architectures=["Qwen2ForCausalLM"]), "architectures", "LlamaForCausalLM")
+
+
+@pytest.mark.parametrize(
+    "name, changes, needles",
+    [
+        (
+            "llama3.1",
+            {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}},
+            ["rope_type", "yarn"],
+        ),
+        ("llama2", {"rope_scaling": {"type": "dynamic", "factor": 2.0}, "rope_parameters": _DROP}, ["dynamic"]),
+        ("llama2", {"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}}, ["longrope"]),
+        (
+            "llama3.1",
+            {
+                "rope_parameters": {
+                    "rope_type": "llama3",
+                    "factor": 8.0,
+                    "rope_theta": 1e4,
+                    "original_max_position_embeddings": 64,
+                }
+            },
+            ["low_freq_factor"],
+        ),
+        (
+            "llama2",
+            {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4, "mscale": 2}},
+            ["mscale"],
+        ),
+        ("llama2", {"partial_rotary_factor": 0.5}, ["partial_rotary_factor", "0.5"]),
+        ("llama2", {"attn_logit_softcapping": 50.0}, ["attn_logit_softcapping", "soft-capping"]),
+        ("qwen2", {"final_logit_softcapping": 30.0}, ["final_logit_softcapping"]),
+        ("mistral", {"num_local_experts": 8}, ["num_local_experts"]),
+        ("llama2", {"hidden_act": "gelu"}, ["hidden_act", "gelu"]),
+        ("llama2", {"attention_bias": True}, ["attention_bias"]),
+        ("qwen3", {"attention_bias": True}, ["attention_bias"]),
+        ("llama2", {"mlp_bias": True}, ["mlp_bias"]),
+        ("llama2", {"sliding_window": 4096}, ["sliding_window", "4096", "mistral"]),
+        ("mistral", {"layer_types": ["sliding_attention", "full_attention"]}, ["layer_types"]),
+        ("qwen3", {"layer_types": ["chunked_attention", "full_attention"]}, ["layer_types[0]", "chunked_attention"]),
+        (
+            "smollm3",
+            {
+                "use_sliding_window": False,
+                "sliding_window": 8,
+                "layer_types": ["full_attention", "sliding_attention", "full_attention"],
+            },
+            ["use_sliding_window"],
+        ),
+        ("llama2", {"no_rope_layers": [1, 0]}, ["no_rope_layers"]),
+        ("qwen2", {"attention_dropout": 0.1}, ["attention_dropout", "0.1"]),
+        ("llama2", {"logits_scaling": 8.0}, ["logits_scaling"]),
+    ],
+)
+def test_math_changing_keys_are_refused_by_name(name, changes, needles):
+    _refused(_cfg(name, **changes), *needles)
+
+
+def test_supported_configs_pass_with_their_defaults():
+    """The real configs' conventions: old `rope_scaling` + top-level `rope_theta` (Llama 3.2), Qwen2.5's
+    sliding_window with use_sliding_window false, SmolLM3's no_rope_layers, Qwen3's default head_dim."""
+    from remit.train.architecture import architecture_from_config
+
+    llama32 = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": 128256,
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 24,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 131072,
+        "rope_scaling": {
+            "factor": 32.0,
+            "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": True,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "pretraining_tp": 1,
+        "hidden_act": "silu",
+    }
+    a = architecture_from_config(llama32)
+    assert (a.rope_type, a.rope_theta, a.tie_embeddings, a.head_dim) == ("llama3", 500000.0, True, 128)
+    assert dict(a.rope_params)["original_max_position_embeddings"] == 8192
+    qwen25 = {
+        "model_type": "qwen2",
+        "architectures": ["Qwen2ForCausalLM"],
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "rope_theta": 1000000.0,
+        "sliding_window": 32768,
+        "use_sliding_window": False,
+        "max_window_layers": 21,
+        "tie_word_embeddings": True,
+        "attention_dropout": 0.0,
+    }
+    q = architecture_from_config(qwen25)
+    assert q.qkv_bias and not q.has_windows and q.head_dim == 64
+    q3 = architecture_from_config({"model_type": "qwen3", "hidden_size": 1024, "num_attention_heads": 16})
+    assert q3.qk_norm and q3.head_dim == 128  # transformers' Qwen3 default, not hidden / heads
+    smol = architecture_from_config({"model_type": "smollm3", "num_hidden_layers": 8})
+    assert smol.rope_layers == (True, True, True, False) * 2 and smol.rope_theta == 2000000.0
+
+
+# --- weights against the config ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qwen2_dir(tmp_path_factory) -> Path:
+    return make_tiny("qwen2", tmp_path_factory.mktemp("q2") / "qwen2", seed=3)
+
+
+def _edit(src: Path, dst: Path, **changes) -> Path:
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    for key, value in changes.items():
+        if value is _DROP:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def _check(hf_dir: Path) -> str:
+    from remit.train.architecture import ArchitectureError, read_architecture
+    from remit.train.convert import check_hf_checkpoint
+
+    with pytest.raises(ArchitectureError) as e:
+        check_hf_checkpoint(hf_dir, read_architecture(hf_dir))
+    assert "\n" not in str(e.value) and str(hf_dir) in str(e.value)
+    return str(e.value)
+
+
+def test_a_qwen2_relabelled_as_llama_is_refused(qwen2_dir, tmp_path):
+    """Relabelled in both model_type and architectures: the config passes, the leftover biases do not."""
+    relabelled = _edit(qwen2_dir, tmp_path / "relabelled", model_type="llama", architectures=["LlamaForCausalLM"])
+    msg = _check(relabelled)
+    assert "q_proj.bias" in msg and "qwen2" in msg
+
+
+def test_a_qwen3_relabelled_as_qwen2_is_refused(tmp_path):
+    q3 = make_tiny("qwen3", tmp_path / "q3", seed=4)
+    msg = _check(_edit(q3, tmp_path / "as-qwen2", model_type="qwen2", architectures=["Qwen2ForCausalLM"]))
+    assert "q_norm" in msg or "k_norm" in msg
+
+
+def test_tied_and_untied_must_match_the_weights(qwen2_dir, tmp_path):
+    untied = _edit(qwen2_dir, tmp_path / "untied", tie_word_embeddings=False)
+    assert "lm_head.weight" in _check(untied) and "tie_word_embeddings" in _check(untied)
+
+
+def test_a_tied_model_with_its_own_lm_head_is_refused(qwen2_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from remit.train.architecture import ArchitectureError, read_architecture
+    from remit.train.convert import hf_to_mcore
+
+    d = _edit(qwen2_dir, tmp_path / "own-head")
+    weights = load_file(str(d / "model.safetensors"))
+    weights["lm_head.weight"] = weights["model.embed_tokens.weight"] + 1.0
+    save_file(weights, str(d / "model.safetensors"))
+    with pytest.raises(ArchitectureError, match="lm_head.weight differs"):
+        hf_to_mcore(load_file(str(d / "model.safetensors")), read_architecture(d), str(d))
+    weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()  # equal: accepted
+    hf_to_mcore(weights, read_architecture(d))
+    assert torch.equal(weights["lm_head.weight"], weights["model.embed_tokens.weight"])
+
+
+def test_shapes_must_match_the_config(qwen2_dir, tmp_path):
+    msg = _check(_edit(qwen2_dir, tmp_path / "wide", intermediate_size=128))
+    assert "has shape" in msg and "config.json implies" in msg
+
+
+def test_a_missing_tensor_is_refused(qwen2_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    d = _edit(qwen2_dir, tmp_path / "missing")
+    weights = load_file(str(d / "model.safetensors"))
+    del weights["model.layers.1.mlp.up_proj.weight"]
+    save_file(weights, str(d / "model.safetensors"))
+    assert "model.layers.1.mlp.up_proj.weight" in _check(d)
+
+
+def test_stale_rope_buffers_are_checked(qwen2_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from remit.train.architecture import ArchitectureError, read_architecture
+    from remit.train.convert import hf_to_mcore
+
+    arch = read_architecture(qwen2_dir)
+    weights = load_file(str(qwen2_dir / "model.safetensors"))
+    weights["model.layers.0.self_attn.rotary_emb.inv_freq"] = arch.inv_freq()
+    hf_to_mcore(weights, arch)  # consistent: consumed
+    weights["model.layers.0.self_attn.rotary_emb.inv_freq"] = arch.inv_freq() * 2
+    with pytest.raises(ArchitectureError, match="RoPE frequencies"):
+        hf_to_mcore(weights, arch)
+
+
+@pytest.mark.megatron
+def test_the_cli_refuses_a_relabelled_model_in_one_line_before_reading_data(qwen2_dir, tmp_path):
+    relabelled = _edit(qwen2_dir, tmp_path / "relabelled", model_type="llama", architectures=["LlamaForCausalLM"])
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "remit.train",
+            "--data",
+            str(tmp_path / "no-such-output"),
+            "--init-hf",
+            str(relabelled),
+            "--save",
+            str(tmp_path / "run"),
+            "--train-iters",
+            "1",
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("remit-train: error:")]
+    assert len(errors) == 1 and "q_proj.bias" in errors[0] and "Traceback" not in proc.stderr
