@@ -1,14 +1,20 @@
-"""Training cost of the ReMiT weights, and whether the shard loader keeps up.
+"""Training cost of the ReMiT weights, whether the shard loader keeps up, and the attention's memory.
 
-In one process, on one tiny Llama and one synthetic output:
+Default, in one process, on one tiny Llama and one synthetic output:
   1. step time of the real trainer with --weights none, static and online, in interleaved rounds
      (so that load from other processes on the machine hits all modes alike), median per mode;
   2. loader throughput (shards -> device micro-batches, the trainer's own path) in tokens/s against
      the tokens/s the training steps consume.
-
 Targets: static and online add <= 3% step time over none; the loader delivers >= 20x consumption.
 
     python benchmarks/bench_train.py [--seq-len 256] [--steps 12] [--rounds 3] [--json out.json]
+
+`attention`: peak memory and step time of the real trainer with the dense reference attention and the
+sdpa document attention at several sequence lengths, same model, one fresh subprocess per
+configuration (its own peak RSS, ru_maxrss), backends interleaved. Goal: memory grows about linearly
+with the sequence length on the sdpa path.
+
+    python benchmarks/bench_train.py attention [--seq-lens 512,1024,2048,4096] [--steps 6] [--json out.json]
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ def loader_tokens_per_s(out: Path, seq_len: int, mbs: int, batches: int) -> floa
 
     ds = RemitDataset(out, create_attention_mask=False)
     it = micro_batches(ds, SampleOrder(ds.shard_rows, seed=0), global_batch=mbs, micro_batch=mbs, dp_rank=0, dp_size=1)
-    device = cpu_compat.device()  # as in training: the attention mask is built on the training device
+    device = cpu_compat.device()  # as in training: batches are moved to the training device
     for _ in range(5):
         to_device(next(it), device)
     t0 = time.perf_counter()
@@ -80,7 +86,138 @@ def loader_tokens_per_s(out: Path, seq_len: int, mbs: int, batches: int) -> floa
     return batches * mbs * seq_len / (time.perf_counter() - t0)
 
 
+def _rss_mib() -> tuple[float, float]:
+    """(current RSS, peak RSS) of this process in MiB."""
+    import resource
+
+    current = 0.0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                current = int(line.split()[1]) / 1024
+    return current, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def attention_child(spec: dict) -> None:
+    """One configuration in its own process: train `steps` steps; print one JSON line."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    from remit.train.config import TrainConfig
+    from remit.train.trainer import train
+
+    start_rss, _ = _rss_mib()  # torch and megatron imported, no model yet
+    times: list[float] = []
+    cfg = TrainConfig(
+        data=spec["data"],
+        weights="online",
+        init_hf=spec["model"],
+        save=spec["save"],
+        attention=spec["attention"],
+        train_iters=spec["steps"],
+        micro_batch_size=1,
+        global_batch_size=1,
+        lr=1e-4,
+        log_interval=10**6,
+        skip_validate=True,
+    )
+    train(cfg, observer=lambda step, ids, rec: times.append(rec["step_time_s"]))
+    _, peak = _rss_mib()
+    timed = times[2:] or times
+    print(
+        "RESULT " + json.dumps({"start_rss_mib": start_rss, "peak_rss_mib": peak, "step_s": statistics.median(timed)}),
+        flush=True,
+    )
+
+
+def attention_sweep(argv: list[str]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    p = argparse.ArgumentParser(prog="bench_train.py attention", description=__doc__)
+    p.add_argument("--seq-lens", default="512,1024,2048,4096", help="comma-separated (default: 512..4096)")
+    p.add_argument("--backends", default="dense,sdpa", help="comma-separated (default: dense,sdpa)")
+    p.add_argument("--steps", type=int, default=6, help="steps per configuration; the first 2 are not timed")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads per run (default: 2)")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    seq_lens = [int(x) for x in args.seq_lens.split(",")]
+    backends = args.backends.split(",")
+    here = Path(__file__).resolve()
+    results: dict[str, dict[int, dict]] = {b: {} for b in backends}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        from remit.annotate.demo import tiny_llama
+        from tests.synthetic import make_output
+
+        model_dir = root / "model"
+        # Llama-shaped: 4 heads of 64, 2 KV heads, SwiGLU 3x; no tokenizer files (vocabulary size check only).
+        tiny_llama(1024, seed=1, hidden=args.hidden, layers=args.layers, heads=4, kv_heads=2, ffn=3 * args.hidden,
+                   max_positions=max(seq_lens)).save_pretrained(model_dir)  # fmt: skip
+        for k, s in enumerate(seq_lens):
+            # Documents of 50-3000 tokens: several per row at 4096, cut by row ends at 512.
+            data = make_output(root / f"out-{s}", n_docs=max(12, (args.steps + 2) * s // 1000), seq_len=s,
+                               vocab=1024, doc_len=(50, 3000), rows_per_shard=64, seed=s)  # fmt: skip
+            for backend in backends[k % 2 :] + backends[: k % 2]:  # alternate the order
+                spec = {
+                    "data": str(data),
+                    "model": str(model_dir),
+                    "save": str(root / f"run-{backend}-{s}"),
+                    "attention": backend,
+                    "steps": args.steps,
+                    "threads": args.threads,
+                }
+                env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore"}
+                proc = subprocess.run(
+                    [sys.executable, str(here), "attention-child", json.dumps(spec)],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
+                line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+                if proc.returncode != 0 or not line:
+                    raise SystemExit(f"{backend} at {s}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+                results[backend][s] = json.loads(line[0][len("RESULT ") :])
+                r = results[backend][s]
+                print(
+                    f"  {backend:6s} S={s:5d}: peak RSS {r['peak_rss_mib']:8.1f} MiB "
+                    f"(+{r['peak_rss_mib'] - r['start_rss_mib']:7.1f} over start), step {r['step_s']:.3f} s",
+                    flush=True,
+                )
+    print(f"model: Llama-shaped, hidden {args.hidden}, {args.layers} layers, 4 heads / 2 KV, micro-batch 1, fp32")
+    print(f"{'S':>6} " + " ".join(f"{b + ' MiB':>14} {b + ' s':>9}" for b in backends) + "   memory and time ratios")
+    for s in seq_lens:
+        cells = " ".join(
+            f"{results[b][s]['peak_rss_mib'] - results[b][s]['start_rss_mib']:14.1f} {results[b][s]['step_s']:9.3f}"
+            for b in backends
+        )
+        extra = ""
+        if {"dense", "sdpa"} <= set(backends):
+            d, n = results["dense"][s], results["sdpa"][s]
+            mem = (d["peak_rss_mib"] - d["start_rss_mib"]) / (n["peak_rss_mib"] - n["start_rss_mib"])
+            extra = f"   dense/sdpa memory {mem:5.2f}x, time {d['step_s'] / n['step_s']:5.2f}x"
+        print(f"{s:6d} {cells}{extra}")
+    for b in backends:
+        grow = [
+            (results[b][s2]["peak_rss_mib"] - results[b][s2]["start_rss_mib"])
+            / (results[b][s1]["peak_rss_mib"] - results[b][s1]["start_rss_mib"])
+            for s1, s2 in zip(seq_lens, seq_lens[1:])
+        ]
+        print(f"{b}: memory growth per step of seq-len: " + ", ".join(f"{g:.2f}x" for g in grow))
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": None}, "results": results}, indent=2) + "\n")
+
+
 def main() -> None:
+    import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == "attention":
+        return attention_sweep(sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] == "attention-child":
+        return attention_child(json.loads(sys.argv[2]))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default: 256)")
     p.add_argument("--hidden", type=int, default=128, help="model width (default: 128)")
