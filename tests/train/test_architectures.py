@@ -69,7 +69,7 @@ def _without_feature(name: str, hf_dir: Path, out: Path) -> Path | None:
     shutil.copytree(hf_dir, out)
     cfg = json.loads((out / "config.json").read_text())
     weights = load_file(str(out / "model.safetensors"))
-    if name.startswith("llama3"):
+    if name.startswith("llama3") or name == "llama-linear":
         cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": cfg["rope_parameters"]["rope_theta"]}
     elif name == "mistral":
         cfg["sliding_window"] = None

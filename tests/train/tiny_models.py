@@ -17,6 +17,8 @@ VOCAB = 320
 ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
     # Llama 2: default RoPE, untied.
     "llama2": ("LlamaConfig", dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
+    # Llama with linear RoPE scaling (long-context fine-tunes of Llama 2).
+    "llama-linear": ("LlamaConfig", dict(rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 1e4})),
     # Llama 3.1: llama3 RoPE scaling (an original context of 64 puts frequencies in all three bands).
     "llama3.1": (
         "LlamaConfig",
