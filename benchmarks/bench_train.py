@@ -15,6 +15,13 @@ configuration (its own peak RSS, ru_maxrss), backends interleaved. Goal: memory 
 with the sequence length on the sdpa path.
 
     python benchmarks/bench_train.py attention [--seq-lens 512,1024,2048,4096] [--steps 8] [--json out.json]
+
+`kernels`: what torch's scaled_dot_product_attention does on this machine, forward and backward of one
+[1, 8 heads, S, 64] attention, each in a fresh subprocess: peak RSS of is_causal=True (no mask), of an
+explicit [S, S] bool mask (both restricted to the flash kernel, as the sdpa backend restricts them), and
+of the unfused math (scores materialised).
+
+    python benchmarks/bench_train.py kernels [--seq-lens 1024,4096]
 """
 
 from __future__ import annotations
@@ -222,8 +229,58 @@ def attention_sweep(argv: list[str]) -> None:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": None}, "results": results}, indent=2) + "\n")
 
 
+def kernel_child(seq_len: int, mode: str) -> None:
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 8, seq_len, 64, generator=g, requires_grad=True) for _ in range(3))
+    _, before = _rss_mib()
+    t0 = time.perf_counter()
+    if mode == "math":
+        blocked = torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1)
+        out = torch.softmax((q @ k.transpose(-1, -2) / 8).masked_fill(blocked, float("-inf")), -1) @ v
+    else:
+        mask = torch.ones(seq_len, seq_len, dtype=torch.bool).tril() if mode == "mask" else None
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mode == "causal")
+    out.sum().backward()
+    elapsed = time.perf_counter() - t0
+    _, peak = _rss_mib()
+    print("RESULT " + json.dumps({"extra_mib": peak - before, "s": elapsed}), flush=True)
+
+
+def kernels(argv: list[str]) -> None:
+    import subprocess
+    import sys
+
+    p = argparse.ArgumentParser(prog="bench_train.py kernels", description=__doc__)
+    p.add_argument("--seq-lens", default="1024,4096")
+    args = p.parse_args(argv)
+    print("forward + backward of one [1, 8, S, 64] attention, fp32; peak RSS above the inputs, fresh process each")
+    for s in (int(x) for x in args.seq_lens.split(",")):
+        for mode in ("causal", "mask", "math"):
+            proc = subprocess.run(
+                [sys.executable, str(Path(__file__).resolve()), "kernel-child", str(s), mode],
+                capture_output=True,
+                text=True,
+            )
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode != 0 or not line:
+                print(f"  S={s:5d} {mode:7s} failed: {proc.stderr.strip().splitlines()[-1:]}")
+                continue
+            r = json.loads(line[0][len("RESULT ") :])
+            print(f"  S={s:5d} {mode:7s} +{r['extra_mib']:8.1f} MiB  {r['s']:.3f} s")
+
+
 def main() -> None:
     import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == "kernels":
+        return kernels(sys.argv[2:])
+    if len(sys.argv) > 2 and sys.argv[1] == "kernel-child":
+        return kernel_child(int(sys.argv[2]), sys.argv[3])
 
     if len(sys.argv) > 1 and sys.argv[1] == "attention":
         return attention_sweep(sys.argv[2:])
