@@ -70,6 +70,18 @@ def _copy_template(src: Path, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
+def _check_layout(run_dir: Path, attention: str) -> None:
+    """A checkpoint saved under Transformer Engine's layer spec names its tensors differently from one
+    saved under the local spec (sdpa, dense): resume only within the same family."""
+    path = run_dir / MODEL_FILE
+    saved = json.loads(path.read_text()).get("attention", "sdpa") if path.exists() else "sdpa"
+    if (saved == "te") != (attention == "te"):
+        raise PreflightError(
+            f"{path}: the checkpoint was written with --attention {saved}, this run uses {attention}; their "
+            f"tensor layouts differ, so resume with --attention {saved} (or export to HF and start from that)"
+        )
+
+
 def _forward_step(mode: str, eps: float, center: str, attention: str, seen: list[np.ndarray], data_iterator, model):
     batch = next(data_iterator)
     seen.append(batch["sample_id"].cpu().numpy())
@@ -123,6 +135,8 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
     attention = resolve_backend(cfg.attention)
     if resume_it is None:
         check_hf_checkpoint(template, arch)  # tensor names and shapes, before any data is read
+    else:
+        _check_layout(Path(load_dir), attention)
     tokenizer_hash = _preflight(cfg, template, arch.vocab_size)
 
     manifest = read_manifest(cfg.data)
