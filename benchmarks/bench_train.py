@@ -224,7 +224,17 @@ def attention_sweep(argv: list[str]) -> None:
             / (results[b][s1]["peak_rss_mib"] - results[b][s1]["start_rss_mib"])
             for s1, s2 in zip(seq_lens, seq_lens[1:])
         ]
-        print(f"{b}: memory growth per step of seq-len: " + ", ".join(f"{g:.2f}x" for g in grow))
+        slope = [
+            (results[b][s2]["peak_rss_mib"] - results[b][s1]["peak_rss_mib"]) / (s2 - s1)
+            for s1, s2 in zip(seq_lens, seq_lens[1:])
+        ]
+        print(
+            f"{b}: memory growth per step of seq-len: "
+            + ", ".join(f"{g:.2f}x" for g in grow)
+            + "; MiB per added token: "
+            + ", ".join(f"{m:.3f}" for m in slope)
+            + " (constant = linear)"
+        )
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": None}, "results": results}, indent=2) + "\n")
 
