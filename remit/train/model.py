@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -145,17 +148,35 @@ def _remit_gpt_class():
     return RemitGPTModel
 
 
+_TE_ENV = ("NVTE_FLASH_ATTN", "NVTE_FUSED_ATTN", "NVTE_UNFUSED_ATTN")
+
+
+@contextlib.contextmanager
+def _te_env_untouched() -> Iterator[None]:
+    """mcore's LanguageModule writes its attention backend into TE's process-wide NVTE_* variables and
+    asserts that they agree with any earlier model's. A local-spec model never runs TE, so it neither
+    reads nor leaves them: a TE model can still be built in the same process (tests, export)."""
+    saved = {k: os.environ.pop(k) for k in _TE_ENV if k in os.environ}
+    try:
+        yield
+    finally:
+        for k in _TE_ENV:
+            os.environ.pop(k, None)
+        os.environ.update(saved)
+
+
 def build_gpt_model(arch: Architecture, config, max_sequence_length: int, attention: str = "sdpa"):
     """A GPTModel for `arch` (randomly initialised; `remit.train.convert.load_hf_into` fills it)."""
-    model = _remit_gpt_class()(
-        config=config,
-        transformer_layer_spec=layer_spec(arch, attention),
-        vocab_size=arch.vocab_size,
-        max_sequence_length=max_sequence_length,
-        share_embeddings_and_output_weights=arch.tie_embeddings,
-        position_embedding_type="rope" if arch.uses_rope else "none",
-        rotary_percent=1.0,
-    )
+    with contextlib.nullcontext() if attention == "te" else _te_env_untouched():
+        model = _remit_gpt_class()(
+            config=config,
+            transformer_layer_spec=layer_spec(arch, attention),
+            vocab_size=arch.vocab_size,
+            max_sequence_length=max_sequence_length,
+            share_embeddings_and_output_weights=arch.tie_embeddings,
+            position_embedding_type="rope" if arch.uses_rope else "none",
+            rotary_percent=1.0,
+        )
     if arch.uses_rope:
         rope = _document_rope_class()(kv_channels=arch.head_dim, rotary_percent=1.0, use_cpu_initialization=True)
         rope.inv_freq = arch.inv_freq()
