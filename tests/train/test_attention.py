@@ -98,13 +98,13 @@ def models(tmp_path_factory):
     return {name: make_tiny(name, root / name, seed=5) for name in ("llama3.1", "mistral", "qwen2-window")}
 
 
-def _model(hf_dir, attention):
+def _model(hf_dir, attention, bf16: bool = False):
     from remit.train.architecture import read_architecture
     from remit.train.convert import load_hf_into
     from remit.train.model import build_gpt_model, transformer_config
 
     arch = read_architecture(hf_dir)
-    model = build_gpt_model(arch, transformer_config(arch, attention=attention), S, attention)
+    model = build_gpt_model(arch, transformer_config(arch, attention=attention, bf16=bf16), S, attention)
     load_hf_into(model, hf_dir, arch, 0, 1)
     return model
 
@@ -150,11 +150,11 @@ def _leak(run, batch, changed: tuple[int, int, int]) -> float:
     return (a - b)[keep].abs().max().item()
 
 
-def _leak_check(run, batch) -> None:
+def _leak_check(run, batch, tol: float = 1e-6) -> None:
     # Change the first document of row 0: every later document of that row would see it on a leak.
     changed = batch["docs"][0]
     leak = _leak(run, batch, changed)
-    assert leak <= 1e-6, f"a change in document {changed} moved other documents' logits by {leak}"
+    assert leak <= tol, f"a change in document {changed} moved other documents' logits by {leak}"
 
 
 @pytest.mark.megatron
@@ -182,16 +182,17 @@ def test_no_token_attends_across_a_document_boundary(mcore, models, attention):
 @pytest.mark.gpu
 @pytest.mark.megatron
 def test_te_packed_attention_equals_sdpa_and_does_not_leak(mcore, models):
-    """TE's layer spec with THD packed sequences: the same logits as sdpa, and no leak across documents
-    (Megatron-LM issue #2357: with attn_mask_type=causal an explicit mask is silently ignored)."""
+    """TE's layer spec with THD packed sequences, in bf16 (TE's packed kernels need 16-bit inputs): the
+    logits of sdpa in bf16, and no leak across documents (Megatron-LM issue #2357: with
+    attn_mask_type=causal an explicit mask is silently ignored, so a mask-based TE path would leak)."""
     pytest.importorskip("transformer_engine")
     from remit.train.model import forward_tokens
 
     batch = packed_batch(ROWS, seed=10, pad_to=S)
     batch = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-    for name in ("llama3.1", "mistral"):
-        te = _model(models[name], "te").cuda().eval()
-        ref = _model(models[name], "sdpa").cuda().eval()
+    for name in ("llama3.1", "mistral", "qwen2-window"):
+        te = _model(models[name], "te", bf16=True).cuda().eval()
+        ref = _model(models[name], "sdpa", bf16=True).cuda().eval()
 
         def run(b, model=te):
             with torch.no_grad():
@@ -199,5 +200,8 @@ def test_te_packed_attention_equals_sdpa_and_does_not_leak(mcore, models):
 
         with torch.no_grad():
             expected = forward_tokens(ref, batch, "sdpa").float().cpu()
-        torch.testing.assert_close(run(batch), expected, rtol=0, atol=1e-4)
-        _leak_check(run, batch)
+        got = run(batch)
+        scale = expected.abs().max().item()
+        assert (got - expected).abs().max().item() <= 0.03 * scale, name
+        # bf16 rounding can differ between batch compositions; a leak moves logits by far more.
+        _leak_check(run, batch, tol=1e-2 * scale)
