@@ -88,10 +88,18 @@ FOREIGN_KEYS: dict[str, str] = {
     "rotary_pct": "partial rotary embedding",
     "partial_rotary_factor": "partial rotary embedding",
     "no_rope_layers": "layers without RoPE",
+    "no_rope_layer_interval": "layers without RoPE",
     "sandwich_norm": "extra norms around each block",
 }
-#: Values of a foreign key that leave the forward pass unchanged.
-_HARMLESS = (None, False, 0, 1, 1.0, [])
+
+
+def _harmless(value: Any) -> bool:
+    """Whether a foreign key's value leaves the forward pass unchanged: unset, false, empty, or a neutral
+    0 / 1 number. A flag set to true is never harmless, although ``True == 1`` in Python."""
+    if value is None or value is False or value == []:
+        return True
+    return not isinstance(value, bool) and isinstance(value, int | float) and value in (0, 1)
+
 
 #: rope_type -> the keys of its parameters that transformers reads.
 ROPE_TYPES: dict[str, tuple[str, ...]] = {
@@ -224,9 +232,9 @@ def _check_family(raw: dict[str, Any], source: str) -> str:
 
 
 def _check_foreign_keys(raw: dict[str, Any], model_type: str, source: str) -> None:
-    allowed = {"smollm3": {"no_rope_layers"}}.get(model_type, set())
+    allowed = {"smollm3": {"no_rope_layers", "no_rope_layer_interval"}}.get(model_type, set())
     for key, what in FOREIGN_KEYS.items():
-        if key in allowed or key not in raw or raw[key] in _HARMLESS:
+        if key in allowed or key not in raw or _harmless(raw[key]):
             continue
         _refuse(
             source,
@@ -247,8 +255,9 @@ def _resolve(raw: dict[str, Any], model_type: str, source: str):
     try:
         return CONFIG_MAPPING[model_type].from_dict({k: v for k, v in raw.items() if k != "model_type"})
     except Exception as e:  # transformers validates with several exception types
+        why = " ".join(str(e).split())  # its messages span lines; a refusal is one
         raise ArchitectureError(
-            f"{source}: transformers cannot read this {model_type} config ({type(e).__name__}: {e}); "
+            f"{source}: transformers cannot read this {model_type} config ({type(e).__name__}: {why}); "
             "restore the checkpoint's original config.json."
         ) from None
     finally:
@@ -315,6 +324,14 @@ def _rope(raw: dict[str, Any], cfg: Any, source: str) -> tuple[float, str, tuple
 
 def _windows(raw: dict[str, Any], cfg: Any, model_type: str, n_layers: int, source: str) -> tuple[int | None, ...]:
     window = getattr(cfg, "sliding_window", None)
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window <= 0):
+        _refuse(
+            source,
+            "sliding_window",
+            window,
+            "a window must be a positive number of tokens",
+            "set the model's window, or null for full attention",
+        )
     if model_type == "llama":
         if raw.get("sliding_window") is not None:
             _refuse(
@@ -326,6 +343,13 @@ def _windows(raw: dict[str, Any], cfg: Any, model_type: str, n_layers: int, sour
             )
         return (None,) * n_layers
     if model_type == "mistral":
+        if "sliding_window" not in raw:
+            # transformers' MistralConfig defaults to a 4096-token window: a Llama relabelled as Mistral
+            # would gain one without a word. Mistral's own configs always state it.
+            raise ArchitectureError(
+                f"{source}: sliding_window is missing, so transformers' Mistral attends within a 4096-token "
+                "window; state it: the model's window in tokens, or null for full attention."
+            )
         if raw.get("layer_types") is not None:
             _refuse(
                 source,
@@ -335,6 +359,17 @@ def _windows(raw: dict[str, Any], cfg: Any, model_type: str, n_layers: int, sour
                 "remove the key (every layer then uses sliding_window)",
             )
         return (int(window) if window else None,) * n_layers
+    if model_type == "smollm3" and window is not None and not getattr(cfg, "use_sliding_window", False):
+        # transformers' SmolLM3 ignores the window then (a windowed Mistral relabelled as SmolLM3 would
+        # lose it); SmolLM3's own configs have sliding_window null.
+        _refuse(
+            source,
+            "sliding_window",
+            window,
+            "transformers' SmolLM3 ignores it without use_sliding_window, so it is unclear which attention the "
+            "model was trained with",
+            "set it to null for full attention, or use_sliding_window true with sliding layers in layer_types",
+        )
     types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * n_layers)
     if len(types) != n_layers:
         _refuse(source, "layer_types", types, f"has {len(types)} entries for {n_layers} layers", "give one per layer")

@@ -306,3 +306,53 @@ def test_the_cli_refuses_a_relabelled_model_in_one_line_before_reading_data(qwen
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("remit-train: error:")]
     assert len(errors) == 1 and "q_proj.bias" in errors[0] and "Traceback" not in proc.stderr
+
+
+# --- flags and values that the checks above must not wave through --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key", ["use_qk_norm", "qk_layernorm", "use_parallel_residual", "parallel_attn", "sandwich_norm"]
+)
+def test_a_foreign_flag_set_to_true_is_refused(key):
+    """`True == 1` in Python: a flag of another family set to true must not pass as a harmless 1."""
+    _refused(_cfg("llama2", **{key: True}), key, "true")
+
+
+@pytest.mark.parametrize("key", ["use_qk_norm", "use_parallel_residual", "sandwich_norm"])
+def test_a_foreign_flag_set_to_false_passes(key):
+    from remit.train.architecture import architecture_from_config
+
+    assert architecture_from_config(_cfg("llama2", **{key: False})).model_type == "llama"
+
+
+def test_a_config_transformers_rejects_is_refused_in_one_line():
+    """transformers' own validation messages span several lines; the refusal stays one line."""
+    _refused(_cfg("llama2", tie_word_embeddings=None), "tie_word_embeddings", "transformers cannot read")
+
+
+@pytest.mark.parametrize("window", [0, -4])
+def test_a_non_positive_sliding_window_is_refused(window):
+    _refused(_cfg("mistral", sliding_window=window), "sliding_window", str(window))
+
+
+def test_a_mistral_config_without_sliding_window_is_refused():
+    """transformers' Mistral falls back to a 4096-token window: a Llama relabelled as Mistral would
+    silently gain one. Every Mistral config states the key (null for full attention)."""
+    _refused(_cfg("mistral", sliding_window=_DROP), "sliding_window", "4096")
+    from remit.train.architecture import architecture_from_config
+
+    assert not architecture_from_config(_cfg("mistral", sliding_window=None)).has_windows
+
+
+def test_a_smollm3_config_with_an_unused_sliding_window_is_refused():
+    """transformers' SmolLM3 ignores `sliding_window` without `use_sliding_window`: a windowed Mistral
+    relabelled as SmolLM3 would lose its window (and gain NoPE layers) without a word."""
+    raw = _cfg("mistral", model_type="smollm3", architectures=["SmolLM3ForCausalLM"])
+    _refused(raw, "sliding_window", "use_sliding_window")
+
+
+def test_a_smollm3_relabelled_as_llama_without_its_nope_list_is_refused():
+    """Dropping `no_rope_layers` still leaves `no_rope_layer_interval`, SmolLM3's other NoPE key."""
+    raw = _cfg("smollm3", model_type="llama", architectures=["LlamaForCausalLM"], no_rope_layers=_DROP)
+    _refused(raw, "no_rope_layer_interval")
