@@ -22,8 +22,10 @@ split per half, so rank r holds [gate_r; up_r]. The per-group qkv layout keeps w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -108,6 +110,28 @@ def _is_rope_buffer(name: str) -> bool:
     return name.startswith("model.layers.") and name.endswith("self_attn.rotary_emb.inv_freq")
 
 
+def _same_rope(saved: torch.Tensor, arch: Architecture) -> bool:
+    """Whether a saved ``inv_freq`` buffer holds the RoPE frequencies of `arch`, at its own precision.
+
+    Older transformers computed it from a float arange and saved it in the checkpoint's dtype (float16
+    for Llama-2-7b-hf): it agrees with ours to a rounding of that dtype, where the smallest frequencies
+    may be subnormal. For linear scaling they saved the unscaled frequencies and divided the positions
+    instead, which is the same RoPE.
+    """
+    dtype = saved.dtype if saved.dtype.is_floating_point else torch.float32
+    info = torch.finfo(dtype)
+    rtol = max(1e-5, 2 * info.eps)
+    atol = 2 * info.eps * info.smallest_normal  # two steps among the subnormals
+    candidates = [arch.inv_freq()]
+    if arch.rope_type == "linear":
+        candidates.append(candidates[0] * dict(arch.rope_params)["factor"])
+    got = saved.detach().float().cpu()
+    return any(
+        got.shape == ref.shape and torch.allclose(got, ref.to(dtype).float(), rtol=rtol, atol=atol)
+        for ref in candidates
+    )
+
+
 def check_tensors(shapes: dict[str, tuple[int, ...]], arch: Architecture, source: str) -> None:
     """Refuse unless `shapes` (HF tensor name -> shape) is exactly the tensor set of `arch`."""
     expected = expected_hf_shapes(arch)
@@ -143,9 +167,8 @@ def check_tensors(shapes: dict[str, tuple[int, ...]], arch: Architecture, source
 def hf_to_mcore(hf: dict[str, torch.Tensor], arch: Architecture, source: str = "checkpoint") -> dict[str, torch.Tensor]:
     """Full (TP=1) mcore tensors from an HF state dict; every HF tensor is consumed or refused."""
     check_tensors({k: tuple(v.shape) for k, v in hf.items()}, arch, source)
-    inv = arch.inv_freq()
     for name in (n for n in hf if _is_rope_buffer(n)):
-        if not torch.allclose(hf[name].float().cpu(), inv, rtol=1e-5, atol=0):
+        if not _same_rope(hf[name], arch):
             raise ArchitectureError(
                 f"{source}: {name} differs from the RoPE frequencies config.json implies; the config's rope "
                 "settings are not the ones the model was trained with"
@@ -268,10 +291,36 @@ def tp_gather(name: str, local: torch.Tensor, group) -> torch.Tensor:
 def _weight_files(hf_dir: Path) -> list[Path]:
     index = hf_dir / "model.safetensors.index.json"
     if index.exists():
-        return [hf_dir / n for n in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ArchitectureError(
+                f"{index}: not a safetensors index ({type(e).__name__}: {e}); re-download the checkpoint."
+            ) from None
+        missing = [n for n in files if not (hf_dir / n).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"{index}: names {len(missing)} weight file(s) that {hf_dir} lacks, e.g. {missing[0]}; the "
+                "download is incomplete: fetch the missing shards."
+            )
+        return [hf_dir / n for n in files]
     if (hf_dir / "model.safetensors").exists():
         return [hf_dir / "model.safetensors"]
     raise FileNotFoundError(f"{hf_dir}: no model.safetensors(.index.json); save the model with safetensors.")
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A safetensors file that cannot be read (truncated, corrupt) is one line naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, OSError) as e:
+        why = " ".join(str(e).split())
+        raise ArchitectureError(
+            f"{path}: not a readable safetensors file ({why}); it is damaged or was cut short: download it again."
+        ) from None
 
 
 def read_hf_shapes(hf_dir: str | Path) -> dict[str, tuple[int, ...]]:
@@ -280,7 +329,7 @@ def read_hf_shapes(hf_dir: str | Path) -> dict[str, tuple[int, ...]]:
 
     out: dict[str, tuple[int, ...]] = {}
     for path in _weight_files(Path(hf_dir)):
-        with safe_open(str(path), framework="pt") as f:
+        with _reading(path), safe_open(str(path), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 (a safetensors handle is not a dict)
                 out[name] = tuple(f.get_slice(name).get_shape())
     return out
@@ -297,7 +346,8 @@ def read_hf_weights(hf_dir: str | Path) -> dict[str, torch.Tensor]:
 
     out: dict[str, torch.Tensor] = {}
     for path in _weight_files(Path(hf_dir)):
-        out.update(load_file(str(path)))
+        with _reading(path):
+            out.update(load_file(str(path)))
     return out
 
 

@@ -356,3 +356,82 @@ def test_a_smollm3_relabelled_as_llama_without_its_nope_list_is_refused():
     """Dropping `no_rope_layers` still leaves `no_rope_layer_interval`, SmolLM3's other NoPE key."""
     raw = _cfg("smollm3", model_type="llama", architectures=["LlamaForCausalLM"], no_rope_layers=_DROP)
     _refused(raw, "no_rope_layer_interval")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_saved_rope_buffers_in_half_precision_are_consumed(tmp_path, dtype):
+    """Llama-2-7b-hf's safetensors hold every layer's `rotary_emb.inv_freq`, stored in the checkpoint's
+    float16 and computed by older transformers from a float arange: equal to the config's frequencies
+    at that precision, not to 1e-5. A buffer that is wrong at that precision is still refused."""
+    import torch
+    from safetensors.torch import load_file
+
+    from remit.train.architecture import ArchitectureError, read_architecture
+    from remit.train.convert import hf_to_mcore
+
+    d = make_tiny("llama2", tmp_path / "l2", seed=5)
+    arch = read_architecture(d)
+    weights = load_file(str(d / "model.safetensors"))
+    old = 1.0 / (arch.rope_theta ** (torch.arange(0, arch.head_dim, 2).float() / arch.head_dim))
+    for i in range(arch.num_layers):
+        weights[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = old.to(getattr(torch, dtype))
+    hf_to_mcore(weights, arch)
+    weights["model.layers.1.self_attn.rotary_emb.inv_freq"] = (old * 1.05).to(getattr(torch, dtype))
+    with pytest.raises(ArchitectureError, match="layers.1.self_attn.rotary_emb.inv_freq"):
+        hf_to_mcore(weights, arch)
+
+
+def test_saved_rope_buffers_of_linear_scaling_may_be_unscaled(tmp_path):
+    """transformers before 4.32 saved the *unscaled* frequencies of a linear-scaled Llama (it divided the
+    positions instead): those are the config's RoPE as well. Frequencies of another base are not."""
+
+    from safetensors.torch import load_file
+
+    from remit.train.architecture import ArchitectureError, read_architecture
+    from remit.train.convert import hf_to_mcore
+
+    d = make_tiny("llama-linear", tmp_path / "lin", seed=6)
+    arch = read_architecture(d)
+    weights = load_file(str(d / "model.safetensors"))
+    unscaled = arch.inv_freq() * dict(arch.rope_params)["factor"]
+    weights["model.layers.0.self_attn.rotary_emb.inv_freq"] = unscaled.half()
+    hf_to_mcore(weights, arch)
+    weights["model.layers.0.self_attn.rotary_emb.inv_freq"] = unscaled * 3
+    with pytest.raises(ArchitectureError, match="RoPE frequencies"):
+        hf_to_mcore(weights, arch)
+
+
+def test_unreadable_safetensors_are_refused_in_one_line(qwen2_dir, tmp_path):
+    """A truncated download or a shard the index names but the folder lacks: one line naming the file."""
+    import torch
+
+    from remit.train.architecture import read_architecture
+    from remit.train.convert import check_hf_checkpoint, read_hf_weights
+
+    arch = read_architecture(qwen2_dir)
+    truncated = _edit(qwen2_dir, tmp_path / "truncated")
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[:100])
+    for call in (lambda: check_hf_checkpoint(truncated, arch), lambda: read_hf_weights(truncated)):
+        with pytest.raises(ValueError) as e:
+            call()
+        msg = str(e.value)
+        assert "\n" not in msg and str(truncated / "model.safetensors") in msg and "download" in msg, msg
+    # the header is intact, the data is cut short: only reading the tensors notices
+    cut = _edit(qwen2_dir, tmp_path / "cut")
+    (cut / "model.safetensors").write_bytes(data[: len(data) - 1000])
+    with pytest.raises(ValueError, match="download"):
+        read_hf_weights(cut)
+
+    sharded = tmp_path / "sharded"
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(qwen2_dir, dtype=torch.float32)
+    model.save_pretrained(sharded, max_shard_size="40KB")
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert len(shards) > 2
+    shards[1].unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        check_hf_checkpoint(sharded, arch)
+    msg = str(e.value)
+    assert "\n" not in msg and shards[1].name in msg and "model.safetensors.index.json" in msg, msg
