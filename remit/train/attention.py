@@ -140,16 +140,21 @@ def _buckets(segment_ids: torch.Tensor) -> list[_Bucket]:
 
 class _PlanCache:
     """The bucket plan of the micro-batch whose segment ids are being run: computed by the first layer,
-    reused by the others (and by recomputation), keyed by the identity of the segment-id tensor."""
+    reused by the others (and by recomputation), keyed by the identity of the segment-id tensor and its
+    version counter (which every in-place write bumps, so ids edited in place get a new plan)."""
 
     def __init__(self) -> None:
         self._ref: Any = None
+        self._version = -1
         self._plan: list[_Bucket] = []
 
     def get(self, segment_ids: torch.Tensor) -> list[_Bucket]:
-        if self._ref is None or self._ref() is not segment_ids:
+        if segment_ids.is_inference():  # no version counter to tell an in-place write: plan every call
+            return _buckets(segment_ids)
+        if self._ref is None or self._ref() is not segment_ids or self._version != segment_ids._version:
             self._plan = _buckets(segment_ids)
             self._ref = weakref.ref(segment_ids)
+            self._version = segment_ids._version
         return self._plan
 
 

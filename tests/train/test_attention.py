@@ -223,3 +223,32 @@ def test_te_packed_attention_equals_sdpa_and_does_not_leak(mcore, models):
         assert (got - expected).abs().max().item() <= 0.03 * scale, name
         # bf16 rounding can differ between batch compositions; a leak moves logits by far more.
         _leak_check(run, batch, tol=1e-2 * scale)
+
+
+def test_segment_ids_changed_in_place_are_seen():
+    """The document plan is computed once per micro-batch and reused by every layer; segment ids written
+    in place between two calls (same tensor object) must not be served the old plan."""
+    from remit.train.attention import document_attention
+
+    g = torch.Generator().manual_seed(2)
+    seg = _segments(ROWS, S)
+    q, k, v = (torch.randn(S, len(ROWS), h, 16, generator=g) for h in (4, 2, 2))
+    document_attention(q, k, v, seg, scale=0.25)
+    seg[:, : S // 2] = 5  # one long document in front of each row
+    got = document_attention(q, k, v, seg, scale=0.25)
+    torch.testing.assert_close(got.double(), _reference(q, k, v, seg, None, 0.25), rtol=0, atol=1e-5)
+
+
+def test_document_attention_runs_under_inference_mode():
+    """Inference tensors carry no version counter; the plan is then made per call."""
+    from remit.train.attention import document_attention
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(S, len(ROWS), h, 16, generator=g) for h in (4, 2, 2))
+    with torch.inference_mode():
+        seg = _segments(ROWS, S).clone()
+        first = document_attention(q, k, v, seg, window=4, scale=0.25)
+        seg[:, : S // 2] = 5
+        second = document_attention(q, k, v, seg, window=4, scale=0.25)
+    torch.testing.assert_close(first.double(), _reference(q, k, v, _segments(ROWS, S), 4, 0.25), rtol=0, atol=1e-5)
+    torch.testing.assert_close(second.double(), _reference(q, k, v, seg, 4, 0.25), rtol=0, atol=1e-5)
