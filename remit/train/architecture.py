@@ -423,6 +423,15 @@ def architecture_from_config(raw: dict[str, Any], source: str = "config.json") -
     heads = int(cfg.num_attention_heads)
     hidden = int(cfg.hidden_size)
     head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    if kv_heads <= 0 or heads % kv_heads:
+        _refuse(
+            source,
+            "num_key_value_heads",
+            kv_heads,
+            f"must divide num_attention_heads ({heads}): each KV head serves a whole group of query heads",
+            "restore the checkpoint's original config.json",
+        )
     theta, rope_type, rope_params = _rope(raw, cfg, source)
     if model_type == "smollm3":
         flags = list(cfg.no_rope_layers)
@@ -440,7 +449,7 @@ def architecture_from_config(raw: dict[str, Any], source: str = "config.json") -
         ffn_hidden_size=int(cfg.intermediate_size),
         num_layers=n_layers,
         num_heads=heads,
-        num_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or heads),
+        num_kv_heads=kv_heads,
         head_dim=head_dim,
         rms_norm_eps=float(cfg.rms_norm_eps),
         rope_theta=theta,

@@ -177,7 +177,9 @@ def test_supported_configs_pass_with_their_defaults():
     }
     q = architecture_from_config(qwen25)
     assert q.qkv_bias and not q.has_windows and q.head_dim == 64
-    q3 = architecture_from_config({"model_type": "qwen3", "hidden_size": 1024, "num_attention_heads": 16})
+    q3 = architecture_from_config(
+        {"model_type": "qwen3", "hidden_size": 1024, "num_attention_heads": 16, "num_key_value_heads": 8}
+    )
     assert q3.qk_norm and q3.head_dim == 128  # transformers' Qwen3 default, not hidden / heads
     smol = architecture_from_config({"model_type": "smollm3", "num_hidden_layers": 8})
     assert smol.rope_layers == (True, True, True, False) * 2 and smol.rope_theta == 2000000.0
@@ -435,3 +437,9 @@ def test_unreadable_safetensors_are_refused_in_one_line(qwen2_dir, tmp_path):
         check_hf_checkpoint(sharded, arch)
     msg = str(e.value)
     assert "\n" not in msg and shards[1].name in msg and "model.safetensors.index.json" in msg, msg
+
+
+def test_key_value_heads_must_divide_the_heads():
+    """Grouped-query attention gives each KV head a whole group of query heads; transformers would fail
+    deep inside the first forward, the converter on a reshape."""
+    _refused(_cfg("llama2", num_attention_heads=4, num_key_value_heads=3), "num_key_value_heads", "3", "4")
