@@ -289,6 +289,9 @@ def tp_gather(name: str, local: torch.Tensor, group) -> torch.Tensor:
 
 
 def _weight_files(hf_dir: Path) -> list[Path]:
+    # transformers reads model.safetensors first when a folder has both it and a sharded index; so do we.
+    if (hf_dir / "model.safetensors").exists():
+        return [hf_dir / "model.safetensors"]
     index = hf_dir / "model.safetensors.index.json"
     if index.exists():
         try:
@@ -304,8 +307,6 @@ def _weight_files(hf_dir: Path) -> list[Path]:
                 "download is incomplete: fetch the missing shards."
             )
         return [hf_dir / n for n in files]
-    if (hf_dir / "model.safetensors").exists():
-        return [hf_dir / "model.safetensors"]
     raise FileNotFoundError(f"{hf_dir}: no model.safetensors(.index.json); save the model with safetensors.")
 
 

@@ -443,3 +443,27 @@ def test_key_value_heads_must_divide_the_heads():
     """Grouped-query attention gives each KV head a whole group of query heads; transformers would fail
     deep inside the first forward, the converter on a reshape."""
     _refused(_cfg("llama2", num_attention_heads=4, num_key_value_heads=3), "num_key_value_heads", "3", "4")
+
+
+def test_a_folder_with_single_and_sharded_weights_is_read_as_transformers_reads_it(qwen2_dir, tmp_path):
+    """transformers loads model.safetensors when a folder has it beside an index and shards (an export
+    written into an old checkpoint folder); the converter must read the same tensors."""
+    import torch
+
+    from remit.train.convert import read_hf_shapes, read_hf_weights
+    from tests.train.tiny_models import load_hf
+
+    both = _edit(qwen2_dir, tmp_path / "both")
+    other = load_hf(qwen2_dir)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(-1)
+    other.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
+    for f in (tmp_path / "sharded").glob("model*.safetensors*"):
+        shutil.copy2(f, both / f.name)
+    assert (both / "model.safetensors.index.json").exists() and (both / "model.safetensors").exists()
+    expected = load_hf(both).state_dict()
+    got = read_hf_weights(both)
+    assert set(read_hf_shapes(both)) == set(got)
+    for name, t in got.items():
+        assert torch.equal(t, expected[name]), name
