@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from remit.shards import ShardError, read_manifest
 from remit.train import cpu_compat, distributed
-from remit.train.architecture import read_architecture
+from remit.train.architecture import check_parallel, read_architecture
 from remit.train.attention import resolve_backend
 from remit.train.checkpoint import latest_iteration, load_checkpoint, save_checkpoint
 from remit.train.config import TrainConfig
@@ -132,6 +132,7 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
     if template is None:
         raise PreflightError(f"{load_dir}: no checkpoint to resume and no --init-hf; pass --init-hf DIR.")
     arch = read_architecture(template)
+    check_parallel(arch, tp_size)  # heads, KV groups, FFN and vocabulary split over TP: before the data
     attention = resolve_backend(cfg.attention)
     if resume_it is None:
         check_hf_checkpoint(template, arch)  # tensor names and shapes, before any data is read

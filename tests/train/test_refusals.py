@@ -467,3 +467,21 @@ def test_a_folder_with_single_and_sharded_weights_is_read_as_transformers_reads_
     assert set(read_hf_shapes(both)) == set(got)
     for name, t in got.items():
         assert torch.equal(t, expected[name]), name
+
+
+@pytest.mark.megatron
+@pytest.mark.slow
+def test_the_cli_refuses_a_vocabulary_tp_does_not_divide_before_reading_data(tmp_path):
+    """TP splits the vocabulary over the ranks; an odd vocabulary at TP 2 is refused, in one line per
+    rank, before the data is opened (here there is none)."""
+    d = make_tiny("qwen2", tmp_path / "odd", vocab_size=321)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "remit.train",
+         "--data", str(tmp_path / "no-such-output"), "--init-hf", str(d), "--save", str(tmp_path / "run"),
+         "--train-iters", "1", "--global-batch-size", "2", "--tensor-model-parallel-size", "2"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("remit-train: error:")]
+    assert errors and all("vocab_size (321)" in e for e in errors), proc.stderr[-3000:]
