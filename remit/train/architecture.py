@@ -398,6 +398,16 @@ def _windows(raw: dict[str, Any], cfg: Any, model_type: str, n_layers: int, sour
 def architecture_from_config(raw: dict[str, Any], source: str = "config.json") -> Architecture:
     """Check an HF config dict (the contents of config.json) and return its `Architecture`."""
     model_type = _check_family(raw, source)
+    quant = raw.get("quantization_config")
+    if quant:
+        method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else quant
+        _refuse(
+            source,
+            "quantization_config.quant_method",
+            method,
+            "a quantized checkpoint's weights are not the model's full-precision weights, which training updates",
+            "start from the unquantized checkpoint of the same model",
+        )
     _check_foreign_keys(raw, model_type, source)
     _check_raw_rope_type(raw, source)
     cfg = _resolve(raw, model_type, source)

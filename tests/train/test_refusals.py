@@ -485,3 +485,10 @@ def test_the_cli_refuses_a_vocabulary_tp_does_not_divide_before_reading_data(tmp
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("remit-train: error:")]
     assert errors and all("vocab_size (321)" in e for e in errors), proc.stderr[-3000:]
+
+
+def test_a_quantized_checkpoint_is_refused_by_name():
+    """FP8/GPTQ/AWQ/bitsandbytes checkpoints keep the model_type of their family; their weights are not
+    the model's full-precision weights."""
+    msg = _refused(_cfg("llama3.1", quantization_config={"quant_method": "fp8", "activation_scheme": "dynamic"}))
+    assert "quantization_config" in msg and "fp8" in msg
