@@ -392,6 +392,13 @@ def save_hf(full_mcore: dict[str, torch.Tensor], template_dir: str | Path, out_d
         dtype = torch.float32
     tensors = {k: v.to(dtype).contiguous() for k, v in mcore_to_hf(full_mcore, arch).items()}
     check_tensors({k: tuple(v.shape) for k, v in tensors.items()}, arch, str(out_dir))
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():  # an overflow of a float16 template, or a diverged model
+            raise ValueError(
+                f"{out_dir}: {name} holds values that are not finite in {str(dtype).removeprefix('torch.')} (the "
+                f"dtype of {template_dir / 'config.json'}); nothing was written. Export an earlier iteration, or "
+                "set the template's dtype to bfloat16 or float32."
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in TEMPLATE_FILES:
         if (template_dir / name).exists():

@@ -255,3 +255,27 @@ def test_tensor_parallel_2_equals_transformers(tiny, tmp_path):
     assert set(result) == set(names)
     for name, r in result.items():
         assert r["logits"] <= TOL and r["packed"] <= TOL and r["round_trip"] == 0.0, (name, r)
+
+
+def test_export_writes_the_template_dtype_and_refuses_values_it_cannot_hold(mcore, tiny, tmp_path):
+    """The export takes the dtype of the template's config.json (dtype, or torch_dtype in older files):
+    a float16 Llama 2 comes back in float16. A weight that overflows it would be written as inf: refused."""
+    import shutil
+
+    from remit.train.convert import gather_full_state, read_hf_weights, save_hf
+
+    template = tmp_path / "fp16"
+    shutil.copytree(tiny["llama2"], template)
+    cfg = json.loads((template / "config.json").read_text())
+    cfg.pop("dtype", None)
+    cfg["torch_dtype"] = "float16"
+    (template / "config.json").write_text(json.dumps(cfg))
+    model, _ = _mcore(tiny["llama2"])
+    state = gather_full_state(model, None)
+    back = read_hf_weights(save_hf(state, template, tmp_path / "out"))
+    assert {t.dtype for t in back.values()} == {torch.float16}
+    state["decoder.layers.1.mlp.linear_fc2.weight"] = state["decoder.layers.1.mlp.linear_fc2.weight"] * 1e6
+    with pytest.raises(ValueError) as e:
+        save_hf(state, template, tmp_path / "overflow")
+    assert "model.layers.1.mlp.down_proj.weight" in str(e.value) and "float16" in str(e.value)
+    assert not (tmp_path / "overflow" / "model.safetensors").exists()
