@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -133,9 +134,22 @@ def read_hf_weights(hf_dir: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_hf_into(model: torch.nn.Module, hf_dir: str | Path, shape: LlamaShape, tp_rank: int, tp_size: int) -> None:
-    """Copy an HF checkpoint's weights into this rank's part of a GPTModel."""
+def load_hf_into(
+    model: torch.nn.Module,
+    hf_dir: str | Path,
+    shape: LlamaShape,
+    tp_rank: int,
+    tp_size: int,
+    *,
+    stage: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+) -> None:
+    """Copy an HF checkpoint's weights into this rank's part of a GPTModel.
+
+    `stage` (pipeline parallelism) maps the full model's tensors to those of this rank's stage, under
+    the stage's names (`remit.train.parallel.stage_state`)."""
     full = hf_to_mcore(read_hf_weights(hf_dir), shape)
+    if stage is not None:
+        full = stage(full)
     params = dict(model.named_parameters())
     missing = sorted(set(params) - set(full))
     unexpected = sorted(set(full) - set(params))

@@ -105,14 +105,29 @@ def check_parallel(shape: LlamaShape, tp: int) -> None:
             )
 
 
-def transformer_config(shape: LlamaShape, *, tp: int = 1, bf16: bool = False):
+def transformer_config(
+    shape: LlamaShape,
+    *,
+    tp: int = 1,
+    bf16: bool = False,
+    pp: int = 1,
+    sequence_parallel: bool = False,
+    recompute_granularity: str | None = None,
+    recompute_method: str | None = None,
+    recompute_num_layers: int | None = None,
+):
     """The mcore TransformerConfig of a Llama. Fusions that need Apex or Transformer Engine are off,
-    so the same config runs on the CPU and on GPUs."""
+    so the same config runs on the CPU and on GPUs. The keyword arguments after `bf16` are the
+    parallelism and activation-recompute settings (see `remit.train.parallel`)."""
     import torch.nn.functional as F
     from megatron.core.transformer.enums import AttnBackend
     from megatron.core.transformer.transformer_config import TransformerConfig
 
+    from remit.train.parallel import check_layout
+
     check_parallel(shape, tp)
+    check_layout(shape.num_layers, pp, recompute_method, recompute_num_layers)
+    params_dtype = torch.bfloat16 if bf16 else torch.float32
     return TransformerConfig(
         num_layers=shape.num_layers,
         hidden_size=shape.hidden_size,
@@ -129,10 +144,14 @@ def transformer_config(shape: LlamaShape, *, tp: int = 1, bf16: bool = False):
         hidden_dropout=0.0,
         attention_dropout=0.0,
         tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=1,
-        sequence_parallel=False,
+        pipeline_model_parallel_size=pp,
+        pipeline_dtype=params_dtype if pp > 1 else None,  # the dtype of the activations sent between stages
+        sequence_parallel=sequence_parallel,
+        recompute_granularity=recompute_granularity,
+        recompute_method=recompute_method,
+        recompute_num_layers=recompute_num_layers,
         use_cpu_initialization=True,  # TP-consistent initialisation; the weights come from the checkpoint anyway
-        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        params_dtype=params_dtype,
         bf16=bf16,
         attention_backend=AttnBackend.local,  # the only backend that takes an arbitrary (document) mask everywhere
         gradient_accumulation_fusion=False,
@@ -147,15 +166,28 @@ def transformer_config(shape: LlamaShape, *, tp: int = 1, bf16: bool = False):
     )
 
 
-def build_gpt_model(shape: LlamaShape, config, max_sequence_length: int):
-    """A GPTModel with mcore's local layer spec (RMSNorm, SwiGLU, RoPE)."""
+def build_gpt_model(
+    shape: LlamaShape, config, max_sequence_length: int, *, pre_process: bool = True, post_process: bool = True
+):
+    """A GPTModel with mcore's local layer spec (RMSNorm, SwiGLU, RoPE).
+
+    Under pipeline parallelism each stage builds its own part: `pre_process` (the first stage) holds
+    the embedding, `post_process` (the last stage) the final norm and the output layer, and mcore gives
+    each stage its share of the decoder layers."""
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
+    from remit.train.parallel import sequence_parallel_spec
+
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    if config.sequence_parallel:
+        spec = sequence_parallel_spec(config, spec)
     theta = shape.rope_theta
     return GPTModel(
         config=config,
-        transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
+        transformer_layer_spec=spec,
+        pre_process=pre_process,
+        post_process=post_process,
         vocab_size=shape.vocab_size,
         max_sequence_length=max_sequence_length,
         share_embeddings_and_output_weights=shape.tie_embeddings,
