@@ -127,6 +127,43 @@ def _restore_torch_adam_steps(optimizer) -> None:
                     state["step"] = torch.tensor(float(group["step"]), dtype=state["step"].dtype)
 
 
+def optimizer_layout(distributed: bool, tp: int, pp: int) -> dict[str, Any]:
+    """What the saved optimizer state depends on; recorded in the train state of every checkpoint."""
+    return {"distributed_optimizer": bool(distributed), "tensor_parallel": int(tp), "pipeline_parallel": int(pp)}
+
+
+def check_optimizer_layout(root: str | Path, current: dict[str, Any], iteration: int | None = None) -> None:
+    """Refuse, before loading anything, a resume whose optimizer state cannot be mapped onto this run:
+    the distributed optimizer saves its own buffer layout (it reshards over data-parallel ranks only),
+    which the plain optimizer cannot read, and the other way round."""
+    from megatron.core import dist_checkpointing
+
+    it = latest_iteration(root) if iteration is None else iteration
+    if it is None:
+        return
+    source = iteration_dir(root, it)
+    saved = dict(dist_checkpointing.load_common_state_dict(str(source)).get("train_state", {})).get("optimizer_layout")
+    if not saved:  # written before the layout was recorded
+        return
+    flag = "--use-distributed-optimizer"
+    if saved["distributed_optimizer"] != current["distributed_optimizer"]:
+        raise ValueError(
+            f"{source}: saved {'with' if saved['distributed_optimizer'] else 'without'} {flag}, and the two "
+            f"optimizers store their state differently; resume {'with' if saved['distributed_optimizer'] else 'without'} "
+            f"{flag}."
+        )
+    if saved["distributed_optimizer"] and (
+        saved["tensor_parallel"] != current["tensor_parallel"]
+        or saved["pipeline_parallel"] != current["pipeline_parallel"]
+    ):
+        raise ValueError(
+            f"{source}: the distributed optimizer's state was saved at TP {saved['tensor_parallel']} x PP "
+            f"{saved['pipeline_parallel']} and can change only the data-parallel size; resume with "
+            f"--tensor-model-parallel-size {saved['tensor_parallel']} --pipeline-model-parallel-size "
+            f"{saved['pipeline_parallel']}."
+        )
+
+
 def load_checkpoint(root: str | Path, model, optimizer, scheduler, iteration: int | None = None) -> dict[str, Any]:
     """Load the given (default: latest) checkpoint into model, optimizer and scheduler; return its train state."""
     from megatron.core import dist_checkpointing

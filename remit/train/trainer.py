@@ -21,7 +21,14 @@ import torch.distributed as dist
 
 from remit.shards import ShardError, read_manifest
 from remit.train import cpu_compat, distributed
-from remit.train.checkpoint import iteration_dir, latest_iteration, load_checkpoint, save_checkpoint
+from remit.train.checkpoint import (
+    check_optimizer_layout,
+    iteration_dir,
+    latest_iteration,
+    load_checkpoint,
+    optimizer_layout,
+    save_checkpoint,
+)
 from remit.train.config import TrainConfig
 from remit.train.convert import save_hf
 from remit.train.dataset import RemitDataset
@@ -170,7 +177,9 @@ def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep 
     objective = {"weights": cfg.weights, "eps": eps, "center": center, "global_batch_size": gbs}
 
     iteration, consumed, tokens = 0, 0, 0
+    layout_of_optimizer = optimizer_layout(cfg.use_distributed_optimizer, layout.tp_size, layout.pp_size)
     if resume_it is not None:
+        check_optimizer_layout(load_dir, layout_of_optimizer)
         state = load_checkpoint(load_dir, ddp, optimizer, scheduler)
         check_resume_matches(state, cfg.data, cfg.seed, objective)
         iteration, consumed, tokens = int(state["iteration"]), int(state["consumed_samples"]), int(state["tokens"])
@@ -273,6 +282,7 @@ def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep 
                         "seed": cfg.seed,
                         "data_run_id": manifest.run_id,
                         "bf16": cfg.bf16,
+                        "optimizer_layout": layout_of_optimizer,
                         **objective,
                     },
                 )

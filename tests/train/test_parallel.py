@@ -238,6 +238,14 @@ def test_distributed_optimizer_with_overlapped_grad_reduce(baseline, data, rando
     )
     assert "resuming at step 3" in proc.stdout
     _same_curve(runs.metrics(baseline / "run"), runs.metrics(resumed), rel=2e-5, steps={4, 5, 6})
+    # The plain optimizer cannot read the sharded state: refused in one line, before any loading.
+    other = _resume_from(run, 3, tmp_path / "other")
+    proc = remit_train("--data", data, "--save", other, "--train-iters", "6", *BASE_FLAGS)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"remit-train: error: {other / 'iter_0000003'}: saved with --use-distributed-optimizer, and the two "
+        "optimizers store their state differently; resume with --use-distributed-optimizer."
+    )
 
 
 @pytest.mark.slow
@@ -272,3 +280,16 @@ def test_recompute_in_the_trainer(baseline, data, random_llama, tmp_path):
     assert base["layer"] == base["core_attention"] == 2 * 2 * 5  # 2 layers x 2 micro-batches x steps 2-6
     assert got["layer"] == got["core_attention"] == 3 * 2 * 5
     _same_curve(runs.metrics(baseline / "run"), runs.metrics(tmp_path / "run"), rel=1e-9)
+
+
+@pytest.mark.slow
+@two_ranks()
+def test_bf16_with_the_distributed_optimizer_resumes_on_its_curve(data, random_llama, tmp_path):
+    """The usual large-run setting: bf16 parameters, fp32 main parameters sharded over DP ranks."""
+    run = tmp_path / "run"
+    flags = {"bf16": True, "use_distributed_optimizer": True, "train_iters": 4, "save_interval": 2}
+    worker(data, run, tmp_path / "rec", nproc=2, init_hf=random_llama, **flags)
+    resumed = _resume_from(run, 2, tmp_path / "resumed")
+    args = ["--data", data, "--save", resumed, "--train-iters", "4", "--bf16", "--use-distributed-optimizer"]
+    ok(remit_train(*args, *BASE_FLAGS, nproc=2))
+    _same_curve(runs.metrics(run), runs.metrics(resumed), rel=1e-6)
