@@ -93,11 +93,12 @@ class StepGuard:
     def check_loss(
         self, step: int, stats: torch.Tensor, local_stats: torch.Tensor, seen: list[np.ndarray], records
     ) -> None:
-        """Raise on every rank if the step's reduced loss report is not finite. `stats` must be the same
-        on all ranks; `local_stats` is this rank's own share before the reduction."""
+        """Raise on every rank if the step's reduced loss report is not finite. `stats` (on the CPU) must
+        be the same on all ranks; `local_stats` (on any device, read only on failure) is this rank's own
+        share before the reduction."""
         if bool(torch.isfinite(stats).all()):
             return
-        local_ok = bool(torch.isfinite(local_stats).all())
+        local_ok = bool(torch.isfinite(local_stats.cpu()).all())
         info = {
             "rank": self.rank,
             "dp_rank": self.dp_rank,

@@ -247,7 +247,7 @@ def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep 
             if layout.pp_size > 1:  # only the last stage computed the loss
                 dist.broadcast(stats, src=last_stage_rank, group=pp_group)
             stats = stats.cpu()
-            guard.check_loss(step, stats, local_stats.cpu(), seen, records)
+            guard.check_loss(step, stats, local_stats, seen, records)
             summary = summarize(stats)
             if before_step is not None:
                 before_step(step, engine)
