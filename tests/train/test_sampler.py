@@ -112,3 +112,21 @@ def test_a_batch_across_two_windows_keeps_each_rank_local():
             shards = set((np.searchsorted(first, ids, side="right") - 1).tolist())
             # one window: at most ceil(4/2)+1 shards; a batch spanning two windows: twice that
             assert len(shards) <= 2 * (2 + 1), (k, r, shards)
+
+
+def test_only_rank_0_reads_every_footer(output, tmp_path):
+    """The other ranks open the output without touching any shard; a broken shard then surfaces when a
+    rank reads it (in training, rank 0's preflight has read every footer before that)."""
+    import shutil
+
+    from remit.shards import ShardError
+
+    bad = Path(shutil.copytree(output, tmp_path / "bad"))
+    shard = bad / "shard-00003.parquet"
+    shard.write_bytes(shard.read_bytes()[:-80])
+    with pytest.raises(ShardError, match=r"shard-00003\.parquet: cannot be opened as Parquet"):
+        RemitDataset(bad)  # rank 0: every footer
+    other = RemitDataset(bad, check_footers=False)  # any other rank: no shard read yet
+    assert other.shard_reads == []
+    with pytest.raises(ShardError, match=r"shard-00003\.parquet"):
+        other[int(other.shard_first[3])]

@@ -194,6 +194,20 @@ def test_a_corrupt_output_is_refused_before_training(data, random_llama, tmp_pat
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_a_truncated_shard_is_refused_at_start_even_without_validation(data, random_llama, tmp_path):
+    """--skip-validate skips the full validation, not rank 0's footer check of every shard."""
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad)
+    shard = bad / "shard-00002.parquet"
+    shard.write_bytes(shard.read_bytes()[:-64])
+    proc = runs.remit_train(
+        "--data", bad, "--init-hf", random_llama, "--save", tmp_path / "run", "--train-iters", "2", "--skip-validate"
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "shard-00002.parquet: cannot be opened as Parquet" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 def test_resume_with_another_objective_is_refused(baseline, data, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(baseline / "run", run)
