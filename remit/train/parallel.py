@@ -11,14 +11,14 @@
 - `sequence_parallel_spec`: mcore's torch RMSNorm fallback refuses sequence parallelism, because under
   it each TP rank sees only part of the sequence and the norm weights' gradients must be summed over
   the TP ranks. `SequenceParallelRMSNorm` marks its weight for that sum (done by mcore's
-  `finalize_model_grads`);
+  `finalize_model_grads`) and replaces the fallback everywhere in the layer spec;
 - `unwrap`: the GPTModel inside mcore's DDP and Float16Module wrappers.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -173,19 +173,35 @@ class SequenceParallelRMSNorm(torch.nn.RMSNorm):
         self.weight.sequence_parallel = bool(config.sequence_parallel)
 
 
+def _replace_torch_norms(spec, torch_norm):
+    """A copy of a (nested) mcore spec with every `torch_norm` class replaced; None if there is none."""
+    if spec is torch_norm:
+        return SequenceParallelRMSNorm
+    if not is_dataclass(spec) or isinstance(spec, type):
+        return None
+    changes = {}
+    for f in fields(spec):
+        new = _replace_torch_norms(getattr(spec, f.name), torch_norm)
+        if new is not None:
+            changes[f.name] = new
+    return replace(spec, **changes) if changes else None
+
+
 def sequence_parallel_spec(config, layer_spec):
-    """The block spec of `layer_spec` with sequence-parallel norms, where it uses mcore's torch norm
-    fallback (Apex's and Transformer Engine's norms support sequence parallelism themselves)."""
+    """The block spec of `layer_spec` with every norm of mcore's torch fallback (layer norms, q/k norms,
+    the final norm) replaced by `SequenceParallelRMSNorm`. Specs whose norms come from Apex or
+    Transformer Engine support sequence parallelism themselves and are returned unchanged."""
     from megatron.core.transformer.torch_norm import WrappedTorchNorm
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
-    sub = layer_spec.submodules
-    if sub.input_layernorm is not WrappedTorchNorm and sub.pre_mlp_layernorm is not WrappedTorchNorm:
+    if config.normalization != "RMSNorm":
+        raise ValueError(
+            f"--sequence-parallel with normalization {config.normalization!r}: only RMSNorm models are "
+            "supported without Transformer Engine; drop --sequence-parallel."
+        )
+    layer = _replace_torch_norms(layer_spec, WrappedTorchNorm)
+    if layer is None:
         return layer_spec
-    layer = replace(
-        layer_spec,
-        submodules=replace(sub, input_layernorm=SequenceParallelRMSNorm, pre_mlp_layernorm=SequenceParallelRMSNorm),
-    )
     return TransformerBlockSubmodules(
         layer_specs=[layer] * get_num_layers_to_build(config), layer_norm=SequenceParallelRMSNorm
     )

@@ -1,9 +1,13 @@
 """The mid-training loop on Megatron-Core: GPTModel, mcore DDP, Megatron's optimizer and schedule.
 
-One optimizer step = ``global_batch / (micro_batch * DP)`` micro-batches through
-`get_forward_backward_func`. The loss function returns (sum of w*l, valid-token count, report) and
-``calculate_per_token_loss=True`` makes Megatron divide the gradient once by the global valid-token
-count, so the objective is the paper's: sum over the global batch of w*l over the number of tokens.
+- One optimizer step = ``global_batch / (micro_batch * DP)`` micro-batches through
+  `get_forward_backward_func` (the 1F1B pipeline schedule when there are several stages).
+- The loss function returns (sum of w*l, valid-token count, report) and
+  ``calculate_per_token_loss=True`` makes Megatron divide the gradient once by the global valid-token
+  count, so the objective is the paper's: sum over the global batch of w*l over the number of tokens.
+- The model, its precision wrapper, DDP, optimizer and schedule come from `remit.train.engine`.
+- Every step passes `remit.train.guard` (finite loss, finite gradient norm) before the optimizer
+  applies it.
 """
 
 from __future__ import annotations

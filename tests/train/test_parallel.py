@@ -100,6 +100,30 @@ def test_pipeline_and_recompute_layouts_are_checked():
         check_layout(4, 2, "block", 3)
 
 
+def test_sequence_parallel_spec_replaces_every_torch_norm(mcore):
+    """Also the q/k norms some architectures add: mcore's torch fallback would refuse them under SP."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    from remit.train.parallel import SequenceParallelRMSNorm, sequence_parallel_spec
+
+    config = TransformerConfig(num_layers=3, hidden_size=64, num_attention_heads=4, normalization="RMSNorm")
+    config.sequence_parallel = True  # (the config refuses it at TP 1; the spec only reads the flag)
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=True)
+    if spec.submodules.input_layernorm is not WrappedTorchNorm:
+        pytest.skip("Apex or Transformer Engine norms are installed: they support sequence parallelism")
+    block = sequence_parallel_spec(config, spec)
+    assert block.layer_norm is SequenceParallelRMSNorm and len(block.layer_specs) == 3
+    layer = block.layer_specs[0].submodules
+    attention = layer.self_attention.submodules
+    for norm in (layer.input_layernorm, layer.pre_mlp_layernorm, attention.q_layernorm, attention.k_layernorm):
+        assert norm is SequenceParallelRMSNorm
+    assert spec.submodules.input_layernorm is WrappedTorchNorm  # the shared spec is left as it was
+    norm = SequenceParallelRMSNorm(config, 64, eps=1e-6)
+    assert norm.weight.sequence_parallel is True and norm.eps == 1e-6
+
+
 # --- pipeline parallelism -------------------------------------------------------------------------
 
 
