@@ -28,6 +28,7 @@ def _randomised_copy(src, dst, seed: int, tie: bool | None = None):
     model = LlamaForCausalLM.from_pretrained(src)
     if tie is not None and tie != model.config.tie_word_embeddings:
         model.config.tie_word_embeddings = tie
+        torch.manual_seed(seed)
         model = LlamaForCausalLM(model.config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -168,7 +168,7 @@ def test_pipeline_parallel_2_matches_pp_1(baseline, data, random_llama, tmp_path
     assert pp2.keys() == ckpt.keys() == one.keys()
     for name in one:
         torch.testing.assert_close(pp2[name], ckpt[name], rtol=0, atol=0, msg=name)
-        torch.testing.assert_close(pp2[name], one[name], rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(pp2[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
 
     # Resume the two-stage checkpoint of step 3 in one process: model and optimizer state are resharded.
     resumed = _resume_from(run, 3, tmp_path / "resumed")
@@ -201,7 +201,8 @@ def test_pipeline_parallel_with_tied_embeddings(data, random_tied_llama, tmp_pat
     a, b = _hf(one / "hf"), _hf(two / "hf")
     assert a.keys() == b.keys() and "lm_head.weight" not in a
     for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-7, msg=name)
+        # rounding-level differences (a few float32 ulps): the two-stage sums run in another order
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 # --- sequence parallelism -------------------------------------------------------------------------
