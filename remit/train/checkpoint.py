@@ -124,7 +124,8 @@ def _restore_torch_adam_steps(optimizer) -> None:
             for p in group["params"]:
                 state = inner.state.get(p)
                 if state and "step" in state:
-                    state["step"] = torch.tensor(float(group["step"]), dtype=state["step"].dtype)
+                    step = state["step"]
+                    state["step"] = torch.tensor(float(group["step"]), dtype=step.dtype, device=step.device)
 
 
 def optimizer_layout(distributed: bool, tp: int, pp: int) -> dict[str, Any]:
