@@ -60,6 +60,11 @@ def build_engine(cfg: TrainConfig, shape: LlamaShape, seq_len: int, init_hf: Pat
 
     from remit.train.convert import load_hf_into
 
+    if cfg.sequence_parallel and seq_len % cfg.tensor_model_parallel_size:
+        raise ValueError(
+            f"sequence_parallel: the sequence length {seq_len} is not divisible by tensor_model_parallel_size "
+            f"{cfg.tensor_model_parallel_size}; choose a TP size that divides it, or drop --sequence-parallel."
+        )
     tcfg = run_transformer_config(cfg, shape)
     layout = Layout.current(tcfg)
     model = build_gpt_model(

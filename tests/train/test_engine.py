@@ -140,3 +140,16 @@ def test_recompute_recomputes_and_keeps_the_gradients(
 def test_recompute_settings_that_do_not_fit_are_refused(mcore, random_llama):
     with pytest.raises(ValueError, match=r"recompute_num_layers 3 exceeds the 2 layers of a pipeline stage"):
         _engine(random_llama, "--recompute-granularity", "full", "--recompute-num-layers", "3")
+
+
+def test_sequence_parallel_needs_a_sequence_length_divisible_by_tp(mcore, random_llama):
+    from remit.train.cli import config_from_args, train_parser
+    from remit.train.engine import build_engine
+    from remit.train.model import llama_shape, read_hf_config
+
+    args = ["--data", "d", "--save", "s", "--init-hf", str(random_llama), "--train-iters", "2"]
+    cfg = config_from_args(
+        train_parser().parse_args([*args, "--tensor-model-parallel-size", "2", "--sequence-parallel"])
+    )
+    with pytest.raises(ValueError, match=r"^sequence_parallel: the sequence length 25 is not divisible by .* 2"):
+        build_engine(cfg, llama_shape(read_hf_config(random_llama)), 25, random_llama)
