@@ -216,7 +216,8 @@ def _check_values(
         # -inf (a token the model gives probability 0) passes every range check but turns the online
         # weight, and with it the step's loss, into NaN.
         row_problem(
-            rows_with(infinite), f"{c} is infinite (-inf or +inf); a log-prob must be finite (NaN only at a segment's first token)"
+            rows_with(infinite),
+            f"{c} is infinite (-inf or +inf); a log-prob must be finite (NaN only at a segment's first token)",
         )
         row_problem(rows_with((flat[c] > 0) & ~infinite), f"{c} has a positive log-prob")
     w = flat["weight"]

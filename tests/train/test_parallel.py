@@ -177,6 +177,7 @@ def test_pipeline_parallel_2_matches_pp_1(baseline, data, random_llama, tmp_path
     _same_curve(runs.metrics(baseline / "run"), runs.metrics(resumed), rel=1e-6)
 
 
+@pytest.mark.slow
 @two_ranks()
 def test_pipeline_parallel_with_tied_embeddings(data, random_tied_llama, tmp_path):
     """Tied input and output embeddings on two stages: the last stage's copy and the embedding get the
