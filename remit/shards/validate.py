@@ -3,8 +3,9 @@
 Checks, per shard: the file's hash against the manifest; that it parses as Parquet; its schema; its row
 count; per row, that every token-level list has n_tokens values and every segment-level list one value
 per segment; the token checksum against the manifest; contiguous sample ids; row widths (seq_len + 1,
-only the output's last row shorter); the segment layout; NaN log-probs exactly at segment starts; no
-positive log-prob; weights in [1 - eps, 1 + eps] and 1.0 at segment starts; that the stored weights
+only the output's last row shorter); the segment layout; NaN log-probs exactly at segment starts (the
+only non-finite value the format allows); no infinite or positive log-prob; finite weights in
+[1 - eps, 1 + eps] and 1.0 at segment starts; that the stored weights
 follow from the stored log-probs by the rule in the manifest; and, across shards, that every document's
 segments follow each other without gap or overlap (every token present exactly once).
 
@@ -208,14 +209,21 @@ def _check_values(
 
     for c in ("logp_base", "logp_rl"):
         nan = np.isnan(flat[c])
+        infinite = np.isinf(flat[c])
         row_problem(
             rows_with(nan != is_start), f"{c} is NaN where it should not be, or not NaN at a segment's first token"
         )
-        row_problem(rows_with(flat[c] > 0), f"{c} has a positive log-prob")
+        # -inf (a token the model gives probability 0) passes every range check but turns the online
+        # weight, and with it the step's loss, into NaN.
+        row_problem(
+            rows_with(infinite),
+            f"{c} is infinite (-inf or +inf); a log-prob must be finite (NaN only at a segment's first token)",
+        )
+        row_problem(rows_with((flat[c] > 0) & ~infinite), f"{c} has a positive log-prob")
     w = flat["weight"]
     low, high = np.float32(1.0 - eps), np.float32(1.0 + eps)
-    out_of_range = np.isnan(w) | (w < low) | (w > high)
-    row_problem(rows_with(out_of_range), f"weight outside [{low:.4g}, {high:.4g}] or NaN")
+    out_of_range = ~np.isfinite(w) | (w < low) | (w > high)
+    row_problem(rows_with(out_of_range), f"weight outside [{low:.4g}, {high:.4g}] or not finite (NaN, inf)")
     row_problem(rows_with(is_start & (w != 1.0)), "weight at a segment's first token is not 1.0")
     expected = remit_weights(flat["logp_rl"], flat["logp_base"], n_tok, starts, eps=eps, center=center)
     off_rule = np.abs(expected.astype(np.float64) - w) > WEIGHT_TOLERANCE

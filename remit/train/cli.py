@@ -3,7 +3,7 @@
     remit-train --data OUTPUT --weights {none,static,online} --init-hf DIR --train-iters N --save DIR [...]
     remit-train export-hf --load RUN_DIR --out DIR [--iteration N]
 
-Launch with torchrun (or the scripts in remit/train/launch/) for data and tensor parallelism; a plain
+Launch with torchrun (or the scripts in remit/train/launch/) for data, tensor and pipeline parallelism; a plain
 call runs one process. The CLI only parses flags into a `TrainConfig` and calls `train`.
 """
 
@@ -13,7 +13,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from remit.train.config import ATTENTION_BACKENDS, CENTER_MODES, DECAY_STYLES, WEIGHT_MODES, TrainConfig
+from remit.train.config import (
+    ATTENTION_BACKENDS,
+    CENTER_MODES,
+    DECAY_STYLES,
+    RECOMPUTE_GRANULARITIES,
+    RECOMPUTE_METHODS,
+    WEIGHT_MODES,
+    TrainConfig,
+)
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -99,9 +107,54 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--adam-eps", type=float, default=1e-8)
     p.add_argument("--clip-grad", type=float, default=1.0, help="gradient-norm clip, 0 = off (default: 1.0)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the data order (default: 1234)")
-    # --- parallelism, precision, logging ---
+    # --- parallelism, precision, memory ---
     p.add_argument("--tensor-model-parallel-size", type=int, default=1, help="TP size (default: 1)")
-    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPUs; fp32 is faster on CPUs)")
+    p.add_argument(
+        "--pipeline-model-parallel-size",
+        type=int,
+        default=1,
+        help="pipeline stages; must divide the layer count; DP size = world / (TP x PP) (default: 1)",
+    )
+    p.add_argument(
+        "--sequence-parallel",
+        action="store_true",
+        help="with TP > 1: also split norms and residuals along the sequence over the TP ranks",
+    )
+    p.add_argument(
+        "--use-distributed-optimizer",
+        action="store_true",
+        help="shard fp32 main parameters, gradients and Adam state over the data-parallel ranks",
+    )
+    p.add_argument(
+        "--overlap-grad-reduce",
+        action="store_true",
+        help="reduce gradients over data-parallel ranks bucket by bucket during the backward pass",
+    )
+    p.add_argument(
+        "--recompute-granularity",
+        choices=RECOMPUTE_GRANULARITIES,
+        default=None,
+        help="activation recompute: selective = the core attention of every layer, full = whole layers (default: off)",
+    )
+    p.add_argument(
+        "--recompute-method",
+        choices=RECOMPUTE_METHODS,
+        default=None,
+        help="full only: uniform = checkpoint every group of --recompute-num-layers layers, block = only the "
+        "first --recompute-num-layers layers of each stage (default: uniform)",
+    )
+    p.add_argument(
+        "--recompute-num-layers",
+        type=int,
+        default=None,
+        help="full only: layers per group (uniform) or per stage (block) (default: 1)",
+    )
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 parameters and compute, fp32 main parameters in the optimizer (GPUs; fp32 is faster on CPUs)",
+    )
+    # --- logging ---
     p.add_argument("--log-interval", type=int, default=1, help="progress line every N steps (default: 1)")
     return p
 

@@ -16,6 +16,8 @@ WEIGHT_MODES: tuple[str, ...] = ("none", "static", "online")
 ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "dense", "te")
 CENTER_MODES: tuple[str, ...] = ("row", "segment")
 DECAY_STYLES: tuple[str, ...] = ("cosine", "linear")
+RECOMPUTE_GRANULARITIES: tuple[str, ...] = ("full", "selective")
+RECOMPUTE_METHODS: tuple[str, ...] = ("uniform", "block")
 #: The file in a checkpoint folder naming its latest iteration (as Megatron-LM names it).
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 
@@ -88,8 +90,29 @@ class TrainConfig:
 
     # --- parallelism and precision ---
     tensor_model_parallel_size: int = 1
+    """Tensor-parallel size: heads, FFN and vocabulary split over this many ranks."""
+    pipeline_model_parallel_size: int = 1
+    """Pipeline stages: the decoder layers are split evenly over them (must divide the layer count).
+    Data-parallel size = world size / (tensor_model_parallel_size * pipeline_model_parallel_size)."""
+    sequence_parallel: bool = False
+    """With tensor parallelism, also split the norms, dropouts and residuals along the sequence over the
+    TP ranks (less activation memory). Needs tensor_model_parallel_size > 1."""
+    use_distributed_optimizer: bool = False
+    """Shard the fp32 main parameters, gradients and Adam state over the data-parallel ranks."""
+    overlap_grad_reduce: bool = False
+    """Reduce gradients over the data-parallel ranks bucket by bucket during the backward pass."""
+    recompute_granularity: str | None = None
+    """Activation recompute: 'selective' (the core attention of every layer) or 'full' (whole
+    layers, see recompute_method). None: keep all activations."""
+    recompute_method: str | None = None
+    """For 'full': 'uniform' (checkpoint every group of recompute_num_layers layers) or 'block' (recompute
+    only the first recompute_num_layers layers of each pipeline stage). None: 'uniform' with 'full'."""
+    recompute_num_layers: int | None = None
+    """For 'full': layers per recompute group ('uniform') or layers recomputed per stage ('block').
+    None: 1 with 'full'."""
     bf16: bool = False
-    """bf16 mixed precision (GPU). On the CPU fp32 is several times faster."""
+    """bf16 training: every parameter in bf16, fp32 main parameters in the optimizer, gradients reduced
+    in fp32 (GPU; on the CPU fp32 is several times faster)."""
 
     # --- logging ---
     log_interval: int = 1
@@ -115,9 +138,23 @@ class TrainConfig:
             _fail("center", f"unknown centring {self.center!r}", f"use one of {', '.join(CENTER_MODES)}")
         if self.lr_decay_style not in DECAY_STYLES:
             _fail("lr_decay_style", f"unknown style {self.lr_decay_style!r}", f"use {' or '.join(DECAY_STYLES)}")
-        for name in ("train_iters", "micro_batch_size", "tensor_model_parallel_size", "log_interval", "shuffle_shards"):
+        for name in (
+            "train_iters",
+            "micro_batch_size",
+            "tensor_model_parallel_size",
+            "pipeline_model_parallel_size",
+            "log_interval",
+            "shuffle_shards",
+        ):
             if int(getattr(self, name)) < 1:
                 _fail(name, f"must be >= 1, got {getattr(self, name)}", "pass a positive integer")
+        if self.sequence_parallel and self.tensor_model_parallel_size < 2:
+            _fail(
+                "sequence_parallel",
+                "splits activations over the tensor-parallel ranks, but tensor_model_parallel_size is 1",
+                "add --tensor-model-parallel-size N (N > 1) or drop --sequence-parallel",
+            )
+        self._check_recompute()
         if self.save_interval is not None and self.save_interval < 1:
             _fail("save_interval", f"must be >= 1, got {self.save_interval}", "or leave it unset to save at the end")
         if self.global_batch_size is not None and self.global_batch_size % self.micro_batch_size:
@@ -148,6 +185,37 @@ class TrainConfig:
                 "no model to start from (no --init-hf and no checkpoint in --save)",
                 "pass --init-hf DIR with a Hugging Face checkpoint, or --load a checkpoint",
             )
+
+    def _check_recompute(self) -> None:
+        g = self.recompute_granularity
+        if g is not None and g not in RECOMPUTE_GRANULARITIES:
+            _fail("recompute_granularity", f"unknown granularity {g!r}", f"use {' or '.join(RECOMPUTE_GRANULARITIES)}")
+        if g != "full":
+            for name in ("recompute_method", "recompute_num_layers"):
+                if getattr(self, name) is not None:
+                    _fail(
+                        name,
+                        f"only applies to --recompute-granularity full (granularity is {g!r})",
+                        "add --recompute-granularity full, or drop the flag",
+                    )
+            return
+        if self.recompute_method is None:
+            self.recompute_method = "uniform"
+        if self.recompute_method not in RECOMPUTE_METHODS:
+            _fail(
+                "recompute_method",
+                f"unknown method {self.recompute_method!r}",
+                f"use {' or '.join(RECOMPUTE_METHODS)}",
+            )
+        if self.recompute_num_layers is None:
+            self.recompute_num_layers = 1
+        if self.recompute_num_layers < 1:
+            _fail("recompute_num_layers", f"must be >= 1, got {self.recompute_num_layers}", "pass a positive integer")
+
+    @property
+    def model_parallel_size(self) -> int:
+        """Ranks that hold one copy of the model: tensor-parallel size x pipeline stages."""
+        return self.tensor_model_parallel_size * self.pipeline_model_parallel_size
 
     @property
     def decay_iters(self) -> int:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -352,10 +352,24 @@ def read_hf_weights(hf_dir: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_hf_into(model: torch.nn.Module, hf_dir: str | Path, arch: Architecture, tp_rank: int, tp_size: int) -> None:
-    """Copy an HF checkpoint's weights into this rank's part of a GPTModel; every parameter is filled."""
+def load_hf_into(
+    model: torch.nn.Module,
+    hf_dir: str | Path,
+    arch: Architecture,
+    tp_rank: int,
+    tp_size: int,
+    *,
+    stage: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+) -> None:
+    """Copy an HF checkpoint's weights into this rank's part of a GPTModel; every parameter is filled.
+
+    `stage` (pipeline parallelism) maps the full model's tensors to those of this rank's stage, under
+    the stage's names (`remit.train.parallel.stage_state`)."""
     params = dict(model.named_parameters())
-    full = to_model_names(hf_to_mcore(read_hf_weights(hf_dir), arch, str(hf_dir)), set(params))
+    full = hf_to_mcore(read_hf_weights(hf_dir), arch, str(hf_dir))
+    if stage is not None:
+        full = stage(full)
+    full = to_model_names(full, set(params))
     missing = sorted(set(params) - set(full))
     unexpected = sorted(set(full) - set(params))
     if missing or unexpected:

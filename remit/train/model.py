@@ -35,14 +35,32 @@ TEMPLATE_FILES = (
 )
 
 
-def transformer_config(arch: Architecture, *, tp: int = 1, bf16: bool = False, attention: str = "sdpa", **overrides):
+def transformer_config(
+    arch: Architecture,
+    *,
+    tp: int = 1,
+    bf16: bool = False,
+    attention: str = "sdpa",
+    pp: int = 1,
+    sequence_parallel: bool = False,
+    recompute_granularity: str | None = None,
+    recompute_method: str | None = None,
+    recompute_num_layers: int | None = None,
+    **overrides,
+):
     """The mcore TransformerConfig of `arch`. Fusions that need Apex or Transformer Engine are off, so the
-    same config runs on the CPU and on GPUs. `overrides`: any further TransformerConfig field."""
+    same config runs on the CPU and on GPUs. The keyword arguments after `attention` are the parallelism
+    and activation-recompute settings (see `remit.train.parallel`); `overrides`: any further
+    TransformerConfig field."""
     import torch.nn.functional as F
     from megatron.core.transformer.enums import AttnBackend
     from megatron.core.transformer.transformer_config import TransformerConfig
 
+    from remit.train.parallel import check_layout
+
     check_parallel(arch, tp)
+    check_layout(arch.num_layers, pp, recompute_method, recompute_num_layers)
+    params_dtype = torch.bfloat16 if bf16 else torch.float32
     fields: dict[str, Any] = dict(
         num_layers=arch.num_layers,
         hidden_size=arch.hidden_size,
@@ -62,10 +80,14 @@ def transformer_config(arch: Architecture, *, tp: int = 1, bf16: bool = False, a
         hidden_dropout=0.0,
         attention_dropout=0.0,
         tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=1,
-        sequence_parallel=False,
+        pipeline_model_parallel_size=pp,
+        pipeline_dtype=params_dtype if pp > 1 else None,  # the dtype of the activations sent between stages
+        sequence_parallel=sequence_parallel,
+        recompute_granularity=recompute_granularity,
+        recompute_method=recompute_method,
+        recompute_num_layers=recompute_num_layers,
         use_cpu_initialization=True,  # TP-consistent initialisation; the weights come from the checkpoint anyway
-        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        params_dtype=params_dtype,
         bf16=bf16,
         attention_backend=AttnBackend.auto if attention == "te" else AttnBackend.local,
         gradient_accumulation_fusion=False,
@@ -165,12 +187,31 @@ def _te_env_untouched() -> Iterator[None]:
         os.environ.update(saved)
 
 
-def build_gpt_model(arch: Architecture, config, max_sequence_length: int, attention: str = "sdpa"):
-    """A GPTModel for `arch` (randomly initialised; `remit.train.convert.load_hf_into` fills it)."""
+def build_gpt_model(
+    arch: Architecture,
+    config,
+    max_sequence_length: int,
+    attention: str = "sdpa",
+    *,
+    pre_process: bool = True,
+    post_process: bool = True,
+):
+    """A GPTModel for `arch` (randomly initialised; `remit.train.convert.load_hf_into` fills it).
+
+    Under pipeline parallelism each stage builds its own part: `pre_process` (the first stage) holds
+    the embedding, `post_process` (the last stage) the final norm and the output layer, and mcore gives
+    each stage its share of the decoder layers."""
+    from remit.train.parallel import sequence_parallel_spec
+
+    spec = layer_spec(arch, attention)
+    if config.sequence_parallel and attention != "te":
+        spec = sequence_parallel_spec(config, spec)
     with contextlib.nullcontext() if attention == "te" else _te_env_untouched():
         model = _remit_gpt_class()(
             config=config,
-            transformer_layer_spec=layer_spec(arch, attention),
+            transformer_layer_spec=spec,
+            pre_process=pre_process,
+            post_process=post_process,
             vocab_size=arch.vocab_size,
             max_sequence_length=max_sequence_length,
             share_embeddings_and_output_weights=arch.tie_embeddings,

@@ -29,13 +29,20 @@ TRAIN_FLAGS = [
     "--lr-warmup-iters",
     "--micro-batch-size",
     "--min-lr",
+    "--overlap-grad-reduce",
+    "--pipeline-model-parallel-size",
+    "--recompute-granularity",
+    "--recompute-method",
+    "--recompute-num-layers",
     "--save",
     "--save-interval",
     "--seed",
+    "--sequence-parallel",
     "--shuffle-shards",
     "--skip-validate",
     "--tensor-model-parallel-size",
     "--train-iters",
+    "--use-distributed-optimizer",
     "--weight-decay",
     "--weights",
 ]
@@ -92,12 +99,36 @@ def test_flags_build_a_config(tmp_path):
         ({"lr_decay_style": "step"}, "lr_decay_style"),
         ({"clip_grad": -1.0}, "clip_grad"),
         ({"init_hf": None}, "init_hf"),
+        ({"pipeline_model_parallel_size": 0}, "pipeline_model_parallel_size"),
+        ({"sequence_parallel": True}, "sequence_parallel"),
+        ({"recompute_granularity": "some"}, "recompute_granularity"),
+        ({"recompute_method": "uniform"}, "recompute_method"),
+        ({"recompute_granularity": "selective", "recompute_num_layers": 2}, "recompute_num_layers"),
+        ({"recompute_granularity": "full", "recompute_method": "every"}, "recompute_method"),
+        ({"recompute_granularity": "full", "recompute_num_layers": 0}, "recompute_num_layers"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, kwargs, field):
     base = {"data": "d", "init_hf": "m", "save": tmp_path / "run"}
     with pytest.raises(ValueError, match=rf"^{field}: "):
         TrainConfig(**{**base, **kwargs})
+
+
+def test_parallel_and_recompute_flags_reach_the_config(tmp_path):
+    args = train_parser().parse_args(
+        ["--data", "d", "--init-hf", "m", "--save", str(tmp_path), "--train-iters", "10"]
+        + ["--tensor-model-parallel-size", "2", "--sequence-parallel", "--pipeline-model-parallel-size", "4"]
+        + ["--use-distributed-optimizer", "--overlap-grad-reduce", "--bf16", "--recompute-granularity", "full"]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size, cfg.model_parallel_size) == (2, 4, 8)
+    assert cfg.sequence_parallel and cfg.use_distributed_optimizer and cfg.overlap_grad_reduce and cfg.bf16
+    # full recompute defaults to Megatron-LM's usual choice: every layer on its own
+    assert (cfg.recompute_granularity, cfg.recompute_method, cfg.recompute_num_layers) == ("full", "uniform", 1)
+    plain = config_from_args(
+        train_parser().parse_args(["--data", "d", "--init-hf", "m", "--train-iters", "3", "--save", "s"])
+    )
+    assert (plain.recompute_granularity, plain.recompute_method, plain.recompute_num_layers) == (None, None, None)
 
 
 def test_batch_layout():
