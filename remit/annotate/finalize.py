@@ -23,8 +23,9 @@ from typing import Any
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.plan import PLAN_FILE, RUN_FILE, read_plan, work_dir
 from remit.annotate.worker import done_path, trusted_record
+from remit.shards.atomic import write_json_atomic
 from remit.shards.checksum import file_sha256
-from remit.shards.manifest import MANIFEST_NAME, ShardError, assemble_manifest, read_manifest, write_json_atomic
+from remit.shards.manifest import MANIFEST_NAME, ShardError, assemble_manifest, read_manifest
 
 _SHARD_KEYS = ("file", "rows", "tokens", "first_sample_id", "token_checksum", "file_sha256", "bytes")
 _SHOWN = 20

@@ -27,11 +27,10 @@ from remit.annotate.inputs import Fields, Skip, check_columns, expand_inputs, fi
 from remit.annotate.packing import PackedRow, pack
 from remit.annotate.progress import Progress
 from remit.annotate.tokenize import SpecialTokens, check_same_tokenizer, load_tokenizer, tokenize_records
+from remit.shards.atomic import atomic_path, write_json_atomic
 from remit.shards.checksum import bytes_sha256, token_checksum
-from remit.shards.manifest import write_json_atomic
 from remit.shards.schema import SCHEMA
 from remit.shards.weights import RULE
-from remit.shards.writer import fsync_file
 
 WORK_DIR = "_work"
 RUN_FILE = "run.json"
@@ -167,10 +166,9 @@ def _unit_table(rows: list[PackedRow], first_sample_id: int) -> pa.Table:
 
 def _write_unit(output: Path, unit: int, rows: list[PackedRow], first_sample_id: int) -> dict[str, Any]:
     path = unit_plan_path(output, unit)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(_unit_table(rows, first_sample_id), tmp, compression="zstd")
-    fsync_file(tmp)  # plan.json, written later, must never point at a unit lost in a power failure
-    tmp.replace(path)
+    # Flushed before the rename: plan.json, written later, must never point at a unit lost in a power failure.
+    with atomic_path(path) as tmp:
+        pq.write_table(_unit_table(rows, first_sample_id), tmp, compression="zstd")
     lengths = np.array([len(r.tokens) for r in rows], np.int64)
     return {
         "unit": unit,

@@ -413,6 +413,7 @@ def make_plots(con: Any, eps: float, sample_tokens: int, seed: int) -> list[tupl
 def write_page(args: argparse.Namespace) -> Path:
     """Build the page for `args` and write it atomically; returns its path."""
     from remit.annotate.stats import load_tokenizer, token_texts
+    from remit.shards.atomic import write_text_atomic
     from remit.shards.manifest import read_manifest
     from remit.shards.views import check_output, connect
 
@@ -445,9 +446,7 @@ def write_page(args: argparse.Namespace) -> Path:
     )
     out = Path(args.html)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, page)
     return out
 
 

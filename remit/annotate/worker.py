@@ -42,10 +42,11 @@ from remit.annotate.plan import (
     work_dir,
 )
 from remit.annotate.progress import Progress
+from remit.shards.atomic import atomic_path, leftovers, write_json_atomic
 from remit.shards.faults import failpoint
-from remit.shards.manifest import MANIFEST_NAME, ShardError, write_json_atomic
+from remit.shards.manifest import MANIFEST_NAME, ShardError
 from remit.shards.weights import remit_weights
-from remit.shards.writer import Rows, build_table, fsync_file, write_shard
+from remit.shards.writer import Rows, build_table, write_shard
 
 #: Timer keys that count as unit bookkeeping (markers, renames, checksums, leftovers), as opposed to
 #: scoring, reading the planned units, computing weights or encoding the shard.
@@ -290,11 +291,13 @@ def _sweep_leftovers(output: Path, units: list[dict[str, Any]], done: set[int]) 
 
     Only this rank's units are touched: another rank may be writing its own temporary files right now.
     """
-    work = work_dir(output)
     for u in units:
         n = u["unit"]
-        stale = [Path(output) / (shard_name(n) + ".tmp"), base_path(output, n).with_name(f"unit-{n:05d}.npz.tmp.npz")]
-        stale += list((work / "done").glob(f"unit-{n:05d}.json.*.tmp"))
+        stale = [
+            *leftovers(Path(output) / shard_name(n)),
+            *leftovers(base_path(output, n)),
+            *leftovers(done_path(output, n)),
+        ]
         if n in done:
             stale.append(base_path(output, n))
         for p in stale:
@@ -302,10 +305,9 @@ def _sweep_leftovers(output: Path, units: list[dict[str, Any]], done: set[int]) 
 
 
 def _save_npz_atomic(path: Path, **arrays: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    fsync_file(tmp)
-    os.replace(tmp, path)
+    # A file object, not a name: np.savez would append ".npz" to the temporary name.
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _load_base(path: Path, n_tokens: int) -> tuple[np.ndarray, dict[str, Any]] | None:

@@ -7,8 +7,6 @@ byte-identical manifests. Its keys are documented in `docs/format.md`.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,23 +19,6 @@ MANIFEST_NAME = "manifest.json"
 class ShardError(ValueError):
     """A shard or output folder is unreadable, inconsistent, or from another run. The message says which
     file (and row, where known) and what to do."""
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON under a temporary name unique to this process, flush it to disk, then rename it.
-
-    Two workers may write the same file at once (both create run.json on a fresh output). With a
-    shared temporary name one could rename the other's half-written file into place; with unique
-    names each rename installs a complete file, and the last one wins.
-    """
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass

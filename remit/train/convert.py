@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from remit.shards.atomic import atomic_path
 from remit.train.model import TEMPLATE_FILES, LlamaShape, llama_shape
 
 _COLUMN = ("embedding.word_embeddings.weight", "output_layer.weight", "linear_qkv.weight", "linear_fc1.weight")
@@ -170,7 +171,6 @@ def save_hf(full_mcore: dict[str, torch.Tensor], template_dir: str | Path, out_d
     for name in TEMPLATE_FILES:
         if (template_dir / name).exists():
             shutil.copy2(template_dir / name, out_dir / name)
-    tmp = out_dir / "model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    tmp.replace(out_dir / "model.safetensors")
+    with atomic_path(out_dir / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     return out_dir
