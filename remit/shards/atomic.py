@@ -5,7 +5,7 @@
   failure) leaves the old file or the new one, never a torn one.
 - One temporary-name scheme, unique per process and call (``NAME.<pid>-<8 hex>.tmp``): two processes
   writing the same file at once each rename a complete file, and the last rename wins.
-- `leftovers` finds what a killed writer left of a target (also the older ``NAME.tmp`` form).
+- `leftovers` finds what a killed writer left of a target (a plain ``NAME.tmp`` too).
 - `write_text_atomic` and `write_json_atomic` cover the text files; Parquet, npz and safetensors
   writers write to the yielded path themselves.
 """

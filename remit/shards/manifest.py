@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast, get_args
 
 from remit.shards.schema import FORMAT_NAME, FORMAT_VERSION
+from remit.shards.weights import Center
 
 MANIFEST_NAME = "manifest.json"
 
@@ -40,8 +41,14 @@ class Manifest:
         return float(self.data["weights"]["eps"])
 
     @property
-    def center(self) -> str:
-        return str(self.data["weights"]["center"])
+    def center(self) -> Center:
+        center = self.data["weights"]["center"]
+        if center not in get_args(Center):
+            raise ShardError(
+                f"manifest.json: weights.center is {center!r}, not one of {get_args(Center)}; the manifest was "
+                "altered or written by another program"
+            )
+        return cast(Center, center)
 
     @property
     def tokenizer_hash(self) -> str:

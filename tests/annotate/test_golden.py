@@ -235,21 +235,9 @@ def check(name: str, out: Path) -> None:
 
 def flags(models: tuple[Path, Path], out: Path, engine: str, config: str) -> list[str]:
     base, rl = models
-    return [
-        "--base",
-        str(base),
-        "--rl",
-        str(rl),
-        "--input",
-        "corpus.jsonl",  # relative: the shards' `source` column holds the path as given
-        "--output",
-        str(out),
-        "--engine",
-        engine,
-        "--progress-every",
-        "1000",
-        *CONFIGS[config],
-    ]
+    # The input path is relative: the shards' `source` column holds the path as given.
+    job = ["--input", "corpus.jsonl", "--output", str(out), "--engine", engine, "--progress-every", "1000"]
+    return ["--base", str(base), "--rl", str(rl), *job, *CONFIGS[config]]
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
