@@ -1,13 +1,14 @@
 """`remit-annotate validate`: re-read every shard and check it against the manifest and the format.
 
-Checks, per shard: the file's hash against the manifest; that it parses as Parquet; its schema; its row
-count; per row, that every token-level list has n_tokens values and every segment-level list one value
-per segment; the token checksum against the manifest; contiguous sample ids; row widths (seq_len + 1,
-only the output's last row shorter); the segment layout; NaN log-probs exactly at segment starts (the
-only non-finite value the format allows); no infinite or positive log-prob; finite weights in
-[1 - eps, 1 + eps] and 1.0 at segment starts; that the stored weights
-follow from the stored log-probs by the rule in the manifest; and, across shards, that every document's
-segments follow each other without gap or overlap (every token present exactly once).
+Per shard:
+- the file's sha256 against the manifest; that it parses as Parquet; its schema and row count;
+- per row, every token-level list holds n_tokens values and every segment-level list one per segment;
+- the token checksum against the manifest; contiguous sample ids; row widths (seq_len + 1, only the
+  output's last row shorter); the segment layout;
+- NaN log-probs exactly at segment starts (the only non-finite value the format allows), no infinite
+  or positive log-prob; finite weights in [1 - eps, 1 + eps] and 1.0 at segment starts; stored weights
+  that follow from the stored log-probs by the manifest's rule.
+Across shards: every document's segments follow each other without gap or overlap.
 
 Each problem names the file, the row (0-based, in the file) and sample id where one is known, and what
 to do. The checks are independent of the writer's own read-back, so a bad writer is caught too.
@@ -27,7 +28,7 @@ from remit.shards.checksum import file_sha256
 from remit.shards.manifest import ShardError, read_manifest
 from remit.shards.reader import list_length_mismatches, table_token_checksum
 from remit.shards.schema import schema_mismatch
-from remit.shards.weights import remit_weights
+from remit.shards.weights import Center, remit_weights
 
 #: Stored float32 weights vs the rule recomputed in float64: rounding is ~6e-8.
 WEIGHT_TOLERANCE = 1e-5
@@ -124,7 +125,7 @@ def _read(path: Path) -> tuple[pa.Table | None, str | None]:
 
 
 def _check_shard(
-    path: Path, entry: dict, width: int, is_last_shard: bool, eps: float, center: str, cursor: _DocCursor
+    path: Path, entry: dict, width: int, is_last_shard: bool, eps: float, center: Center, cursor: _DocCursor
 ) -> list[Problem]:
     f = str(path)
     if not path.exists():
@@ -195,7 +196,7 @@ def _check_list_lengths(table: pa.Table, row_problem: _RowProblems) -> bool:
 
 
 def _check_values(
-    table: pa.Table, n_tok: np.ndarray, starts: list[np.ndarray], eps: float, center: str, row_problem: _RowProblems
+    table: pa.Table, n_tok: np.ndarray, starts: list[np.ndarray], eps: float, center: Center, row_problem: _RowProblems
 ) -> None:
     flat = {c: pc.list_flatten(table.column(c)).to_numpy() for c in ("logp_base", "logp_rl", "weight")}
     n_rows = len(n_tok)

@@ -20,7 +20,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -91,6 +91,19 @@ FOREIGN_KEYS: dict[str, str] = {
     "no_rope_layer_interval": "layers without RoPE",
     "sandwich_norm": "extra norms around each block",
 }
+
+#: Files copied from the HF checkpoint into the run folder, so that export needs no other input.
+TEMPLATE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
 
 
 def _harmless(value: Any) -> bool:
@@ -195,7 +208,7 @@ def read_architecture(hf_dir: str | Path) -> Architecture:
     return architecture_from_config(read_hf_config(hf_dir), str(Path(hf_dir) / "config.json"))
 
 
-def _refuse(source: str, key: str, value: Any, why: str, fix: str) -> None:
+def _refuse(source: str, key: str, value: Any, why: str, fix: str) -> NoReturn:
     raise ArchitectureError(f"{source}: {key}={json.dumps(value)}: {why}; {fix}.")
 
 

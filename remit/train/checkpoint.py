@@ -11,13 +11,13 @@ its step, and the data order is a pure function of the seed and the number of co
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from remit.shards.atomic import write_text_atomic
 from remit.train.config import TRACKER_FILE
 
 #: Keeps the optimizer's keys stable between save and load (no chained-optimizer prefix). The
@@ -78,9 +78,7 @@ def save_checkpoint(root: str | Path, iteration: int, model, optimizer, schedule
     dist_checkpointing.save(sd, str(target))
     torch.distributed.barrier()
     if rank == 0:
-        tmp = root / (TRACKER_FILE + ".tmp")
-        tmp.write_text(f"{iteration}\n")
-        os.replace(tmp, root / TRACKER_FILE)
+        write_text_atomic(root / TRACKER_FILE, f"{iteration}\n")
     torch.distributed.barrier()
     return target
 

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from remit.train.architecture import Architecture, ArchitectureError, architecture_from_config
-from remit.train.model import TEMPLATE_FILES
+from remit.shards.atomic import atomic_path
+from remit.train.architecture import TEMPLATE_FILES, Architecture, ArchitectureError, architecture_from_config
 
 _COLUMN = (
     "embedding.word_embeddings.weight",
@@ -417,7 +417,6 @@ def save_hf(full_mcore: dict[str, torch.Tensor], template_dir: str | Path, out_d
     for name in TEMPLATE_FILES:
         if (template_dir / name).exists():
             shutil.copy2(template_dir / name, out_dir / name)
-    tmp = out_dir / "model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    tmp.replace(out_dir / "model.safetensors")
+    with atomic_path(out_dir / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     return out_dir

@@ -90,8 +90,8 @@ def apply() -> bool:
         get_cuda_rng_state=mcore_random._get_cuda_rng_state,
         set_cuda_rng_state=mcore_random._set_cuda_rng_state,
     )
-    torch.cuda.current_device = lambda: torch.device("cpu")  # type: ignore[assignment]
-    torch.cuda.synchronize = lambda *args, **kwargs: None  # type: ignore[assignment]
+    torch.cuda.current_device = lambda: torch.device("cpu")  # type: ignore[assignment,return-value]
+    torch.cuda.synchronize = lambda *args, **kwargs: None
     mcore_random._get_cuda_rng_state = _no_cuda_rng_state
     mcore_random._set_cuda_rng_state = _set_no_cuda_rng_state
     _mode = _CudaToCpu()

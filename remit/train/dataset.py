@@ -85,7 +85,7 @@ def make_sample(
     segment_ids = np.full(seq_len, -1, np.int64)
     segment_ids[:used] = seg_of_pos[:used]
 
-    sample = {
+    sample: dict[str, np.ndarray] = {
         "tokens": tokens,
         "labels": labels,
         "loss_mask": loss_mask,

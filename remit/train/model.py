@@ -21,19 +21,6 @@ import torch
 
 from remit.train.architecture import Architecture, check_parallel
 
-#: Files copied from the HF checkpoint into the run folder, so that export needs no other input.
-TEMPLATE_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-)
-
 
 def transformer_config(
     arch: Architecture,

@@ -170,7 +170,8 @@ class SequenceParallelRMSNorm(torch.nn.RMSNorm):
 
     def __init__(self, config, hidden_size: int, eps: float = 1e-5, **_: object) -> None:
         super().__init__(hidden_size, eps=eps)
-        self.weight.sequence_parallel = bool(config.sequence_parallel)
+        # mcore reads this attribute to sum the weight gradient over the TP ranks.
+        setattr(self.weight, "sequence_parallel", bool(config.sequence_parallel))  # noqa: B010
 
 
 def _replace_torch_norms(spec, torch_norm):

@@ -25,8 +25,9 @@ import torch
 import torch.distributed as dist
 
 from remit.shards import ShardError, read_manifest
+from remit.shards.atomic import write_json_atomic
 from remit.train import cpu_compat, distributed
-from remit.train.architecture import check_parallel, read_architecture
+from remit.train.architecture import TEMPLATE_FILES, check_parallel, read_architecture
 from remit.train.attention import resolve_backend
 from remit.train.checkpoint import (
     check_optimizer_layout,
@@ -44,7 +45,7 @@ from remit.train.guard import MicroBatchLoss, StepGuard, guarded_step
 from remit.train.loader import BatchLoader
 from remit.train.loss import STAT_NAMES, remit_loss, summarize
 from remit.train.metrics import MetricsLog, Progress
-from remit.train.model import TEMPLATE_FILES, forward_tokens
+from remit.train.model import forward_tokens
 from remit.train.parallel import gather_full_model
 from remit.train.preflight import PreflightError, check_data_fits_model, check_resume_matches, validate_data
 from remit.train.sampler import SampleOrder
@@ -216,7 +217,7 @@ def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep 
         cfg.save.mkdir(parents=True, exist_ok=True)
         _copy_template(template, cfg.save / HF_TEMPLATE)
         model_info = {"attention": attention, "architecture": arch.to_dict()}
-        (cfg.save / MODEL_FILE).write_text(json.dumps(model_info, indent=1) + "\n")
+        write_json_atomic(cfg.save / MODEL_FILE, model_info)
         print(
             f"remit-train: {arch.model_type}, {attention} attention, {cfg.weights} weights, {len(dataset)} samples of {seq_len} tokens, "
             f"DP {layout.dp_size} x TP {layout.tp_size} x PP {layout.pp_size}, {'bf16' if cfg.bf16 else 'fp32'}, "
@@ -284,7 +285,7 @@ def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep 
                 before_step(step, engine)
             grad_norm = guarded_step(optimizer, partial(guard.check_grad_norm, step, loss=summary["loss"], seen=seen))
             consumed += gbs
-            tokens += summary.pop("valid_tokens")
+            tokens += int(summary.pop("valid_tokens"))
             elapsed = time.perf_counter() - t0
             record = {
                 "step": step,
@@ -323,7 +324,7 @@ def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep 
         log.close()
     if cfg.export_hf is not None:
         full = gather_full_model(ddp, layout, arch.tie_embeddings) if layout.dp_rank == 0 else None
-        if is_main:
+        if is_main and full is not None:
             save_hf(full, cfg.save / HF_TEMPLATE, cfg.export_hf)
             print(f"exported the model as a Hugging Face checkpoint: {cfg.export_hf}", flush=True)
         dist.barrier()

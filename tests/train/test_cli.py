@@ -138,14 +138,26 @@ def test_batch_layout():
         cfg.batch_layout(3)
 
 
-def test_tokenizer_hash_matches_the_annotation(model_pair):
-    """remit.train cannot import remit.annotate; its copy of the hash must agree with the manifest's."""
-    from transformers import AutoTokenizer
-
-    from remit.annotate.tokenize import tokenizer_hash
+def test_the_tokenizer_hash_of_a_planned_run_is_the_one_remit_train_computes(
+    model_pair, other_tokenizer_model, tmp_path
+):
+    """The contract between the packages: `remit-annotate` records a tokenizer hash in the run it plans
+    (and so in the manifest), and `remit-train` recomputes it from --init-hf to refuse foreign data.
+    The two sides load the tokenizer on their own; the hashes must agree, and differ for another one."""
+    from remit.annotate.cli import main
+    from remit.annotate.workdir import WorkDir
     from remit.train.preflight import tokenizer_sha256
 
-    assert tokenizer_sha256(model_pair[0]) == tokenizer_hash(AutoTokenizer.from_pretrained(model_pair[0]))
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "Two plus two is four."}\n{"text": "def f(): return 1"}\n', encoding="utf-8")
+    base, rl = model_pair
+    flags = ["--base", str(base), "--rl", str(rl), "--input", str(corpus), "--output", str(tmp_path / "out")]
+    assert main(["plan", *flags, "--engine", "hf", "--seq-len", "16"]) == 0
+    run = WorkDir(tmp_path / "out").read_run()
+    assert run is not None
+    recorded = run.tokenizer["sha256"]
+    assert recorded == tokenizer_sha256(base)
+    assert tokenizer_sha256(other_tokenizer_model) != recorded
 
 
 def test_launch_scripts(pytestconfig, tmp_path):
