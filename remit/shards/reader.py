@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from remit.shards.checksum import token_checksum
-from remit.shards.manifest import Manifest, ShardError, read_manifest
+from remit.shards.manifest import Manifest, ShardError, read_manifest, repair_command
 from remit.shards.schema import SCHEMA, SEGMENT_LIST_COLUMNS, TOKEN_LIST_COLUMNS, schema_mismatch
 
 
@@ -25,7 +25,7 @@ def read_shard(path: str | Path, *, expected_checksum: str | None = None, column
         if mismatch:
             raise ShardError(
                 f"{path}: wrong schema ({mismatch}). It was not written by this remit version or was altered; "
-                "re-run the annotation for this shard."
+                f"run `{repair_command(path.parent)}` to re-score it."
             )
         table = pf.read(columns=columns)
     except ShardError:
@@ -33,7 +33,7 @@ def read_shard(path: str | Path, *, expected_checksum: str | None = None, column
     except Exception as e:  # pyarrow raises several types for truncated or corrupt files
         raise ShardError(
             f"{path}: cannot be read as Parquet ({type(e).__name__}: {e}). The file is truncated or corrupt; "
-            "delete it and re-run `remit-annotate run` on the output to re-score its unit."
+            f"run `{repair_command(path.parent)}` to re-score its unit."
         ) from e
     check_list_lengths(table, path)
     if expected_checksum is not None:
@@ -41,7 +41,7 @@ def read_shard(path: str | Path, *, expected_checksum: str | None = None, column
         if got != expected_checksum:
             raise ShardError(
                 f"{path}: token checksum {got} does not match the manifest's {expected_checksum}. The shard "
-                "does not hold the tokens it was written with; delete it and re-run the annotation."
+                f"does not hold the tokens it was written with; run `{repair_command(path.parent)}` to re-score it."
             )
     return table
 
@@ -74,7 +74,8 @@ def check_list_lengths(table: pa.Table, path: str | Path) -> None:
         rows = np.flatnonzero(bad)
         raise ShardError(
             f"{path}: row {int(rows[0])} has a different number of values in {name!r} than {against} says "
-            f"({len(rows)} rows affected). The shard is inconsistent; re-run the annotation for it."
+            f"({len(rows)} rows affected). The shard is inconsistent; run `{repair_command(Path(path).parent)}` to "
+            "re-score it."
         )
 
 
@@ -103,7 +104,7 @@ class Output:
         if table.num_rows != entry["rows"]:
             raise ShardError(
                 f"{self.root / entry['file']}: {table.num_rows} rows, the manifest says {entry['rows']}; "
-                "re-run the annotation for this shard."
+                f"run `{repair_command(self.root)}` to re-score it."
             )
         return table
 

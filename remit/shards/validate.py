@@ -7,7 +7,8 @@ Per shard:
   output's last row shorter); the segment layout;
 - NaN log-probs exactly at segment starts (the only non-finite value the format allows), no infinite
   or positive log-prob; finite weights in [1 - eps, 1 + eps] and 1.0 at segment starts; stored weights
-  that follow from the stored log-probs by the manifest's rule.
+  that follow from the stored log-probs by the manifest's rule. An output without both passes
+  (``passes``: rl or none) holds NaN for the pass it lacks and weights of exactly 1.0.
 Across shards: every document's segments follow each other without gap or overlap.
 
 Each problem names the file, the row (0-based, in the file) and sample id where one is known, and what
@@ -16,7 +17,7 @@ to do. The checks are independent of the writer's own read-back, so a bad writer
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from remit.shards.checksum import file_sha256
-from remit.shards.manifest import ShardError, read_manifest
+from remit.shards.manifest import Passes, ShardError, read_manifest, repair_command
 from remit.shards.reader import list_length_mismatches, table_token_checksum
 from remit.shards.schema import schema_mismatch
 from remit.shards.weights import Center, remit_weights
@@ -33,11 +34,10 @@ from remit.shards.weights import Center, remit_weights
 #: Stored float32 weights vs the rule recomputed in float64: rounding is ~6e-8.
 WEIGHT_TOLERANCE = 1e-5
 _MAX_ROW_PROBLEMS = 5
-_RERUN = (
-    "delete this shard and `_work/done/unit-N.json` if the output still has `_work/`, else the whole "
-    "output, and run the annotation again (finished shards of an unfinished output are kept)"
-)
-_REFINALIZE = "the manifest is inconsistent with the shards; re-run `remit-annotate finalize` from a kept `_work/`"
+#: The fixes, for the output folder {root}: `remit-annotate repair` re-scores every shard that does not match
+#: the manifest (sha256), and writes a manifest that does not match its shards again.
+_RERUN = "run `{repair}`: it re-scores the shards that differ from the manifest and writes the manifest again"
+_REFINALIZE = "the manifest is inconsistent with the shards; run `{repair}` to write it again"
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def validate_output(root: str | Path) -> list[Problem]:
     try:
         manifest = read_manifest(root)
     except ShardError as e:
-        return [Problem(str(root / "manifest.json"), None, str(e), "re-run `remit-annotate finalize`")]
+        return [Problem(str(root / "manifest.json"), None, str(e), f"run `{repair_command(root)}`")]
     problems: list[Problem] = []
     listed = {s["file"] for s in manifest.shards}
     for extra in sorted(p.name for p in root.glob("*.parquet") if p.name not in listed):
@@ -79,7 +79,7 @@ def validate_output(root: str | Path) -> list[Problem]:
                 str(root / extra),
                 None,
                 "shard not listed in the manifest",
-                "remove it, or re-run finalize if it belongs to this run",
+                "move it out of the output folder (the views read every top-level *.parquet file)",
             )
         )
     width = manifest.seq_len + 1
@@ -93,7 +93,7 @@ def validate_output(root: str | Path) -> list[Problem]:
                 Problem(str(path), None, f"first sample id {entry['first_sample_id']}, expected {next_id}", _REFINALIZE)
             )
         next_id = entry["first_sample_id"] + entry["rows"]
-        found = _check_shard(path, entry, width, is_last_shard, manifest.eps, manifest.center, cursor)
+        found = _check_shard(path, entry, width, is_last_shard, manifest.eps, manifest.center, cursor, manifest.passes)
         if found:
             cursor = _DocCursor(known=False)  # this shard's documents are suspect: judge the next one afresh
         problems.extend(found)
@@ -106,7 +106,8 @@ def validate_output(root: str | Path) -> list[Problem]:
                 _REFINALIZE,
             )
         )
-    return problems
+    fix = repair_command(root)
+    return [replace(p, fix=p.fix.replace("{repair}", fix)) for p in problems]
 
 
 def _read(path: Path) -> tuple[pa.Table | None, str | None]:
@@ -125,11 +126,18 @@ def _read(path: Path) -> tuple[pa.Table | None, str | None]:
 
 
 def _check_shard(
-    path: Path, entry: dict, width: int, is_last_shard: bool, eps: float, center: Center, cursor: _DocCursor
+    path: Path,
+    entry: dict,
+    width: int,
+    is_last_shard: bool,
+    eps: float,
+    center: Center,
+    cursor: _DocCursor,
+    passes: Passes = "both",
 ) -> list[Problem]:
     f = str(path)
     if not path.exists():
-        return [Problem(f, None, "missing", "restore it, or run the annotation of its unit again")]
+        return [Problem(f, None, "missing", _RERUN)]
     problems: list[Problem] = []
     if file_sha256(path) != entry["file_sha256"]:
         problems.append(Problem(f, None, "file content differs from the manifest (sha256 mismatch)", _RERUN))
@@ -168,7 +176,7 @@ def _check_shard(
     row_problem(bad_layout, "segment_starts must begin at 0, increase, and stay inside the row")
     if bad_layout.any():
         return problems
-    _check_values(table, n_tok, starts, eps, center, row_problem)
+    _check_values(table, n_tok, starts, eps, center, row_problem, passes)
     _check_documents(table, n_tok, starts, cursor, row_problem)
     return problems
 
@@ -196,7 +204,13 @@ def _check_list_lengths(table: pa.Table, row_problem: _RowProblems) -> bool:
 
 
 def _check_values(
-    table: pa.Table, n_tok: np.ndarray, starts: list[np.ndarray], eps: float, center: Center, row_problem: _RowProblems
+    table: pa.Table,
+    n_tok: np.ndarray,
+    starts: list[np.ndarray],
+    eps: float,
+    center: Center,
+    row_problem: _RowProblems,
+    passes: Passes = "both",
 ) -> None:
     flat = {c: pc.list_flatten(table.column(c)).to_numpy() for c in ("logp_base", "logp_rl", "weight")}
     n_rows = len(n_tok)
@@ -208,7 +222,11 @@ def _check_values(
     def rows_with(mask: np.ndarray) -> np.ndarray:
         return np.bincount(row_of[mask], minlength=n_rows) > 0
 
+    scored = {"both": ("logp_base", "logp_rl"), "rl": ("logp_rl",), "none": ()}[passes]
     for c in ("logp_base", "logp_rl"):
+        if c not in scored:  # a pass the output does not hold: every value NaN
+            row_problem(rows_with(~np.isnan(flat[c])), f"{c} holds a value, but the output holds passes={passes}")
+            continue
         nan = np.isnan(flat[c])
         infinite = np.isinf(flat[c])
         row_problem(
@@ -222,6 +240,9 @@ def _check_values(
         )
         row_problem(rows_with((flat[c] > 0) & ~infinite), f"{c} has a positive log-prob")
     w = flat["weight"]
+    if passes != "both":  # no weights without the base pass: every weight 1.0
+        row_problem(rows_with(w != 1.0), f"weight is not 1.0, but the output holds passes={passes} (no weights)")
+        return
     low, high = np.float32(1.0 - eps), np.float32(1.0 + eps)
     out_of_range = ~np.isfinite(w) | (w < low) | (w > high)
     row_problem(rows_with(out_of_range), f"weight outside [{low:.4g}, {high:.4g}] or not finite (NaN, inf)")

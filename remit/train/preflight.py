@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from remit.shards import ShardError, read_manifest
+from remit.shards.manifest import repair_command
 from remit.shards.tokenizer_hash import tokenizer_hash
 
 
@@ -30,6 +31,30 @@ def validate_data(root: str | Path) -> None:
             "Training refuses it. Fix the listed shards (or pass --skip-validate to rely on the per-shard "
             "checksum checks alone)."
         )
+
+
+#: The scoring passes each weight mode needs: `online` reads log p_RL, `static` the stored weights.
+MODE_PASSES = {"none": ("both", "rl", "none"), "online": ("both", "rl"), "static": ("both",)}
+
+
+def check_weights_mode(data: str | Path, mode: str) -> None:
+    """Refuse a weight mode the output's scoring passes cannot feed (e.g. static weights from an output
+    annotated with `--score rl`), naming the command that adds what is missing."""
+    manifest = read_manifest(data)
+    passes = manifest.passes
+    if passes in MODE_PASSES.get(mode, ("both",)):
+        return
+    where = Path(data) / "manifest.json"
+    if passes == "rl":
+        raise PreflightError(
+            f"{where}: the output holds the RL pass only (annotated with --score rl): log p_RL but no weights, which "
+            f"--weights {mode} needs. Train it with --weights online or none, or add the base pass: "
+            f"`{repair_command(data)} --score both` (it scores only the base model and rewrites the shards)."
+        )
+    raise PreflightError(
+        f"{where}: the output holds token ids only (passes = {passes}, no scoring), so --weights {mode} has nothing "
+        "to read. Train it with --weights none, or annotate the corpus with both models."
+    )
 
 
 def tokenizer_sha256(hf_dir: str | Path) -> str | None:
@@ -91,6 +116,7 @@ __all__ = [
     "ShardError",
     "check_data_fits_model",
     "check_resume_matches",
+    "check_weights_mode",
     "tokenizer_sha256",
     "validate_data",
 ]

@@ -47,7 +47,13 @@ from remit.train.loss import STAT_NAMES, remit_loss, summarize
 from remit.train.metrics import MetricsLog, Progress
 from remit.train.model import forward_tokens
 from remit.train.parallel import gather_full_model
-from remit.train.preflight import PreflightError, check_data_fits_model, check_resume_matches, validate_data
+from remit.train.preflight import (
+    PreflightError,
+    check_data_fits_model,
+    check_resume_matches,
+    check_weights_mode,
+    validate_data,
+)
 from remit.train.sampler import SampleOrder
 
 #: Sub-folder of the save folder holding the HF config and tokenizer the run started from.
@@ -68,6 +74,7 @@ def _preflight(cfg: TrainConfig, template: Path, vocab_size: int) -> str | None:
     verdict: list[Any] = [None, None]
     if dist.get_rank() == 0:
         try:
+            check_weights_mode(cfg.data, cfg.weights)
             if not cfg.skip_validate:
                 validate_data(cfg.data)
             RemitDataset(cfg.data, check_footers=True)  # every shard's footer, here only
