@@ -1,6 +1,7 @@
 """`remit-train`: mid-train a Llama checkpoint on an annotation output with ReMiT weights.
 
-    remit-train --data OUTPUT --weights {none,static,online} --init-hf DIR --train-iters N --save DIR [...]
+    remit-train --data OUTPUT --weights {none,static,online,shuffled,rho1} --init-hf DIR --train-iters N --save DIR
+    remit-train --data OUTPUT --weights none --init-config CONFIG.json ...     (random initialisation)
     remit-train export-hf --load RUN_DIR --out DIR [--iteration N]
 
 Launch with torchrun (or the scripts in remit/train/launch/) for data and tensor parallelism; a plain
@@ -29,7 +30,14 @@ def train_parser() -> argparse.ArgumentParser:
         choices=WEIGHT_MODES,
         default="static",
         help="none: plain next-token loss; static: stored weights; online: the paper's rule with the "
-        "current model's log-prob (default: static)",
+        "current model's log-prob; shuffled: the stored weights permuted within each row (a control); "
+        "rho1: Rho-1, the top --keep-ratio tokens of each micro-batch by log p_RL - log p_theta (default: static)",
+    )
+    p.add_argument(
+        "--keep-ratio",
+        type=float,
+        default=0.6,
+        help="rho1: fraction of each micro-batch's valid tokens kept, in (0, 1] (default: 0.6)",
     )
     p.add_argument(
         "--eps",
@@ -56,6 +64,13 @@ def train_parser() -> argparse.ArgumentParser:
     )
     # --- model and checkpoints ---
     p.add_argument("--init-hf", type=Path, default=None, help="Hugging Face Llama checkpoint to start from")
+    p.add_argument(
+        "--init-config",
+        type=Path,
+        default=None,
+        help="start from random weights: an HF Llama config.json (or a folder with one), seeded by --seed; "
+        "the tokenizer comes from that folder or from the one the output's manifest records",
+    )
     p.add_argument("--save", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, HF template")
     p.add_argument("--load", type=Path, default=None, help="checkpoint folder to resume from (default: --save)")
     p.add_argument(
@@ -86,7 +101,12 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--adam-beta2", type=float, default=0.95)
     p.add_argument("--adam-eps", type=float, default=1e-8)
     p.add_argument("--clip-grad", type=float, default=1.0, help="gradient-norm clip, 0 = off (default: 1.0)")
-    p.add_argument("--seed", type=int, default=1234, help="seed of the data order (default: 1234)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=1234,
+        help="seed of the data order, of --init-config's weights and of shuffled's permutations (default: 1234)",
+    )
     # --- parallelism, precision, logging ---
     p.add_argument("--tensor-model-parallel-size", type=int, default=1, help="TP size (default: 1)")
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPUs; fp32 is faster on CPUs)")

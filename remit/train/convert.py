@@ -135,7 +135,20 @@ def read_hf_weights(hf_dir: str | Path) -> dict[str, torch.Tensor]:
 
 def load_hf_into(model: torch.nn.Module, hf_dir: str | Path, shape: LlamaShape, tp_rank: int, tp_size: int) -> None:
     """Copy an HF checkpoint's weights into this rank's part of a GPTModel."""
-    full = hf_to_mcore(read_hf_weights(hf_dir), shape)
+    load_hf_state_into(model, read_hf_weights(hf_dir), shape, tp_rank, tp_size, source=str(hf_dir))
+
+
+def load_hf_state_into(
+    model: torch.nn.Module,
+    hf_state: dict[str, torch.Tensor],
+    shape: LlamaShape,
+    tp_rank: int,
+    tp_size: int,
+    source: str = "state dict",
+) -> None:
+    """Copy an HF Llama state dict (full, TP=1) into this rank's part of a GPTModel."""
+    hf_dir = source
+    full = hf_to_mcore(hf_state, shape)
     params = dict(model.named_parameters())
     missing = sorted(set(params) - set(full))
     unexpected = sorted(set(full) - set(params))

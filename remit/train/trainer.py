@@ -23,13 +23,20 @@ from remit.shards import ShardError, read_manifest
 from remit.train import cpu_compat, distributed
 from remit.train.checkpoint import latest_iteration, load_checkpoint, save_checkpoint
 from remit.train.config import TrainConfig
-from remit.train.convert import gather_full_state, load_hf_into, save_hf
+from remit.train.convert import gather_full_state, load_hf_into, load_hf_state_into, save_hf
 from remit.train.dataset import RemitDataset
 from remit.train.loader import BatchLoader
 from remit.train.loss import remit_loss, summarize
 from remit.train.metrics import MetricsLog, Progress
 from remit.train.model import TEMPLATE_FILES, build_gpt_model, llama_shape, read_hf_config, transformer_config
-from remit.train.preflight import PreflightError, check_data_fits_model, check_resume_matches, validate_data
+from remit.train.preflight import (
+    PreflightError,
+    check_data_fits_model,
+    check_resume_matches,
+    check_weights_available,
+    validate_data,
+)
+from remit.train.random_init import prepare_template, random_hf_state
 from remit.train.sampler import SampleOrder
 
 #: Sub-folder of the save folder holding the HF config and tokenizer the run started from.
@@ -55,6 +62,19 @@ def _preflight(cfg: TrainConfig, template: Path, vocab_size: int) -> str | None:
     return verdict[1]
 
 
+def _prepare_random_template(cfg: TrainConfig, manifest_tokenizer: dict[str, Any], dst: Path) -> None:
+    """Rank 0 writes the HF template of a randomly initialised run; a failure stops every rank together."""
+    verdict: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            prepare_template(cfg.init_config, manifest_tokenizer, dst)
+        except (FileNotFoundError, ValueError) as e:
+            verdict[0] = str(e)
+    dist.broadcast_object_list(verdict, src=0)
+    if verdict[0]:
+        raise PreflightError(verdict[0])
+
+
 def _copy_template(src: Path, dst: Path) -> None:
     if src.resolve() == dst.resolve():
         return
@@ -64,7 +84,7 @@ def _copy_template(src: Path, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
-def _forward_step(mode: str, eps: float, center: str, seen: list[np.ndarray], data_iterator, model):
+def _forward_step(mode: str, opts: dict[str, Any], seen: list[np.ndarray], data_iterator, model):
     batch = next(data_iterator)
     seen.append(batch["sample_id"].cpu().numpy())
     per_token_loss = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
@@ -77,8 +97,8 @@ def _forward_step(mode: str, eps: float, center: str, seen: list[np.ndarray], da
             loss_weight=batch["loss_weight"],
             logp_rl=batch["logp_rl"],
             segment_ids=batch["segment_ids"],
-            eps=eps,
-            center=center,
+            sample_ids=batch["sample_id"],
+            **opts,
         )
         return s, n, {"remit": report}
 
@@ -110,13 +130,21 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
 
     load_dir = cfg.load or cfg.save
     resume_it = latest_iteration(load_dir)
-    template = Path(load_dir) / HF_TEMPLATE if resume_it is not None else cfg.init_hf
+    manifest = read_manifest(cfg.data)
+    check_weights_available(manifest, cfg.weights, cfg.data)
+    random_init = resume_it is None and cfg.init_config is not None
+    if resume_it is not None:
+        template = Path(load_dir) / HF_TEMPLATE
+    elif random_init:
+        template = cfg.save / HF_TEMPLATE
+        _prepare_random_template(cfg, manifest.data.get("tokenizer", {}), template)
+    else:
+        template = cfg.init_hf
     if template is None:
         raise PreflightError(f"{load_dir}: no checkpoint to resume and no --init-hf; pass --init-hf DIR.")
     shape = llama_shape(read_hf_config(template), str(template / "config.json"))
     tokenizer_hash = _preflight(cfg, template, shape.vocab_size)
 
-    manifest = read_manifest(cfg.data)
     dataset = RemitDataset(
         cfg.data, tokenizer_hash=tokenizer_hash, cache_shards=cfg.shuffle_shards, create_attention_mask=False
     )
@@ -124,12 +152,19 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
     order = SampleOrder(dataset.shard_rows, seed=cfg.seed, shuffle_shards=cfg.shuffle_shards)
     eps = cfg.eps if cfg.eps is not None and cfg.weights == "online" else manifest.eps
     center = cfg.center or manifest.center
+    keep_ratio = cfg.keep_ratio if cfg.weights == "rho1" else 1.0
     objective = {"weights": cfg.weights, "eps": eps, "center": center, "global_batch_size": gbs}
+    if cfg.weights == "rho1":
+        objective["keep_ratio"] = keep_ratio
+    loss_opts = {"eps": eps, "center": center, "seed": cfg.seed, "keep_ratio": keep_ratio}
 
     cpu_compat.seed_rng(cfg.seed)
     tcfg = transformer_config(shape, tp=tp_size, bf16=cfg.bf16)
     model = build_gpt_model(shape, tcfg, max_sequence_length=seq_len).to(device)
-    if resume_it is None:
+    if random_init:
+        hf_state = random_hf_state(read_hf_config(template), cfg.seed)
+        load_hf_state_into(model, hf_state, shape, tp_rank, tp_size, source=f"--init-config {cfg.init_config}")
+    elif resume_it is None:
         load_hf_into(model, template, shape, tp_rank, tp_size)
     ddp = DistributedDataParallel(tcfg, DistributedDataParallelConfig(grad_reduce_in_fp32=True), model)
     tcfg.finalize_model_grads_func = finalize_model_grads
@@ -174,7 +209,12 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
         print(
             f"remit-train: {cfg.weights} weights, {len(dataset)} samples of {seq_len} tokens, "
             f"DP {dp_size} x TP {tp_size}, global batch {gbs} ({n_micro} micro-batches of {cfg.micro_batch_size}"
-            f" per rank), " + (f"resuming at step {iteration}" if iteration else "from " + str(template)),
+            f" per rank), "
+            + (
+                f"resuming at step {iteration}"
+                if iteration
+                else (f"random init from {cfg.init_config} (seed {cfg.seed})" if random_init else f"from {template}")
+            ),
             flush=True,
         )
 
@@ -203,7 +243,7 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
             lr = float(optimizer.param_groups[0]["lr"])
             seen: list[np.ndarray] = []
             reports = forward_backward(
-                forward_step_func=partial(_forward_step, cfg.weights, eps, center, seen),
+                forward_step_func=partial(_forward_step, cfg.weights, loss_opts, seen),
                 data_iterator=loader,
                 model=[ddp],
                 num_microbatches=n_micro,
