@@ -3,6 +3,7 @@
     remit-annotate --base DIR --rl DIR --input PATH [PATH ...] --output DIR     one shot: plan, score, finalize
     remit-annotate run ... [--rank R --world-size W]                           one worker of many
     remit-annotate plan | finalize | validate | verify | stats | show ...
+    remit-annotate pack --tokenizer DIR --input PATH --output DIR               token ids only, no scoring
 
 The CLI only parses flags, builds one config and calls one library function. `--help` loads no
 engine: heavy imports happen inside the commands.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from remit import __version__
 
-SUBCOMMANDS = ("run", "plan", "finalize", "launch", "validate", "verify", "stats", "show")
+SUBCOMMANDS = ("run", "plan", "finalize", "launch", "validate", "verify", "stats", "show", "pack")
 _EPILOG = """commands:
   (none)     one shot: plan, score with both models, finalize (the flags above)
   run        score this worker's share of the units (same flags + --rank/--world-size)
@@ -30,6 +31,7 @@ _EPILOG = """commands:
   verify     re-score a sample of rows with the hf engine and report the differences
   stats      weight statistics (DuckDB over the shards)
   show       an HTML page of tokens coloured by weight
+  pack       token ids in sequence-aligned shards without scoring (for `remit-train --weights none`)
 Run `remit-annotate COMMAND --help` for a command's flags."""
 
 
@@ -241,7 +243,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
         p.add_argument("output", type=Path, help="annotation output folder")
     if command == "finalize":
         p.add_argument("--keep-work", action="store_true", help="keep _work/ after writing the manifest")
-    if command in ("launch", "verify", "stats", "show"):
+    if command in ("launch", "verify", "stats", "show", "pack"):
         import importlib
 
         importlib.import_module(f"remit.annotate.{command}").add_arguments(p)

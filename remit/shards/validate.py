@@ -5,7 +5,8 @@ count; per row, that every token-level list has n_tokens values and every segmen
 per segment; the token checksum against the manifest; contiguous sample ids; row widths (seq_len + 1,
 only the output's last row shorter); the segment layout; NaN log-probs exactly at segment starts; no
 positive log-prob; weights in [1 - eps, 1 + eps] and 1.0 at segment starts; that the stored weights
-follow from the stored log-probs by the rule in the manifest; and, across shards, that every document's
+follow from the stored log-probs by the rule in the manifest (a pack-only output, ``"scored": false``:
+every log-prob NaN and every weight 1.0); and, across shards, that every document's
 segments follow each other without gap or overlap (every token present exactly once).
 
 Each problem names the file, the row (0-based, in the file) and sample id where one is known, and what
@@ -91,7 +92,9 @@ def validate_output(root: str | Path) -> list[Problem]:
                 Problem(str(path), None, f"first sample id {entry['first_sample_id']}, expected {next_id}", _REFINALIZE)
             )
         next_id = entry["first_sample_id"] + entry["rows"]
-        found = _check_shard(path, entry, width, is_last_shard, manifest.eps, manifest.center, cursor)
+        found = _check_shard(
+            path, entry, width, is_last_shard, manifest.eps, manifest.center, cursor, scored=manifest.scored
+        )
         if found:
             cursor = _DocCursor(known=False)  # this shard's documents are suspect: judge the next one afresh
         problems.extend(found)
@@ -123,7 +126,14 @@ def _read(path: Path) -> tuple[pa.Table | None, str | None]:
 
 
 def _check_shard(
-    path: Path, entry: dict, width: int, is_last_shard: bool, eps: float, center: str, cursor: _DocCursor
+    path: Path,
+    entry: dict,
+    width: int,
+    is_last_shard: bool,
+    eps: float,
+    center: str,
+    cursor: _DocCursor,
+    scored: bool = True,
 ) -> list[Problem]:
     f = str(path)
     if not path.exists():
@@ -166,7 +176,10 @@ def _check_shard(
     row_problem(bad_layout, "segment_starts must begin at 0, increase, and stay inside the row")
     if bad_layout.any():
         return problems
-    _check_values(table, n_tok, starts, eps, center, row_problem)
+    if scored:
+        _check_values(table, n_tok, starts, eps, center, row_problem)
+    else:
+        _check_unscored(table, n_tok, row_problem)
     _check_documents(table, n_tok, starts, cursor, row_problem)
     return problems
 
@@ -223,6 +236,20 @@ def _check_values(
         rows_with(off_rule & ~out_of_range),
         f"weight does not follow from the log-probs by the manifest's rule (center={center}, eps={eps})",
     )
+
+
+def _check_unscored(table: pa.Table, n_tok: np.ndarray, row_problem: _RowProblems) -> None:
+    """A pack-only output: every log-prob NaN, every weight exactly 1.0."""
+    row_of = np.repeat(np.arange(len(n_tok)), n_tok)
+
+    def rows_with(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(row_of[mask], minlength=len(n_tok)) > 0
+
+    for c in ("logp_base", "logp_rl"):
+        values = pc.list_flatten(table.column(c)).to_numpy()
+        row_problem(rows_with(~np.isnan(values)), f"{c} holds a value in a pack-only output (all must be NaN)")
+    w = pc.list_flatten(table.column("weight")).to_numpy()
+    row_problem(rows_with(w != 1.0), "weight is not 1.0 in a pack-only output")
 
 
 def _check_documents(
