@@ -46,8 +46,8 @@ class ExperimentConfig:
     shape: ModelShape = field(default_factory=ModelShape)
     seq_len: int = 256
     rows_per_shard: int = 512
-    pretrain: TrainRecipe = TrainRecipe(iters=600, micro_batch=16, global_batch=16, lr=2e-3, min_lr=1e-4, warmup=30)
-    mid: TrainRecipe = TrainRecipe(iters=120, micro_batch=16, global_batch=16, lr=5e-4, min_lr=0.0, warmup=5, saves=3)
+    pretrain: TrainRecipe = TrainRecipe(iters=400, micro_batch=12, global_batch=12, lr=2e-3, min_lr=1e-4, warmup=20)
+    mid: TrainRecipe = TrainRecipe(iters=80, micro_batch=12, global_batch=12, lr=5e-4, min_lr=0.0, warmup=4, saves=4)
     rl: GRPOConfig = field(default_factory=GRPOConfig)
     eps: float = 0.2
     """The annotation's clip half-width (static, shuffled; online uses it unless an arm overrides it)."""

@@ -1,6 +1,6 @@
 """The synthetic task: multi-step arithmetic word problems with worked solutions, some of them wrong.
 
-- A problem is a dependency chain in the style of GSM-Infinite: a start quantity and 2-4 operations
+- A problem is a dependency chain in the style of GSM-Infinite: a start quantity and 2-3 operations
   (add or take away), every intermediate value in [0, 99]. Its worked solution writes one equation per
   step and ends with "The answer is N."; the final number is what exact-match scoring compares.
 - A share of the solutions in the training splits is wrong (`noise_rate`): one step's result is off by
@@ -173,8 +173,8 @@ def filler_text(rng: np.random.Generator, sentences: int) -> str:
 class DataConfig:
     """Sizes of the splits (problems) and the mix."""
 
-    pretrain: int = 24000
-    anneal: int = 6000
+    pretrain: int = 20000
+    anneal: int = 5000
     rl: int = 2000
     dev: int = 200
     heldout: int = 400
@@ -183,7 +183,7 @@ class DataConfig:
     """Share of training-split solutions with an error (pre-training and annealing)."""
     text_share: float = 0.25
     """Non-reasoning documents per problem document in the training splits (0.25: one in five documents)."""
-    steps: tuple[int, ...] = (2, 3, 4)
+    steps: tuple[int, ...] = (2, 3)
     seed: int = 0
 
 

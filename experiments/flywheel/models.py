@@ -16,12 +16,12 @@ from pathlib import Path
 class ModelShape:
     """A small Llama (RMSNorm, SwiGLU, RoPE, grouped-query attention, untied embeddings)."""
 
-    hidden: int = 128
+    hidden: int = 96
     layers: int = 4
-    heads: int = 4
-    kv_heads: int = 2
-    ffn: int = 384
-    vocab: int = 512
+    heads: int = 3
+    kv_heads: int = 1
+    ffn: int = 256
+    vocab: int = 384
     """Target BPE vocabulary (the tokenizer may end up smaller: then the config takes its size)."""
     max_positions: int = 512
 
