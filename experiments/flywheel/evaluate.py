@@ -150,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=Path, action="append", default=[], help="remit-train run: every saved iteration")
     p.add_argument("--splits", default=",".join(EVAL_SPLITS), help="comma-separated splits to evaluate")
     p.add_argument("--limit", type=int, default=0, help="first N problems of each split (0: all)")
+    p.add_argument(
+        "--curve-splits",
+        default=None,
+        help="splits for a run's intermediate iterations (default: --splits); the last iteration gets --splits",
+    )
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
@@ -157,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     splits = tuple(s for s in args.splits.split(",") if s)
+    curve_splits = tuple(s for s in args.curve_splits.split(",") if s) if args.curve_splits else splits
     args.out_dir.mkdir(parents=True, exist_ok=True)
     # Export every run first: the exporter installs remit's CPU layer for Megatron, removed before decoding.
     exported = {run: export_iterations(run, run / "hf_steps") for run in args.run}
@@ -165,11 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, items in targets:
         t0 = time.perf_counter()
         results: dict[str, Any] = {"splits": list(splits), "models": []}
+        last = max((it or 0) for it, _ in items)
         for it, folder in items:
-            res = evaluate_model(folder, args.data, splits, args.max_new_tokens, args.batch_size, args.limit)
+            these = splits if (it or 0) == last else curve_splits
+            res = evaluate_model(folder, args.data, these, args.max_new_tokens, args.batch_size, args.limit)
             res["iteration"] = it
             results["models"].append(res)
-            summary = ", ".join(f"{s} {res[s]['accuracy']:.3f} (loss {res[s]['loss']:.3f})" for s in splits)
+            summary = ", ".join(f"{s} {res[s]['accuracy']:.3f} (loss {res[s]['loss']:.3f})" for s in these)
             print(f"eval {folder}: {summary}", flush=True)
         results["seconds"] = time.perf_counter() - t0
         (args.out_dir / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -144,10 +144,16 @@ class Pipeline:
         )  # fmt: skip
 
     def _evaluate(self, stage: str, out_dir: Path, models: list[Path] = (), runs: list[Path] = ()) -> None:
-        """One evaluation process for all of them (start-up costs more than a tiny model's decoding)."""
+        """One evaluation process for all of them (start-up costs more than a tiny model's decoding).
+
+        A run's intermediate checkpoints (the curves) are evaluated on the first held-out split only
+        (the time budget); every split at the end of a run.
+        """
         if not models and not runs:
             return
         args = ["--data", str(self.data), "--out-dir", str(out_dir), "--splits", ",".join(self.eval_splits)]
+        curve = [s for s in self.eval_splits if s == "heldout"] or list(self.eval_splits)
+        args += ["--curve-splits", ",".join(curve)]
         args += ["--max-new-tokens", str(self.cfg.max_new_tokens), "--limit", str(self.cfg.eval_limit)]
         for m in models:
             args += ["--model", str(m)]

@@ -69,6 +69,7 @@ def collect(out: Path, splits: tuple[str, ...]) -> dict[str, Any]:
         res["mid"].setdefault(arm, {})[int(seed)] = _final(ev)
         curve = [(0, res["base"])] if "base" in res else []
         curve += sorted(((m["iteration"], m) for m in ev["models"]), key=lambda x: x[0])
+        curve_splits = [sp for sp in splits if all(sp in m for _, m in curve)]
         metrics_file = out / "runs" / "mid" / path.stem / "metrics.jsonl"
         train_loss = []
         if metrics_file.exists():
@@ -77,8 +78,8 @@ def collect(out: Path, splits: tuple[str, ...]) -> dict[str, Any]:
                 train_loss.append((r["step"], r["loss_unweighted"]))
         res["curves"].setdefault(arm, {})[int(seed)] = {
             "steps": [s for s, _ in curve],
-            **{f"{sp}_accuracy": [m[sp]["accuracy"] for _, m in curve] for sp in splits},
-            **{f"{sp}_loss": [m[sp]["loss"] for _, m in curve] for sp in splits},
+            **{f"{sp}_accuracy": [m[sp]["accuracy"] for _, m in curve] for sp in curve_splits},
+            **{f"{sp}_loss": [m[sp]["loss"] for _, m in curve] for sp in curve_splits},
             "train_loss_unweighted": train_loss,
         }
     for path in sorted((out / "eval" / "post_rl").glob("*.json")):
@@ -227,7 +228,9 @@ def plot(res: dict[str, Any], splits: tuple[str, ...], out_dir: Path) -> list[Pa
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    shown = [sp for sp in TABLE_SPLITS if sp in splits] or list(splits)
+    have = {k for by_seed in res["curves"].values() for c in by_seed.values() for k in c}
+    shown = [sp for sp in (*TABLE_SPLITS, *splits) if f"{sp}_accuracy" in have]
+    shown = list(dict.fromkeys(shown))[:2]
     paths = []
     for kind, ylabel in (
         ("accuracy", "exact-match accuracy (greedy)"),
@@ -236,7 +239,9 @@ def plot(res: dict[str, Any], splits: tuple[str, ...], out_dir: Path) -> list[Pa
         fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4), squeeze=False)
         for ax, sp in zip(axes[0], shown):
             for arm, by_seed in res["curves"].items():
-                curves = [c for c in by_seed.values()]
+                curves = [c for c in by_seed.values() if f"{sp}_{kind}" in c]
+                if not curves:
+                    continue
                 steps = curves[0]["steps"]
                 ys = np.array([c[f"{sp}_{kind}"] for c in curves if c["steps"] == steps])
                 m = ys.mean(0)
