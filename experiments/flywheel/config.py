@@ -46,7 +46,7 @@ class ExperimentConfig:
     shape: ModelShape = field(default_factory=ModelShape)
     seq_len: int = 256
     rows_per_shard: int = 512
-    pretrain: TrainRecipe = TrainRecipe(iters=400, micro_batch=12, global_batch=12, lr=2e-3, min_lr=1e-4, warmup=20)
+    pretrain: TrainRecipe = TrainRecipe(iters=500, micro_batch=12, global_batch=12, lr=2e-3, min_lr=1e-4, warmup=20)
     mid: TrainRecipe = TrainRecipe(iters=80, micro_batch=12, global_batch=12, lr=5e-4, min_lr=0.0, warmup=4, saves=4)
     rl: GRPOConfig = field(default_factory=GRPOConfig)
     eps: float = 0.2

@@ -1,7 +1,7 @@
 """The synthetic task: multi-step arithmetic word problems with worked solutions, some of them wrong.
 
-- A problem is a dependency chain in the style of GSM-Infinite: a start quantity and 2-3 operations
-  (add or take away), every intermediate value in [0, 99]. Its worked solution writes one equation per
+- A problem is a dependency chain in the style of GSM-Infinite: a start quantity (1-29) and 2-3
+  operations (add or take away 1-12), every intermediate value in [0, 40]. Its worked solution writes one equation per
   step and ends with "The answer is N."; the final number is what exact-match scoring compares.
 - A share of the solutions in the training splits is wrong (`noise_rate`): one step's result is off by
   a small amount and the chain carries the wrong value on (a wrong step), or every step is right and
@@ -104,14 +104,19 @@ def parse_answer(completion: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+#: Every value of a chain lies in [0, MAX_VALUE]; operands lie in [1, MAX_OPERAND].
+MAX_VALUE = 40
+MAX_OPERAND = 12
+
+
 def _chain(rng: np.random.Generator, steps: int) -> tuple[int, list[tuple[str, int]], list[int]]:
-    a = int(rng.integers(2, 60))
+    a = int(rng.integers(1, 30))
     ops, values, v = [], [], a
     for _ in range(steps):
-        if v >= 90 or (v > 10 and rng.random() < 0.5):
-            op, b = "-", int(rng.integers(1, min(v, 40) + 1))
+        if v >= MAX_VALUE - 2 or (v > 4 and rng.random() < 0.5):
+            op, b = "-", int(rng.integers(1, min(v, MAX_OPERAND) + 1))
         else:
-            op, b = "+", int(rng.integers(1, min(99 - v, 40) + 1))
+            op, b = "+", int(rng.integers(1, min(MAX_VALUE - v, MAX_OPERAND) + 1))
         v = v + b if op == "+" else v - b
         ops.append((op, b))
         values.append(v)
@@ -119,10 +124,10 @@ def _chain(rng: np.random.Generator, steps: int) -> tuple[int, list[tuple[str, i
 
 
 def _wrong(rng: np.random.Generator, v: int) -> int:
-    """A plausible wrong value near `v`, still in [0, 99]."""
+    """A plausible wrong value near `v`, still in [0, MAX_VALUE]."""
     while True:
         w = v + int(rng.choice([-10, -2, -1, 1, 2, 10]))
-        if 0 <= w <= 99 and w != v:
+        if 0 <= w <= MAX_VALUE and w != v:
             return w
 
 
@@ -149,9 +154,9 @@ def make_problem(
             for j in range(k + 1, steps):
                 op, b = ops[j]
                 shown[j] = shown[j - 1] + b if op == "+" else shown[j - 1] - b
-            if all(0 <= v <= 99 for v in shown):
+            if all(0 <= v <= MAX_VALUE for v in shown):
                 break
-            k = steps - 1  # carried on, the wrong value left [0, 99]: make the last step the wrong one
+            k = steps - 1  # carried on, the wrong value left the range: make the last step the wrong one
     equations, prev = [], a
     for (op, b), v in zip(ops, shown):
         equations.append(f"{prev} {op} {b} = {v}.")
@@ -188,6 +193,9 @@ class DataConfig:
 
 
 SPLITS = ("pretrain", "anneal", "rl", "dev", "heldout", "heldout_templates")
+#: Generation order: the evaluation splits draw first, so that they hold the same mix of chain lengths as
+#: the training splits whatever number chains those use up.
+GENERATION_ORDER = ("heldout", "heldout_templates", "dev", "rl", "anneal", "pretrain")
 NOISY = ("pretrain", "anneal")
 WITH_TEXT = ("pretrain", "anneal")
 
@@ -202,7 +210,8 @@ def generate(cfg: DataConfig, out: Path) -> dict[str, Any]:
     rng = np.random.default_rng(cfg.seed)
     seen: set[str] = set()
     stats: dict[str, Any] = {"config": asdict(cfg) | {"steps": list(cfg.steps)}, "splits": {}}
-    for split in SPLITS:
+    stats["ranges"] = {"start": [1, 29], "operand": [1, MAX_OPERAND], "value": [0, MAX_VALUE]}
+    for split in GENERATION_ORDER:
         want = getattr(cfg, split)
         templates = UNSEEN_TEMPLATES if split == "heldout_templates" else TRAIN_TEMPLATES
         prefix = "u" if split == "heldout_templates" else "t"

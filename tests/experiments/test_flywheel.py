@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from experiments.flywheel.data import (
+    MAX_OPERAND,
+    MAX_VALUE,
     NOISY,
     SPLITS,
     TRAIN_TEMPLATES,
@@ -106,9 +108,9 @@ def test_every_intermediate_value_stays_in_range():
     rng = np.random.default_rng(0)
     for _ in range(500):
         p = make_problem(rng, "t0", TRAIN_TEMPLATES[0], 0.5, int(rng.integers(2, 5)))
-        for a, _, _b, c in EQ.findall(p.solution):
-            assert 0 <= int(a) <= 99 and 0 <= int(c) <= 99
-        assert 0 <= p.answer <= 99
+        for a, _, b, c in EQ.findall(p.solution):
+            assert 0 <= int(a) <= MAX_VALUE and 0 <= int(c) <= MAX_VALUE and 1 <= int(b) <= MAX_OPERAND
+        assert 0 <= p.answer <= MAX_VALUE
 
 
 def test_parse_answer_takes_the_first_statement():
