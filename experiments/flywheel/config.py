@@ -47,7 +47,7 @@ class ExperimentConfig:
     seq_len: int = 256
     rows_per_shard: int = 512
     pretrain: TrainRecipe = TrainRecipe(iters=500, micro_batch=12, global_batch=12, lr=2e-3, min_lr=1e-4, warmup=20)
-    mid: TrainRecipe = TrainRecipe(iters=80, micro_batch=12, global_batch=12, lr=5e-4, min_lr=0.0, warmup=4, saves=4)
+    mid: TrainRecipe = TrainRecipe(iters=40, micro_batch=12, global_batch=12, lr=5e-4, min_lr=0.0, warmup=2, saves=1)
     rl: GRPOConfig = field(default_factory=GRPOConfig)
     eps: float = 0.2
     """The annotation's clip half-width (static, shuffled; online uses it unless an arm overrides it)."""
@@ -55,8 +55,8 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = (1, 2, 3)
     post_rl_arms: tuple[str, ...] = ("none", "online")
     post_rl_seeds: tuple[int, ...] = (1, 2)
-    eval_limit: int = 0
-    """First N problems of each evaluation split (0: all)."""
+    eval_limit: int = 100
+    """Accuracy on the first N problems of each evaluation split (0: all); the loss always uses all."""
     max_new_tokens: int = 64
     engine: str = "vllm"
     """remit-annotate's scoring engine."""

@@ -120,9 +120,11 @@ def evaluate_model(
     out: dict[str, Any] = {"model": str(model_dir)}
     for split in splits:
         rows = read_jsonl(data / f"{split}.jsonl")
-        rows = rows[:limit] if limit else rows
-        res = accuracy(model, tok, rows, max_new_tokens, batch_size)
+        # Decoding dominates the cost: accuracy on the first `limit` problems, the loss (one forward
+        # pass per batch) on all of them.
+        res = accuracy(model, tok, rows[:limit] if limit else rows, max_new_tokens, batch_size)
         res["loss"] = solution_loss(model, tok, rows)
+        res["loss_n"] = len(rows)
         out[split] = res
     return out
 

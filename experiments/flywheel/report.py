@@ -259,6 +259,24 @@ def plot(res: dict[str, Any], splits: tuple[str, ...], out_dir: Path) -> list[Pa
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
+    # The training loss of every step (unweighted, on the noisy annealing rows each arm was fed).
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for arm, by_seed in res["curves"].items():
+        runs = [np.array(c["train_loss_unweighted"]) for c in by_seed.values() if c["train_loss_unweighted"]]
+        if not runs or any(len(r) != len(runs[0]) for r in runs):
+            continue
+        ys = np.stack([r[:, 1] for r in runs])
+        ax.plot(runs[0][:, 0], ys.mean(0), label=f"{arm} (n={len(runs)})", lw=1.2)
+    ax.set_xlabel("mid-training step")
+    ax.set_ylabel("training loss, unweighted (nats/token)")
+    ax.set_title("annealing rows, mean over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "train_loss_vs_step.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
     return paths
 
 

@@ -193,7 +193,7 @@ def test_quick_mode_runs_every_stage(tmp_path):
     md = (out / "results.md").read_text()
     for arm in arms:
         assert f"| {arm} | 1 |" in md
-    assert all(Path(p).stat().st_size > 1000 for p in res["plots"]) and len(res["plots"]) == 2
+    assert all(Path(p).stat().st_size > 1000 for p in res["plots"]) and len(res["plots"]) == 3
     for arm in arms:  # every arm trained the same number of tokens
         lines = (out / "runs" / "mid" / f"{arm}-s1" / "metrics.jsonl").read_text().splitlines()
         assert (
