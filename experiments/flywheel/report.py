@@ -284,9 +284,16 @@ def write_report(out: Path, cfg: Any, splits: tuple[str, ...]) -> dict[str, Any]
     res = collect(out, splits)
     summ = summarize(res, splits)
     md = markdown(res, summ, splits, tuple(cfg.arms))
+    kinds = None
+    if (out / "annotated" / "manifest.json").exists():
+        from experiments.flywheel.diagnose import markdown as kinds_markdown
+        from experiments.flywheel.diagnose import weight_by_token_kind
+
+        kinds = weight_by_token_kind(out)
+        md += "\n### Where the annotation put its weights\n\n" + kinds_markdown(kinds) + "\n"
     plots = plot(res, splits, out / "plots") if res["curves"] else []
     (out / "results.md").write_text(md + "\n")
-    payload = {"summary": summ, "stages": res["stages"], "plots": [str(p) for p in plots]}
+    payload = {"summary": summ, "stages": res["stages"], "plots": [str(p) for p in plots], "weights_by_kind": kinds}
     payload["base"] = {sp: res["base"][sp]["accuracy"] for sp in splits} if "base" in res else None
     payload["rl"] = {sp: res["rl"][sp]["accuracy"] for sp in splits} if "rl" in res else None
     (out / "results.json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
