@@ -143,7 +143,7 @@ def test_policy_loss_matches_a_per_sequence_reference():
     total, count = 0.0, 0
     for p, c, a in zip(prompts, comps, adv):
         ids = torch.tensor([p + c])
-        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1).detach()
         for j, tok in enumerate(c):
             total += -a * float(logp[len(p) - 1 + j, tok])
             count += 1
