@@ -147,7 +147,7 @@ def test_policy_loss_matches_a_per_sequence_reference():
         for j, tok in enumerate(c):
             total += -a * float(logp[len(p) - 1 + j, tok])
             count += 1
-    assert float(got) == pytest.approx(total / count, rel=1e-5, abs=1e-6)
+    assert float(got.detach()) == pytest.approx(total / count, rel=1e-5, abs=1e-6)
 
 
 def test_paired_statistics():
