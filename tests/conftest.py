@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random Llama pairs and tokenizers built locally (no network)."""
+"""Shared fixtures: tiny random Llama pairs and tokenizers built locally (no network), synthetic outputs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+
+from tests.synthetic import make_output
 
 
 def _has(module: str) -> bool:
@@ -53,3 +55,26 @@ def other_tokenizer_model(tmp_path_factory, model_pair) -> Path:
     tiny_llama(len(tok), seed=7).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def small_output(tmp_path_factory) -> Path:
+    """~5k tokens in 8 shards; a small vocabulary so that token ids repeat often enough for top lists."""
+    return make_output(
+        tmp_path_factory.mktemp("inspect") / "out", n_docs=70, seq_len=64, vocab=60, rows_per_shard=12, seed=3
+    )
+
+
+@pytest.fixture(scope="session")
+def segment_output(tmp_path_factory) -> Path:
+    """Segment-centred weights and another eps, to check the views read eps from the manifest."""
+    return make_output(
+        tmp_path_factory.mktemp("inspect") / "seg",
+        n_docs=30,
+        seq_len=32,
+        vocab=40,
+        eps=0.1,
+        center="segment",
+        rows_per_shard=16,
+        seed=5,
+    )

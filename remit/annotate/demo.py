@@ -1,9 +1,9 @@
 """The embedded default: a bundled sample corpus and a generated tiny Llama pair (base and "RL").
 
-Nothing is downloaded. The tokenizer is a byte-level BPE trained on the sample corpus; the base model
-is randomly initialised with a fixed seed, and the RL sibling is the base model with a small,
-seeded perturbation, so the two disagree a little, token by token, as an RL-tuned model does.
-These models exist to exercise the pipeline, not to say anything about language.
+- Nothing is downloaded. The tokenizer is a byte-level BPE trained on the sample corpus.
+- The base model is randomly initialised with a fixed seed; the RL sibling is the base model with a
+  small seeded perturbation, so the two disagree a little, token by token, as an RL-tuned model does.
+- These models exercise the pipeline; they say nothing about language.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def tiny_llama(
         tie_word_embeddings=tie,
         bos_token_id=1,
         eos_token_id=2,
-        torch_dtype="float32",
+        dtype="float32",
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).eval()

@@ -1,15 +1,16 @@
 """Corpus readers: JSONL (plain or gzip), Parquet, folders of text files, `datasets` folders.
 
-Every reader yields, in a deterministic order, either a `Record` (one document: text or token ids)
-or a `Skip` (a record that cannot be used, with the reason and where it is). The caller counts the
-skips, or fails on the first one under ``--strict``.
+- Every reader yields, in a deterministic order, a `Record` (one document: text or token ids) or a
+  `Skip` (a record that cannot be used, with the reason and where it is).
+- The caller counts the skips, or fails on the first one under ``--strict``.
+- `fingerprint` gives the inputs' part of the run identity.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def is_datasets_folder(path: Path) -> bool:
     return path.is_dir() and any((path / n).exists() for n in ("state.json", "dataset_dict.json"))
 
 
-def expand_inputs(paths: list[str | Path]) -> list[Path]:
+def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
     """Resolve the input paths into an ordered list of readable sources; raise InputError on a bad path."""
     out: list[Path] = []
     for p in map(Path, paths):

@@ -1,15 +1,16 @@
-"""`remit-annotate launch`: run N annotation workers on one machine, then finalize.
+"""Workers and their ranks: `remit-annotate launch` on one machine, and rank detection for every launcher.
 
     remit-annotate launch --workers 2 --base DIR --rl DIR --input PATH --output DIR [job flags]
 
-The launcher is deliberately thin: no scheduling of its own. It runs `remit-annotate plan` once (one
-process tokenizes and packs; a plan failure is reported before any worker starts), then N plain
-`remit-annotate run --rank i --world-size N` processes with the same job flags, each with its own
-log file. With GPUs, worker i sees only its own GPUs (CUDA_VISIBLE_DEVICES: --tensor-parallel-size
-of them each); without, the workers are pinned to disjoint sets of the allowed CPU cores, so that the
-engines' thread pools do not fight. When every worker has succeeded it finalizes; when one has
-failed it names the worker, its exit status and log, and exits non-zero. Rerunning the same command
-resumes: finished units are kept, whatever the number of workers.
+- `rank_from_env`: a worker's rank and world size from --rank/--world-size or the environment a
+  Slurm array, `srun` or `torchrun` sets (the levels compose).
+- The local launcher has no scheduling of its own. It runs `remit-annotate plan` once (a plan failure
+  is reported before any worker starts), then N plain `remit-annotate run --rank i --world-size N`
+  processes with the same job flags, each with its own log file.
+- With GPUs, worker i sees only its own GPUs (--tensor-parallel-size of them); without, the workers
+  are pinned to disjoint sets of the allowed CPU cores, so that the engines' thread pools do not fight.
+- When every worker has succeeded it finalizes; when one has failed it names the worker, its exit
+  status and log, and exits non-zero. Rerunning the same command resumes, with any number of workers.
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-#: Job flags that only the launcher uses, never forwarded to the workers.
-_LAUNCH_ONLY = ("workers", "gpus", "no_pin", "log_dir")
+from remit.annotate.config import AnnotateConfig
+from remit.annotate.flags import add_arguments as add_config_arguments
+from remit.annotate.flags import option, to_argv
+from remit.annotate.workdir import WorkDir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from remit.annotate.cli import add_job_arguments
-
-    add_job_arguments(parser)
+    add_config_arguments(parser, AnnotateConfig)
     g = parser.add_argument_group("launch")
     g.add_argument(
         "--workers",
@@ -54,6 +55,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder for plan.log and worker-R.log (default OUTPUT/_work/logs, removed with _work/ "
         "after a successful finalize unless --keep-work)",
     )
+
+
+# -- rank and world size -------------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerFlags:
+    """The flags that place one worker among many (`remit-annotate run`)."""
+
+    rank: int | None = option(
+        None,
+        help="this worker's rank (default: from SLURM_ARRAY_TASK_ID, SLURM_PROCID or RANK; else 0)",
+        group="workers",
+    )
+    """This worker's rank: it scores the units u with u % world_size == rank. None: from the environment."""
+    world_size: int | None = option(
+        None,
+        help="number of workers (default: from SLURM_ARRAY_TASK_COUNT, SLURM_NTASKS or WORLD_SIZE; else 1)",
+        group="workers",
+    )
+    """How many workers share the units. None: from the environment."""
+
+
+def _env_pair(env: dict[str, str], rank_key: str, size_key: str) -> tuple[int, int] | None:
+    if rank_key in env and size_key in env:
+        return int(env[rank_key]), int(env[size_key])
+    return None
+
+
+def rank_from_env(rank: int | None, world_size: int | None, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """This worker's rank and the world size: explicit values first, then the launcher's environment.
+
+    Launchers nest, so the levels compose (outer index x inner size + inner index):
+      * a Slurm array task (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT) is the
+        outer level;
+      * inside it, torchrun (RANK of WORLD_SIZE) or else srun (SLURM_PROCID of SLURM_NTASKS) is the
+        inner level. torchrun wins over srun because under `srun torchrun` SLURM_PROCID numbers the
+        nodes while RANK already numbers every process.
+    Nothing set: rank 0 of 1.
+    """
+    env = dict(os.environ if env is None else env)
+    if rank is None or world_size is None:
+        outer = None
+        if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+            outer = (
+                int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0)),
+                int(env["SLURM_ARRAY_TASK_COUNT"]),
+            )
+        inner = _env_pair(env, "RANK", "WORLD_SIZE") or _env_pair(env, "SLURM_PROCID", "SLURM_NTASKS") or (0, 1)
+        r, w = inner
+        if outer is not None:
+            r, w = outer[0] * inner[1] + inner[0], outer[1] * inner[1]
+        rank = r if rank is None else rank
+        world_size = w if world_size is None else world_size
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(
+            f"rank {rank} / world size {world_size}: need 0 <= rank < world size (check --rank/--world-size "
+            "or the SLURM_ARRAY_TASK_*, SLURM_PROCID/SLURM_NTASKS, RANK/WORLD_SIZE environment)"
+        )
+    return rank, world_size
 
 
 # -- devices --------------------------------------------------------------------------------------------
@@ -110,11 +171,13 @@ class WorkerSpec:
 
 
 def _ranges(cpus: list[int]) -> str:
-    parts, start = [], cpus[0]
-    for a, b in zip(cpus, cpus[1:] + [None]):
-        if b != a + 1:
+    """[0, 1, 2, 3, 6] -> "0-3,6"."""
+    parts: list[str] = []
+    start = cpus[0]
+    for a, b in zip(cpus, [*cpus[1:], None]):
+        if b is None or b != a + 1:
             parts.append(str(start) if start == a else f"{start}-{a}")
-            start = b
+            start = a if b is None else b
     return ",".join(parts)
 
 
@@ -158,25 +221,7 @@ def worker_specs(
 
 def job_flags(args: argparse.Namespace) -> list[str]:
     """The job flags of `args` as a command line, for `remit-annotate plan/run` (every value explicit)."""
-    from remit.annotate.cli import add_job_arguments
-
-    probe = argparse.ArgumentParser(add_help=False)
-    add_job_arguments(probe)
-    flags: list[str] = []
-    for action in probe._actions:  # argparse keeps no public list of a parser's options
-        if not action.option_strings or action.dest in _LAUNCH_ONLY:
-            continue
-        value = getattr(args, action.dest, None)
-        flag = action.option_strings[-1]
-        if isinstance(action, argparse._StoreTrueAction):
-            flags += [flag] if value else []
-        elif value is None:
-            continue
-        elif isinstance(value, (list, tuple)):
-            flags += [flag, *map(str, value)]
-        else:
-            flags += [flag, str(value)]
-    return flags
+    return to_argv(AnnotateConfig, vars(args))
 
 
 def _child_setup(cpus: list[int] | None) -> Any:
@@ -238,7 +283,8 @@ def run(args: argparse.Namespace) -> int:
     if n < 1:
         raise ValueError(f"--workers must be >= 1 (got {args.workers}; {len(gpus)} GPUs at tensor parallel {tp})")
     specs = worker_specs(n, gpus, tp, pin=not args.no_pin)
-    log_dir = Path(args.log_dir) if args.log_dir else output / "_work" / "logs"
+    work = WorkDir(output)
+    log_dir = Path(args.log_dir) if args.log_dir else work.logs_dir
     log_dir.mkdir(parents=True, exist_ok=True)
     python = [sys.executable, "-m", "remit.annotate.cli"]
     flags = job_flags(args)
@@ -246,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Plan once, in one process: workers then find plan.json and never wait on each other. On a resume
     # the plan exists; each worker still checks that it belongs to this run before touching anything.
-    if not (output / "_work" / "plan.json").exists() and not (output / "manifest.json").exists():
+    if not work.plan_path.exists() and not work.manifest_path.exists():
         plan_log = log_dir / "plan.log"
         proc, fh = _start([*python, "plan", *flags], {**specs[0].env, "CUDA_VISIBLE_DEVICES": ""}, plan_log, None)
         rc = proc.wait()
@@ -264,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
             proc, fh = _start(cmd, spec.env, log, spec.cpus)
             procs[spec.rank] = (proc, fh, log)
             print(f"[launch] worker {spec.rank}/{n} pid {proc.pid} ({spec.describe()}), log {log}", flush=True)
-        failed = _wait(procs, output, args.progress_every)
+        failed = _wait(procs, work, args.progress_every_s)
     except (KeyboardInterrupt, _Terminated):
         for proc, _, _ in procs.values():
             if proc.poll() is None:
@@ -297,9 +343,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait(procs: dict[int, tuple[subprocess.Popen, IO, Path]], output: Path, every_s: float) -> list[tuple[int, int]]:
+def _wait(procs: dict[int, tuple[subprocess.Popen, IO, Path]], work: WorkDir, every_s: float) -> list[tuple[int, int]]:
     """Wait for every worker; report each exit and, periodically, the units done. Returns failures."""
-    done_dir = output / "_work" / "done"
     running = dict(procs)
     failed: list[tuple[int, int]] = []
     last = time.monotonic()
@@ -314,7 +359,6 @@ def _wait(procs: dict[int, tuple[subprocess.Popen, IO, Path]], output: Path, eve
                 failed.append((rank, rc))
         if running and time.monotonic() - last >= every_s:
             last = time.monotonic()
-            n_done = len(list(done_dir.glob("unit-*.json"))) if done_dir.is_dir() else 0
-            print(f"[launch] {n_done} units done, {len(running)} workers running", flush=True)
+            print(f"[launch] {work.count_records()} units done, {len(running)} workers running", flush=True)
         time.sleep(0.2)
     return sorted(failed)

@@ -1,78 +1,101 @@
 """`remit-annotate pack`: a pack-only output, token ids in sequence-aligned shards and no scoring.
 
-- Tokenize the corpus once with a tokenizer folder (no model is loaded), pack it into rows of exactly
-  ``seq_len + 1`` tokens as the scored path does (same packer, same BOS/EOS policy, same shard schema),
-  and write the shards and a manifest with ``"scored": false``.
-- Every log-prob is NaN and every weight 1.0, so the shards read like any output, and
-  `remit-train --weights none` trains on them: a vanilla baseline, or pre-training from scratch with
-  `--init-config`, that costs no scoring. The weighted modes refuse such an output.
-- The output is deterministic (byte-identical on a rerun). Packing is cheap, so there is no
-  work-unit resume: a rerun over an unfinished folder writes every shard again; a finished folder of
-  the same run is left as it is, and one of another run is refused.
+    remit-annotate pack --tokenizer DIR --input PATH [PATH ...] --output DIR [--seq-len N ...]
+
+- Tokenizes the corpus once with a tokenizer folder (no model is loaded) and packs it into rows of
+  exactly ``seq_len + 1`` tokens as the scored path does: the same packer, BOS/EOS policy and shard
+  schema, so the output reads like any other.
+- Every log-prob is NaN and every weight 1.0; the manifest says ``"scored": false``. `remit-train
+  --weights none` trains on it (a vanilla baseline, or pre-training from scratch with
+  `--init-config`) at no scoring cost; the weighted modes refuse it, and validate, stats and show
+  say that it holds no weights.
+- Deterministic: a rerun writes the same bytes. Packing is cheap, so there is no unit-level resume:
+  a rerun over an unfinished folder writes every shard again; a finished folder of the same run is
+  left as it is, and another run's folder is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from remit import __version__
-from remit.annotate.inputs import Fields, InputError, Skip, check_columns, expand_inputs, fingerprint, read_inputs
+from remit.annotate.config import AnnotateConfig
+from remit.annotate.flags import add_arguments as add_config_arguments
+from remit.annotate.flags import check_choices, config_from_args, option, run_local_fields
+from remit.annotate.inputs import Fields, Skip, check_columns, expand_inputs, fingerprint, read_inputs
 from remit.annotate.packing import Document, PackedRow, pack
-from remit.annotate.plan import StrictInputError, shard_name
-from remit.annotate.tokenize import BOS_POLICIES, EOS_POLICIES, SpecialTokens, load_tokenizer, tokenize_records
+from remit.annotate.plan import PlanStats
+from remit.annotate.progress import Progress
+from remit.annotate.tokenize import BosPolicy, EosPolicy, SpecialTokens, load_tokenizer, tokenize_records
+from remit.annotate.workdir import WorkDir
 from remit.shards.checksum import bytes_sha256
-from remit.shards.manifest import MANIFEST_NAME, ShardError, assemble_manifest, write_json_atomic
-from remit.shards.tokenizer_hash import tokenizer_hash
+from remit.shards.manifest import assemble_manifest
 from remit.shards.writer import Rows, build_table, write_shard
 
 #: The manifest's weight rule for a pack-only output.
 PACK_RULE = "none: pack-only output, not scored; every log-prob is NaN and every weight 1.0"
 
 
+def _as_annotate(name: str, **override: Any) -> Any:
+    """The field `name` declared as `AnnotateConfig` declares it (flag, help, group, default), so that the
+    flags the two commands share are spelled and documented once."""
+    f = next(f for f in dataclasses.fields(AnnotateConfig) if f.name == name)
+    meta = {k: f.metadata[k] for k in ("help", "group", "flag", "run_local")}
+    meta.update(override)
+    if f.default_factory is not dataclasses.MISSING:
+        return option(default_factory=f.default_factory, **meta)
+    return option(f.default, **meta)
+
+
 @dataclass
 class PackConfig:
-    tokenizer: Path
-    """Folder holding the tokenizer files (a model folder works: only the tokenizer is loaded)."""
-    inputs: list[Path]
+    # --- tokenizer and data ---
+    tokenizer: Path = option(
+        help="folder with the tokenizer files (a model folder works: only its tokenizer is loaded)",
+        group="tokenizer and data",
+    )
+    """Folder holding the tokenizer files; the manifest records it and its hash."""
+    inputs: list[Path] = _as_annotate("inputs", group="tokenizer and data")
     """Corpus: JSONL (plain/gzip), Parquet, folders of .txt, or `datasets` save_to_disk folders."""
-    output: Path
+    output: Path = _as_annotate("output", group="tokenizer and data")
     """Output folder: manifest.json + shard-NNNNN.parquet."""
-    seq_len: int = 4096
-    """Training sequence length; rows hold seq_len + 1 tokens."""
-    rows_per_shard: int = 2048
-    """Rows per shard."""
-    text_field: str = "text"
-    """Field or column holding the text."""
-    id_field: str = "id"
-    """Field holding the document id (absent: '<file>:<record>')."""
-    token_field: str | None = None
-    """Pre-tokenized input: the field with token ids, used as they are."""
-    bos: str = "auto"
-    """Prepend BOS to each document: auto (as the tokenizer's template does), always or never."""
-    eos: str = "always"
-    """Append EOS to each document: always or never."""
-    strict: bool = False
+    text_field: str = _as_annotate("text_field", group="tokenizer and data")
+    """Field (JSONL) or column (Parquet, `datasets`) holding a document's text."""
+    id_field: str = _as_annotate("id_field", group="tokenizer and data")
+    """Field holding the document id; a record without it gets '<file>:<record number>'."""
+    token_field: str | None = _as_annotate("token_field", group="tokenizer and data")
+    """Set for pre-tokenized input: the field with token ids (used as they are)."""
+    strict: bool = _as_annotate("strict", group="tokenizer and data")
     """Fail on the first unusable record instead of skipping and counting it."""
+    # --- packing ---
+    seq_len: int = _as_annotate("seq_len", group="packing")
+    """Training sequence length; rows hold seq_len + 1 tokens."""
+    bos: BosPolicy = _as_annotate("bos", group="packing")
+    """Prepend BOS to each document: always, never, or auto (when the tokenizer's template does)."""
+    eos: EosPolicy = _as_annotate("eos", group="packing")
+    """Append EOS to each document."""
+    rows_per_shard: int = _as_annotate("rows_per_shard", group="packing", help="rows per shard (default 2048)")
+    """Rows per shard."""
+    progress_every_s: float = _as_annotate("progress_every_s", group="packing")
+    """Seconds between progress lines."""
 
     def __post_init__(self) -> None:
         self.tokenizer, self.output = Path(self.tokenizer), Path(self.output)
         self.inputs = [Path(p) for p in self.inputs]
+        check_choices(self)
         if self.seq_len < 1:
-            raise ValueError(f"seq_len: must be >= 1, got {self.seq_len}; pass --seq-len N")
+            raise ValueError(f"seq_len must be >= 1; got {self.seq_len} (--seq-len)")
         if self.rows_per_shard < 1:
-            raise ValueError(f"rows_per_shard: must be >= 1, got {self.rows_per_shard}; pass --rows-per-shard N")
-        if self.bos not in BOS_POLICIES:
-            raise ValueError(f"bos: {self.bos!r} is not one of {BOS_POLICIES}")
-        if self.eos not in EOS_POLICIES:
-            raise ValueError(f"eos: {self.eos!r} is not one of {EOS_POLICIES}")
+            raise ValueError(f"rows_per_shard must be >= 1; got {self.rows_per_shard} (--rows-per-shard)")
         if not self.inputs:
             raise ValueError("inputs: give at least one input path (--input)")
         if not self.tokenizer.is_dir():
@@ -81,22 +104,13 @@ class PackConfig:
             raise ValueError(f"--output {self.output}: exists and is not a folder")
 
     def identity(self) -> dict[str, Any]:
+        """The fields that determine the output, as recorded in the manifest."""
         d = asdict(self)
         d["tokenizer"] = str(self.tokenizer.resolve())
         d["inputs"] = [str(p.resolve()) for p in self.inputs]
-        for local in ("output", "strict"):
-            d.pop(local)
+        for k in run_local_fields(PackConfig):
+            d.pop(k)
         return d
-
-
-@dataclass
-class PackStats:
-    documents: int = 0
-    tokens: int = 0
-    rows: int = 0
-    last_row_tokens: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    skip_examples: list[str] = field(default_factory=list)
 
 
 def _unscored_rows(rows: list[PackedRow], first_sample_id: int) -> Rows:
@@ -118,6 +132,9 @@ def _unscored_rows(rows: list[PackedRow], first_sample_id: int) -> Rows:
 
 
 def _describe(cfg: PackConfig, tokenizer: Any, special: SpecialTokens, inputs: list[Path]) -> dict[str, Any]:
+    """The manifest's fields known before packing; ``run_id`` hashes them."""
+    from remit.shards.tokenizer_hash import tokenizer_hash
+
     run: dict[str, Any] = {
         "remit_version": __version__,
         "scored": False,
@@ -144,7 +161,7 @@ def _describe(cfg: PackConfig, tokenizer: Any, special: SpecialTokens, inputs: l
     return run
 
 
-def pack_output(cfg: PackConfig, progress_every_s: float = 10.0) -> dict[str, Any]:
+def pack_output(cfg: PackConfig) -> dict[str, Any]:
     """Tokenize, pack and write a pack-only output; return its manifest (written last)."""
     inputs = expand_inputs(cfg.inputs)
     fields = Fields(text=cfg.text_field, id=cfg.id_field, tokens=cfg.token_field)
@@ -152,35 +169,22 @@ def pack_output(cfg: PackConfig, progress_every_s: float = 10.0) -> dict[str, An
     tokenizer = load_tokenizer(cfg.tokenizer)
     special = SpecialTokens.resolve(tokenizer, cfg.bos, cfg.eos)
     run = _describe(cfg, tokenizer, special, inputs)
-    out = cfg.output
-    if (out / MANIFEST_NAME).exists():
-        existing = json.loads((out / MANIFEST_NAME).read_text())
-        if existing.get("run_id") != run["run_id"]:
-            raise ShardError(
-                f"{out / MANIFEST_NAME}: this folder holds another output (run id {existing.get('run_id')}, this "
-                f"one's is {run['run_id']}: inputs, tokenizer or settings differ). Use a new --output folder."
-            )
-        return existing
-    out.mkdir(parents=True, exist_ok=True)
-    stats = PackStats()
-    t0 = last = time.perf_counter()
+    work = WorkDir(cfg.output)
+    finished = work.finished_output(run["run_id"])
+    if finished is not None:
+        return finished
+    work.output.mkdir(parents=True, exist_ok=True)
+    stats = PlanStats()
+    progress = Progress("pack", unit="tok", every_s=cfg.progress_every_s)
 
     def documents() -> Iterator[Document]:
-        nonlocal last
         for item in tokenize_records(read_inputs(inputs, fields), tokenizer, special):
             if isinstance(item, Skip):
-                if cfg.strict:
-                    raise StrictInputError(f"{item.where()}: {item.reason} (--strict; drop it to skip and count)")
-                stats.skipped[item.kind] = stats.skipped.get(item.kind, 0) + 1
-                if len(stats.skip_examples) < 20:
-                    stats.skip_examples.append(f"{item.where()}: {item.reason}")
+                stats.skip(item, cfg.strict)
                 continue
             stats.documents += 1
             stats.tokens += len(item.tokens)
-            if time.perf_counter() - last > progress_every_s:
-                last = time.perf_counter()
-                rate = stats.tokens / max(last - t0, 1e-9)
-                print(f"pack: {stats.documents:,} documents, {stats.tokens:,} tokens ({rate:,.0f} tok/s)", flush=True)
+            progress.update(len(item.tokens))
             yield item
 
     shards: list[dict[str, Any]] = []
@@ -188,8 +192,7 @@ def pack_output(cfg: PackConfig, progress_every_s: float = 10.0) -> dict[str, An
 
     def flush() -> None:
         rows = _unscored_rows(pending, stats.rows - len(pending))
-        info = write_shard(build_table(rows, 0.0), out / shard_name(len(shards)))
-        shards.append(info.to_dict())
+        shards.append(write_shard(build_table(rows, 0.0), work.shard_path(len(shards))).to_dict())
         pending.clear()
 
     for row in pack(documents(), cfg.seq_len):
@@ -201,13 +204,12 @@ def pack_output(cfg: PackConfig, progress_every_s: float = 10.0) -> dict[str, An
     if pending:
         flush()
     if not shards:
-        raise InputError(
+        raise ValueError(
             f"no usable documents in the inputs ({sum(stats.skipped.values())} records skipped: {stats.skipped}); "
             "check --text-field / --token-field"
         )
-    for stale in sorted(out.glob("shard-*.parquet")):  # from an earlier, longer unfinished run of this folder
-        if stale.name not in {s["file"] for s in shards}:
-            stale.unlink()
+    progress.close()
+    work.remove_other_shards({s["file"] for s in shards})  # from an earlier, longer unfinished run
     run["input"].update(
         documents=stats.documents,
         tokens=stats.tokens,
@@ -216,53 +218,21 @@ def pack_output(cfg: PackConfig, progress_every_s: float = 10.0) -> dict[str, An
         skip_examples=stats.skip_examples,
     )
     manifest = assemble_manifest(run, shards)
-    write_json_atomic(out / MANIFEST_NAME, manifest)
+    work.write_manifest(manifest)
     return manifest
 
 
-# -- the subcommand ---------------------------------------------------------------------------------------
+# -- the command ------------------------------------------------------------------------------------------
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("tokenizer and data")
-    g.add_argument("--tokenizer", required=True, type=Path, help="folder with the tokenizer files (or a model folder)")
-    g.add_argument(
-        "--input",
-        required=True,
-        nargs="+",
-        type=Path,
-        dest="inputs",
-        help="corpus: .jsonl/.jsonl.gz, .parquet, folders of .txt, or `datasets` save_to_disk folders",
-    )
-    g.add_argument("--output", required=True, type=Path, help="output folder (manifest.json + shard-*.parquet)")
-    g.add_argument("--text-field", default="text", help="field/column holding the text (default: text)")
-    g.add_argument("--id-field", default="id", help="field holding the document id (default: id)")
-    g.add_argument("--token-field", default=None, help="pre-tokenized input: field with token ids (default: off)")
-    g.add_argument("--strict", action="store_true", help="fail on the first unusable record instead of skipping it")
-    g = p.add_argument_group("packing")
-    g.add_argument("--seq-len", type=int, default=4096, help="training sequence length; rows hold seq-len + 1 tokens")
-    g.add_argument("--rows-per-shard", type=int, default=2048, help="rows per shard (default 2048)")
-    g.add_argument("--bos", choices=BOS_POLICIES, default="auto", help="prepend BOS to each document (default auto)")
-    g.add_argument("--eos", choices=EOS_POLICIES, default="always", help="append EOS to each document")
-    g.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines (default 10)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, PackConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = PackConfig(
-        tokenizer=args.tokenizer,
-        inputs=args.inputs,
-        output=args.output,
-        seq_len=args.seq_len,
-        rows_per_shard=args.rows_per_shard,
-        text_field=args.text_field,
-        id_field=args.id_field,
-        token_field=args.token_field,
-        bos=args.bos,
-        eos=args.eos,
-        strict=args.strict,
-    )
+    cfg = config_from_args(PackConfig, args)
     t0 = time.perf_counter()
-    manifest = pack_output(cfg, progress_every_s=args.progress_every)
+    manifest = pack_output(cfg)
     t = manifest["totals"]
     skipped = sum((manifest["input"].get("skipped") or {}).values())
     print(
@@ -272,3 +242,6 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     return 0
+
+
+__all__ = ["PACK_RULE", "PackConfig", "add_arguments", "pack_output", "run"]

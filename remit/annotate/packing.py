@@ -1,11 +1,11 @@
-"""Sequence-aligned packing: documents -> rows of exactly ``seq_len + 1`` tokens.
+"""Sequence-aligned packing: documents -> rows of exactly ``seq_len + 1`` tokens, and rows -> prompts.
 
-Documents (already carrying their BOS/EOS) are concatenated in corpus order and cut into consecutive,
-non-overlapping rows of ``seq_len + 1`` tokens, the window a Megatron training sample takes
-(``tokens = row[:-1]``, ``labels = row[1:]``). The last, shorter remainder becomes a final short row.
-The part of a document inside one row is a *segment*; each segment is scored as its own prompt, so
-its first token has no log-prob. A trainer with document-masked attention and position ids reset at
-segment starts sees exactly the scoring context.
+- Documents (already carrying their BOS/EOS) are concatenated in corpus order and cut into
+  consecutive, non-overlapping rows of ``seq_len + 1`` tokens, the window a Megatron training sample
+  takes (``tokens = row[:-1]``, ``labels = row[1:]``). The remainder becomes a final short row.
+- The part of a document inside one row is a *segment*. Each segment is scored as its own prompt
+  (`unit_prompts`), so its first token has no log-prob; a trainer with document-masked attention and
+  position ids reset at segment starts sees exactly the scoring context.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
 @dataclass
@@ -66,3 +68,30 @@ def pack(documents: Iterable[Document], seq_len: int) -> Iterator[PackedRow]:
     if filled:
         row.tokens = np.concatenate(parts).astype(np.int32, copy=False)
         yield row
+
+
+@dataclass(frozen=True)
+class UnitPrompts:
+    """Packed rows (a planned unit, or rows of a shard) in flat form, and their segments as prompts."""
+
+    tokens: np.ndarray
+    """Every row's tokens, concatenated."""
+    lengths: np.ndarray
+    """Tokens per row (int64)."""
+    starts: list[np.ndarray]
+    """Per row, the in-row offsets of its segments (int32, the first is 0)."""
+    prompts: list[np.ndarray]
+    """Every segment's tokens, in token order: each is scored as its own prompt."""
+
+
+def unit_prompts(table: pa.Table) -> UnitPrompts:
+    """The rows of `table` (columns token_ids and segment_starts) and their segment prompts."""
+    tokens = pc.list_flatten(table.column("token_ids")).to_numpy()
+    lengths = pc.list_value_length(table.column("token_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = [np.asarray(s, np.int32) for s in table.column("segment_starts").to_pylist()]
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    prompts: list[np.ndarray] = []
+    for off, n, st in zip(offsets, lengths, starts):
+        bounds = [*st.tolist(), int(n)]
+        prompts.extend(tokens[off + a : off + b] for a, b in zip(bounds[:-1], bounds[1:]))
+    return UnitPrompts(tokens, lengths, starts, prompts)

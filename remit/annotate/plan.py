@@ -1,41 +1,41 @@
 """Planning: the run's identity, and the corpus cut into deterministic work units.
 
-Planning reads the inputs once, tokenizes them, packs the rows and writes them, ``rows_per_shard``
-rows per unit, under ``OUTPUT/_work/plan/``. Sample ids and unit boundaries depend only on the
-inputs and the settings, never on the number of workers, so any worker can score any unit and a
-resume with another world size produces the same output. ``plan.json`` is written last: a plan
-without it is incomplete and is redone from scratch.
+- `describe_run`: the run description (whose hash is the run id), checked before any work starts.
+- `build_plan`: reads the inputs once, tokenizes them, packs the rows and writes them,
+  ``rows_per_shard`` rows per unit, into the work folder; ``plan.json`` is written last, so a plan
+  without it is incomplete and is redone from scratch.
+- `ensure_plan`: rank 0 plans (under a lock) when there is no plan yet; the other ranks wait for it.
+
+Sample ids and unit boundaries depend only on the inputs and the settings, never on the number of
+workers, so any worker can score any unit and a resume with another world size gives the same output.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from remit import __version__
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.inputs import Fields, Skip, check_columns, expand_inputs, fingerprint, read_inputs
-from remit.annotate.packing import PackedRow, pack
+from remit.annotate.packing import Document, PackedRow, pack
 from remit.annotate.progress import Progress
+from remit.annotate.records import Plan, PlannedUnit, PlanTotals, RunDescription
 from remit.annotate.tokenize import SpecialTokens, check_same_tokenizer, load_tokenizer, tokenize_records
-from remit.shards.checksum import bytes_sha256, token_checksum
-from remit.shards.manifest import write_json_atomic
+from remit.annotate.workdir import WorkDir, shard_name
+from remit.shards.checksum import token_checksum
 from remit.shards.schema import SCHEMA
 from remit.shards.weights import RULE
-from remit.shards.writer import fsync_file
 
-WORK_DIR = "_work"
-RUN_FILE = "run.json"
-PLAN_FILE = "plan.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 #: The planned units hold the token-level layout of the final shards: the same columns, the same types.
 PLAN_SCHEMA = pa.schema(
@@ -48,18 +48,6 @@ PLAN_SCHEMA = pa.schema(
 
 class StrictInputError(ValueError):
     pass
-
-
-def work_dir(output: Path) -> Path:
-    return Path(output) / WORK_DIR
-
-
-def unit_plan_path(output: Path, unit: int) -> Path:
-    return work_dir(output) / "plan" / f"unit-{unit:05d}.parquet"
-
-
-def shard_name(unit: int) -> str:
-    return f"shard-{unit:05d}.parquet"
 
 
 def model_info(model_dir: Path) -> dict[str, Any]:
@@ -83,7 +71,17 @@ def model_info(model_dir: Path) -> dict[str, Any]:
     }
 
 
-def describe_run(cfg: AnnotateConfig) -> tuple[dict[str, Any], Any, SpecialTokens]:
+@dataclass(frozen=True)
+class RunSetup:
+    """What planning needs besides the config: the run's description, its tokenizer and BOS/EOS policy."""
+
+    run: RunDescription
+    tokenizer: Any
+    """The base model's tokenizer (the RL model's is checked to be the same)."""
+    special: SpecialTokens
+
+
+def describe_run(cfg: AnnotateConfig) -> RunSetup:
     """The run description (manifest fields known before scoring), the tokenizer and the BOS/EOS policy.
 
     Raises before any work starts on a bad model folder, bad input path or tokenizer mismatch.
@@ -102,12 +100,12 @@ def describe_run(cfg: AnnotateConfig) -> tuple[dict[str, Any], Any, SpecialToken
                 f"the {name} model's vocab_size ({v}) is smaller than its tokenizer's ({special.vocab_size}); "
                 "the tokenizer does not belong to this model"
             )
-    run = {
-        "remit_version": __version__,
-        "config": cfg.identity(),
-        "models": models,
-        "tokenizer": {"sha256": tok_hash, "path": str(cfg.base.resolve()), **special.to_dict()},
-        "packing": {
+    run = RunDescription.create(
+        remit_version=__version__,
+        config=cfg.identity(),
+        models=models,
+        tokenizer={"sha256": tok_hash, "path": str(cfg.base.resolve()), **special.to_dict()},
+        packing={
             "seq_len": cfg.seq_len,
             "row_tokens": cfg.seq_len + 1,
             "rows_per_shard": cfg.rows_per_shard,
@@ -116,15 +114,14 @@ def describe_run(cfg: AnnotateConfig) -> tuple[dict[str, Any], Any, SpecialToken
             "first_token_logp": "NaN at the first token of every segment (no context); weight 1.0 there",
             "segment_context": "each segment scored as an independent prompt from its own first token",
         },
-        "weights": {"eps": cfg.eps, "center": cfg.center, "rule": RULE},
-        "engine_request": {"name": cfg.engine, **cfg.engine_settings().to_dict()},
-        "input": {
+        weights={"eps": cfg.eps, "center": cfg.center, "rule": RULE},
+        engine_request={"name": cfg.engine, **cfg.engine_settings().to_dict()},
+        input={
             "paths": fingerprint(inputs),
             "fields": {"text": cfg.text_field, "id": cfg.id_field, "tokens": cfg.token_field},
         },
-    }
-    run["run_id"] = bytes_sha256(json.dumps(run, sort_keys=True).encode())
-    return run, tok_base, special
+    )
+    return RunSetup(run, tok_base, special)
 
 
 @dataclass
@@ -165,38 +162,31 @@ def _unit_table(rows: list[PackedRow], first_sample_id: int) -> pa.Table:
     )
 
 
-def _write_unit(output: Path, unit: int, rows: list[PackedRow], first_sample_id: int) -> dict[str, Any]:
-    path = unit_plan_path(output, unit)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(_unit_table(rows, first_sample_id), tmp, compression="zstd")
-    fsync_file(tmp)  # plan.json, written later, must never point at a unit lost in a power failure
-    tmp.replace(path)
+def _write_unit(work: WorkDir, unit: int, rows: list[PackedRow], first_sample_id: int) -> PlannedUnit:
+    work.write_planned_unit(unit, _unit_table(rows, first_sample_id))
     lengths = np.array([len(r.tokens) for r in rows], np.int64)
-    return {
-        "unit": unit,
-        "file": shard_name(unit),
-        "first_sample_id": first_sample_id,
-        "rows": len(rows),
-        "tokens": int(lengths.sum()),
-        "token_checksum": token_checksum(lengths, np.concatenate([r.tokens for r in rows])),
-    }
+    return PlannedUnit(
+        unit=unit,
+        file=shard_name(unit),
+        first_sample_id=first_sample_id,
+        rows=len(rows),
+        tokens=int(lengths.sum()),
+        token_checksum=token_checksum(lengths, np.concatenate([r.tokens for r in rows])),
+    )
 
 
-def build_plan(cfg: AnnotateConfig, run: dict[str, Any], tokenizer, special: SpecialTokens) -> dict[str, Any]:
+def build_plan(cfg: AnnotateConfig, setup: RunSetup) -> Plan:
     """Tokenize and pack the whole corpus into units; write plan.json last. Returns the plan."""
-    out = Path(cfg.output)
-    plan_dir = work_dir(out) / "plan"
-    if plan_dir.exists():
-        shutil.rmtree(plan_dir)  # an incomplete earlier plan (plan.json is missing): redo it whole
-    plan_dir.mkdir(parents=True)
+    work = WorkDir(cfg.output)
+    work.start_plan()
     stats = PlanStats()
     fields = Fields(text=cfg.text_field, id=cfg.id_field, tokens=cfg.token_field)
     progress = Progress("plan", unit="tok", every_s=cfg.progress_every_s)
-    units: list[dict[str, Any]] = []
+    units: list[PlannedUnit] = []
     pending: list[PackedRow] = []
 
-    def documents():
-        for item in tokenize_records(read_inputs(expand_inputs(cfg.inputs), fields), tokenizer, special):
+    def documents() -> Iterator[Document]:
+        for item in tokenize_records(read_inputs(expand_inputs(cfg.inputs), fields), setup.tokenizer, setup.special):
             if isinstance(item, Skip):
                 stats.skip(item, cfg.strict)
                 continue
@@ -211,10 +201,10 @@ def build_plan(cfg: AnnotateConfig, run: dict[str, Any], tokenizer, special: Spe
         stats.rows += 1
         stats.last_row_tokens = len(row.tokens)
         if len(pending) == cfg.rows_per_shard:
-            units.append(_write_unit(out, len(units), pending, stats.rows - len(pending)))
+            units.append(_write_unit(work, len(units), pending, stats.rows - len(pending)))
             pending = []
     if pending:
-        units.append(_write_unit(out, len(units), pending, stats.rows - len(pending)))
+        units.append(_write_unit(work, len(units), pending, stats.rows - len(pending)))
     if not units:
         raise ValueError(
             f"no usable documents in the inputs ({sum(stats.skipped.values())} records skipped: {stats.skipped}); "
@@ -222,28 +212,39 @@ def build_plan(cfg: AnnotateConfig, run: dict[str, Any], tokenizer, special: Spe
         )
     stats.units = len(units)
     progress.close()
-    plan = {
-        "run_id": run["run_id"],
-        "units": units,
-        "totals": {
-            "documents": stats.documents,
-            "tokens": stats.tokens,
-            "rows": stats.rows,
-            "units": stats.units,
-            "last_row_tokens": stats.last_row_tokens,
-            "skipped": dict(sorted(stats.skipped.items())),
-            "skip_examples": stats.skip_examples,
-        },
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    write_json_atomic(work_dir(out) / PLAN_FILE, plan)
+    plan = Plan(
+        run_id=setup.run.run_id,
+        units=tuple(units),
+        totals=PlanTotals(**{**asdict(stats), "skipped": dict(sorted(stats.skipped.items()))}),
+        seconds=round(time.perf_counter() - t0, 3),
+    )
+    work.write_plan(plan)
     return plan
 
 
-def read_plan(output: Path) -> dict[str, Any] | None:
-    path = work_dir(output) / PLAN_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+def ensure_plan(cfg: AnnotateConfig, setup: RunSetup, rank: int) -> Plan:
+    """Rank 0 plans when no plan exists; other ranks wait for it.
 
-
-def read_unit(output: Path, unit: int) -> pa.Table:
-    return pq.read_table(unit_plan_path(output, unit))
+    Readers trust only plan.json, which build_plan writes last: a plan folder without it (rank 0 was
+    killed while planning) is rebuilt from scratch by the next rank 0, and no rank reads it before.
+    """
+    work = WorkDir(cfg.output)
+    run_id = setup.run.run_id
+    plan = work.read_plan(run_id)
+    if plan is not None:
+        return plan
+    if rank == 0:
+        with work.plan_lock():
+            plan = work.read_plan(run_id)  # another planner may have finished while we waited
+            return plan if plan is not None else build_plan(cfg, setup)
+    deadline = time.monotonic() + cfg.plan_timeout_s
+    print(f"[rank {rank}] waiting for rank 0 to write the plan in {work.root}", file=sys.stderr, flush=True)
+    while time.monotonic() < deadline:
+        time.sleep(2.0)
+        plan = work.read_plan(run_id)
+        if plan is not None:
+            return plan
+    raise TimeoutError(
+        f"no plan after {cfg.plan_timeout_s:.0f} s; is rank 0 running? Run `remit-annotate plan` with the same "
+        "flags first, or rerun rank 0."
+    )

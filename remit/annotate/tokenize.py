@@ -1,8 +1,9 @@
 """Tokenize once, with the base model's tokenizer; refuse an RL model whose tokenizer differs.
 
-BOS/EOS are never left to the tokenizer's own template: texts are encoded without special tokens
-and the run's explicit policy adds them (``bos``: auto/always/never, ``eos``: always/never), so the
-manifest can say exactly what each document's token stream starts and ends with.
+- Texts are encoded without special tokens; BOS/EOS come from the run's explicit policy (``bos``:
+  auto/always/never, ``eos``: always/never), never from the tokenizer's own template, so the manifest
+  says exactly what each document's token stream starts and ends with.
+- Texts are encoded in batches; documents come out in input order, with the skips between them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -18,8 +19,8 @@ from remit.annotate.inputs import Item, Record, Skip
 from remit.annotate.packing import Document
 from remit.shards.tokenizer_hash import canonical_tokenizer, tokenizer_hash
 
-BOS_POLICIES = ("auto", "always", "never")
-EOS_POLICIES = ("always", "never")
+BosPolicy = Literal["auto", "always", "never"]
+EosPolicy = Literal["always", "never"]
 _TOKENIZE_BATCH = 256
 
 
@@ -84,11 +85,11 @@ class SpecialTokens:
     vocab_size: int
 
     @classmethod
-    def resolve(cls, tokenizer, bos: str, eos: str) -> SpecialTokens:
-        if bos not in BOS_POLICIES:
-            raise ValueError(f"bos must be one of {BOS_POLICIES}; got {bos!r}")
-        if eos not in EOS_POLICIES:
-            raise ValueError(f"eos must be one of {EOS_POLICIES}; got {eos!r}")
+    def resolve(cls, tokenizer: Any, bos: BosPolicy, eos: EosPolicy) -> SpecialTokens:
+        if bos not in get_args(BosPolicy):
+            raise ValueError(f"bos must be one of {get_args(BosPolicy)}; got {bos!r}")
+        if eos not in get_args(EosPolicy):
+            raise ValueError(f"eos must be one of {get_args(EosPolicy)}; got {eos!r}")
         bos_id, eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id
         if bos == "auto":
             # Follow the tokenizer's own template: does it put BOS in front of plain text?
@@ -127,7 +128,12 @@ def tokenize_records(items: Iterable[Item], tokenizer, special: SpecialTokens) -
         texts = [r.text for r in pending if r.text is not None]
         encoded = iter(tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else iter(())
         for r in pending:
-            ids = np.asarray(next(encoded), np.int64) if r.text is not None else r.tokens
+            if r.text is not None:
+                ids = np.asarray(next(encoded), np.int64)
+            elif r.tokens is not None:
+                ids = r.tokens
+            else:
+                raise RuntimeError(f"{r.source} record {r.index}: read with neither text nor token ids")
             yield from _document(r, ids, special)
         pending.clear()
 

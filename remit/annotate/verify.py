@@ -1,11 +1,12 @@
 """`remit-annotate verify OUTPUT`: re-score a sample of rows with the `hf` engine and report the error.
 
-The stored log-probs came from a fast engine (vLLM by default); this re-scores a seeded sample of rows
-with an independent transformers forward pass, using the model folders and dtype recorded in the
-manifest, and reports the distribution of |stored - recomputed| for both log-probs and for the weight
-recomputed from them with the manifest's eps and centring. Each segment of a row is its own prompt, as
-when the output was made. The exit status is non-zero when the largest difference exceeds the tolerance
-or when the two disagree on which positions have no log-prob.
+- A seeded sample of rows is re-scored with an independent transformers forward pass, with the model
+  folders and dtype recorded in the manifest (and refused when their weights are not the recorded ones).
+- Each segment of a row is its own prompt, as when the output was made.
+- Reported: the distribution of |stored - recomputed| for both log-probs and for the weight
+  recomputed from them with the manifest's eps and centring.
+- Exit status 1 when the largest difference exceeds the tolerance or the two disagree on which
+  positions have no log-prob; 2 when the check cannot run.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -115,7 +116,7 @@ def check_same_model(manifest_data: dict, role: str, path: Path) -> None:
 
 
 def score_segments(model_dir: Path, prompts: list[np.ndarray], settings: Any, label: str) -> list[np.ndarray]:
-    from remit.annotate.engine import open_scorer
+    from remit.annotate.engines import open_scorer
 
     start = time.perf_counter()
     scorer = open_scorer("hf", model_dir, settings)
@@ -145,8 +146,8 @@ def verify_output(
     max_batch_tokens: int = 0,
 ) -> VerifyReport:
     """Re-score `rows` sampled rows of a finished output with the hf engine and compare."""
-    from remit.annotate.engine import EngineSettings
-    from remit.annotate.worker import unit_prompts
+    from remit.annotate.engines import Dtype, EngineSettings
+    from remit.annotate.packing import unit_prompts
     from remit.shards import open_output, remit_weights
 
     out = open_output(output)
@@ -167,24 +168,27 @@ def verify_output(
     lengths: list[int] = []
     starts: list[np.ndarray] = []
     prompts: list[np.ndarray] = []
-    stored = {name: [] for name in ("logp_base", "logp_rl", "weight")}
+    stored: dict[str, list[np.ndarray]] = {name: [] for name in ("logp_base", "logp_rl", "weight")}
     for table in tables:
         for name in stored:
             stored[name].extend(np.asarray(v, np.float32) for v in table.column(name).to_pylist())
-        _, row_lengths, row_starts, row_prompts = unit_prompts(table)
-        prompts.extend(row_prompts)
+        layout = unit_prompts(table)
+        prompts.extend(layout.prompts)
         sample_ids.extend(int(x) for x in table.column("sample_id").to_pylist())
-        lengths.extend(int(n) for n in row_lengths)
-        starts.extend(row_starts)
+        lengths.extend(int(n) for n in layout.lengths)
+        starts.extend(layout.starts)
 
     longest = max((len(p) for p in prompts), default=2)
-    settings = EngineSettings(dtype=dtype, max_model_len=max(2, longest), max_batch_tokens=max_batch_tokens)
+    # EngineSettings checks the dtype (a manifest's value is data, not yet a Dtype).
+    settings = EngineSettings(
+        dtype=cast(Dtype, dtype), max_model_len=max(2, longest), max_batch_tokens=max_batch_tokens
+    )
     # Segments are concatenated back in row order, so the flat arrays line up with the stored ones.
     new_base = np.concatenate(score_segments(base_dir, prompts, settings, "base") or [np.zeros(0, np.float32)])
     new_rl = np.concatenate(score_segments(rl_dir, prompts, settings, "rl") or [np.zeros(0, np.float32)])
     flat = {name: np.concatenate(v) if v else np.zeros(0, np.float32) for name, v in stored.items()}
     row_lengths = np.asarray(lengths, np.int64)
-    new_weight = remit_weights(new_rl, new_base, row_lengths, starts, eps=m.eps, center=m.center)  # type: ignore[arg-type]
+    new_weight = remit_weights(new_rl, new_base, row_lengths, starts, eps=m.eps, center=m.center)
 
     nan_mismatches = int(
         np.sum(np.isnan(flat["logp_base"]) != np.isnan(new_base))

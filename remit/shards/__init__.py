@@ -3,7 +3,8 @@
 This is the leaf of the package: it needs only pyarrow and numpy.
 """
 
-from remit.shards.manifest import MANIFEST_NAME, Manifest, ShardError, read_manifest, write_json_atomic
+from remit.shards.atomic import atomic_path, write_json_atomic, write_text_atomic
+from remit.shards.manifest import MANIFEST_NAME, Manifest, ShardError, read_manifest
 from remit.shards.reader import Output, open_output, read_shard
 from remit.shards.schema import FORMAT_NAME, FORMAT_VERSION, SCHEMA
 from remit.shards.weights import remit_weights
@@ -19,6 +20,7 @@ __all__ = [
     "Rows",
     "ShardError",
     "ShardInfo",
+    "atomic_path",
     "build_table",
     "open_output",
     "read_manifest",
@@ -26,4 +28,5 @@ __all__ = [
     "remit_weights",
     "write_json_atomic",
     "write_shard",
+    "write_text_atomic",
 ]

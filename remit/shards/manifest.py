@@ -7,13 +7,12 @@ byte-identical manifests. Its keys are documented in `docs/format.md`.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast, get_args
 
 from remit.shards.schema import FORMAT_NAME, FORMAT_VERSION
+from remit.shards.weights import Center
 
 MANIFEST_NAME = "manifest.json"
 
@@ -21,23 +20,6 @@ MANIFEST_NAME = "manifest.json"
 class ShardError(ValueError):
     """A shard or output folder is unreadable, inconsistent, or from another run. The message says which
     file (and row, where known) and what to do."""
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON under a temporary name unique to this process, flush it to disk, then rename it.
-
-    Two workers may write the same file at once (both create run.json on a fresh output). With a
-    shared temporary name one could rename the other's half-written file into place; with unique
-    names each rename installs a complete file, and the last one wins.
-    """
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -59,8 +41,14 @@ class Manifest:
         return float(self.data["weights"]["eps"])
 
     @property
-    def center(self) -> str:
-        return str(self.data["weights"]["center"])
+    def center(self) -> Center:
+        center = self.data["weights"]["center"]
+        if center not in get_args(Center):
+            raise ShardError(
+                f"manifest.json: weights.center is {center!r}, not one of {get_args(Center)}; the manifest was "
+                "altered or written by another program"
+            )
+        return cast(Center, center)
 
     @property
     def scored(self) -> bool:

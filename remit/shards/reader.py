@@ -91,10 +91,6 @@ class Output:
     root: Path
     manifest: Manifest
 
-    @property
-    def shard_paths(self) -> list[Path]:
-        return [self.root / s["file"] for s in self.manifest.shards]
-
     def read(self, index: int, columns: list[str] | None = None, verify: bool = True) -> pa.Table:
         entry = self.manifest.shards[index]
         table = read_shard(

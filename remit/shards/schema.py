@@ -1,9 +1,10 @@
 """The Parquet schema of an annotation output. `docs/format.md` is the prose version of this file.
 
-One row is one training sequence of at most ``seq_len + 1`` tokens. Value ``i`` of a log-prob list is
-``log p(token_i | tokens of its segment before i)``; it is NaN at the first token of every segment,
-where the weight is 1.0. Everything the trainer needs is in the list columns; the scalar columns are
-per-row summaries so that run statistics need no unnest of token lists.
+- One row is one training sequence of at most ``seq_len + 1`` tokens.
+- Value ``i`` of a log-prob list is ``log p(token_i | tokens of its segment before i)``; it is NaN at
+  the first token of every segment, where the weight is 1.0.
+- Everything the trainer needs is in the list columns; the scalar columns are per-row summaries, so
+  that run statistics need no unnest of token lists.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ SCHEMA = pa.schema(
     metadata={b"remit.format": FORMAT_NAME.encode(), b"remit.format_version": str(FORMAT_VERSION).encode()},
 )
 
-COLUMNS = tuple(SCHEMA.names)
 TOKEN_LIST_COLUMNS = ("token_ids", "logp_base", "logp_rl", "weight")
 SEGMENT_LIST_COLUMNS = (
     "segment_starts",

@@ -1,13 +1,15 @@
 """`remit-annotate validate`: re-read every shard and check it against the manifest and the format.
 
-Checks, per shard: the file's hash against the manifest; that it parses as Parquet; its schema; its row
-count; per row, that every token-level list has n_tokens values and every segment-level list one value
-per segment; the token checksum against the manifest; contiguous sample ids; row widths (seq_len + 1,
-only the output's last row shorter); the segment layout; NaN log-probs exactly at segment starts; no
-positive log-prob; weights in [1 - eps, 1 + eps] and 1.0 at segment starts; that the stored weights
-follow from the stored log-probs by the rule in the manifest (a pack-only output, ``"scored": false``:
-every log-prob NaN and every weight 1.0); and, across shards, that every document's
-segments follow each other without gap or overlap (every token present exactly once).
+Per shard:
+- the file's sha256 against the manifest; that it parses as Parquet; its schema and row count;
+- per row, every token-level list holds n_tokens values and every segment-level list one per segment;
+- the token checksum against the manifest; contiguous sample ids; row widths (seq_len + 1, only the
+  output's last row shorter); the segment layout;
+- NaN log-probs exactly at segment starts (the only non-finite value the format allows), no infinite
+  or positive log-prob; finite weights in [1 - eps, 1 + eps] and 1.0 at segment starts; stored weights
+  that follow from the stored log-probs by the manifest's rule; in a pack-only output (``"scored": false``)
+  every log-prob NaN and every weight 1.0 instead.
+Across shards: every document's segments follow each other without gap or overlap.
 
 Each problem names the file, the row (0-based, in the file) and sample id where one is known, and what
 to do. The checks are independent of the writer's own read-back, so a bad writer is caught too.
@@ -27,7 +29,7 @@ from remit.shards.checksum import file_sha256
 from remit.shards.manifest import ShardError, read_manifest
 from remit.shards.reader import list_length_mismatches, table_token_checksum
 from remit.shards.schema import schema_mismatch
-from remit.shards.weights import remit_weights
+from remit.shards.weights import Center, remit_weights
 
 #: Stored float32 weights vs the rule recomputed in float64: rounding is ~6e-8.
 WEIGHT_TOLERANCE = 1e-5
@@ -131,7 +133,7 @@ def _check_shard(
     width: int,
     is_last_shard: bool,
     eps: float,
-    center: str,
+    center: Center,
     cursor: _DocCursor,
     scored: bool = True,
 ) -> list[Problem]:
@@ -207,7 +209,7 @@ def _check_list_lengths(table: pa.Table, row_problem: _RowProblems) -> bool:
 
 
 def _check_values(
-    table: pa.Table, n_tok: np.ndarray, starts: list[np.ndarray], eps: float, center: str, row_problem: _RowProblems
+    table: pa.Table, n_tok: np.ndarray, starts: list[np.ndarray], eps: float, center: Center, row_problem: _RowProblems
 ) -> None:
     flat = {c: pc.list_flatten(table.column(c)).to_numpy() for c in ("logp_base", "logp_rl", "weight")}
     n_rows = len(n_tok)
@@ -221,14 +223,21 @@ def _check_values(
 
     for c in ("logp_base", "logp_rl"):
         nan = np.isnan(flat[c])
+        infinite = np.isinf(flat[c])
         row_problem(
             rows_with(nan != is_start), f"{c} is NaN where it should not be, or not NaN at a segment's first token"
         )
-        row_problem(rows_with(flat[c] > 0), f"{c} has a positive log-prob")
+        # -inf (a token the model gives probability 0) passes every range check but turns the online
+        # weight, and with it the step's loss, into NaN.
+        row_problem(
+            rows_with(infinite),
+            f"{c} is infinite (-inf or +inf); a log-prob must be finite (NaN only at a segment's first token)",
+        )
+        row_problem(rows_with((flat[c] > 0) & ~infinite), f"{c} has a positive log-prob")
     w = flat["weight"]
     low, high = np.float32(1.0 - eps), np.float32(1.0 + eps)
-    out_of_range = np.isnan(w) | (w < low) | (w > high)
-    row_problem(rows_with(out_of_range), f"weight outside [{low:.4g}, {high:.4g}] or NaN")
+    out_of_range = ~np.isfinite(w) | (w < low) | (w > high)
+    row_problem(rows_with(out_of_range), f"weight outside [{low:.4g}, {high:.4g}] or not finite (NaN, inf)")
     row_problem(rows_with(is_start & (w != 1.0)), "weight at a segment's first token is not 1.0")
     expected = remit_weights(flat["logp_rl"], flat["logp_base"], n_tok, starts, eps=eps, center=center)
     off_rule = np.abs(expected.astype(np.float64) - w) > WEIGHT_TOLERANCE

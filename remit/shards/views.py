@@ -1,13 +1,14 @@
 """The canned DuckDB views over an output folder (the SQL lives in ``remit/shards/sql/*.sql``).
 
-The SQL files run unchanged in the plain ``duckdb`` shell and from Python. Both name the output folder
-the same way, with a DuckDB variable the views read each time they are queried::
+- The SQL files run unchanged in the plain ``duckdb`` shell and from Python. Both name the output
+  folder with a DuckDB variable the views read each time they are queried, then run the files in
+  name order::
 
-    SET VARIABLE remit_output = '/abs/path/to/output';
+      SET VARIABLE remit_output = '/abs/path/to/output';
 
-then the files in name order. ``python -m remit.shards.views OUTPUT`` prints that whole script, ready
-for ``duckdb -init``; `connect` does the same for Python. DuckDB itself is imported inside the
-functions that need it, so ``import remit.shards`` never loads it.
+- ``python -m remit.shards.views OUTPUT`` prints that whole script, ready for ``duckdb -init``;
+  `connect` does the same for Python.
+- DuckDB itself is imported inside the functions that need it: ``import remit.shards`` never loads it.
 """
 
 from __future__ import annotations
@@ -30,11 +31,6 @@ OUTPUT_VARIABLE = "remit_output"
 #: the minimum count of a token id in the top lists.
 KNOBS = ("remit_bins", "remit_top_k", "remit_min_count")
 _VIEW_RE = re.compile(r"^CREATE OR REPLACE VIEW (\w+)", re.MULTILINE)
-
-
-def sql_dir() -> Path:
-    """The folder of the shipped .sql files (inside the installed package)."""
-    return SQL_DIR
 
 
 def sql_files() -> list[Path]:

@@ -11,12 +11,11 @@ trainer's ``online`` mode) lives in ``remit.train.loss`` and is tested against t
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
 Center = Literal["row", "segment"]
-CENTER_MODES: tuple[str, ...] = ("row", "segment")
 RULE = "w = clip(2*sigmoid(d - mean_group(d)), 1-eps, 1+eps); d = logp_rl - logp_base; NaN positions: w = 1"
 
 
@@ -77,8 +76,8 @@ def remit_weights(
     center: Center = "row",
 ) -> np.ndarray:
     """Weights for flat, concatenated rows. `segment_starts` is needed only for ``center="segment"``."""
-    if center not in CENTER_MODES:
-        raise ValueError(f"center must be one of {CENTER_MODES}; got {center!r}")
+    if center not in get_args(Center):
+        raise ValueError(f"center must be one of {get_args(Center)}; got {center!r}")
     if center == "segment" and segment_starts is None:
         raise ValueError("center='segment' needs segment_starts")
     if len(logp_rl) != len(logp_base) or len(logp_rl) != int(np.sum(row_lengths)):

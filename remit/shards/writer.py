@@ -1,13 +1,14 @@
 """Build shard tables from flat arrays and write them atomically.
 
-A shard is written to ``<name>.tmp``, flushed, read back and checked (schema, row count, list lengths,
-token checksum), and only then renamed into place. A crash at any point leaves either no shard or a
-complete one; a stray ``.tmp`` file is never read and is overwritten by the next attempt.
+- `build_table`: flat arrays (`Rows`) -> one Arrow table in SCHEMA, with the per-row and
+  per-segment summary columns filled in.
+- `write_shard`: the table goes to a temporary name (`remit.shards.atomic`), is read back and
+  checked (schema, row count, list lengths, token checksum), and only then renamed into place. A
+  crash leaves either no shard or a complete one; a stray temporary file is never read.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from remit.shards.atomic import atomic_path
 from remit.shards.checksum import file_sha256, token_checksum
 from remit.shards.faults import failpoint
+from remit.shards.reader import read_shard
 from remit.shards.schema import FLOAT_LIST_COLUMNS, SCHEMA
 from remit.shards.weights import group_ids
 
@@ -163,46 +166,23 @@ def write_table(table: pa.Table, path: str | Path, row_group_bytes: int = DEFAUL
 
 def write_shard(table: pa.Table, path: str | Path, row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES) -> ShardInfo:
     """Write `table` atomically to `path`, verified by a read-back before the rename."""
-    from remit.shards.reader import read_shard  # the reader imports this module's types
-
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     lengths = table.column("n_tokens").to_numpy().astype(np.int64)
     tokens = pa.compute.list_flatten(table.column("token_ids")).to_numpy()
     expected = token_checksum(lengths, tokens)
-    write_table(table, tmp, row_group_bytes)
-    failpoint("shard-tmp-written")
-    fsync_file(tmp)
-    back = read_shard(tmp, expected_checksum=expected)
-    if back.num_rows != table.num_rows:
-        raise RuntimeError(f"{tmp}: read back {back.num_rows} rows, wrote {table.num_rows}")
-    info = ShardInfo(
-        file=path.name,
-        rows=table.num_rows,
-        tokens=int(lengths.sum()),
-        first_sample_id=int(table.column("sample_id")[0].as_py()) if table.num_rows else -1,
-        token_checksum=expected,
-        file_sha256=file_sha256(tmp),
-        bytes=tmp.stat().st_size,
-    )
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    with atomic_path(path) as tmp:
+        write_table(table, tmp, row_group_bytes)
+        failpoint("shard-tmp-written")
+        back = read_shard(tmp, expected_checksum=expected)
+        if back.num_rows != table.num_rows:
+            raise RuntimeError(f"{tmp}: read back {back.num_rows} rows, wrote {table.num_rows}")
+        info = ShardInfo(
+            file=path.name,
+            rows=table.num_rows,
+            tokens=int(lengths.sum()),
+            first_sample_id=int(table.column("sample_id")[0].as_py()) if table.num_rows else -1,
+            token_checksum=expected,
+            file_sha256=file_sha256(tmp),
+            bytes=tmp.stat().st_size,
+        )
     return info
-
-
-def fsync_file(path: str | Path) -> None:
-    """Flush a just-written file to disk before it is renamed into place."""
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def fsync_dir(path: str | Path) -> None:
-    """Make a rename in `path` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

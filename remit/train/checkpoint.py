@@ -11,17 +11,21 @@ its step, and the data order is a pure function of the seed and the number of co
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from remit.shards.atomic import write_text_atomic
 from remit.train.config import TRACKER_FILE
 
-#: Keeps the optimizer's keys stable between save and load (no chained-optimizer prefix).
-_OPT_METADATA = {"chained_optim_avoid_prefix": True}
+#: Keeps the optimizer's keys stable between save and load (no chained-optimizer prefix). The
+#: distributed optimizer saves each rank's shard of its buffers as it is ('dp_reshardable', Megatron-LM's
+#: default): fully parallel, and it may resume on another number of data-parallel ranks (but not another
+#: TP or PP size). mcore's own default for this key fails to save in 0.16.1 ("flattened_range is not
+#: supported").
+_OPT_METADATA = {"chained_optim_avoid_prefix": True, "distrib_optim_sharding_type": "dp_reshardable"}
 
 
 def iteration_dir(root: str | Path, iteration: int) -> Path:
@@ -74,11 +78,89 @@ def save_checkpoint(root: str | Path, iteration: int, model, optimizer, schedule
     dist_checkpointing.save(sd, str(target))
     torch.distributed.barrier()
     if rank == 0:
-        tmp = root / (TRACKER_FILE + ".tmp")
-        tmp.write_text(f"{iteration}\n")
-        os.replace(tmp, root / TRACKER_FILE)
+        write_text_atomic(root / TRACKER_FILE, f"{iteration}\n")
     torch.distributed.barrier()
     return target
+
+
+# Without Apex or Transformer Engine, mcore 0.16.1's DistributedOptimizer runs torch's Adam, which
+# keeps a `step` per parameter; two of its checkpoint paths do not expect that (Megatron-LM runs with
+# Apex or TE, whose Adam keeps the step in the parameter group):
+# - building the sharded state dict for loading first reads every parameter's `step`, which a fresh
+#   optimizer does not have yet (AssertionError): `_allocate_torch_adam_state` gives it zeros, which
+#   the load overwrites;
+# - the per-parameter `step` is not among the tensors the load fills, so it would stay 0 (wrong bias
+#   correction, a resumed curve that drifts): `_restore_torch_adam_steps` takes it from the parameter
+#   group, where mcore's load_state_dict puts the saved step.
+
+
+def _torch_adams(optimizer):
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if type(opt).__name__ == "DistributedOptimizer" and isinstance(inner, torch.optim.Optimizer):
+            yield inner
+
+
+def _allocate_torch_adam_state(optimizer) -> None:
+    for inner in _torch_adams(optimizer):
+        if len(inner.state) > 0:
+            continue
+        for group in inner.param_groups:
+            for p in group["params"]:
+                inner.state[p] = {
+                    "step": torch.tensor(0.0),
+                    "exp_avg": torch.zeros_like(p),
+                    "exp_avg_sq": torch.zeros_like(p),
+                }
+
+
+def _restore_torch_adam_steps(optimizer) -> None:
+    for inner in _torch_adams(optimizer):
+        for group in inner.param_groups:
+            if group.get("step") is None:
+                continue
+            for p in group["params"]:
+                state = inner.state.get(p)
+                if state and "step" in state:
+                    step = state["step"]
+                    state["step"] = torch.tensor(float(group["step"]), dtype=step.dtype, device=step.device)
+
+
+def optimizer_layout(distributed: bool, tp: int, pp: int) -> dict[str, Any]:
+    """What the saved optimizer state depends on; recorded in the train state of every checkpoint."""
+    return {"distributed_optimizer": bool(distributed), "tensor_parallel": int(tp), "pipeline_parallel": int(pp)}
+
+
+def check_optimizer_layout(root: str | Path, current: dict[str, Any], iteration: int | None = None) -> None:
+    """Refuse, before loading anything, a resume whose optimizer state cannot be mapped onto this run:
+    the distributed optimizer saves its own buffer layout (it reshards over data-parallel ranks only),
+    which the plain optimizer cannot read, and the other way round."""
+    from megatron.core import dist_checkpointing
+
+    it = latest_iteration(root) if iteration is None else iteration
+    if it is None:
+        return
+    source = iteration_dir(root, it)
+    saved = dict(dist_checkpointing.load_common_state_dict(str(source)).get("train_state", {})).get("optimizer_layout")
+    if not saved:  # written before the layout was recorded
+        return
+    flag = "--use-distributed-optimizer"
+    if saved["distributed_optimizer"] != current["distributed_optimizer"]:
+        raise ValueError(
+            f"{source}: saved {'with' if saved['distributed_optimizer'] else 'without'} {flag}, and the two "
+            f"optimizers store their state differently; resume {'with' if saved['distributed_optimizer'] else 'without'} "
+            f"{flag}."
+        )
+    if saved["distributed_optimizer"] and (
+        saved["tensor_parallel"] != current["tensor_parallel"]
+        or saved["pipeline_parallel"] != current["pipeline_parallel"]
+    ):
+        raise ValueError(
+            f"{source}: the distributed optimizer's state was saved at TP {saved['tensor_parallel']} x PP "
+            f"{saved['pipeline_parallel']} and can change only the data-parallel size; resume with "
+            f"--tensor-model-parallel-size {saved['tensor_parallel']} --pipeline-model-parallel-size "
+            f"{saved['pipeline_parallel']}."
+        )
 
 
 def load_checkpoint(root: str | Path, model, optimizer, scheduler, iteration: int | None = None) -> dict[str, Any]:
@@ -89,12 +171,18 @@ def load_checkpoint(root: str | Path, model, optimizer, scheduler, iteration: in
     if it is None:
         raise FileNotFoundError(f"{root}: no {TRACKER_FILE}; there is no checkpoint to resume from.")
     source = iteration_dir(root, it)
+    if optimizer is not None:
+        _allocate_torch_adam_state(optimizer)
     sd = _sharded_state(model, optimizer, is_loading=True)
     loaded = dist_checkpointing.load(sd, str(source))
     module = model.module if hasattr(model, "module") else model
     module.load_state_dict(loaded["model"], strict=True)
     if optimizer is not None:
-        optimizer.load_state_dict(loaded["optimizer"])
+        # no_grad: with fp32 parameters the distributed optimizer's main parameters are views of the
+        # model's, and it copies the loaded values into them in place.
+        with torch.no_grad():
+            optimizer.load_state_dict(loaded["optimizer"])
+        _restore_torch_adam_steps(optimizer)
     if scheduler is not None:
         scheduler.load_state_dict(loaded["scheduler"])
     return dict(loaded["train_state"])

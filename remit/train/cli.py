@@ -1,10 +1,10 @@
-"""`remit-train`: mid-train a Llama checkpoint on an annotation output with ReMiT weights.
+"""`remit-train`: mid-train a Hugging Face checkpoint on an annotation output with ReMiT weights.
 
     remit-train --data OUTPUT --weights {none,static,online,shuffled,rho1} --init-hf DIR --train-iters N --save DIR
     remit-train --data OUTPUT --weights none --init-config CONFIG.json ...     (random initialisation)
     remit-train export-hf --load RUN_DIR --out DIR [--iteration N]
 
-Launch with torchrun (or the scripts in remit/train/launch/) for data and tensor parallelism; a plain
+Launch with torchrun (or the scripts in remit/train/launch/) for data, tensor and pipeline parallelism; a plain
 call runs one process. The CLI only parses flags into a `TrainConfig` and calls `train`.
 """
 
@@ -14,13 +14,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from remit.train.config import CENTER_MODES, DECAY_STYLES, WEIGHT_MODES, TrainConfig
+from remit.train.config import (
+    ATTENTION_BACKENDS,
+    CENTER_MODES,
+    DECAY_STYLES,
+    RECOMPUTE_GRANULARITIES,
+    RECOMPUTE_METHODS,
+    WEIGHT_MODES,
+    TrainConfig,
+)
 
 
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="remit-train",
-        description="Mid-train a Llama checkpoint on ReMiT-weighted shards with Megatron-Core. "
+        description="Mid-train a Hugging Face checkpoint on ReMiT-weighted shards with Megatron-Core. "
         "Subcommand: `remit-train export-hf --help`.",
     )
     # --- data ---
@@ -63,13 +71,25 @@ def train_parser() -> argparse.ArgumentParser:
         help="skip the full validation of the output at start (shards are still checksum-verified)",
     )
     # --- model and checkpoints ---
-    p.add_argument("--init-hf", type=Path, default=None, help="Hugging Face Llama checkpoint to start from")
+    p.add_argument(
+        "--init-hf",
+        type=Path,
+        default=None,
+        help="Hugging Face checkpoint to start from: Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3 or SmolLM3",
+    )
     p.add_argument(
         "--init-config",
         type=Path,
         default=None,
-        help="start from random weights: an HF Llama config.json (or a folder with one), seeded by --seed; "
-        "the tokenizer comes from that folder or from the one the output's manifest records",
+        help="start from random weights: an HF config.json of a supported architecture (or a folder with one), "
+        "seeded by --seed; the tokenizer comes from that folder or from the one the output's manifest records",
+    )
+    p.add_argument(
+        "--attention",
+        choices=ATTENTION_BACKENDS,
+        default="auto",
+        help="document-masked attention: sdpa (memory linear in seq-len), te (Transformer Engine, packed), "
+        "dense (reference, S x S scores), auto = te where Transformer Engine runs, else sdpa (default: auto)",
     )
     p.add_argument("--save", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, HF template")
     p.add_argument("--load", type=Path, default=None, help="checkpoint folder to resume from (default: --save)")
@@ -107,16 +127,62 @@ def train_parser() -> argparse.ArgumentParser:
         default=1234,
         help="seed of the data order, of --init-config's weights and of shuffled's permutations (default: 1234)",
     )
-    # --- parallelism, precision, logging ---
+    # --- parallelism, precision, memory ---
     p.add_argument("--tensor-model-parallel-size", type=int, default=1, help="TP size (default: 1)")
-    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPUs; fp32 is faster on CPUs)")
+    p.add_argument(
+        "--pipeline-model-parallel-size",
+        type=int,
+        default=1,
+        help="pipeline stages; must divide the layer count; DP size = world / (TP x PP) (default: 1)",
+    )
+    p.add_argument(
+        "--sequence-parallel",
+        action="store_true",
+        help="with TP > 1: also split norms and residuals along the sequence over the TP ranks",
+    )
+    p.add_argument(
+        "--use-distributed-optimizer",
+        action="store_true",
+        help="shard fp32 main parameters, gradients and Adam state over the data-parallel ranks",
+    )
+    p.add_argument(
+        "--overlap-grad-reduce",
+        action="store_true",
+        help="reduce gradients over data-parallel ranks bucket by bucket during the backward pass",
+    )
+    p.add_argument(
+        "--recompute-granularity",
+        choices=RECOMPUTE_GRANULARITIES,
+        default=None,
+        help="activation recompute: selective = the core attention of every layer, full = whole layers (default: off)",
+    )
+    p.add_argument(
+        "--recompute-method",
+        choices=RECOMPUTE_METHODS,
+        default=None,
+        help="full only: uniform = checkpoint every group of --recompute-num-layers layers, block = only the "
+        "first --recompute-num-layers layers of each stage (default: uniform)",
+    )
+    p.add_argument(
+        "--recompute-num-layers",
+        type=int,
+        default=None,
+        help="full only: layers per group (uniform) or per stage (block) (default: 1)",
+    )
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 parameters and compute, fp32 main parameters in the optimizer (GPUs; fp32 is faster on CPUs)",
+    )
+    # --- logging ---
     p.add_argument("--log-interval", type=int, default=1, help="progress line every N steps (default: 1)")
     return p
 
 
 def export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="remit-train export-hf", description="Write a checkpoint of a remit-train run as a Hugging Face Llama."
+        prog="remit-train export-hf",
+        description="Write a checkpoint of a remit-train run as a Hugging Face checkpoint.",
     )
     p.add_argument("--load", type=Path, required=True, help="the run folder (--save of the training run)")
     p.add_argument("--out", type=Path, required=True, help="output folder for the HF checkpoint")

@@ -12,8 +12,12 @@ from pathlib import Path
 from typing import Any
 
 WEIGHT_MODES: tuple[str, ...] = ("none", "static", "online", "shuffled", "rho1")
+#: Attention backends (see remit.train.attention): auto picks te where Transformer Engine runs, else sdpa.
+ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "dense", "te")
 CENTER_MODES: tuple[str, ...] = ("row", "segment")
 DECAY_STYLES: tuple[str, ...] = ("cosine", "linear")
+RECOMPUTE_GRANULARITIES: tuple[str, ...] = ("full", "selective")
+RECOMPUTE_METHODS: tuple[str, ...] = ("uniform", "block")
 #: The file in a checkpoint folder naming its latest iteration (as Megatron-LM names it).
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 
@@ -46,11 +50,18 @@ class TrainConfig:
 
     # --- model and checkpoints ---
     init_hf: Path | None = None
-    """Hugging Face Llama checkpoint to start from. Needed unless resuming from `load` or using `init_config`."""
+    """Hugging Face checkpoint to start from (Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM3). Needed
+    unless resuming from `load` or starting from random weights (`init_config`)."""
     init_config: Path | None = None
-    """Start from random weights instead: a Hugging Face Llama config.json (or a folder holding one),
-    initialised as transformers does, seeded with `seed`. The tokenizer comes from the folder if it holds
-    one, else from the folder the output's manifest records; the output's tokenizer hash must match."""
+    """Start from random weights instead: a Hugging Face config.json of a supported architecture (or a
+    folder holding one), initialised as transformers initialises that model class, seeded with `seed`.
+    The tokenizer comes from the folder if it holds one, else from the folder the output's manifest
+    records; the output's tokenizer hash must match."""
+    attention: str = "auto"
+    """Document-masked attention: 'sdpa' (torch scaled_dot_product_attention per document, memory linear
+    in the sequence length), 'te' (Transformer Engine, packed THD sequences), 'dense' (mcore's attention
+    with a dense [b, 1, S, S] mask: the reference, S x S scores per head) or 'auto' (te if Transformer
+    Engine and a GPU are there, else sdpa)."""
     save: Path = Path("remit-train-out")
     """Folder for checkpoints (iter_NNNNNNN/), metrics.jsonl and the HF config template."""
     load: Path | None = None
@@ -88,8 +99,29 @@ class TrainConfig:
 
     # --- parallelism and precision ---
     tensor_model_parallel_size: int = 1
+    """Tensor-parallel size: heads, FFN and vocabulary split over this many ranks."""
+    pipeline_model_parallel_size: int = 1
+    """Pipeline stages: the decoder layers are split evenly over them (must divide the layer count).
+    Data-parallel size = world size / (tensor_model_parallel_size * pipeline_model_parallel_size)."""
+    sequence_parallel: bool = False
+    """With tensor parallelism, also split the norms, dropouts and residuals along the sequence over the
+    TP ranks (less activation memory). Needs tensor_model_parallel_size > 1."""
+    use_distributed_optimizer: bool = False
+    """Shard the fp32 main parameters, gradients and Adam state over the data-parallel ranks."""
+    overlap_grad_reduce: bool = False
+    """Reduce gradients over the data-parallel ranks bucket by bucket during the backward pass."""
+    recompute_granularity: str | None = None
+    """Activation recompute: 'selective' (the core attention of every layer) or 'full' (whole
+    layers, see recompute_method). None: keep all activations."""
+    recompute_method: str | None = None
+    """For 'full': 'uniform' (checkpoint every group of recompute_num_layers layers) or 'block' (recompute
+    only the first recompute_num_layers layers of each pipeline stage). None: 'uniform' with 'full'."""
+    recompute_num_layers: int | None = None
+    """For 'full': layers per recompute group ('uniform') or layers recomputed per stage ('block').
+    None: 1 with 'full'."""
     bf16: bool = False
-    """bf16 mixed precision (GPU). On the CPU fp32 is several times faster."""
+    """bf16 training: every parameter in bf16, fp32 main parameters in the optimizer, gradients reduced
+    in fp32 (GPU; on the CPU fp32 is several times faster)."""
 
     # --- logging ---
     log_interval: int = 1
@@ -111,13 +143,29 @@ class TrainConfig:
             _fail("keep_ratio", f"{self.keep_ratio} is outside (0, 1]", "pass the kept fraction, e.g. 0.6")
         if self.eps is not None and not 0.0 <= self.eps < 1.0:
             _fail("eps", f"{self.eps} is outside [0, 1)", "weights must stay positive: use e.g. 0.2")
+        if self.attention not in ATTENTION_BACKENDS:
+            _fail("attention", f"unknown backend {self.attention!r}", f"use one of {', '.join(ATTENTION_BACKENDS)}")
         if self.center is not None and self.center not in CENTER_MODES:
             _fail("center", f"unknown centring {self.center!r}", f"use one of {', '.join(CENTER_MODES)}")
         if self.lr_decay_style not in DECAY_STYLES:
             _fail("lr_decay_style", f"unknown style {self.lr_decay_style!r}", f"use {' or '.join(DECAY_STYLES)}")
-        for name in ("train_iters", "micro_batch_size", "tensor_model_parallel_size", "log_interval", "shuffle_shards"):
+        for name in (
+            "train_iters",
+            "micro_batch_size",
+            "tensor_model_parallel_size",
+            "pipeline_model_parallel_size",
+            "log_interval",
+            "shuffle_shards",
+        ):
             if int(getattr(self, name)) < 1:
                 _fail(name, f"must be >= 1, got {getattr(self, name)}", "pass a positive integer")
+        if self.sequence_parallel and self.tensor_model_parallel_size < 2:
+            _fail(
+                "sequence_parallel",
+                "splits activations over the tensor-parallel ranks, but tensor_model_parallel_size is 1",
+                "add --tensor-model-parallel-size N (N > 1) or drop --sequence-parallel",
+            )
+        self._check_recompute()
         if self.save_interval is not None and self.save_interval < 1:
             _fail("save_interval", f"must be >= 1, got {self.save_interval}", "or leave it unset to save at the end")
         if self.global_batch_size is not None and self.global_batch_size % self.micro_batch_size:
@@ -149,9 +197,40 @@ class TrainConfig:
             _fail(
                 "init_hf",
                 "no model to start from (no --init-hf, no --init-config and no checkpoint in --save)",
-                "pass --init-hf DIR with a Hugging Face Llama checkpoint, --init-config CONFIG.json for random "
-                "weights, or --load a checkpoint",
+                "pass --init-hf DIR with a Hugging Face checkpoint, --init-config CONFIG.json for random weights, "
+                "or --load a checkpoint",
             )
+
+    def _check_recompute(self) -> None:
+        g = self.recompute_granularity
+        if g is not None and g not in RECOMPUTE_GRANULARITIES:
+            _fail("recompute_granularity", f"unknown granularity {g!r}", f"use {' or '.join(RECOMPUTE_GRANULARITIES)}")
+        if g != "full":
+            for name in ("recompute_method", "recompute_num_layers"):
+                if getattr(self, name) is not None:
+                    _fail(
+                        name,
+                        f"only applies to --recompute-granularity full (granularity is {g!r})",
+                        "add --recompute-granularity full, or drop the flag",
+                    )
+            return
+        if self.recompute_method is None:
+            self.recompute_method = "uniform"
+        if self.recompute_method not in RECOMPUTE_METHODS:
+            _fail(
+                "recompute_method",
+                f"unknown method {self.recompute_method!r}",
+                f"use {' or '.join(RECOMPUTE_METHODS)}",
+            )
+        if self.recompute_num_layers is None:
+            self.recompute_num_layers = 1
+        if self.recompute_num_layers < 1:
+            _fail("recompute_num_layers", f"must be >= 1, got {self.recompute_num_layers}", "pass a positive integer")
+
+    @property
+    def model_parallel_size(self) -> int:
+        """Ranks that hold one copy of the model: tensor-parallel size x pipeline stages."""
+        return self.tensor_model_parallel_size * self.pipeline_model_parallel_size
 
     @property
     def decay_iters(self) -> int:

@@ -11,6 +11,12 @@ backend) it needs:
 4. A torch function mode that redirects the ``device='cuda'`` tensors and ``.cuda()`` calls hard-coded
    in mcore's optimizer, grad clipping and schedules to the CPU, and lets ``Tensor.type()`` answer
    ``torch.cuda.*`` for the type checks in grad clipping.
+5. Activation recompute: mcore's checkpoint functions save the RNG states before a forward and
+   restore them for the recomputation: the CPU generator (``torch.get_rng_state``), the CUDA
+   generator and the tracker's states. Without CUDA there is no CUDA generator, so its getter in
+   ``megatron.core.tensor_parallel.random`` returns an empty state and its setter does nothing. The
+   CPU generator, which is the one that draws on the CPU (dropout included), is still saved and
+   restored by mcore itself, so a recomputed forward draws the same numbers as the original one.
 
 `apply()` does nothing when CUDA is available, so the same training code runs unchanged on GPUs with
 NCCL. Nothing outside this module knows about any of it.
@@ -56,6 +62,15 @@ class _CudaToCpu(TorchFunctionMode):
         return out
 
 
+def _no_cuda_rng_state(*args, **kwargs) -> torch.Tensor:
+    """The state of the CUDA generator that a CPU-only process does not have."""
+    return torch.empty(0, dtype=torch.uint8)
+
+
+def _set_no_cuda_rng_state(*args, **kwargs) -> None:
+    return None
+
+
 def cuda_absent() -> bool:
     return not torch.cuda.is_available()
 
@@ -67,9 +82,18 @@ def apply() -> bool:
         return False
     if _applied:
         return True
-    _saved.update(current_device=torch.cuda.current_device, synchronize=torch.cuda.synchronize)
-    torch.cuda.current_device = lambda: torch.device("cpu")  # type: ignore[assignment]
-    torch.cuda.synchronize = lambda *args, **kwargs: None  # type: ignore[assignment]
+    from megatron.core.tensor_parallel import random as mcore_random
+
+    _saved.update(
+        current_device=torch.cuda.current_device,
+        synchronize=torch.cuda.synchronize,
+        get_cuda_rng_state=mcore_random._get_cuda_rng_state,
+        set_cuda_rng_state=mcore_random._set_cuda_rng_state,
+    )
+    torch.cuda.current_device = lambda: torch.device("cpu")  # type: ignore[assignment,return-value]
+    torch.cuda.synchronize = lambda *args, **kwargs: None
+    mcore_random._get_cuda_rng_state = _no_cuda_rng_state
+    mcore_random._set_cuda_rng_state = _set_no_cuda_rng_state
     _mode = _CudaToCpu()
     # Entered for the life of the process: mcore creates CUDA tensors in optimizer construction, in
     # every schedule call and in every optimizer step.
@@ -85,8 +109,12 @@ def remove() -> None:
         return
     if _mode is not None:
         _mode.__exit__(None, None, None)
+    from megatron.core.tensor_parallel import random as mcore_random
+
     torch.cuda.current_device = _saved["current_device"]  # type: ignore[assignment]
     torch.cuda.synchronize = _saved["synchronize"]  # type: ignore[assignment]
+    mcore_random._get_cuda_rng_state = _saved["get_cuda_rng_state"]
+    mcore_random._set_cuda_rng_state = _saved["set_cuda_rng_state"]
     _applied, _mode = False, None
 
 

@@ -85,7 +85,7 @@ def make_sample(
     segment_ids = np.full(seq_len, -1, np.int64)
     segment_ids[:used] = seg_of_pos[:used]
 
-    sample = {
+    sample: dict[str, np.ndarray] = {
         "tokens": tokens,
         "labels": labels,
         "loss_mask": loss_mask,
@@ -110,9 +110,10 @@ def attention_mask(segment_ids: np.ndarray) -> np.ndarray:
 class RemitDataset:
     """Map-style dataset over the rows of an annotation output, indexed by global ``sample_id``.
 
-    Opening checks the manifest (format, sequence length, tokenizer) and every shard's Parquet footer
-    (present, schema, row count). Each shard is read whole, with its token checksum verified, the
-    first time one of its samples is asked for; `cache_shards` shards stay in memory.
+    Opening checks the manifest (format, sequence length, tokenizer, consecutive sample ids) and, with
+    `check_footers`, every shard's Parquet footer (present, schema, row count). A shard is read whole,
+    with its schema, row count and token checksum verified, the first time one of its samples is asked
+    for; `cache_shards` shards stay in memory.
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class RemitDataset:
         tokenizer_hash: str | None = None,
         cache_shards: int = 8,
         create_attention_mask: bool = True,
+        check_footers: bool = True,
     ) -> None:
         self.output = open_output(root)
         m = self.output.manifest
@@ -145,9 +147,11 @@ class RemitDataset:
         self.shard_first = np.concatenate([[0], np.cumsum(self.shard_rows)])
         if self.shard_first[-1] == 0:
             raise ShardError(f"{self.output.root}: the output holds no rows; nothing to train on.")
-        self._check_footers()
+        #: Shard indices in the order they were read (each read is a whole shard, checksum verified).
+        self.shard_reads: list[int] = []
+        self._check_shards(read_footers=check_footers)
 
-    def _check_footers(self) -> None:
+    def _check_shards(self, read_footers: bool) -> None:
         for i, entry in enumerate(self.output.manifest.shards):
             path = self.output.root / entry["file"]
             if int(entry["first_sample_id"]) != int(self.shard_first[i]):
@@ -155,6 +159,8 @@ class RemitDataset:
                     f"{path}: first_sample_id {entry['first_sample_id']} in the manifest, expected "
                     f"{int(self.shard_first[i])} (shards must hold consecutive sample ids); re-run finalize."
                 )
+            if not read_footers:
+                continue
             try:
                 meta = pq.read_metadata(path)
                 schema = pq.read_schema(path)
@@ -187,6 +193,7 @@ class RemitDataset:
             self._cache.move_to_end(index)
             return self._cache[index]
         table = self.output.read(index, columns=TRAIN_COLUMNS, verify=True)
+        self.shard_reads.append(index)
         path = self.output.root / self.output.manifest.shards[index]["file"]
         first = int(self.shard_first[index])
         ids = table.column("sample_id").to_numpy()

@@ -18,7 +18,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def init(tensor_parallel: int) -> bool:
+def init(tensor_parallel: int, pipeline_parallel: int = 1) -> bool:
     """Join (or create) the default process group and Megatron's parallel groups.
 
     Returns True when this call created the process group (so the caller should tear it down).
@@ -44,16 +44,22 @@ def init(tensor_parallel: int) -> bool:
             )
         created = True
     world = dist.get_world_size()
-    if world % tensor_parallel:
+    if world % (tensor_parallel * pipeline_parallel):
         raise ValueError(
-            f"tensor_model_parallel_size {tensor_parallel} does not divide the world size {world}; "
-            "launch a multiple of the TP size processes (torchrun --nproc-per-node)."
+            f"tensor_model_parallel_size {tensor_parallel} x pipeline_model_parallel_size {pipeline_parallel} "
+            f"does not divide the world size {world}; launch a multiple of TP x PP processes "
+            "(torchrun --nproc-per-node, --nnodes)."
         )
     if parallel_state.model_parallel_is_initialized():
-        if parallel_state.get_tensor_model_parallel_world_size() != tensor_parallel:
-            raise ValueError("Megatron's parallel groups were initialised with another TP size in this process")
+        if (
+            parallel_state.get_tensor_model_parallel_world_size() != tensor_parallel
+            or parallel_state.get_pipeline_model_parallel_world_size() != pipeline_parallel
+        ):
+            raise ValueError("Megatron's parallel groups were initialised with another TP or PP size in this process")
     else:
-        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel)
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=tensor_parallel, pipeline_model_parallel_size=pipeline_parallel
+        )
     return created
 
 

@@ -18,22 +18,13 @@ from remit.train.dataset import RemitDataset
 from remit.train.sampler import SampleOrder, micro_batches
 
 
-def document_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """Megatron's bool attention mask [b, 1, S, S] (True = masked): causal within a segment only."""
-    s = segment_ids.shape[-1]
-    causal_blocked = torch.ones(s, s, dtype=torch.bool, device=segment_ids.device).triu_(1)
-    return (causal_blocked[None] | (segment_ids[:, :, None] != segment_ids[:, None, :]))[:, None]
-
-
 def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    """Tensors on `device`; the attention mask is built there from the segment ids (smaller to move)."""
-    out = {
+    """Tensors on `device`. No attention mask: the model's document attention takes the segment ids."""
+    return {
         k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True)
         for k, v in batch.items()
         if k != "attention_mask"
     }
-    out["attention_mask"] = document_mask(out["segment_ids"])
-    return out
 
 
 class BatchLoader:

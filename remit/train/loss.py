@@ -122,6 +122,12 @@ def rho1_weights(excess: torch.Tensor, valid: torch.Tensor, keep_ratio: float) -
     return ((rank < k) & valid).to(torch.float32)
 
 
+def _needed(value: torch.Tensor | None, name: str, mode: str) -> torch.Tensor:
+    if value is None:
+        raise ValueError(f"mode {mode!r} needs {name}")
+    return value
+
+
 def remit_loss(
     per_token_loss: torch.Tensor,
     loss_mask: torch.Tensor,
@@ -149,30 +155,25 @@ def remit_loss(
     loss = per_token_loss.float().reshape(-1)
     valid = loss_mask.reshape(-1) > 0
     mask = valid.to(loss.dtype)
-    if mode in NEEDS_WEIGHTS and loss_weight is None:
-        raise ValueError(f"mode {mode!r} needs loss_weight")
-    if mode in NEEDS_LOGP_RL and logp_rl is None:
-        raise ValueError(f"mode {mode!r} needs logp_rl")
     if mode == "none":
         w = mask
     elif mode == "static":
-        w = loss_weight.reshape(-1).to(loss.dtype) * mask
+        w = _needed(loss_weight, "loss_weight", mode).reshape(-1).to(loss.dtype) * mask
     elif mode == "shuffled":
-        if sample_ids is None:
-            raise ValueError("mode 'shuffled' needs sample_ids")
+        stored = _needed(loss_weight, "loss_weight", mode)
         b, s = per_token_loss.shape
-        keys = shuffle_keys(sample_ids, s, seed)
-        w = shuffled_weights(loss_weight.reshape(b, s).to(loss.dtype), valid.reshape(b, s), keys).reshape(-1) * mask
+        keys = shuffle_keys(_needed(sample_ids, "sample_ids", mode), s, seed)
+        w = shuffled_weights(stored.reshape(b, s).to(loss.dtype), valid.reshape(b, s), keys).reshape(-1) * mask
     elif mode == "rho1":
+        rl = _needed(logp_rl, "logp_rl", mode)
         if not 0.0 < keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must lie in (0, 1]; got {keep_ratio}")
-        w = rho1_weights(logp_rl.reshape(-1).to(loss.dtype) + loss.detach(), valid, keep_ratio)
+        w = rho1_weights(rl.reshape(-1).to(loss.dtype) + loss.detach(), valid, keep_ratio)
     else:
-        if segment_ids is None:
-            raise ValueError("mode 'online' needs segment_ids")
-        groups = group_index(segment_ids, center)
-        b, s = segment_ids.shape
-        w = online_weights(logp_rl.reshape(-1), -loss.detach(), valid, groups, eps, num_groups=b * (s + 1)) * mask
+        rl = _needed(logp_rl, "logp_rl", mode)
+        groups = group_index(_needed(segment_ids, "segment_ids", mode), center)
+        b, s = per_token_loss.shape
+        w = online_weights(rl.reshape(-1), -loss.detach(), valid, groups, eps, num_groups=b * (s + 1)) * mask
     w = w.detach()
     sum_wl = (loss * w).sum()
     n_valid = valid.sum().to(torch.int32)

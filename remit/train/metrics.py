@@ -8,10 +8,11 @@ consumed_samples, step_time_s, tokens_per_s.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
+
+from remit.shards.atomic import write_text_atomic
 
 METRICS_NAME = "metrics.jsonl"
 STABLE_KEYS = (
@@ -55,9 +56,7 @@ class MetricsLog:
                     ) from None
                 if step <= resume_iteration:
                     kept.append(line)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(f"{line}\n" for line in kept))
         self._file = open(self.path, "a", buffering=1)
 
     def write(self, record: dict[str, Any]) -> None:

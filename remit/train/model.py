@@ -1,140 +1,82 @@
-"""The Megatron-Core model for a Hugging Face Llama checkpoint: its shape, its config, the GPTModel.
+"""The Megatron-Core GPTModel of a Hugging Face checkpoint's `Architecture`.
 
-The architecture is read from the checkpoint's ``config.json`` (RMSNorm, SwiGLU, RoPE, grouped-query
-attention, no biases, tied or untied embeddings as the checkpoint says), so the model mid-training
-starts from is the model that was scored.
+- RMSNorm, SwiGLU, grouped-query attention, tied or untied embeddings, as the checkpoint says;
+- q/k/v biases (Qwen2), per-head q/k RMSNorm before RoPE (Qwen3), layers without RoPE (SmolLM3, through
+  mcore's ``no_rope_freq``), per-layer sliding windows (Mistral, Qwen2/3), all through the attention module;
+- RoPE inverse frequencies computed as transformers computes them (mcore's own llama3 scaling hard-codes
+  its parameters, so it is never used) and applied at the *position ids* of the batch, which restart at 0
+  at every document: each document is encoded exactly as when it was scored alone;
+- document-masked attention from `remit.train.attention` (``--attention``).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+import contextlib
+import os
+from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import torch
 
-#: Files copied from the HF checkpoint into the run folder, so that export needs no other input.
-TEMPLATE_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-)
+from remit.train.architecture import Architecture, check_parallel
 
 
-@dataclass(frozen=True)
-class LlamaShape:
-    """What the Megatron model needs to know about a Llama checkpoint."""
-
-    vocab_size: int
-    hidden_size: int
-    ffn_hidden_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    rope_theta: float
-    tie_embeddings: bool
-    max_positions: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def read_hf_config(hf_dir: str | Path) -> dict[str, Any]:
-    path = Path(hf_dir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing. --init-hf must be a Hugging Face checkpoint folder.")
-    return json.loads(path.read_text())
-
-
-def llama_shape(cfg: dict[str, Any], source: str = "config.json") -> LlamaShape:
-    """Check that `cfg` (an HF config dict) is a plain Llama and return its shape."""
-    if cfg.get("model_type") != "llama":
-        raise ValueError(
-            f"{source}: model_type {cfg.get('model_type')!r}; remit-train converts Llama checkpoints "
-            "(model_type 'llama'). Convert the model to the Llama layout first."
-        )
-    for key in ("attention_bias", "mlp_bias"):
-        if cfg.get(key):
-            raise ValueError(f"{source}: {key}=true is not supported (Llama has no biases).")
-    if cfg.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"{source}: hidden_act {cfg['hidden_act']!r}; only SwiGLU ('silu') is supported.")
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ("default", None):
-        raise ValueError(
-            f"{source}: rope type {rope_type!r} is not supported; only plain RoPE ('default') converts exactly."
-        )
-    theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
-    heads = int(cfg["num_attention_heads"])
-    return LlamaShape(
-        vocab_size=int(cfg["vocab_size"]),
-        hidden_size=int(cfg["hidden_size"]),
-        ffn_hidden_size=int(cfg["intermediate_size"]),
-        num_layers=int(cfg["num_hidden_layers"]),
-        num_heads=heads,
-        num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-        head_dim=int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads),
-        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        rope_theta=float(theta),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        max_positions=int(cfg.get("max_position_embeddings", 4096)),
-    )
-
-
-def check_parallel(shape: LlamaShape, tp: int) -> None:
-    """Tensor parallelism splits heads, KV groups, the FFN and the vocabulary; each must divide."""
-    for name, value in (
-        ("num_attention_heads", shape.num_heads),
-        ("num_key_value_heads", shape.num_kv_heads),
-        ("intermediate_size", shape.ffn_hidden_size),
-        ("vocab_size", shape.vocab_size),
-    ):
-        if value % tp:
-            raise ValueError(
-                f"tensor_model_parallel_size {tp} does not divide the model's {name} ({value}); choose a TP size "
-                f"that divides it{' (or pad the vocabulary of the checkpoint)' if name == 'vocab_size' else ''}."
-            )
-
-
-def transformer_config(shape: LlamaShape, *, tp: int = 1, bf16: bool = False):
-    """The mcore TransformerConfig of a Llama. Fusions that need Apex or Transformer Engine are off,
-    so the same config runs on the CPU and on GPUs."""
+def transformer_config(
+    arch: Architecture,
+    *,
+    tp: int = 1,
+    bf16: bool = False,
+    attention: str = "sdpa",
+    pp: int = 1,
+    sequence_parallel: bool = False,
+    recompute_granularity: str | None = None,
+    recompute_method: str | None = None,
+    recompute_num_layers: int | None = None,
+    **overrides,
+):
+    """The mcore TransformerConfig of `arch`. Fusions that need Apex or Transformer Engine are off, so the
+    same config runs on the CPU and on GPUs. The keyword arguments after `attention` are the parallelism
+    and activation-recompute settings (see `remit.train.parallel`); `overrides`: any further
+    TransformerConfig field."""
     import torch.nn.functional as F
     from megatron.core.transformer.enums import AttnBackend
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    check_parallel(shape, tp)
-    return TransformerConfig(
-        num_layers=shape.num_layers,
-        hidden_size=shape.hidden_size,
-        ffn_hidden_size=shape.ffn_hidden_size,
-        num_attention_heads=shape.num_heads,
-        num_query_groups=shape.num_kv_heads,
-        kv_channels=shape.head_dim,
+    from remit.train.parallel import check_layout
+
+    check_parallel(arch, tp)
+    check_layout(arch.num_layers, pp, recompute_method, recompute_num_layers)
+    params_dtype = torch.bfloat16 if bf16 else torch.float32
+    fields: dict[str, Any] = dict(
+        num_layers=arch.num_layers,
+        hidden_size=arch.hidden_size,
+        ffn_hidden_size=arch.ffn_hidden_size,
+        num_attention_heads=arch.num_heads,
+        num_query_groups=arch.num_kv_heads,
+        kv_channels=arch.head_dim,
         normalization="RMSNorm",
-        layernorm_epsilon=shape.rms_norm_eps,
+        layernorm_epsilon=arch.rms_norm_eps,
         gated_linear_unit=True,
         activation_func=F.silu,
         add_bias_linear=False,
-        add_qkv_bias=False,
+        add_qkv_bias=arch.qkv_bias,
+        qk_layernorm=arch.qk_norm,
+        # mcore skips RoPE in a layer whose entry is 1.
+        no_rope_freq=[0 if r else 1 for r in arch.rope_layers] if not all(arch.rope_layers) else None,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=1,
-        sequence_parallel=False,
+        pipeline_model_parallel_size=pp,
+        pipeline_dtype=params_dtype if pp > 1 else None,  # the dtype of the activations sent between stages
+        sequence_parallel=sequence_parallel,
+        recompute_granularity=recompute_granularity,
+        recompute_method=recompute_method,
+        recompute_num_layers=recompute_num_layers,
         use_cpu_initialization=True,  # TP-consistent initialisation; the weights come from the checkpoint anyway
-        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        params_dtype=params_dtype,
         bf16=bf16,
-        attention_backend=AttnBackend.local,  # the only backend that takes an arbitrary (document) mask everywhere
+        attention_backend=AttnBackend.auto if attention == "te" else AttnBackend.local,
         gradient_accumulation_fusion=False,
         apply_rope_fusion=False,
         masked_softmax_fusion=False,
@@ -145,21 +87,149 @@ def transformer_config(shape: LlamaShape, *, tp: int = 1, bf16: bool = False):
         # The loss function returns (sum of w*l, valid-token count): Megatron divides once, globally.
         calculate_per_token_loss=True,
     )
+    if attention == "te" and arch.has_windows:
+        # TE windows are (left, right) token counts besides the query; the local backends never set
+        # window_size, because mcore's local softmax would replace the document mask by a window mask.
+        sizes = {w for w in arch.windows if w is not None}
+        if len(sizes) > 1:
+            raise ValueError(f"attention te: layers with different sliding windows {sorted(sizes)}; use sdpa")
+        fields["window_size"] = (sizes.pop() - 1, 0)
+        fields["window_attn_skip_freq"] = [1 if w is not None else 0 for w in arch.windows]
+    fields.update(overrides)
+    return TransformerConfig(**fields)
 
 
-def build_gpt_model(shape: LlamaShape, config, max_sequence_length: int):
-    """A GPTModel with mcore's local layer spec (RMSNorm, SwiGLU, RoPE)."""
-    from megatron.core.models.gpt import GPTModel
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-
-    theta = shape.rope_theta
-    return GPTModel(
-        config=config,
-        transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
-        vocab_size=shape.vocab_size,
-        max_sequence_length=max_sequence_length,
-        share_embeddings_and_output_weights=shape.tie_embeddings,
-        position_embedding_type="rope",
-        rotary_percent=1.0,
-        rotary_base=int(theta) if float(theta).is_integer() else theta,
+def layer_spec(arch: Architecture, attention: str):
+    """mcore's layer spec for `arch` with the document attention of backend `attention`."""
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
     )
+
+    from remit.train.attention import SDPADocumentAttention, dense_attention_class
+
+    if attention == "te":
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.qk_norm)
+    spec = get_gpt_layer_local_spec(qk_layernorm=arch.qk_norm, normalization="RMSNorm")
+    module = {"sdpa": SDPADocumentAttention, "dense": dense_attention_class()}[attention]
+    spec.submodules.self_attention.submodules.core_attention = partial(module, windows=arch.windows)
+    return spec
+
+
+def _document_rope_class():
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+
+    class DocumentRotaryEmbedding(RotaryEmbedding):
+        """RoPE at the batch's position ids ([s, b, 1, d] angles) instead of at the row offsets.
+
+        `positions` is set by `RemitGPTModel.forward` for the length of one forward pass. In the packed
+        (THD) format mcore's own path runs, which restarts at every ``cu_seqlens`` boundary.
+        """
+
+        positions: torch.Tensor | None = None
+
+        def forward(self, max_seq_len: int, offset: int = 0, packed_seq: bool = False, cp_group=None):
+            if self.positions is None or packed_seq:
+                return super().forward(max_seq_len, offset, packed_seq, cp_group)
+            inv = self.inv_freq.to(self.positions.device)
+            freqs = self.positions.t().to(inv.dtype)[..., None] * inv  # [s, b, d/2]
+            return torch.cat((freqs, freqs), dim=-1)[:, :, None, :]
+
+    return DocumentRotaryEmbedding
+
+
+def _remit_gpt_class():
+    from megatron.core.models.gpt import GPTModel
+
+    class RemitGPTModel(GPTModel):
+        """GPTModel whose RoPE follows the position ids passed to forward."""
+
+        def forward(self, input_ids, position_ids, attention_mask, *args, **kwargs):
+            rope = getattr(self, "rotary_pos_emb", None)
+            if rope is not None and hasattr(rope, "positions"):
+                rope.positions = position_ids
+            try:
+                return super().forward(input_ids, position_ids, attention_mask, *args, **kwargs)
+            finally:
+                if rope is not None and hasattr(rope, "positions"):
+                    rope.positions = None
+
+    return RemitGPTModel
+
+
+_TE_ENV = ("NVTE_FLASH_ATTN", "NVTE_FUSED_ATTN", "NVTE_UNFUSED_ATTN")
+
+
+@contextlib.contextmanager
+def _te_env_untouched() -> Iterator[None]:
+    """mcore's LanguageModule writes its attention backend into TE's process-wide NVTE_* variables and
+    asserts that they agree with any earlier model's. A local-spec model never runs TE, so it neither
+    reads nor leaves them: a TE model can still be built in the same process (tests, export)."""
+    saved = {k: os.environ.pop(k) for k in _TE_ENV if k in os.environ}
+    try:
+        yield
+    finally:
+        for k in _TE_ENV:
+            os.environ.pop(k, None)
+        os.environ.update(saved)
+
+
+def build_gpt_model(
+    arch: Architecture,
+    config,
+    max_sequence_length: int,
+    attention: str = "sdpa",
+    *,
+    pre_process: bool = True,
+    post_process: bool = True,
+):
+    """A GPTModel for `arch` (randomly initialised; `remit.train.convert.load_hf_into` fills it).
+
+    Under pipeline parallelism each stage builds its own part: `pre_process` (the first stage) holds
+    the embedding, `post_process` (the last stage) the final norm and the output layer, and mcore gives
+    each stage its share of the decoder layers."""
+    from remit.train.parallel import sequence_parallel_spec
+
+    spec = layer_spec(arch, attention)
+    if config.sequence_parallel and attention != "te":
+        spec = sequence_parallel_spec(config, spec)
+    with contextlib.nullcontext() if attention == "te" else _te_env_untouched():
+        model = _remit_gpt_class()(
+            config=config,
+            transformer_layer_spec=spec,
+            pre_process=pre_process,
+            post_process=post_process,
+            vocab_size=arch.vocab_size,
+            max_sequence_length=max_sequence_length,
+            share_embeddings_and_output_weights=arch.tie_embeddings,
+            position_embedding_type="rope" if arch.uses_rope else "none",
+            rotary_percent=1.0,
+        )
+    if arch.uses_rope:
+        rope = _document_rope_class()(kv_channels=arch.head_dim, rotary_percent=1.0, use_cpu_initialization=True)
+        rope.inv_freq = arch.inv_freq()
+        model.rotary_pos_emb = rope
+    return model
+
+
+def forward_tokens(model, batch: dict[str, torch.Tensor], attention: str) -> torch.Tensor:
+    """Per-token loss [b, S] of a micro-batch (tokens, labels, position_ids, segment_ids) under `attention`
+    (logits [b, S, V / TP] when the batch has no labels).
+
+    The local backends take the segment ids in place of the mask. TE takes the micro-batch as one packed
+    row of b*S tokens with ``cu_seqlens`` at the document starts.
+    """
+    tokens, labels = batch["tokens"], batch.get("labels")
+    if attention == "te":
+        from remit.train.attention import packed_seq_params
+
+        b, s = tokens.shape
+        out = model(
+            tokens.reshape(1, b * s),
+            batch["position_ids"].reshape(1, b * s),
+            None,
+            labels=None if labels is None else labels.reshape(1, b * s),
+            packed_seq_params=packed_seq_params(batch["segment_ids"]),
+        )
+        return out.reshape(b, s, *out.shape[2:])
+    return model(tokens, batch["position_ids"], batch["segment_ids"], labels=labels)

@@ -1,8 +1,10 @@
-"""Random initialisation from a Hugging Face Llama config (`remit-train --init-config`).
+"""Random initialisation from a Hugging Face config (`remit-train --init-config`).
 
-- The weights are those of ``LlamaForCausalLM(config)`` built by transformers with the run's seed
-  (transformers' own initialiser and `initializer_range`), then converted like any checkpoint, so every
-  tensor-parallel rank holds its slice of one and the same model.
+- Any architecture `remit.train.architecture` supports (Llama, Mistral, Qwen2, Qwen3, SmolLM3): the
+  config is checked like a checkpoint's (others are refused by name, before anything is built).
+- The weights are those of the config's transformers model class, built by transformers with the
+  run's seed (its own initialiser and `initializer_range`) in float32, then converted like any
+  checkpoint, so every tensor-parallel rank and pipeline stage holds its part of one and the same model.
 - A random model has no tokenizer of its own. The run's HF template (config + tokenizer, used by
   `--export-hf`) takes the tokenizer files from the config's folder when it holds them, else from the
   folder the output's manifest records as its tokenizer; the preflight then checks their hash against
@@ -11,23 +13,16 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-#: Tokenizer files copied into the run's HF template (a subset of `model.TEMPLATE_FILES`).
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-)
+from remit.train.architecture import TEMPLATE_FILES, Architecture, read_hf_config
+
+#: Tokenizer files copied into the run's HF template (the template files but the configs).
+TOKENIZER_FILES = tuple(n for n in TEMPLATE_FILES if n not in ("config.json", "generation_config.json"))
 
 
 def config_file(path: str | Path) -> Path:
@@ -37,20 +32,9 @@ def config_file(path: str | Path) -> Path:
     if not found.is_file():
         raise FileNotFoundError(
             f"--init-config {path}: no such file{' (the folder holds no config.json)' if path.is_dir() else ''}; "
-            "pass a Hugging Face Llama config.json or a folder holding one."
+            "pass a Hugging Face config.json or a folder holding one."
         )
     return found
-
-
-def read_config(path: str | Path) -> dict[str, Any]:
-    found = config_file(path)
-    try:
-        cfg = json.loads(found.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--init-config {found}: not valid JSON ({e}); pass a Hugging Face config.json.") from e
-    if not isinstance(cfg, dict):
-        raise ValueError(f"--init-config {found}: not a JSON object; pass a Hugging Face config.json.")
-    return cfg
 
 
 def _has_tokenizer(folder: Path) -> bool:
@@ -81,15 +65,17 @@ def prepare_template(init_config: str | Path, manifest_tokenizer: dict[str, Any]
     return dst
 
 
-def random_hf_state(config: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
-    """The state dict of a freshly initialised transformers Llama (float32), seeded with `seed`."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def random_hf_state(template: str | Path, arch: Architecture, seed: int) -> dict[str, torch.Tensor]:
+    """The float32 state dict of a freshly initialised transformers model of `template`'s config.json
+    (already checked as `arch`), seeded with `seed`; the global RNG state is left as it was."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    hf_cfg = LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
+    raw = read_hf_config(template)
+    hf_cfg = AutoConfig.for_model(arch.model_type, **{k: v for k, v in raw.items() if k != "model_type"})
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(hf_cfg)
+        model = AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32)
     finally:
         torch.random.set_rng_state(state)
     return {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}

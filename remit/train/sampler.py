@@ -1,15 +1,23 @@
 """Which sample each rank trains on at each step: a seeded global order, cut into global batches.
 
-The order of an epoch depends only on the seed, the epoch number and the output's shard sizes:
-shards are permuted, grouped into windows of `shuffle_shards` consecutive shards, and the rows of a
-window are permuted together. A window keeps reads local (a rank holds at most one window of
-shards in memory) while mixing rows from several parts of the corpus.
+The order of an epoch depends only on the seed, the epoch number and the output's shard sizes.
+Shards are permuted and grouped into windows of `shuffle_shards` consecutive shards. Within a
+window, each shard's rows are permuted and the shards are interleaved evenly: row i of a shard with
+n rows is placed at "time" (i + u) / n (u a random offset per shard), and the window's order is by
+time. So any run of positions draws from every shard of the window in proportion to its size, and
+the window as a whole mixes rows from several parts of the corpus.
 
-Global batch k is the positions ``[k*G, (k+1)*G)`` of the endless sequence epoch 0, epoch 1, ...
-Data-parallel rank r takes the r-th contiguous slice of it and cuts that into micro-batches. So
-the global batch, and therefore the trained objective, is the same for every DP size and
-micro-batch size; ranks never share a sample within an epoch and together cover every sample; and a
-run resumes exactly from its count of consumed samples.
+Global batch k is the positions ``[k*G, (k+1)*G)`` of the endless sequence epoch 0, epoch 1, ...,
+laid out by each sample's place within its window: its rank among the window's sample ids, scaled
+to [0, 1). Data-parallel rank r takes the r-th contiguous slice of that layout and cuts it into
+micro-batches. So:
+
+- the global batch, and therefore the trained objective, is the same for every DP size and
+  micro-batch size; ranks never share a sample within an epoch and together cover every sample;
+- a rank's slice holds rows of a few neighbouring shards (in id order) of the window, also when a
+  batch spans two windows: with D ranks and W shards per window a rank reads at most about
+  ceil(W/D) + 1 shards of a window, instead of all W (each shard read is a whole shard, checksummed);
+- a run resumes exactly from its count of consumed samples.
 """
 
 from __future__ import annotations
@@ -34,31 +42,62 @@ class SampleOrder:
         self.shuffle_shards = int(shuffle_shards)
         self._epoch: int | None = None
         self._order: np.ndarray | None = None
+        self._key: np.ndarray | None = None
+
+    def _window_order(self, epoch: int, w: int, shards: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch, w])
+        ids, times = [], []
+        for s in shards:
+            n = int(self.shard_rows[s])
+            ids.append(self.shard_first[s] + rng.permutation(n))
+            times.append((np.arange(n) + rng.random()) / max(n, 1))
+        ids_all, times_all = np.concatenate(ids), np.concatenate(times)
+        return ids_all[np.argsort(times_all, kind="stable")]
+
+    def _build(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sample ids, layout key) of every position of `epoch`, cached for the last epoch asked.
+
+        The key of a sample is its rank among its window's sample ids, scaled to [0, 1): the relative
+        place of its row within the window's shards taken in id order."""
+        if self._epoch != epoch or self._order is None or self._key is None:
+            shard_perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.shard_rows))
+            parts, keys = [], []
+            for w, first in enumerate(range(0, len(shard_perm), self.shuffle_shards)):
+                order = self._window_order(epoch, w, shard_perm[first : first + self.shuffle_shards])
+                parts.append(order)
+                keys.append((np.searchsorted(np.sort(order), order) + 0.5) / len(order))
+            self._epoch, self._order, self._key = epoch, np.concatenate(parts), np.concatenate(keys)
+        return self._order, self._key
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """All sample ids once, in this epoch's order."""
-        if self._epoch == epoch and self._order is not None:
-            return self._order
-        rng = np.random.default_rng([self.seed, epoch])
-        shard_perm = rng.permutation(len(self.shard_rows))
-        parts = []
-        for w, first in enumerate(range(0, len(shard_perm), self.shuffle_shards)):
-            window = shard_perm[first : first + self.shuffle_shards]
-            ids = np.concatenate([np.arange(self.shard_first[s], self.shard_first[s + 1]) for s in window])
-            parts.append(np.random.default_rng([self.seed, epoch, w]).permutation(ids))
-        self._epoch, self._order = epoch, np.concatenate(parts)
-        return self._order
+        return self._build(epoch)[0]
 
-    def ids(self, start: int, stop: int) -> np.ndarray:
-        """Sample ids at global positions [start, stop), crossing epoch boundaries as needed."""
-        out = []
+    def _slices(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sample ids, layout key) at global positions [start, stop)."""
+        ids, keys = [], []
         pos = start
         while pos < stop:
             epoch, offset = divmod(pos, self.num_samples)
             take = min(stop - pos, self.num_samples - offset)
-            out.append(self.epoch_order(epoch)[offset : offset + take])
+            order, key = self._build(epoch)
+            ids.append(order[offset : offset + take])
+            keys.append(key[offset : offset + take])
             pos += take
-        return np.concatenate(out) if out else np.zeros(0, np.int64)
+        if not ids:
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        return np.concatenate(ids), np.concatenate(keys)
+
+    def ids(self, start: int, stop: int) -> np.ndarray:
+        """Sample ids at global positions [start, stop), crossing epoch boundaries as needed."""
+        return self._slices(start, stop)[0]
+
+    def batch(self, start: int, stop: int) -> np.ndarray:
+        """The samples at positions [start, stop) in the layout of a global batch: sorted by their key
+        (then id), so that each data-parallel rank's contiguous slice touches few shards, also in a
+        batch that spans two windows."""
+        ids, keys = self._slices(start, stop)
+        return ids[np.lexsort((ids, keys))]
 
 
 def rank_sample_ids(
@@ -69,8 +108,8 @@ def rank_sample_ids(
     if global_batch % dp_size:
         raise ValueError(f"global batch {global_batch} is not divisible by data-parallel size {dp_size}")
     per_rank = global_batch // dp_size
-    start = consumed_samples + dp_rank * per_rank
-    return order.ids(start, start + per_rank)
+    batch = order.batch(consumed_samples, consumed_samples + global_batch)
+    return batch[dp_rank * per_rank : (dp_rank + 1) * per_rank]
 
 
 def micro_batches(

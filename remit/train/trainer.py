@@ -1,13 +1,18 @@
 """The mid-training loop on Megatron-Core: GPTModel, mcore DDP, Megatron's optimizer and schedule.
 
-One optimizer step = ``global_batch / (micro_batch * DP)`` micro-batches through
-`get_forward_backward_func`. The loss function returns (sum of w*l, valid-token count, report) and
-``calculate_per_token_loss=True`` makes Megatron divide the gradient once by the global valid-token
-count, so the objective is the paper's: sum over the global batch of w*l over the number of tokens.
+- One optimizer step = ``global_batch / (micro_batch * DP)`` micro-batches through
+  `get_forward_backward_func` (the 1F1B pipeline schedule when there are several stages).
+- The loss function returns (sum of w*l, valid-token count, report) and
+  ``calculate_per_token_loss=True`` makes Megatron divide the gradient once by the global valid-token
+  count, so the objective is the paper's: sum over the global batch of w*l over the number of tokens.
+- The model, its precision wrapper, DDP, optimizer and schedule come from `remit.train.engine`.
+- Every step passes `remit.train.guard` (finite loss, finite gradient norm) before the optimizer
+  applies it.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -20,15 +25,28 @@ import torch
 import torch.distributed as dist
 
 from remit.shards import ShardError, read_manifest
+from remit.shards.atomic import write_json_atomic
 from remit.train import cpu_compat, distributed
-from remit.train.checkpoint import latest_iteration, load_checkpoint, save_checkpoint
+from remit.train.architecture import TEMPLATE_FILES, check_parallel, read_architecture
+from remit.train.attention import resolve_backend
+from remit.train.checkpoint import (
+    check_optimizer_layout,
+    iteration_dir,
+    latest_iteration,
+    load_checkpoint,
+    optimizer_layout,
+    save_checkpoint,
+)
 from remit.train.config import TrainConfig
-from remit.train.convert import gather_full_state, load_hf_into, load_hf_state_into, save_hf
+from remit.train.convert import check_hf_checkpoint, save_hf
 from remit.train.dataset import RemitDataset
+from remit.train.engine import Engine, build_engine
+from remit.train.guard import MicroBatchLoss, StepGuard, guarded_step
 from remit.train.loader import BatchLoader
-from remit.train.loss import remit_loss, summarize
+from remit.train.loss import STAT_NAMES, remit_loss, summarize
 from remit.train.metrics import MetricsLog, Progress
-from remit.train.model import TEMPLATE_FILES, build_gpt_model, llama_shape, read_hf_config, transformer_config
+from remit.train.model import forward_tokens
+from remit.train.parallel import gather_full_model
 from remit.train.preflight import (
     PreflightError,
     check_data_fits_model,
@@ -41,18 +59,25 @@ from remit.train.sampler import SampleOrder
 
 #: Sub-folder of the save folder holding the HF config and tokenizer the run started from.
 HF_TEMPLATE = "hf_template"
+#: File in the save folder naming the architecture and the attention backend (whose layer spec names
+#: the checkpoint's tensors), for export.
+MODEL_FILE = "model.json"
 
 #: Called on every rank after each step with (step, this rank's sample ids, the step's metrics).
 Observer = Callable[[int, np.ndarray, dict[str, Any]], None]
+#: Called on every rank after the backward pass, before the optimizer step, with (step, the engine).
+BeforeStep = Callable[[int, Engine], None]
 
 
 def _preflight(cfg: TrainConfig, template: Path, vocab_size: int) -> str | None:
-    """Validate the data on rank 0 and share the verdict, so that every rank fails together."""
+    """Validate the data (and read every shard's footer) on rank 0 only, and share the verdict, so that
+    every rank fails together. The other ranks read only the shards that hold their samples."""
     verdict: list[Any] = [None, None]
     if dist.get_rank() == 0:
         try:
             if not cfg.skip_validate:
                 validate_data(cfg.data)
+            RemitDataset(cfg.data, check_footers=True)  # every shard's footer, here only
             verdict[1] = check_data_fits_model(cfg.data, vocab_size, template)
         except (PreflightError, ShardError, FileNotFoundError) as e:
             verdict[0] = str(e)
@@ -62,12 +87,13 @@ def _preflight(cfg: TrainConfig, template: Path, vocab_size: int) -> str | None:
     return verdict[1]
 
 
-def _prepare_random_template(cfg: TrainConfig, manifest_tokenizer: dict[str, Any], dst: Path) -> None:
-    """Rank 0 writes the HF template of a randomly initialised run; a failure stops every rank together."""
+def _prepare_random_template(init_config: Path, manifest_tokenizer: dict[str, Any], dst: Path) -> None:
+    """Rank 0 writes the HF template of a randomly initialised run; a failure stops every rank together
+    (the broadcast also keeps the other ranks from reading the template before it is written)."""
     verdict: list[Any] = [None]
     if dist.get_rank() == 0:
         try:
-            prepare_template(cfg.init_config, manifest_tokenizer, dst)
+            prepare_template(init_config, manifest_tokenizer, dst)
         except (FileNotFoundError, ValueError) as e:
             verdict[0] = str(e)
     dist.broadcast_object_list(verdict, src=0)
@@ -84,10 +110,33 @@ def _copy_template(src: Path, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
-def _forward_step(mode: str, opts: dict[str, Any], seen: list[np.ndarray], data_iterator, model):
+def _check_layout(run_dir: Path, attention: str) -> None:
+    """A checkpoint saved under Transformer Engine's layer spec names its tensors differently from one
+    saved under the local spec (sdpa, dense): resume only within the same family."""
+    path = run_dir / MODEL_FILE
+    saved = json.loads(path.read_text()).get("attention", "sdpa") if path.exists() else "sdpa"
+    if (saved == "te") != (attention == "te"):
+        raise PreflightError(
+            f"{path}: the checkpoint was written with --attention {saved}, this run uses {attention}; their "
+            f"tensor layouts differ, so resume with --attention {saved} (or export to HF and start from that)"
+        )
+
+
+def _forward_step(
+    mode: str,
+    loss_opts: dict[str, Any],
+    attention: str,
+    seen: list[np.ndarray],
+    records: list[MicroBatchLoss],
+    data_iterator,
+    model,
+):
     batch = next(data_iterator)
-    seen.append(batch["sample_id"].cpu().numpy())
-    per_token_loss = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
+    sample_ids = batch["sample_id"].cpu().numpy()
+    seen.append(sample_ids)
+    # On pipeline stages after the first, mcore feeds the previous stage's activations instead of the
+    # tokens; on stages before the last it returns activations and never calls loss_func.
+    per_token_loss = forward_tokens(model, batch, attention)
 
     def loss_func(output_tensor: torch.Tensor):
         s, n, report = remit_loss(
@@ -98,34 +147,49 @@ def _forward_step(mode: str, opts: dict[str, Any], seen: list[np.ndarray], data_
             logp_rl=batch["logp_rl"],
             segment_ids=batch["segment_ids"],
             sample_ids=batch["sample_id"],
-            **opts,
+            **loss_opts,
+        )
+        # Small [b, s] tensors, kept for this step so the guard can name the samples behind a NaN.
+        records.append(
+            MicroBatchLoss(
+                sample_ids,
+                output_tensor.detach(),
+                batch["loss_mask"],
+                batch["loss_weight"],
+                batch["logp_rl"],
+                batch["segment_ids"],
+            )
         )
         return s, n, {"remit": report}
 
     return per_token_loss, loss_func
 
 
-def train(cfg: TrainConfig, observer: Observer | None = None) -> dict[str, Any]:
-    """Run (or resume) a training run; return the last step's metrics and the checkpoint path."""
-    created = distributed.init(cfg.tensor_model_parallel_size)
+def train(cfg: TrainConfig, observer: Observer | None = None, before_step: BeforeStep | None = None) -> dict[str, Any]:
+    """Run (or resume) a training run; return the last step's metrics and the checkpoint path.
+
+    `observer` sees every finished step; `before_step` (tests, fault injection) runs after the
+    backward pass and before the optimizer step, with the model, optimizer and layout."""
+    created = distributed.init(cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size)
     try:
-        return _train(cfg, observer)
+        return _train(cfg, observer, before_step)
     finally:
         distributed.teardown(created)
 
 
-def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
+def _step_stats(reports: list[dict[str, torch.Tensor]], device: torch.device) -> torch.Tensor:
+    """This rank's summed loss report; zeros on pipeline stages without the loss."""
+    if reports:
+        return torch.stack([r["remit"] for r in reports]).sum(0)
+    return torch.zeros(len(STAT_NAMES), dtype=torch.float64, device=device)
+
+
+def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep | None) -> dict[str, Any]:
     from megatron.core import parallel_state
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     rank = dist.get_rank()
     is_main = rank == 0
-    dp_size, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
-    tp_size, tp_rank = cfg.tensor_model_parallel_size, parallel_state.get_tensor_model_parallel_rank()
-    gbs, n_micro = cfg.batch_layout(dp_size)
     device = cpu_compat.device()
 
     load_dir = cfg.load or cfg.save
@@ -135,81 +199,64 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
     random_init = resume_it is None and cfg.init_config is not None
     if resume_it is not None:
         template = Path(load_dir) / HF_TEMPLATE
-    elif random_init:
+    elif cfg.init_config is not None:
         template = cfg.save / HF_TEMPLATE
-        _prepare_random_template(cfg, manifest.data.get("tokenizer", {}), template)
-    else:
+        _prepare_random_template(cfg.init_config, manifest.data.get("tokenizer", {}), template)
+    elif cfg.init_hf is not None:
         template = cfg.init_hf
-    if template is None:
+    else:
         raise PreflightError(f"{load_dir}: no checkpoint to resume and no --init-hf; pass --init-hf DIR.")
-    shape = llama_shape(read_hf_config(template), str(template / "config.json"))
-    tokenizer_hash = _preflight(cfg, template, shape.vocab_size)
+    arch = read_architecture(template)
+    check_parallel(arch, cfg.tensor_model_parallel_size)  # heads, KV groups, FFN and vocabulary: before the data
+    attention = resolve_backend(cfg.attention)
+    if resume_it is None and not random_init:
+        check_hf_checkpoint(template, arch)  # tensor names and shapes, before any data is read
+    elif resume_it is not None:
+        _check_layout(Path(load_dir), attention)
+    tokenizer_hash = _preflight(cfg, template, arch.vocab_size)
 
+    # Rank 0 checked every shard's footer in the preflight; the other ranks check each shard they read.
     dataset = RemitDataset(
-        cfg.data, tokenizer_hash=tokenizer_hash, cache_shards=cfg.shuffle_shards, create_attention_mask=False
+        cfg.data,
+        tokenizer_hash=tokenizer_hash,
+        cache_shards=cfg.shuffle_shards,
+        create_attention_mask=False,
+        check_footers=False,
     )
     seq_len = dataset.seq_len
     order = SampleOrder(dataset.shard_rows, seed=cfg.seed, shuffle_shards=cfg.shuffle_shards)
     eps = cfg.eps if cfg.eps is not None and cfg.weights == "online" else manifest.eps
     center = cfg.center or manifest.center
     keep_ratio = cfg.keep_ratio if cfg.weights == "rho1" else 1.0
+    loss_opts: dict[str, Any] = {"eps": eps, "center": center, "seed": cfg.seed, "keep_ratio": keep_ratio}
+
+    cpu_compat.seed_rng(cfg.seed)
+    init_state = random_hf_state(template, arch, cfg.seed) if random_init else None
+    init_hf = template if resume_it is None and not random_init else None
+    engine = build_engine(cfg, arch, attention, seq_len, init_hf, init_state=init_state)
+    layout, ddp, optimizer, scheduler = engine.layout, engine.model, engine.optimizer, engine.scheduler
+    gbs, n_micro = cfg.batch_layout(layout.dp_size)
     objective = {"weights": cfg.weights, "eps": eps, "center": center, "global_batch_size": gbs}
     if cfg.weights == "rho1":
         objective["keep_ratio"] = keep_ratio
-    loss_opts = {"eps": eps, "center": center, "seed": cfg.seed, "keep_ratio": keep_ratio}
-
-    cpu_compat.seed_rng(cfg.seed)
-    tcfg = transformer_config(shape, tp=tp_size, bf16=cfg.bf16)
-    model = build_gpt_model(shape, tcfg, max_sequence_length=seq_len).to(device)
-    if random_init:
-        hf_state = random_hf_state(read_hf_config(template), cfg.seed)
-        load_hf_state_into(model, hf_state, shape, tp_rank, tp_size, source=f"--init-config {cfg.init_config}")
-    elif resume_it is None:
-        load_hf_into(model, template, shape, tp_rank, tp_size)
-    ddp = DistributedDataParallel(tcfg, DistributedDataParallelConfig(grad_reduce_in_fp32=True), model)
-    tcfg.finalize_model_grads_func = finalize_model_grads
-    tcfg.no_sync_func = ddp.no_sync
-    optimizer = get_megatron_optimizer(
-        OptimizerConfig(
-            optimizer="adam",
-            lr=cfg.lr,
-            min_lr=cfg.min_lr,
-            weight_decay=cfg.weight_decay,
-            adam_beta1=cfg.adam_beta1,
-            adam_beta2=cfg.adam_beta2,
-            adam_eps=cfg.adam_eps,
-            clip_grad=cfg.clip_grad,
-            bf16=cfg.bf16,
-            params_dtype=tcfg.params_dtype,
-        ),
-        [ddp],
-    )
-    scheduler = OptimizerParamScheduler(
-        optimizer,
-        init_lr=0.0,
-        max_lr=cfg.lr,
-        min_lr=cfg.min_lr,
-        lr_warmup_steps=cfg.lr_warmup_iters,
-        lr_decay_steps=cfg.decay_iters,
-        lr_decay_style=cfg.lr_decay_style,
-        start_wd=cfg.weight_decay,
-        end_wd=cfg.weight_decay,
-        wd_incr_steps=cfg.train_iters,
-        wd_incr_style="constant",
-    )
 
     iteration, consumed, tokens = 0, 0, 0
+    layout_of_optimizer = optimizer_layout(cfg.use_distributed_optimizer, layout.tp_size, layout.pp_size)
     if resume_it is not None:
+        check_optimizer_layout(load_dir, layout_of_optimizer)
         state = load_checkpoint(load_dir, ddp, optimizer, scheduler)
         check_resume_matches(state, cfg.data, cfg.seed, objective)
         iteration, consumed, tokens = int(state["iteration"]), int(state["consumed_samples"]), int(state["tokens"])
     if is_main:
         cfg.save.mkdir(parents=True, exist_ok=True)
         _copy_template(template, cfg.save / HF_TEMPLATE)
+        model_info = {"attention": attention, "architecture": arch.to_dict()}
+        write_json_atomic(cfg.save / MODEL_FILE, model_info)
         print(
-            f"remit-train: {cfg.weights} weights, {len(dataset)} samples of {seq_len} tokens, "
-            f"DP {dp_size} x TP {tp_size}, global batch {gbs} ({n_micro} micro-batches of {cfg.micro_batch_size}"
-            f" per rank), "
+            f"remit-train: {arch.model_type}, {attention} attention, {cfg.weights} weights, {len(dataset)} samples "
+            f"of {seq_len} tokens, DP {layout.dp_size} x TP {layout.tp_size} x PP {layout.pp_size}, "
+            f"{'bf16' if cfg.bf16 else 'fp32'}, global batch {gbs} ({n_micro} micro-batches of "
+            f"{cfg.micro_batch_size} per rank), "
             + (
                 f"resuming at step {iteration}"
                 if iteration
@@ -223,8 +270,8 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
         order,
         global_batch=gbs,
         micro_batch=cfg.micro_batch_size,
-        dp_rank=dp_rank,
-        dp_size=dp_size,
+        dp_rank=layout.dp_rank,
+        dp_size=layout.dp_size,
         consumed_samples=consumed,
         device=device,
     )
@@ -232,8 +279,23 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
     progress = Progress(cfg.train_iters, iteration, cfg.log_interval, enabled=is_main)
     forward_backward = get_forward_backward_func()
     dp_group = parallel_state.get_data_parallel_group()
+    pp_group = parallel_state.get_pipeline_model_parallel_group()
+    last_stage_rank = parallel_state.get_pipeline_model_parallel_last_rank()
     record: dict[str, Any] | None = None
     saved: Path | None = None
+    last_checkpoint = [iteration_dir(load_dir, resume_it) if resume_it is not None else None]
+
+    def resume_hint() -> str:
+        if last_checkpoint[0] is None:
+            return f"No checkpoint was saved yet in {cfg.save}: fix the cause and start again."
+        return (
+            f"The last checkpoint, {last_checkpoint[0]}, is intact: fix the cause (for bad data, "
+            "`remit-annotate validate` lists it) and resume from it."
+        )
+
+    guard = StepGuard(
+        cfg.weights, eps, center, resume_hint, rank=rank, dp_rank=layout.dp_rank, seed=cfg.seed, keep_ratio=keep_ratio
+    )
     try:
         for step in range(iteration + 1, cfg.train_iters + 1):
             t0 = time.perf_counter()
@@ -242,8 +304,9 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
             scheduler.step(1)  # the LR of this step: warm-up reaches `lr` at step lr_warmup_iters
             lr = float(optimizer.param_groups[0]["lr"])
             seen: list[np.ndarray] = []
+            records: list[MicroBatchLoss] = []
             reports = forward_backward(
-                forward_step_func=partial(_forward_step, cfg.weights, loss_opts, seen),
+                forward_step_func=partial(_forward_step, cfg.weights, loss_opts, attention, seen, records),
                 data_iterator=loader,
                 model=[ddp],
                 num_microbatches=n_micro,
@@ -251,18 +314,25 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
                 micro_batch_size=cfg.micro_batch_size,
                 forward_only=False,
             )
-            _, grad_norm, _ = optimizer.step()
-            stats = torch.stack([r["remit"] for r in reports]).sum(0)
+            local_stats = _step_stats(reports, device)
+            stats = local_stats.clone()
             dist.all_reduce(stats, group=dp_group)
+            if layout.pp_size > 1:  # only the last stage computed the loss
+                dist.broadcast(stats, src=last_stage_rank, group=pp_group)
+            stats = stats.cpu()
+            guard.check_loss(step, stats, local_stats, seen, records)
+            summary = summarize(stats)
+            if before_step is not None:
+                before_step(step, engine)
+            grad_norm = guarded_step(optimizer, partial(guard.check_grad_norm, step, loss=summary["loss"], seen=seen))
             consumed += gbs
-            summary = summarize(stats.cpu())
-            tokens += summary.pop("valid_tokens")
+            tokens += int(summary.pop("valid_tokens"))
             elapsed = time.perf_counter() - t0
             record = {
                 "step": step,
                 **summary,
                 "lr": lr,
-                "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "grad_norm": grad_norm,
                 "tokens": tokens,
                 "consumed_samples": consumed,
                 "step_time_s": elapsed,
@@ -284,15 +354,18 @@ def _train(cfg: TrainConfig, observer: Observer | None) -> dict[str, Any]:
                         "tokens": tokens,
                         "seed": cfg.seed,
                         "data_run_id": manifest.run_id,
+                        "bf16": cfg.bf16,
+                        "optimizer_layout": layout_of_optimizer,
                         **objective,
                     },
                 )
+                last_checkpoint[0] = saved
     finally:
         loader.close()
         log.close()
     if cfg.export_hf is not None:
-        full = gather_full_state(ddp.module, parallel_state.get_tensor_model_parallel_group())
-        if is_main:
+        full = gather_full_model(ddp, layout, arch.tie_embeddings) if layout.dp_rank == 0 else None
+        if is_main and full is not None:
             save_hf(full, cfg.save / HF_TEMPLATE, cfg.export_hf)
             print(f"exported the model as a Hugging Face checkpoint: {cfg.export_hf}", flush=True)
         dist.barrier()

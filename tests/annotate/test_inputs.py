@@ -11,7 +11,7 @@ import pytest
 
 from remit.annotate.cli import main
 from remit.annotate.inputs import Fields, InputError, Record, Skip, expand_inputs, read_inputs
-from remit.annotate.plan import read_plan, read_unit
+from remit.annotate.workdir import WorkDir
 
 DOCS = [
     {"id": "a", "text": "So 2 + 2 = 4. Therefore the answer is 4."},
@@ -43,11 +43,12 @@ def plan_tokens(model_pair, inputs, out, *extra) -> tuple[list[list[int]], dict]
         *extra,
     ]
     assert main(args) == 0
-    plan = read_plan(out)
+    work = WorkDir(out)
+    plan = work.read_plan()
     rows = []
-    for u in plan["units"]:
-        rows += read_unit(out, u["unit"]).column("token_ids").to_pylist()
-    return rows, plan
+    for u in plan.units:
+        rows += work.read_planned_unit(u).column("token_ids").to_pylist()
+    return rows, plan.to_dict()
 
 
 @pytest.fixture(scope="module")

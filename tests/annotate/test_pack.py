@@ -72,7 +72,7 @@ def test_rerun_is_byte_identical_and_another_run_is_refused(packed, model_pair, 
         assert (tmp_path / "again" / f.name).read_bytes() == f.read_bytes(), f.name
     assert _pack(model_pair[0], [packed / "c.jsonl"], tmp_path / "again") == 0  # finished: left as it is
     assert _pack(model_pair[0], [packed / "c.jsonl"], tmp_path / "again", "--eos", "never") == 2
-    assert "another output" in capsys.readouterr().err
+    assert "of a different run" in capsys.readouterr().err
 
 
 def test_bad_flags_fail_with_one_line(model_pair, tmp_path, capsys):
@@ -99,3 +99,55 @@ def test_validate_catches_a_weight_in_a_pack_only_output(packed, tmp_path):
     write_table(t, path)
     problems = [str(p) for p in validate_output(out)]
     assert any("weight is not 1.0 in a pack-only output" in p for p in problems), problems
+
+
+def test_stats_and_show_say_a_pack_only_output_has_no_weights(packed, tmp_path, capsys):
+    pytest.importorskip("duckdb")
+    assert main(["stats", str(packed / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "pack-only output" in out and "no weights" in out and len(out.strip().splitlines()) == 1
+    assert main(["stats", str(packed / "out"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    m = read_manifest(packed / "out")
+    assert summary["scored"] is False and summary["tokens"] == m.total_tokens and summary["rows"] == m.total_rows
+    assert main(["show", str(packed / "out"), "-o", str(tmp_path / "page.html")]) == 2
+    err = capsys.readouterr().err
+    assert "no weights" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "page.html").exists()
+
+
+def test_a_folder_with_an_annotations_unfinished_work_is_refused(packed, model_pair, tmp_path, capsys):
+    from remit.annotate.workdir import WorkDir
+
+    out = tmp_path / "out"
+    WorkDir(out).run_path.parent.mkdir(parents=True)
+    WorkDir(out).run_path.write_text("{}")
+    assert _pack(model_pair[0], [packed / "c.jsonl"], out) == 2
+    err = capsys.readouterr().err
+    assert "unfinished work of an annotation run" in err and "Traceback" not in err
+    assert not list(out.glob("shard-*.parquet"))
+
+
+def test_a_rerun_over_an_unfinished_longer_output_removes_its_extra_shards(packed, model_pair, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "shard-00999.parquet").write_bytes(b"left by an earlier run")
+    assert _pack(model_pair[0], [packed / "c.jsonl"], out) == 0
+    assert not (out / "shard-00999.parquet").exists()
+    assert validate_output(out) == []
+
+
+def test_the_flags_are_generated_from_the_config_and_shared_ones_match_annotate():
+    from remit.annotate.cli import build_parser
+    from remit.annotate.config import AnnotateConfig
+    from remit.annotate.flags import flags
+    from remit.annotate.pack import PackConfig
+
+    parser = build_parser("pack")
+    options = {o for a in parser._actions for o in a.option_strings if o != "-h" and o != "--help"}
+    assert options == {f.flag for f in flags(PackConfig)}
+    annotate = {f.name: f for f in flags(AnnotateConfig)}
+    for f in flags(PackConfig):
+        if f.name in annotate and f.name != "rows_per_shard":
+            same = annotate[f.name]
+            assert (f.flag, f.help, f.default, f.choices) == (same.flag, same.help, same.default, same.choices)

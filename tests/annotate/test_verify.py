@@ -9,21 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from remit import __version__
-from remit.annotate.engine import EngineSettings
-from remit.annotate.engine_hf import HfScorer
-from remit.annotate.packing import Document, pack
+from remit.annotate.engines import EngineSettings
+from remit.annotate.engines.hf import HfScorer
+from remit.annotate.packing import Document
+from remit.annotate.plan import model_info
 from remit.annotate.verify import add_arguments, run, sample_rows, verify_output
-from remit.shards import Rows, build_table, remit_weights, write_json_atomic, write_shard
-from remit.shards.manifest import MANIFEST_NAME, assemble_manifest
-from remit.shards.weights import RULE
+from tests.synthetic import write_output
 
 SEQ_LEN = 48
-
-
-def score_rows(scorer: HfScorer, rows: list) -> np.ndarray:
-    prompts = [r.tokens[a:b] for r in rows for a, b in r.segments()]
-    return np.concatenate(scorer.score(prompts))
 
 
 def build_scored_output(
@@ -31,79 +24,38 @@ def build_scored_output(
 ) -> Path:
     """A small real output: documents packed, each segment scored by both models with the hf engine.
 
-    `rl_shift` is added to the stored logp_rl of every tenth scored token, standing in for an output
-    scored with a different model or setting than its manifest says.
+    `rl_shift` is added to the stored logp_rl of every tenth token, standing in for an output scored
+    with a different model or setting than its manifest says.
     """
     base_dir, rl_dir = model_pair
     settings = EngineSettings(max_model_len=SEQ_LEN + 1)
+    base, rl = HfScorer(base_dir, settings), HfScorer(rl_dir, settings)
     rng = np.random.default_rng(5)
-    scorer = HfScorer(base_dir, settings)
-    vocab = scorer.vocab_size
     docs = []
     for i in range(12):
-        toks = rng.integers(3, vocab, int(rng.integers(1, 90))).astype(np.int32)
+        toks = rng.integers(3, base.vocab_size, int(rng.integers(1, 90))).astype(np.int32)
         toks[-1] = 2
         docs.append(Document(doc_id=f"doc-{i}", source="test.jsonl", tokens=toks))
-    rows = list(pack(docs, SEQ_LEN))
-    lb = score_rows(scorer, rows)
-    scorer.close()
-    lr = score_rows(HfScorer(rl_dir, settings), rows)
-    lr[::10] += rl_shift
-    lengths = np.array([len(r.tokens) for r in rows], np.int64)
-    starts = [np.array(r.segment_starts, np.int32) for r in rows]
-    batch = Rows(
-        sample_ids=np.arange(len(rows), dtype=np.int64),
-        row_lengths=lengths,
-        token_ids=np.concatenate([r.tokens for r in rows]),
-        logp_base=lb,
-        logp_rl=lr,
-        weight=remit_weights(lr, lb, lengths, starts, eps=eps, center=center),
-        segment_starts=starts,
-        segment_doc_ids=[r.segment_doc_ids for r in rows],
-        segment_doc_offsets=[np.array(r.segment_doc_offsets, np.int64) for r in rows],
-        sources=[r.source for r in rows],
-    )
-    # Two shards, so that sampling crosses a shard boundary.
-    half = len(rows) // 2
-    shards = []
-    for k, (a, b) in enumerate(((0, half), (half, len(rows)))):
-        off = batch.offsets
-        part = Rows(
-            sample_ids=batch.sample_ids[a:b],
-            row_lengths=lengths[a:b],
-            token_ids=batch.token_ids[off[a] : off[b]],
-            logp_base=lb[off[a] : off[b]],
-            logp_rl=lr[off[a] : off[b]],
-            weight=batch.weight[off[a] : off[b]],
-            segment_starts=starts[a:b],
-            segment_doc_ids=batch.segment_doc_ids[a:b],
-            segment_doc_offsets=batch.segment_doc_offsets[a:b],
-            sources=batch.sources[a:b],
-        )
-        shards.append(write_shard(build_table(part, eps), root / f"shard-{k:05d}.parquet").to_dict())
-    from remit.annotate.plan import model_info
 
-    run_info = {
+    def scores(rows: list) -> tuple[np.ndarray, np.ndarray]:
+        prompts = [r.tokens[a:b] for r in rows for a, b in r.segments()]
+        lb, lr = np.concatenate(base.score(prompts)), np.concatenate(rl.score(prompts))
+        lr[::10] += rl_shift
+        return lb, lr
+
+    n_rows = -(-sum(len(d.tokens) for d in docs) // (SEQ_LEN + 1))
+    run = {
         "run_id": "verify-test",
-        "remit_version": __version__,
-        "config": {},
         "models": {"base": model_info(Path(base_dir)), "rl": model_info(Path(rl_dir))},
-        "tokenizer": {
-            "sha256": "sha256:test",
-            "vocab_size": vocab,
-            "bos_id": 1,
-            "eos_id": 2,
-            "add_bos": False,
-            "add_eos": True,
-            "path": str(base_dir),
-        },
         "engine": {"name": "hf", "version": "test", "dtype": "float32", "settings": {}},
-        "packing": {"seq_len": SEQ_LEN, "row_tokens": SEQ_LEN + 1, "first_token_logp": "nan"},
-        "weights": {"eps": eps, "center": center, "rule": RULE},
-        "input": {"documents": len(docs), "skipped": {}, "last_row_tokens": int(lengths[-1])},
     }
-    write_json_atomic(root / MANIFEST_NAME, assemble_manifest(run_info, shards))
-    return root
+    # Two shards, so that sampling crosses a shard boundary.
+    out = write_output(
+        root, docs, scores, seq_len=SEQ_LEN, rows_per_shard=-(-n_rows // 2), eps=eps, center=center, run=run
+    )
+    base.close()
+    rl.close()
+    return out
 
 
 @pytest.fixture(scope="module")

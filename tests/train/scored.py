@@ -38,10 +38,11 @@ def make_scored_output(
     center: str = "row",
     seed: int = 0,
 ) -> Path:
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    base = LlamaForCausalLM.from_pretrained(base_dir).eval()
-    rl = LlamaForCausalLM.from_pretrained(rl_dir).eval()
+    # eager attention: the per-segment reference the training forward must reproduce, for any architecture
+    base = AutoModelForCausalLM.from_pretrained(base_dir, attn_implementation="eager", dtype=torch.float32).eval()
+    rl = AutoModelForCausalLM.from_pretrained(rl_dir, attn_implementation="eager", dtype=torch.float32).eval()
     vocab = base.config.vocab_size
     rng = np.random.default_rng(seed)
     docs = [

@@ -12,6 +12,7 @@ TRAIN_FLAGS = [
     "--adam-beta1",
     "--adam-beta2",
     "--adam-eps",
+    "--attention",
     "--bf16",
     "--center",
     "--clip-grad",
@@ -30,13 +31,20 @@ TRAIN_FLAGS = [
     "--lr-warmup-iters",
     "--micro-batch-size",
     "--min-lr",
+    "--overlap-grad-reduce",
+    "--pipeline-model-parallel-size",
+    "--recompute-granularity",
+    "--recompute-method",
+    "--recompute-num-layers",
     "--save",
     "--save-interval",
     "--seed",
+    "--sequence-parallel",
     "--shuffle-shards",
     "--skip-validate",
     "--tensor-model-parallel-size",
     "--train-iters",
+    "--use-distributed-optimizer",
     "--weight-decay",
     "--weights",
 ]
@@ -99,12 +107,36 @@ def test_flags_build_a_config(tmp_path):
         ({"init_config": "c.json"}, "init_config"),
         ({"weights": "rho1", "keep_ratio": 0.0}, "keep_ratio"),
         ({"keep_ratio": 1.5}, "keep_ratio"),
+        ({"pipeline_model_parallel_size": 0}, "pipeline_model_parallel_size"),
+        ({"sequence_parallel": True}, "sequence_parallel"),
+        ({"recompute_granularity": "some"}, "recompute_granularity"),
+        ({"recompute_method": "uniform"}, "recompute_method"),
+        ({"recompute_granularity": "selective", "recompute_num_layers": 2}, "recompute_num_layers"),
+        ({"recompute_granularity": "full", "recompute_method": "every"}, "recompute_method"),
+        ({"recompute_granularity": "full", "recompute_num_layers": 0}, "recompute_num_layers"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, kwargs, field):
     base = {"data": "d", "init_hf": "m", "save": tmp_path / "run"}
     with pytest.raises(ValueError, match=rf"^{field}: "):
         TrainConfig(**{**base, **kwargs})
+
+
+def test_parallel_and_recompute_flags_reach_the_config(tmp_path):
+    args = train_parser().parse_args(
+        ["--data", "d", "--init-hf", "m", "--save", str(tmp_path), "--train-iters", "10"]
+        + ["--tensor-model-parallel-size", "2", "--sequence-parallel", "--pipeline-model-parallel-size", "4"]
+        + ["--use-distributed-optimizer", "--overlap-grad-reduce", "--bf16", "--recompute-granularity", "full"]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size, cfg.model_parallel_size) == (2, 4, 8)
+    assert cfg.sequence_parallel and cfg.use_distributed_optimizer and cfg.overlap_grad_reduce and cfg.bf16
+    # full recompute defaults to Megatron-LM's usual choice: every layer on its own
+    assert (cfg.recompute_granularity, cfg.recompute_method, cfg.recompute_num_layers) == ("full", "uniform", 1)
+    plain = config_from_args(
+        train_parser().parse_args(["--data", "d", "--init-hf", "m", "--train-iters", "3", "--save", "s"])
+    )
+    assert (plain.recompute_granularity, plain.recompute_method, plain.recompute_num_layers) == (None, None, None)
 
 
 def test_batch_layout():
@@ -114,14 +146,26 @@ def test_batch_layout():
         cfg.batch_layout(3)
 
 
-def test_tokenizer_hash_matches_the_annotation(model_pair):
-    """remit.train cannot import remit.annotate; its copy of the hash must agree with the manifest's."""
-    from transformers import AutoTokenizer
-
-    from remit.annotate.tokenize import tokenizer_hash
+def test_the_tokenizer_hash_of_a_planned_run_is_the_one_remit_train_computes(
+    model_pair, other_tokenizer_model, tmp_path
+):
+    """The contract between the packages: `remit-annotate` records a tokenizer hash in the run it plans
+    (and so in the manifest), and `remit-train` recomputes it from --init-hf to refuse foreign data.
+    The two sides load the tokenizer on their own; the hashes must agree, and differ for another one."""
+    from remit.annotate.cli import main
+    from remit.annotate.workdir import WorkDir
     from remit.train.preflight import tokenizer_sha256
 
-    assert tokenizer_sha256(model_pair[0]) == tokenizer_hash(AutoTokenizer.from_pretrained(model_pair[0]))
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "Two plus two is four."}\n{"text": "def f(): return 1"}\n', encoding="utf-8")
+    base, rl = model_pair
+    flags = ["--base", str(base), "--rl", str(rl), "--input", str(corpus), "--output", str(tmp_path / "out")]
+    assert main(["plan", *flags, "--engine", "hf", "--seq-len", "16"]) == 0
+    run = WorkDir(tmp_path / "out").read_run()
+    assert run is not None
+    recorded = run.tokenizer["sha256"]
+    assert recorded == tokenizer_sha256(base)
+    assert tokenizer_sha256(other_tokenizer_model) != recorded
 
 
 def test_launch_scripts(pytestconfig, tmp_path):

@@ -13,18 +13,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def mcore():
-    """A world of one with Megatron's groups; the CPU layer is removed again afterwards."""
-    from remit.train import cpu_compat, distributed
-
-    created = distributed.init(1)
-    cpu_compat.seed_rng(0)
-    yield
-    distributed.teardown(created)
-    cpu_compat.remove()
-
-
 def _dev() -> torch.device:
     from remit.train import cpu_compat
 
@@ -45,17 +33,19 @@ class _OnDevice(torch.nn.Module):
 
 
 def _mcore_model(hf_dir, seq_len=64):
+    from remit.train.architecture import read_architecture
     from remit.train.convert import load_hf_into
-    from remit.train.model import build_gpt_model, llama_shape, read_hf_config, transformer_config
+    from remit.train.model import build_gpt_model, transformer_config
 
-    shape = llama_shape(read_hf_config(hf_dir))
+    shape = read_architecture(hf_dir)
     model = build_gpt_model(shape, transformer_config(shape), seq_len)
     load_hf_into(model, hf_dir, shape, 0, 1)
     return model.eval(), shape
 
 
-def _causal(s: int) -> torch.Tensor:
-    return torch.ones(s, s, dtype=torch.bool).triu(1)[None, None]
+def _one_document(b: int, s: int) -> torch.Tensor:
+    """Segment ids of rows that hold one document each (plain causal attention)."""
+    return torch.zeros(b, s, dtype=torch.long)
 
 
 def test_hf_to_mcore_and_back_reproduces_the_logits(mcore, model_pair, tmp_path):
@@ -70,7 +60,7 @@ def test_hf_to_mcore_and_back_reproduces_the_logits(mcore, model_pair, tmp_path)
     pos = torch.arange(24)[None].expand(2, 24)
     with torch.no_grad():
         ref = hf(ids).logits
-        got = _OnDevice(model)(ids, pos, _causal(24))
+        got = _OnDevice(model)(ids, pos, _one_document(2, 24))
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
 
     out = save_hf(gather_full_state(model, None), base_dir, tmp_path / "back")
@@ -95,7 +85,7 @@ def test_tied_embeddings_convert(mcore, tmp_path):
     ids = torch.randint(3, 96, (1, 16))
     with torch.no_grad():
         torch.testing.assert_close(
-            _OnDevice(model)(ids, torch.arange(16)[None], _causal(16)),
+            _OnDevice(model)(ids, torch.arange(16)[None], _one_document(1, 16)),
             LlamaForCausalLM.from_pretrained(d)(ids).logits,
             rtol=0,
             atol=1e-5,
@@ -133,7 +123,7 @@ def test_online_with_the_base_model_reproduces_static(mcore, model_pair, tmp_pat
     model, _ = _mcore_model(base_dir, 48)
     batch = to_device(collate([ds[i] for i in range(len(ds))]), torch.device("cpu"))
     with torch.no_grad():
-        loss = _OnDevice(model)(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
+        loss = _OnDevice(model)(batch["tokens"], batch["position_ids"], batch["segment_ids"], labels=batch["labels"])
     valid = batch["loss_mask"] > 0
     # log p_theta vs the stored log p_base, label-aligned
     stored_base = []

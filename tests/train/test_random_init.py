@@ -97,12 +97,69 @@ def test_random_init_trains_is_seeded_and_exports_a_usable_hf_folder(packed, tmp
 
 
 def test_the_initialiser_follows_the_config(packed):
+    from remit.train.architecture import read_architecture
     from remit.train.random_init import random_hf_state
 
+    folder = packed[1].parent
     cfg = json.loads(packed[1].read_text())
-    a = random_hf_state(cfg, 1)["model.layers.0.mlp.up_proj.weight"]
-    assert random_hf_state(cfg, 1)["model.layers.0.mlp.up_proj.weight"].equal(a)
+    arch = read_architecture(folder)
+    a = random_hf_state(folder, arch, 1)["model.layers.0.mlp.up_proj.weight"]
+    assert random_hf_state(folder, arch, 1)["model.layers.0.mlp.up_proj.weight"].equal(a)
+    assert not random_hf_state(folder, arch, 2)["model.layers.0.mlp.up_proj.weight"].equal(a)
     assert abs(float(a.std()) - cfg["initializer_range"]) < 0.01  # transformers' normal(0, initializer_range)
+
+
+@pytest.mark.parametrize("name", ["llama3.2", "mistral", "qwen2", "qwen3", "smollm3"])
+def test_random_init_of_every_family_is_transformers_model_and_loads_exactly(mcore, name, tmp_path):
+    """The random state is that of the config's own transformers class under the seed, and the Megatron
+    model filled from it gives that model's logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from remit.train.architecture import SUPPORTED, read_architecture
+    from remit.train.convert import load_hf_into
+    from remit.train.model import build_gpt_model, forward_tokens, transformer_config
+    from remit.train.random_init import random_hf_state
+    from tests.train.tiny_models import VOCAB, hf_config
+
+    config = hf_config(name)
+    config.save_pretrained(tmp_path)
+    arch = read_architecture(tmp_path)
+    state = random_hf_state(tmp_path, arch, seed=11)
+    torch.manual_seed(11)
+    reference = AutoModelForCausalLM.from_config(hf_config(name), dtype=torch.float32).eval()
+    assert type(reference).__name__ == SUPPORTED[arch.model_type]
+    ref_state = reference.state_dict()
+    assert set(state) == set(ref_state)
+    for key, value in ref_state.items():
+        assert torch.equal(state[key], value.float()), key
+    model = build_gpt_model(arch, transformer_config(arch, attention="sdpa"), 64, "sdpa")
+    load_hf_into(model, "random", arch, 0, 1, weights=state)
+    ids = torch.randint(3, VOCAB, (2, 24), generator=torch.Generator().manual_seed(3))
+    batch = {
+        "tokens": ids,
+        "position_ids": torch.arange(24).expand(2, 24),
+        "segment_ids": torch.zeros(2, 24, dtype=torch.long),
+    }
+    with torch.no_grad():
+        got = forward_tokens(model.eval(), batch, "sdpa").float()
+        want = reference(ids).logits
+    assert (got - want).abs().max().item() <= 1e-4
+
+
+def test_a_config_of_an_unsupported_family_is_refused_in_one_line(packed, tmp_path):
+    data, cfg = packed
+    gemma = {**json.loads(cfg.read_text()), "model_type": "gemma", "architectures": ["GemmaForCausalLM"]}
+    (tmp_path / "gemma").mkdir()
+    (tmp_path / "gemma" / "config.json").write_text(json.dumps(gemma))
+    proc = _train(
+        *_common(data, tmp_path / "run", "--weights", "none", "--init-config", str(tmp_path / "gemma")),
+        "--train-iters",
+        "1",
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "model_type" in last and "gemma" in last and "not supported" in last
 
 
 def test_weighted_modes_refuse_a_pack_only_output(packed, tmp_path):

@@ -1,97 +1,26 @@
 """The real trainer on a tiny Llama, in subprocesses (as it is launched): resume, data parallel,
-tensor parallel, export to HF, refusal of bad data."""
+tensor parallel, export to HF, refusal of bad data, bf16 end to end, non-finite steps."""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.train import runs
+from tests.train.runs import ok as _ok
+from tests.train.runs import run as _run
+from tests.train.runs import two_ranks as _two_ranks
+from tests.train.runs import worker as _worker
+
 pytestmark = pytest.mark.megatron
-REPO = Path(__file__).resolve().parents[2]
-WORKER = Path(__file__).with_name("dp_worker.py")
-
-
-def _two_ranks() -> pytest.MarkDecorator:
-    import torch
-
-    return pytest.mark.skipif(
-        torch.cuda.is_available() and torch.cuda.device_count() < 2,
-        reason="two NCCL ranks need two GPUs (on the CPU, gloo runs both)",
-    )
-
-
-def _env() -> dict[str, str]:
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "PYTHONWARNINGS": "ignore"}
-
-
-def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    return proc
-
-
-def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return proc
-
-
-def _worker(data: Path, save: Path, record: Path, *, nproc: int = 1, tp: int = 1, **opts) -> None:
-    args = [str(data), str(save), str(record), str(tp), *(f"{k}={v}" for k, v in opts.items())]
-    if nproc == 1:
-        _ok(_run([sys.executable, str(WORKER), *args]))
-    else:
-        _ok(
-            _run(
-                [
-                    sys.executable,
-                    "-m",
-                    "torch.distributed.run",
-                    "--standalone",
-                    f"--nproc-per-node={nproc}",
-                    str(WORKER),
-                    *args,
-                ]
-            )
-        )
 
 
 def _metrics(save: Path) -> list[dict]:
-    from remit.train.metrics import read_metrics
-
-    return read_metrics(save)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory, model_pair) -> Path:
-    from remit.train.preflight import tokenizer_sha256
-    from tests.synthetic import make_output
-
-    base, _ = model_pair
-    return make_output(
-        tmp_path_factory.mktemp("data") / "out",
-        n_docs=50,
-        seq_len=32,
-        vocab=800,
-        doc_len=(3, 60),
-        rows_per_shard=6,
-        seed=11,
-        tokenizer_sha256=tokenizer_sha256(base),
-    )
-
-
-@pytest.fixture(scope="module")
-def baseline(tmp_path_factory, data, model_pair) -> Path:
-    """One process, online weights, 6 steps of 2 micro-batches of 2, checkpoints at 3 and 6."""
-    root = tmp_path_factory.mktemp("baseline")
-    _worker(data, root / "run", root / "ids", init_hf=model_pair[0], save_interval=3)
-    return root
+    return runs.metrics(save)
 
 
 def test_metrics_schedule_and_checkpoints(baseline):
@@ -155,33 +84,40 @@ def test_resume_reproduces_the_uninterrupted_curve(baseline, data, tmp_path):
 
 
 @_two_ranks()
-def test_two_process_data_parallel_matches_one_process(baseline, data, model_pair, tmp_path):
-    _worker(data, tmp_path / "run", tmp_path / "ids", nproc=2, init_hf=model_pair[0])
+def test_two_process_data_parallel_matches_one_process(baseline, data, random_llama, tmp_path):
+    _worker(data, tmp_path / "run", tmp_path / "rec", nproc=2, init_hf=random_llama, probe=1)
     one, two = _metrics(baseline / "run"), _metrics(tmp_path / "run")
+    assert len(one) == len(two) == 6
     for a, b in zip(one, two):
         for key in ("loss", "loss_unweighted", "mean_weight", "grad_norm", "tokens"):
             assert b[key] == pytest.approx(a[key], rel=2e-5), (a["step"], key)
-    ranks = [json.loads((tmp_path / f"ids.rank{r}.json").read_text()) for r in range(2)]
-    single = json.loads((baseline / "ids.rank0.json").read_text())
+    ranks = [runs.record(tmp_path / "rec", r) for r in range(2)]
+    single = runs.record(baseline / "rec", 0)["ids"]
     for step, ids in single.items():
-        r0, r1 = set(ranks[0][step]), set(ranks[1][step])
+        r0, r1 = set(ranks[0]["ids"][step]), set(ranks[1]["ids"][step])
         assert not r0 & r1, step  # disjoint
         assert r0 | r1 == set(ids), step  # together the same global batch as one process
+    for r in ranks:  # without the flags: every rank holds all Adam state; the reduction waits for the end
+        assert r["optimizer"] != "DistributedOptimizer" and r["adam_state_numel"] == r["model_numel"]
+        assert r["sync_starts"]["in_backward"] == 0 and r["sync_starts"]["at_finish"] > 0
 
 
 @_two_ranks()
-def test_tensor_parallel_2_matches_tp_1(baseline, data, model_pair, tmp_path):
-    _worker(data, tmp_path / "run", tmp_path / "ids", nproc=2, tp=2, init_hf=model_pair[0])
+def test_tensor_parallel_2_matches_tp_1(baseline, data, random_llama, tmp_path):
+    _worker(data, tmp_path / "run", tmp_path / "rec", nproc=2, tp=2, init_hf=random_llama, probe=1)
     for a, b in zip(_metrics(baseline / "run"), _metrics(tmp_path / "run")):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), a["step"]
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), a["step"]
+    for r in range(2):  # without --sequence-parallel every layer sees the whole sequence
+        assert set(runs.record(tmp_path / "rec", r)["layer_seq"]) == {32}
 
 
-def test_export_after_training_round_trips_to_hf(data, model_pair, tmp_path):
+def test_export_after_training_round_trips_to_hf(data, random_llama, tmp_path):
     """A run whose single step cannot move the weights exports a model with the base model's logits."""
     import torch
     from transformers import LlamaForCausalLM
 
-    base, _ = model_pair
+    base = random_llama
     proc = _ok(
         _run(
             [
@@ -233,7 +169,7 @@ def test_export_after_training_round_trips_to_hf(data, model_pair, tmp_path):
     torch.testing.assert_close(again, got, rtol=0, atol=0)
 
 
-def test_a_corrupt_output_is_refused_before_training(data, model_pair, tmp_path):
+def test_a_corrupt_output_is_refused_before_training(data, random_llama, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(data, bad)
     shard = bad / "shard-00001.parquet"
@@ -246,7 +182,7 @@ def test_a_corrupt_output_is_refused_before_training(data, model_pair, tmp_path)
             "--data",
             str(bad),
             "--init-hf",
-            str(model_pair[0]),
+            str(random_llama),
             "--save",
             str(tmp_path / "run"),
             "--train-iters",
@@ -255,6 +191,20 @@ def test_a_corrupt_output_is_refused_before_training(data, model_pair, tmp_path)
     )
     assert proc.returncode == 2
     assert "shard-00001.parquet" in proc.stderr and "does not validate" in proc.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_truncated_shard_is_refused_at_start_even_without_validation(data, random_llama, tmp_path):
+    """--skip-validate skips the full validation, not rank 0's footer check of every shard."""
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad)
+    shard = bad / "shard-00002.parquet"
+    shard.write_bytes(shard.read_bytes()[:-64])
+    proc = runs.remit_train(
+        "--data", bad, "--init-hf", random_llama, "--save", tmp_path / "run", "--train-iters", "2", "--skip-validate"
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "shard-00002.parquet: cannot be opened as Parquet" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
@@ -290,3 +240,130 @@ def test_resume_with_another_objective_is_refused(baseline, data, tmp_path):
     )
     assert proc.returncode != 0
     assert "weights = 'static' differs from the checkpoint's 'online'" in proc.stderr + proc.stdout
+
+
+# --- bf16 end to end ------------------------------------------------------------------------------
+
+
+def test_bf16_resume_continues_the_uninterrupted_curve_and_exports(data, random_llama, tmp_path):
+    """bf16 saves (the norm weights are bf16 too), resumes onto the uninterrupted curve (fp32 main
+    parameters and Adam state restored) and exports the trained bf16 weights."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from remit.train.convert import read_hf_weights
+
+    full = tmp_path / "full"
+    _worker(data, full, tmp_path / "rec", init_hf=random_llama, bf16=True, train_iters=4, save_interval=2)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full, resumed)
+    shutil.rmtree(resumed / "iter_0000004")
+    (resumed / "latest_checkpointed_iteration.txt").write_text("2\n")
+    proc = _ok(
+        runs.remit_train(
+            "--data", data, "--save", resumed, "--train-iters", "4", "--bf16", "--export-hf", tmp_path / "hf",
+            *runs.BASE_FLAGS,
+        )
+    )  # fmt: skip
+    assert "resuming at step 2" in proc.stdout and "bf16" in proc.stdout
+    a, b = _metrics(full), _metrics(resumed)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):
+        for key in ("loss", "loss_unweighted", "mean_weight", "lr", "grad_norm", "tokens"):
+            assert y[key] == pytest.approx(x[key], rel=1e-6, abs=1e-12), (x["step"], key)
+    assert a[-1]["loss"] != a[0]["loss"]
+    # The export of the resumed run equals the export of the uninterrupted run's checkpoint.
+    _ok(runs.remit_train("export-hf", "--load", full, "--out", tmp_path / "hf-full"))
+    got, ref, start = (
+        read_hf_weights(tmp_path / "hf"),
+        read_hf_weights(tmp_path / "hf-full"),
+        read_hf_weights(random_llama),
+    )
+    assert got.keys() == ref.keys() == start.keys()
+    for name in got:
+        torch.testing.assert_close(got[name], ref[name], rtol=0, atol=0, msg=name)
+        assert torch.equal(got[name], got[name].bfloat16().float()), name  # bf16 values
+    assert any(not torch.equal(got[n], start[n].bfloat16().float()) for n in got)  # and trained
+    ids = torch.randint(3, 800, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()(ids).logits
+    assert bool(torch.isfinite(logits).all())
+
+
+# --- non-finite steps -----------------------------------------------------------------------------
+
+
+def _corrupt_logp_rl(data: Path, dst: Path, sample_id: int) -> Path:
+    """A copy of `data` (same run id) with one stored log p_RL of `sample_id` set to -inf, at a position
+    whose label carries a loss (so `online` reads it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from remit.train.dataset import RemitDataset
+
+    shutil.copytree(data, dst)
+    ds = RemitDataset(data)
+    position = int(np.flatnonzero(ds[sample_id]["loss_mask"] > 0)[0]) + 1  # label-aligned: row value i+1
+    shard = ds.shard_of(sample_id)
+    path = dst / ds.output.manifest.shards[shard]["file"]
+    table = pq.read_table(path)
+    values = table.column("logp_rl").to_pylist()
+    values[sample_id - int(ds.shard_first[shard])][position] = float("-inf")
+    i = table.schema.get_field_index("logp_rl")
+    table = table.set_column(i, table.schema.field(i), pa.array(values, type=table.schema.field(i).type))
+    pq.write_table(table, path)
+    return dst
+
+
+@_two_ranks()
+def test_a_nonfinite_loss_stops_the_run_before_the_update_and_it_resumes(baseline, data, random_llama, tmp_path):
+    from remit.train.dataset import RemitDataset
+    from remit.train.sampler import SampleOrder, rank_sample_ids
+
+    # The first sample that data-parallel rank 1 of 2 trains on at step 5 (after 4 steps of 4 samples).
+    order = SampleOrder(RemitDataset(data).shard_rows, seed=7, shuffle_shards=2)
+    bad_id = int(rank_sample_ids(order, 16, 4, 1, 2)[0])
+    bad = _corrupt_logp_rl(data, tmp_path / "bad", bad_id)
+    run = tmp_path / "run"
+    flags = ["--train-iters", "6", "--save-interval", "3", *runs.BASE_FLAGS]
+    proc = runs.remit_train(
+        "--data", bad, "--init-hf", random_llama, "--save", run, "--skip-validate", *flags, nproc=2
+    )  # fmt: skip
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("remit-train: error:")]
+    assert len(errors) == 2 and errors[0] == errors[1], proc.stderr[-3000:]  # one line per rank, the same
+    msg = errors[0]
+    assert msg.startswith(
+        f"remit-train: error: step 5: the loss is not finite on rank 1 (data-parallel rank 1), samples {bad_id}. "
+    ), msg
+    assert "did not apply the step" in msg and f"{run / 'iter_0000003'}, is intact" in msg
+    # (torchrun adds its own report of the failed ranks; no traceback comes from the trainer)
+    assert f'File "{runs.REPO / "remit"}' not in proc.stderr and "NonFiniteStepError" not in proc.stderr
+    assert [r["step"] for r in _metrics(run)] == [1, 2, 3, 4]
+    assert (run / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    # The last checkpoint is usable: resumed on the clean data (same run id), the run ends on the
+    # uninterrupted one-process curve.
+    _ok(runs.remit_train("--data", data, "--save", run, *flags))
+    for a, b in zip(_metrics(baseline / "run"), _metrics(run)):
+        for key in ("loss", "loss_unweighted", "mean_weight", "grad_norm", "tokens"):
+            assert b[key] == pytest.approx(a[key], rel=2e-5), (a["step"], key)
+
+
+def test_a_nonfinite_gradient_stops_the_run_before_the_update(data, random_llama, tmp_path):
+    """A fault hook writes +inf into a gradient of step 2 after the backward pass: the guard refuses the
+    step before the optimizer touches a weight, and step 1's checkpoint stays the latest."""
+    from remit.train.dataset import RemitDataset
+    from remit.train.sampler import SampleOrder, rank_sample_ids
+
+    run, rec = tmp_path / "run", tmp_path / "rec"
+    _worker(data, run, rec, init_hf=random_llama, train_iters=4, save_interval=1, inject=2)
+    out = runs.record(rec, 0)
+    order = SampleOrder(RemitDataset(data).shard_rows, seed=7, shuffle_shards=2)
+    step_2 = ", ".join(str(int(i)) for i in rank_sample_ids(order, 4, 4, 0, 1))
+    assert out["error"].startswith("step 2: the gradient norm is inf while the loss"), out["error"]
+    assert f"data-parallel rank 0 (rank 0): {step_2}. " in out["error"], out["error"]
+    assert f"{run / 'iter_0000001'}, is intact" in out["error"] and "\n" not in out["error"]
+    assert list(out["ids"]) == ["1"]  # step 2 never finished
+    assert out["weights_unchanged"] is True
+    assert [r["step"] for r in _metrics(run)] == [1]
+    assert (run / "latest_checkpointed_iteration.txt").read_text().strip() == "1"

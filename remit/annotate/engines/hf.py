@@ -1,9 +1,10 @@
 """The `hf` engine: a plain transformers forward pass, the reference the `vllm` engine is checked against.
 
-Prompts are batched by a token budget (longest first, padded on the right), the decoder body runs once
-per batch, and the observed tokens' log-probs are taken chunk by chunk over positions: lm_head, a
-float32 log-softmax and a gather for at most a bounded number of positions at a time, so no
-[tokens x vocab] float32 tensor is ever built for a whole batch. Results come back in input order.
+- Prompts are batched by a token budget, longest first, padded on the right.
+- The decoder body runs once per batch; the observed tokens' log-probs are then taken chunk by chunk
+  over positions (lm_head, a float32 log-softmax, a gather), so no [tokens x vocab] float32 tensor is
+  ever built for a whole batch.
+- Results come back in input order.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from remit.annotate.engine import EngineSettings, as_prompts, check_model_dir
+from remit.annotate.engines.base import EngineSettings, Scorer, check_model_dir, with_first_nan
 
 #: Padded tokens per forward pass when `settings.max_batch_tokens` is 0. On the CPU 8k tokens keep both
 #: cores busy (larger batches were no faster); on a GPU the body's activations stay small at 32k.
@@ -24,8 +25,6 @@ GPU_BATCH_TOKENS = 32768
 #: Bytes allowed for one chunk of [positions x vocab] logits (model dtype) plus their float32 log-softmax.
 CPU_LOGIT_CHUNK_BYTES = 256 << 20
 GPU_LOGIT_CHUNK_BYTES = 1 << 30
-
-_TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 def logit_chunk_positions(vocab_size: int, chunk_bytes: int) -> int:
@@ -53,8 +52,8 @@ def token_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
     return groups
 
 
-class HfScorer:
-    """One causal LM loaded with transformers, scoring token-id prompts (see `remit.annotate.engine`)."""
+class HfScorer(Scorer):
+    """One causal LM loaded with transformers, scoring token-id prompts (see `remit.annotate.engines.base`)."""
 
     def __init__(self, model_dir: str | Path, settings: EngineSettings) -> None:
         import torch
@@ -64,10 +63,9 @@ class HfScorer:
         self.model_dir = check_model_dir(model_dir)
         self.settings = settings
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model: Any
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                self.model_dir, dtype=getattr(torch, _TORCH_DTYPES[settings.dtype])
-            )
+            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=getattr(torch, settings.dtype))
         except Exception as e:
             raise RuntimeError(
                 f"{self.model_dir}: transformers could not load the model ({type(e).__name__}: {e}). "
@@ -91,21 +89,12 @@ class HfScorer:
 
     # -- scoring -------------------------------------------------------------------------------------
 
-    def score(self, prompts: Sequence[np.ndarray]) -> list[np.ndarray]:
-        arrays = as_prompts(prompts, self.vocab_size, self.settings.max_model_len, self.model_dir)
-        out: list[np.ndarray | None] = [None] * len(arrays)
-        todo = []
-        for i, a in enumerate(arrays):
-            if a.size < 2:  # nothing to predict: position 0 has no context
-                out[i] = np.full(a.size, np.nan, np.float32)
-            else:
-                todo.append(i)
-        lengths = [arrays[i].size for i in todo]
-        for group in token_batches(lengths, self.batch_tokens):
-            idx = [todo[g] for g in group]
-            for i, lp in zip(idx, self._score_batch([arrays[i] for i in idx])):
+    def _score_scorable(self, prompts: list[np.ndarray]) -> list[np.ndarray]:
+        out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(prompts)
+        for group in token_batches([a.size for a in prompts], self.batch_tokens):
+            for i, lp in zip(group, self._score_batch([prompts[i] for i in group])):
                 out[i] = lp
-        return out  # type: ignore[return-value]
+        return out
 
     def _score_batch(self, batch: list[np.ndarray]) -> list[np.ndarray]:
         import torch
@@ -133,15 +122,8 @@ class HfScorer:
                 stop = min(start + self.chunk_positions, h.shape[0])
                 flat[start:stop] = self._target_logprobs(h[start:stop], targets[start:stop])
         flat_np = flat.cpu().numpy()
-        result = []
-        offset = 0
-        for n in lengths:
-            lp = np.empty(n, np.float32)
-            lp[0] = np.nan
-            lp[1:] = flat_np[offset : offset + n - 1]
-            offset += n - 1
-            result.append(lp)
-        return result
+        ends = np.cumsum(lengths - 1)
+        return [with_first_nan(flat_np[end - (n - 1) : end]) for n, end in zip(lengths, ends)]
 
     def _target_logprobs(self, h: Any, targets: Any) -> Any:
         import torch
@@ -156,7 +138,7 @@ class HfScorer:
 
     # -- bookkeeping ---------------------------------------------------------------------------------
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {
             "name": "hf",
             "version": self.version,

@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from remit.annotate import show
-from tests.inspect.conftest import EVIL_DOC_ID, EVIL_SOURCE, EVIL_TEXT
-from tests.inspect.pagetools import parse_page
+from remit.annotate.inspect import show
+from tests.annotate.inspect.conftest import EVIL_DOC_ID, EVIL_SOURCE, EVIL_TEXT
+from tests.annotate.inspect.pagetools import parse_page
 
 pytest.importorskip("duckdb")
 pytest.importorskip("matplotlib")

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from remit.annotate import stats
-from tests.inspect import reference as ref
+from remit.annotate.inspect import stats
+from tests.shards import views_reference as ref
 
 pytest.importorskip("duckdb")
 
@@ -115,7 +115,7 @@ def test_help_and_import_load_no_engine() -> None:
     code = (
         "import argparse, sys\n"
         "import remit.shards, remit.shards.views\n"
-        "from remit.annotate import stats, show\n"
+        "from remit.annotate.inspect import show, stats\n"
         "for m in (stats, show):\n"
         "    p = argparse.ArgumentParser(); m.add_arguments(p); p.format_help()\n"
         "heavy = {'duckdb', 'matplotlib', 'transformers', 'torch', 'vllm'}\n"

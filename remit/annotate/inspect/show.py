@@ -1,12 +1,11 @@
 """`remit-annotate show OUTPUT -o PAGE.html`: one self-contained HTML page of tokens coloured by weight.
 
-The page has three parts: chosen rows rendered as text, each token's background coloured by its weight
-(blue below 1, white at 1, red above; a tooltip gives the token, both log-probs and the weight); the
-distribution plots as embedded PNG images; the run's manifest as a table. It loads nothing from the
-network (no scripts, no fonts, no CDN), so it opens offline and can be mailed around.
-
-Every piece of text that comes from the data (token texts, document ids, sources, manifest values) goes
-through `html.escape`, so a document that contains markup shows as text.
+- Chosen rows as text, each token's background coloured by its weight (blue below 1, white at 1, red
+  above; a tooltip gives the token, both log-probs and the weight).
+- The distribution plots as embedded PNG images, and the run's manifest as a table.
+- Nothing is loaded from the network (no scripts, fonts or CDN): the page opens offline.
+- Every text that comes from the data (token texts, document ids, sources, manifest values) goes
+  through `html.escape`, so a document that contains markup shows as text.
 """
 
 from __future__ import annotations
@@ -17,13 +16,14 @@ import html
 import io
 import json
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from remit.shards.manifest import ShardError
+from remit.annotate.inspect.guard import pack_only_note, run_with_duckdb
+from remit.annotate.inspect.tokens import load_tokenizer, token_texts
+from remit.shards.atomic import write_text_atomic
 
 DEFAULT_ROWS = 5
 PLOT_SAMPLE_TOKENS = 50_000
@@ -412,11 +412,13 @@ def make_plots(con: Any, eps: float, sample_tokens: int, seed: int) -> list[tupl
 
 def write_page(args: argparse.Namespace) -> Path:
     """Build the page for `args` and write it atomically; returns its path."""
-    from remit.annotate.stats import load_tokenizer, token_texts
     from remit.shards.manifest import read_manifest
     from remit.shards.views import check_output, connect
 
     root = check_output(args.output)
+    note = pack_only_note(root)
+    if note is not None:
+        raise ValueError(f"{note} The page colours tokens by weight, so there is nothing to show.")
     manifest = read_manifest(root).data
     tokenizer, note = load_tokenizer(manifest, root, args.tokenizer)
     con = connect(root, memory_limit=args.memory_limit, threads=args.threads)
@@ -445,32 +447,14 @@ def write_page(args: argparse.Namespace) -> Path:
     )
     out = Path(args.html)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, page)
     return out
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        import duckdb
-    except ImportError:
-        print("remit-annotate show: needs DuckDB: pip install 'remit[inspect]'", file=sys.stderr)
-        return 2
-    try:
+    def body() -> int:
         out = write_page(args)
-    except (ShardError, ValueError) as e:
-        print(f"remit-annotate show: error: {e}", file=sys.stderr)
-        return 2
-    except duckdb.OutOfMemoryException as e:
-        print(
-            f"remit-annotate show: DuckDB ran out of memory ({str(e).splitlines()[0]}); raise --memory-limit "
-            "or lower --threads: each thread holds one row group of token lists.",
-            file=sys.stderr,
-        )
-        return 3
-    except ImportError as e:
-        print(f"remit-annotate show: {e}; install the inspection extras: pip install 'remit[inspect]'", file=sys.stderr)
-        return 2
-    print(f"wrote {out} ({out.stat().st_size:,} bytes)")
-    return 0
+        print(f"wrote {out} ({out.stat().st_size:,} bytes)")
+        return 0
+
+    return run_with_duckdb("show", body)

@@ -127,8 +127,8 @@ def test_mismatched_segment_list_lengths(out):
 
 
 @pytest.mark.parametrize("sealed", [False, True])
-@pytest.mark.parametrize("value", [1.5, 0.5, float("nan")])
-def test_out_of_range_weight(out, sealed, value):
+@pytest.mark.parametrize("value", [1.5, 0.5, float("nan"), float("inf"), float("-inf")])
+def test_out_of_range_or_non_finite_weight(out, sealed, value):
     def edit(rows: list) -> None:
         rows[5][7] = value
 
@@ -136,9 +136,26 @@ def test_out_of_range_weight(out, sealed, value):
     if sealed:
         reseal(out, SHARD)
     problems = validate_output(out)
-    assert about(problems, SHARD, row=5, text="weight outside [0.8, 1.2] or NaN"), problems
+    assert about(problems, SHARD, row=5, text="weight outside [0.8, 1.2] or not finite (NaN, inf)"), problems
     if sealed:
         assert {p.row for p in problems} == {5}, problems
+
+
+@pytest.mark.parametrize("column", ["logp_rl", "logp_base"])
+@pytest.mark.parametrize("value", [float("-inf"), float("inf")])
+def test_infinite_log_prob(out, column, value):
+    """-inf passes a range check (it is not positive) but makes the online weight and loss NaN."""
+
+    def edit(rows: list) -> None:
+        rows[3][9] = value  # position 9 of row 3 is scored (not a segment start) in this fixture
+
+    table = pq.read_table(out / SHARD)
+    assert 9 not in table.column("segment_starts")[3].as_py()
+    edit_column(out, SHARD, column, edit)
+    reseal(out, SHARD)
+    problems = validate_output(out)
+    assert about(problems, SHARD, row=3, text=f"{column} is infinite (-inf or +inf)"), problems
+    assert not about(problems, SHARD, text="positive log-prob"), problems  # +inf is named once, as infinite
 
 
 def test_nan_log_prob_inside_a_segment(out):

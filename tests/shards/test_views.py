@@ -14,7 +14,7 @@ duckdb = pytest.importorskip("duckdb")
 
 from remit.shards.manifest import ShardError  # noqa: E402
 from remit.shards.views import check_output, connect, script, sql_files, view_names  # noqa: E402
-from tests.inspect import reference as ref  # noqa: E402
+from tests.shards import views_reference as ref  # noqa: E402
 
 KNOBS = {"remit_bins": 16, "remit_top_k": 7, "remit_min_count": 30}
 

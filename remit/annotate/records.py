@@ -1,0 +1,163 @@
+"""The records an annotation run keeps in its work folder, as frozen dataclasses.
+
+- `RunDescription` (``_work/run.json``): what the run is; its hash is the run id. It becomes the
+  manifest once every unit is done.
+- `PlannedUnit` and `Plan` (``_work/plan.json``): the corpus cut into units, one per shard.
+- `CompletionRecord` (``_work/done/unit-N.json``): a unit's shard, written last.
+
+Each has `to_dict` (the JSON object on disk) and `from_dict`, which
+raises `ValueError` on a malformed object so that a reader can treat it as unreadable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from remit.shards.checksum import bytes_sha256
+from remit.shards.writer import ShardInfo
+
+#: Plan totals copied into the manifest's "input" section.
+INPUT_TOTALS = ("documents", "tokens", "last_row_tokens", "skipped", "skip_examples")
+
+
+def _take(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of dataclass `cls` from `data`; ValueError naming the first missing key."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    missing = [f.name for f in fields(cls) if f.name not in data]
+    if missing:
+        raise ValueError(f"key {missing[0]!r} missing")
+    return {f.name: data[f.name] for f in fields(cls)}
+
+
+class _FlatRecord:
+    """A record whose JSON object holds exactly its fields."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        return cls(**_take(cls, data))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]  # a mixin: every subclass is a dataclass
+
+
+@dataclass(frozen=True)
+class RunDescription(_FlatRecord):
+    """Everything that determines a run's output, known before scoring (the manifest's fields but the
+    engine's own description, the shard list and the totals)."""
+
+    remit_version: str
+    config: dict[str, Any]
+    """The config's identity (`AnnotateConfig.identity`)."""
+    models: dict[str, Any]
+    """"base" and "rl": path, weights hash, architecture, vocabulary size."""
+    tokenizer: dict[str, Any]
+    """Hash, path and the resolved BOS/EOS policy."""
+    packing: dict[str, Any]
+    weights: dict[str, Any]
+    """eps, centring and the rule."""
+    engine_request: dict[str, Any]
+    """The engine and settings asked for; the manifest records what the engine reports instead."""
+    input: dict[str, Any]
+    """Input paths with their sizes, and the fields read."""
+    run_id: str
+    """sha256 of all the other fields: equal ids, equal output."""
+
+    @classmethod
+    def create(cls, **parts: Any) -> RunDescription:
+        """A description with its run id computed from `parts` (every field but run_id)."""
+        return cls(**parts, run_id=bytes_sha256(json.dumps(parts, sort_keys=True).encode()))
+
+    def manifest_fields(self, engine: dict[str, Any] | None, totals: PlanTotals) -> dict[str, Any]:
+        """The run's part of the manifest: the engine as it described itself, the plan's input totals."""
+        out = {k: v for k, v in self.to_dict().items() if k != "engine_request"}
+        out["engine"] = engine
+        out["input"] = {**self.input, **{k: getattr(totals, k) for k in INPUT_TOTALS}}
+        return out
+
+
+@dataclass(frozen=True)
+class PlannedUnit(_FlatRecord):
+    """One unit of work: `rows` consecutive rows, scored into one shard."""
+
+    unit: int
+    file: str
+    """The shard's file name."""
+    first_sample_id: int
+    rows: int
+    tokens: int
+    token_checksum: str
+    """Checksum of the unit's token ids and row lengths; the shard must carry the same."""
+
+
+@dataclass(frozen=True)
+class PlanTotals(_FlatRecord):
+    documents: int
+    tokens: int
+    rows: int
+    units: int
+    last_row_tokens: int
+    """Tokens in the output's last row (the only row that may be shorter than seq_len + 1)."""
+    skipped: dict[str, int]
+    """Unusable records by kind."""
+    skip_examples: list[str]
+    """The first few skipped records, each with where it is and why it was skipped."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    run_id: str
+    units: tuple[PlannedUnit, ...]
+    totals: PlanTotals
+    seconds: float
+    """Planning time (informational; not part of the output)."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        d = _take(cls, data)
+        try:
+            units = tuple(PlannedUnit.from_dict(u) for u in d["units"])
+        except TypeError as e:
+            raise ValueError(f"units: {e}") from None
+        return cls(run_id=d["run_id"], units=units, totals=PlanTotals.from_dict(d["totals"]), seconds=d["seconds"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "units": [u.to_dict() for u in self.units],
+            "totals": self.totals.to_dict(),
+            "seconds": self.seconds,
+        }
+
+
+@dataclass(frozen=True)
+class CompletionRecord:
+    """A finished unit: its shard as the manifest will list it, and the engines that scored it."""
+
+    unit: int
+    run_id: str
+    shard: ShardInfo
+    engine: dict[str, Any]
+    """The RL pass's engine description."""
+    engine_base: dict[str, Any]
+    """The base pass's engine description (must equal `engine`)."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CompletionRecord:
+        shard = ShardInfo(**_take(ShardInfo, data))
+        return cls(**_take(cls, {**data, "shard": shard}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.shard.to_dict(),
+            "unit": self.unit,
+            "run_id": self.run_id,
+            "engine": self.engine,
+            "engine_base": self.engine_base,
+        }
+
+
+__all__ = ["CompletionRecord", "Plan", "PlanTotals", "PlannedUnit", "RunDescription"]

@@ -1,0 +1,143 @@
+"""The model as Megatron-Core trains it: this rank's stage, its precision wrapper, DDP, optimizer, LR schedule.
+
+- The stage: `build_gpt_model` with the embedding on the first pipeline stage, the final norm and
+  output layer on the last, and mcore's share of the decoder layers on each.
+- Precision (as Megatron-LM wraps its models): with bf16 the stage goes inside mcore's
+  `Float16Module`, which casts every parameter and buffer to bf16 (including the norm weights that
+  torch's RMSNorm would otherwise create in fp32), casts floating-point inputs on the first stage
+  and returns the last stage's output (the per-token loss) in fp32. Megatron's optimizer keeps fp32
+  main parameters and Adam state; gradients are accumulated and reduced in fp32.
+- DDP: mcore's DistributedDataParallel, optionally with the distributed optimizer (main parameters,
+  gradients and Adam state sharded over the data-parallel ranks) and with the gradient reduction
+  overlapped with the backward pass (buckets of mcore's default size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from remit.train import cpu_compat
+from remit.train.architecture import Architecture
+from remit.train.config import TrainConfig
+from remit.train.model import build_gpt_model, transformer_config
+from remit.train.parallel import Layout, stage_state
+
+
+@dataclass
+class Engine:
+    config: Any
+    """mcore's TransformerConfig of the run."""
+    layout: Layout
+    model: Any
+    """The model chunk the schedule runs: DistributedDataParallel(Float16Module(GPTModel)) in bf16."""
+    optimizer: Any
+    scheduler: Any
+
+
+def run_transformer_config(cfg: TrainConfig, arch: Architecture, attention: str):
+    """The TransformerConfig for `cfg`: precision, parallelism and recompute from the flags."""
+    return transformer_config(
+        arch,
+        tp=cfg.tensor_model_parallel_size,
+        bf16=cfg.bf16,
+        attention=attention,
+        pp=cfg.pipeline_model_parallel_size,
+        sequence_parallel=cfg.sequence_parallel,
+        recompute_granularity=cfg.recompute_granularity,
+        recompute_method=cfg.recompute_method,
+        recompute_num_layers=cfg.recompute_num_layers,
+    )
+
+
+def build_engine(
+    cfg: TrainConfig,
+    arch: Architecture,
+    attention: str,
+    seq_len: int,
+    init_hf: Path | None,
+    *,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> Engine:
+    """Build this rank's model, DDP, optimizer and schedule; fill the weights from `init_hf` if given, or
+    from `init_state` (a full HF state dict: random initialisation). A resumed run passes neither and
+    loads them from its checkpoint instead. Megatron's groups must be initialised."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+    from megatron.core.transformer.module import Float16Module
+
+    from remit.train.convert import load_hf_into
+
+    if cfg.sequence_parallel and seq_len % cfg.tensor_model_parallel_size:
+        raise ValueError(
+            f"sequence_parallel: the sequence length {seq_len} is not divisible by tensor_model_parallel_size "
+            f"{cfg.tensor_model_parallel_size}; choose a TP size that divides it, or drop --sequence-parallel."
+        )
+    tcfg = run_transformer_config(cfg, arch, attention)
+    layout = Layout.current(tcfg)
+    model = build_gpt_model(
+        arch,
+        tcfg,
+        max_sequence_length=seq_len,
+        attention=attention,
+        pre_process=layout.first_stage,
+        post_process=layout.last_stage,
+    ).to(cpu_compat.device())
+    if init_hf is not None or init_state is not None:
+        load_hf_into(
+            model,
+            init_hf if init_hf is not None else "--init-config (random weights)",
+            arch,
+            layout.tp_rank,
+            layout.tp_size,
+            stage=partial(stage_state, layout=layout, tied=arch.tie_embeddings),
+            weights=init_state,
+        )
+    if cfg.bf16:
+        model = Float16Module(tcfg, model)
+    ddp = DistributedDataParallel(
+        tcfg,
+        DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=cfg.overlap_grad_reduce,
+            use_distributed_optimizer=cfg.use_distributed_optimizer,
+        ),
+        model,
+    )
+    tcfg.finalize_model_grads_func = finalize_model_grads
+    tcfg.no_sync_func = ddp.no_sync
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(
+            optimizer="adam",
+            lr=cfg.lr,
+            min_lr=cfg.min_lr,
+            weight_decay=cfg.weight_decay,
+            adam_beta1=cfg.adam_beta1,
+            adam_beta2=cfg.adam_beta2,
+            adam_eps=cfg.adam_eps,
+            clip_grad=cfg.clip_grad,
+            bf16=cfg.bf16,
+            params_dtype=tcfg.params_dtype,
+            use_distributed_optimizer=cfg.use_distributed_optimizer,
+        ),
+        [ddp],
+    )
+    scheduler = OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0,
+        max_lr=cfg.lr,
+        min_lr=cfg.min_lr,
+        lr_warmup_steps=cfg.lr_warmup_iters,
+        lr_decay_steps=cfg.decay_iters,
+        lr_decay_style=cfg.lr_decay_style,
+        start_wd=cfg.weight_decay,
+        end_wd=cfg.weight_decay,
+        wd_incr_steps=cfg.train_iters,
+        wd_incr_style="constant",
+    )
+    return Engine(config=tcfg, layout=layout, model=ddp, optimizer=optimizer, scheduler=scheduler)

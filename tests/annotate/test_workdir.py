@@ -1,0 +1,220 @@
+"""The work folder: claiming an output, the plan, completion records, base log-probs, leftovers, cleanup.
+
+The unit tests use hand-made records and files (no model); two tests run real workers on the shared plan.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Any
+
+import numpy as np
+import pytest
+
+from remit.annotate.config import AnnotateConfig
+from remit.annotate.records import CompletionRecord, Plan, PlannedUnit, PlanTotals, RunDescription
+from remit.annotate.workdir import WorkDir, shard_name
+from remit.annotate.worker import run_worker
+from remit.shards.atomic import temporary_path
+from remit.shards.manifest import ShardError
+from remit.shards.writer import ShardInfo
+from tests.annotate.runs import SEQ_LEN, assert_same_output, fresh_copy, job, start_worker
+
+
+def run_description(seed: int = 0) -> RunDescription:
+    """A run description whose parts are placeholders; `seed` changes its config (and so its id)."""
+    parts: dict[str, Any] = {
+        key: {} for key in ("models", "tokenizer", "packing", "weights", "engine_request", "input")
+    }
+    return RunDescription.create(remit_version="test", config={"seq_len": 48 + seed}, **parts)
+
+
+def planned_unit(n: int, rows: int = 4, tokens: int = 196) -> PlannedUnit:
+    return PlannedUnit(
+        unit=n, file=shard_name(n), first_sample_id=4 * n, rows=rows, tokens=tokens, token_checksum=f"blake2b128:{n}"
+    )
+
+
+def record_for(work: WorkDir, unit: PlannedUnit, run_id: str, size: int = 100) -> CompletionRecord:
+    work.shard_path(unit.unit).write_bytes(bytes(size))
+    planned = {k: getattr(unit, k) for k in ("file", "rows", "tokens", "first_sample_id", "token_checksum")}
+    shard = ShardInfo(**planned, file_sha256="sha256:x", bytes=size)
+    return CompletionRecord(
+        unit=unit.unit, run_id=run_id, shard=shard, engine={"name": "hf"}, engine_base={"name": "hf"}
+    )
+
+
+# -- records ----------------------------------------------------------------------------------------------
+
+
+def test_records_read_back_what_they_wrote_and_refuse_malformed_ones(tmp_path):
+    run = run_description()
+    assert RunDescription.from_dict(json.loads(json.dumps(run.to_dict()))) == run
+    assert run.run_id != run_description(1).run_id  # the id hashes the content
+    plan = Plan(
+        run.run_id, (planned_unit(0), planned_unit(1)), PlanTotals(2, 392, 8, 2, 49, {"blank line": 1}, ["x"]), 0.5
+    )
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    record = record_for(WorkDir(tmp_path), planned_unit(0), run.run_id)
+    on_disk = record.to_dict()
+    # The completion record's JSON: the shard's manifest entry plus the unit, run and engines, flat.
+    assert sorted(on_disk) == sorted(
+        ["file", "rows", "tokens", "first_sample_id", "token_checksum", "file_sha256", "bytes"]
+        + ["unit", "run_id", "engine", "engine_base"]
+    )
+    assert CompletionRecord.from_dict(on_disk) == record
+    for bad in ({k: v for k, v in on_disk.items() if k != "bytes"}, [], {"units": []}):
+        with pytest.raises(ValueError):
+            CompletionRecord.from_dict(bad)
+    with pytest.raises(ValueError, match="'units' missing"):
+        Plan.from_dict({"run_id": "x", "totals": {}, "seconds": 0})
+
+
+# -- claiming the output folder ---------------------------------------------------------------------------
+
+
+def test_a_folder_is_claimed_by_one_run(tmp_path):
+    work = WorkDir(tmp_path / "out")
+    run, other = run_description(), run_description(1)
+    assert work.claim(run) is False
+    assert work.read_run() == run
+    assert work.claim(run) is False  # the same run again: fine
+    with pytest.raises(ShardError, match="holds the unfinished work of a different run"):
+        work.claim(other)
+    work.manifest_path.write_text(json.dumps({"run_id": run.run_id}))
+    assert work.claim(run) is True  # complete
+    with pytest.raises(ShardError, match="holds the finished output of a different run"):
+        work.claim(other)
+
+
+def test_an_unreadable_run_description_names_the_file_and_the_fix(tmp_path):
+    work = WorkDir(tmp_path / "out")
+    work.claim(run_description())
+    work.run_path.write_text("")  # a node crash can leave an empty file
+    for call in (lambda: work.claim(run_description()), work.read_run):
+        with pytest.raises(ShardError, match=r"run\.json: unreadable .* Delete it and rerun"):
+            call()
+
+
+def test_a_plan_of_another_run_or_a_broken_one_is_refused(tmp_path):
+    work = WorkDir(tmp_path / "out")
+    run = run_description()
+    work.claim(run)
+    assert work.read_plan(run.run_id) is None
+    plan = Plan(run.run_id, (planned_unit(0),), PlanTotals(1, 196, 4, 1, 49, {}, []), 0.1)
+    work.write_plan(plan)
+    assert work.read_plan(run.run_id) == plan == work.read_plan()
+    with pytest.raises(ShardError, match="planned for another run"):
+        work.read_plan(run_description(1).run_id)
+    work.plan_path.write_text('{"run_id": "x"}')
+    with pytest.raises(ShardError, match="plan.json: unreadable"):
+        work.read_plan()
+
+
+# -- completion records -----------------------------------------------------------------------------------
+
+
+def test_a_record_is_trusted_only_when_everything_agrees(tmp_path):
+    work = WorkDir(tmp_path / "out")
+    run = run_description()
+    work.claim(run)
+    unit = planned_unit(3)
+    assert work.trusted_record(unit, run.run_id) == (None, "")  # no record: nothing to say
+    record = record_for(work, unit, run.run_id)
+    work.write_record(record)
+    assert work.trusted_record(unit, run.run_id) == (record, "")
+    assert work.trusted_record(unit, "another-run")[1] == "its completion record belongs to another run"
+    assert work.trusted_record(planned_unit(3, rows=5), run.run_id)[1] == (
+        "its completion record says rows = 4, the plan 5"
+    )
+    work.shard_path(3).write_bytes(bytes(99))
+    assert work.trusted_record(unit, run.run_id)[1] == "its shard shard-00003.parquet has 99 bytes, the record says 100"
+    work.shard_path(3).unlink()
+    assert work.trusted_record(unit, run.run_id)[1] == "its shard shard-00003.parquet is missing"
+    work.record_path(3).write_text("{")
+    assert work.trusted_record(unit, run.run_id)[1] == "its completion record is unreadable"
+    work.drop_record(3)
+    assert not work.record_path(3).exists() and work.count_records() == 0
+
+
+# -- base log-probs ---------------------------------------------------------------------------------------
+
+
+def test_saved_base_logprobs_come_back_or_not_at_all(tmp_path):
+    work = WorkDir(tmp_path / "out")
+    work.claim(run_description())
+    logp = np.random.default_rng(0).normal(-2.0, 1.0, 50).astype(np.float32)
+    logp[0] = np.nan
+    work.save_base(7, logp, json.dumps({"name": "hf", "dtype": "float32"}))
+    got, engine = work.load_base(7, 50)
+    assert np.array_equal(got, logp, equal_nan=True) and engine == {"name": "hf", "dtype": "float32"}
+    assert sorted(p.name for p in work.base_dir.iterdir()) == ["unit-00007.npz"]  # no temporary file left
+    assert work.load_base(7, 51) is None  # not one value per token
+    work.base_path(7).write_bytes(work.base_path(7).read_bytes()[:40])  # truncated by a crash
+    assert work.load_base(7, 50) is None
+    assert work.load_base(8, 50) is None  # never saved
+
+
+# -- leftovers and cleanup --------------------------------------------------------------------------------
+
+
+def test_sweeping_touches_only_the_given_units(tmp_path):
+    work = WorkDir(tmp_path / "out")
+    work.claim(run_description())
+    mine = [temporary_path(work.shard_path(1)), temporary_path(work.record_path(1)), temporary_path(work.base_path(1))]
+    mine += [work.output / "shard-00001.parquet.tmp", work.base_path(2)]  # a plain NAME.tmp; a done unit's base
+    others = [temporary_path(work.shard_path(3)), work.base_path(1), work.base_path(3)]
+    for p in mine + others:
+        p.write_bytes(b"x")
+    work.sweep_leftovers([1, 2], done={2})
+    assert [p for p in mine if p.exists()] == []
+    assert all(p.exists() for p in others)
+
+
+@pytest.mark.parametrize("keep_work", [False, True])
+def test_finish_removes_the_work_folder_or_only_orphans(tmp_path, keep_work):
+    work = WorkDir(tmp_path / "out")
+    work.claim(run_description())
+    stray = temporary_path(work.manifest_path)
+    for p in (stray, work.base_path(0), work.record_path(0)):
+        p.write_bytes(b"x")
+    work.finish(keep_work)
+    assert not stray.exists() and not work.base_path(0).exists()
+    assert work.record_path(0).exists() is keep_work and work.root.exists() is keep_work
+
+
+# -- with real workers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_different_runs_output_is_refused(planned, model_pair, corpus, tmp_path, reference):
+    unfinished = fresh_copy(planned, tmp_path / "unfinished")
+    with pytest.raises(ShardError, match="different run"):
+        run_worker(AnnotateConfig(**job(model_pair, corpus, unfinished, eps=0.1)))
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    for name, data in reference.items():
+        (finished / name).write_bytes(data)
+    with pytest.raises(ShardError, match="different run"):
+        run_worker(AnnotateConfig(**job(model_pair, corpus, finished, seq_len=SEQ_LEN + 1)))
+    # The same run on its finished output is a no-op.
+    stats, _ = run_worker(AnnotateConfig(**job(model_pair, corpus, finished)))
+    assert stats.units_scored == 0
+    assert_same_output(finished, reference)
+
+
+def test_leftovers_of_a_killed_worker_are_cleaned(planned, model_pair, corpus, tmp_path, spawner):
+    """An orphan base file (killed after the record) and temporary files are removed on the rerun."""
+    out = fresh_copy(planned, tmp_path / "out")
+    kwargs = job(model_pair, corpus, out)
+    p = start_worker(spawner, kwargs, failpoint="after-done:1")
+    p.join()
+    assert p.exitcode == -signal.SIGKILL
+    assert (out / "_work" / "base" / "unit-00000.npz").exists()  # the orphan
+    (out / "shard-00003.parquet.tmp").write_bytes(b"half a shard")
+    (out / "_work" / "done" / "unit-00004.json.123-abc.tmp").write_text("{")
+    kwargs["keep_work"] = True
+    run_worker(AnnotateConfig(**kwargs))
+    assert not list(out.glob("*.tmp")) and not list((out / "_work").rglob("*.tmp"))
+    assert not list((out / "_work" / "base").iterdir())
