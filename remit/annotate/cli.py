@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -242,28 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
     args = build_parser(command).parse_args(argv[1:] if command else argv)
-    from remit.annotate.inputs import InputError
-    from remit.annotate.plan import StrictInputError
-    from remit.annotate.tokenize import TokenizerMismatch
-    from remit.shards.manifest import ShardError
+    from remit.shards.errors import run_command
 
-    try:
-        return (ONESHOT if command is None else COMMANDS[command]).run(args)
-    except (
-        TokenizerMismatch,
-        InputError,
-        StrictInputError,
-        ShardError,
-        ValueError,
-        TimeoutError,
-        ImportError,
-        RuntimeError,
-        FileNotFoundError,
-    ) as e:
-        if os.environ.get("REMIT_DEBUG"):
-            raise
-        print(f"remit-annotate: error: {e}", file=sys.stderr)
-        return 2
+    # Engine errors (RuntimeError) name the model folder and the fix.
+    return run_command(
+        "remit-annotate", lambda: (ONESHOT if command is None else COMMANDS[command]).run(args), (RuntimeError,)
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from remit.shards.errors import run_command
 from remit.train.config import (
     ATTENTION_BACKENDS,
     CENTER_MODES,
@@ -198,28 +199,27 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "export-hf":
         args = export_parser().parse_args(argv[1:])
-        from remit.train.export import export_checkpoint
 
-        try:
+        def export() -> None:
+            from remit.train.export import export_checkpoint
+
             export_checkpoint(args.load, args.out, args.iteration)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"remit-train export-hf: error: {e}", file=sys.stderr, flush=True)
-            return 2
-        return 0
+
+        return run_command("remit-train export-hf", export)
     parser = train_parser()
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
     except ValueError as e:
         parser.error(str(e))
-    from remit.train.trainer import train
 
-    try:
+    # PreflightError, ShardError, ArchitectureError and NonFiniteStepError are ValueErrors: one line each.
+    def run() -> None:
+        from remit.train.trainer import train
+
         train(cfg)
-    except (ValueError, FileNotFoundError) as e:  # PreflightError and ShardError are ValueErrors
-        print(f"remit-train: error: {e}", file=sys.stderr, flush=True)
-        return 2
-    return 0
+
+    return run_command("remit-train", run)
 
 
 if __name__ == "__main__":  # dist_checkpointing's writer process re-imports __main__: keep this guard
