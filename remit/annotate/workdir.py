@@ -17,7 +17,9 @@
 - the plan lock, and reading and writing the plan and its units;
 - completion records, and whether one can be trusted;
 - saved base log-probs;
-- sweeping what a killed worker left, and removing the work folder after finalize.
+- sweeping what a killed worker left, and removing the work folder after finalize;
+- for an output written in one go (`remit-annotate pack`, no work folder): the finished-output check,
+  stale shards and the manifest.
 
 Every file is written with `remit.shards.atomic`; nothing else in the package spells these paths.
 """
@@ -113,6 +115,30 @@ class WorkDir:
         # Another run's worker may have raced us to an empty folder: whoever renamed last holds run.json.
         self._refuse_other_run(self.run_path, run.run_id, "the unfinished work")
         return False
+
+    def finished_output(self, run_id: str) -> dict[str, Any] | None:
+        """For an output written in one go (`remit-annotate pack`): its manifest when the folder already holds
+        this run's finished output, None when there is none yet. Raises ShardError when the folder holds
+        another run's finished output or an annotation's unfinished work."""
+        if self.manifest_path.exists():
+            self._refuse_other_run(self.manifest_path, run_id, "the finished output")
+            return _read_json(self.manifest_path)
+        if self.run_path.exists():
+            raise ShardError(
+                f"{self.run_path}: this output folder holds the unfinished work of an annotation run. Use a new "
+                "--output folder, or delete this one to start over."
+            )
+        return None
+
+    def remove_other_shards(self, keep: Collection[str]) -> None:
+        """Remove shard files not named in `keep` (left by an earlier, longer unfinished run of the folder)."""
+        for stale in sorted(self.output.glob("shard-*.parquet")):
+            if stale.name not in keep:
+                stale.unlink()
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        """Write the manifest: the output is complete."""
+        write_json_atomic(self.manifest_path, manifest)
 
     def read_run(self) -> RunDescription | None:
         """The run this folder was claimed for, or None when it holds no run.json."""

@@ -51,6 +51,11 @@ class Manifest:
         return cast(Center, center)
 
     @property
+    def scored(self) -> bool:
+        """False for a pack-only output: token ids only, every log-prob NaN and every weight 1.0."""
+        return bool(self.data.get("scored", True))
+
+    @property
     def tokenizer_hash(self) -> str:
         return str(self.data["tokenizer"]["sha256"])
 

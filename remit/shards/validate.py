@@ -7,7 +7,8 @@ Per shard:
   output's last row shorter); the segment layout;
 - NaN log-probs exactly at segment starts (the only non-finite value the format allows), no infinite
   or positive log-prob; finite weights in [1 - eps, 1 + eps] and 1.0 at segment starts; stored weights
-  that follow from the stored log-probs by the manifest's rule.
+  that follow from the stored log-probs by the manifest's rule; in a pack-only output (``"scored": false``)
+  every log-prob NaN and every weight 1.0 instead.
 Across shards: every document's segments follow each other without gap or overlap.
 
 Each problem names the file, the row (0-based, in the file) and sample id where one is known, and what
@@ -93,7 +94,9 @@ def validate_output(root: str | Path) -> list[Problem]:
                 Problem(str(path), None, f"first sample id {entry['first_sample_id']}, expected {next_id}", _REFINALIZE)
             )
         next_id = entry["first_sample_id"] + entry["rows"]
-        found = _check_shard(path, entry, width, is_last_shard, manifest.eps, manifest.center, cursor)
+        found = _check_shard(
+            path, entry, width, is_last_shard, manifest.eps, manifest.center, cursor, scored=manifest.scored
+        )
         if found:
             cursor = _DocCursor(known=False)  # this shard's documents are suspect: judge the next one afresh
         problems.extend(found)
@@ -125,7 +128,14 @@ def _read(path: Path) -> tuple[pa.Table | None, str | None]:
 
 
 def _check_shard(
-    path: Path, entry: dict, width: int, is_last_shard: bool, eps: float, center: Center, cursor: _DocCursor
+    path: Path,
+    entry: dict,
+    width: int,
+    is_last_shard: bool,
+    eps: float,
+    center: Center,
+    cursor: _DocCursor,
+    scored: bool = True,
 ) -> list[Problem]:
     f = str(path)
     if not path.exists():
@@ -168,7 +178,10 @@ def _check_shard(
     row_problem(bad_layout, "segment_starts must begin at 0, increase, and stay inside the row")
     if bad_layout.any():
         return problems
-    _check_values(table, n_tok, starts, eps, center, row_problem)
+    if scored:
+        _check_values(table, n_tok, starts, eps, center, row_problem)
+    else:
+        _check_unscored(table, n_tok, row_problem)
     _check_documents(table, n_tok, starts, cursor, row_problem)
     return problems
 
@@ -232,6 +245,20 @@ def _check_values(
         rows_with(off_rule & ~out_of_range),
         f"weight does not follow from the log-probs by the manifest's rule (center={center}, eps={eps})",
     )
+
+
+def _check_unscored(table: pa.Table, n_tok: np.ndarray, row_problem: _RowProblems) -> None:
+    """A pack-only output: every log-prob NaN, every weight exactly 1.0."""
+    row_of = np.repeat(np.arange(len(n_tok)), n_tok)
+
+    def rows_with(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(row_of[mask], minlength=len(n_tok)) > 0
+
+    for c in ("logp_base", "logp_rl"):
+        values = pc.list_flatten(table.column(c)).to_numpy()
+        row_problem(rows_with(~np.isnan(values)), f"{c} holds a value in a pack-only output (all must be NaN)")
+    w = pc.list_flatten(table.column("weight")).to_numpy()
+    row_problem(rows_with(w != 1.0), "weight is not 1.0 in a pack-only output")
 
 
 def _check_documents(

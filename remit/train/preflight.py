@@ -62,6 +62,16 @@ def check_data_fits_model(data: str | Path, vocab_size: int, model_dir: str | Pa
     return expected
 
 
+def check_weights_available(manifest: Any, mode: str, data: str | Path) -> None:
+    """A pack-only output (token ids, no scoring) trains only with `--weights none`."""
+    if mode != "none" and not manifest.scored:
+        raise PreflightError(
+            f"{Path(data) / 'manifest.json'}: a pack-only output (token ids without log-probs or weights), so "
+            f"--weights {mode} has nothing to read. Train it with --weights none, or score the corpus with "
+            "`remit-annotate --base ... --rl ...` for weighted modes."
+        )
+
+
 def check_resume_matches(
     state: dict[str, Any], data: str | Path, seed: int, objective: dict[str, Any] | None = None
 ) -> None:
@@ -91,6 +101,7 @@ __all__ = [
     "ShardError",
     "check_data_fits_model",
     "check_resume_matches",
+    "check_weights_available",
     "tokenizer_sha256",
     "validate_data",
 ]

@@ -1,12 +1,14 @@
 """Run an inspection command with DuckDB: one check that it is installed, one-line errors for the
-failures a user can fix (a bad output folder or flag, DuckDB out of memory, a missing extra)."""
+failures a user can fix (a bad output folder or flag, DuckDB out of memory, a missing extra), and the
+line that says a pack-only output has no weights to inspect."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from remit.shards.manifest import ShardError
+from remit.shards.manifest import ShardError, read_manifest
 
 INSPECT_EXTRA = "pip install 'remit[inspect]'"
 
@@ -34,3 +36,16 @@ def run_with_duckdb(command: str, body: Callable[[], int]) -> int:
     except ImportError as e:
         print(f"{prefix}: {e}; install the inspection extras: {INSPECT_EXTRA}", file=sys.stderr)
         return 2
+
+
+def pack_only_note(root: str | Path) -> str | None:
+    """For a pack-only output (`remit-annotate pack`, ``"scored": false``) the line saying that it holds no
+    weights; None for a scored output."""
+    manifest = read_manifest(root)
+    if manifest.scored:
+        return None
+    return (
+        f"{root}: a pack-only output (`remit-annotate pack`: token ids, not scored), so it holds no weights or "
+        f"log-probs to inspect ({manifest.total_rows:,} rows, {manifest.total_tokens:,} tokens in "
+        f"{len(manifest.shards)} shards). Score the corpus with `remit-annotate --base ... --rl ...` for weights."
+    )

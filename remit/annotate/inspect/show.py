@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from remit.annotate.inspect.guard import run_with_duckdb
+from remit.annotate.inspect.guard import pack_only_note, run_with_duckdb
 from remit.annotate.inspect.tokens import load_tokenizer, token_texts
 from remit.shards.atomic import write_text_atomic
 
@@ -416,6 +416,9 @@ def write_page(args: argparse.Namespace) -> Path:
     from remit.shards.views import check_output, connect
 
     root = check_output(args.output)
+    note = pack_only_note(root)
+    if note is not None:
+        raise ValueError(f"{note} The page colours tokens by weight, so there is nothing to show.")
     manifest = read_manifest(root).data
     tokenizer, note = load_tokenizer(manifest, root, args.tokenizer)
     con = connect(root, memory_limit=args.memory_limit, threads=args.threads)
