@@ -25,7 +25,7 @@ else
 fi
 # megatron-core 0.16.1 is the last release for Python 3.11; psutil is needed by its checkpoint writer.
 "${pip[@]}" "megatron-core==0.16.1" psutil
-"${pip[@]}" -e "$ROOT[annotate,train,inspect,dev]"
+"${pip[@]}" -e "$ROOT[annotate,train,inspect,dev,flywheel]"
 if [[ $gpu == 0 ]]; then
   "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
 fi

@@ -3,6 +3,7 @@
     remit-annotate --base DIR --rl DIR --input PATH [PATH ...] --output DIR     one shot: plan, score, finalize
     remit-annotate run ... [--rank R --world-size W]                           one worker of many
     remit-annotate plan | finalize | repair | launch | validate | verify | stats | show ...
+    remit-annotate pack --tokenizer DIR --input PATH [PATH ...] --output DIR   token ids only, no scoring
 
 - The CLI only parses flags, builds one config and calls one library function.
 - The job flags are generated from `AnnotateConfig`; each command is one `Command` in `COMMANDS`.
@@ -157,6 +158,12 @@ def _show() -> Any:
     return show
 
 
+def _pack() -> Any:
+    from remit.annotate import pack
+
+    return pack
+
+
 #: The one-shot job, run with no command name.
 ONESHOT = Command("plan, score with both models, finalize (the flags above)", add_job_arguments, cmd_oneshot)
 COMMANDS: dict[str, Command] = {
@@ -171,6 +178,9 @@ COMMANDS: dict[str, Command] = {
     "verify": _from_module("re-score a sample of rows with the hf engine and report the differences", _verify),
     "stats": _from_module("weight statistics (DuckDB over the shards)", _stats),
     "show": _from_module("an HTML page of tokens coloured by weight", _show),
+    "pack": _from_module(
+        "token ids in sequence-aligned shards without scoring (for `remit-train --weights none`)", _pack
+    ),
 }
 
 

@@ -22,7 +22,9 @@
 - the plan lock, and reading and writing the plan and its units;
 - completion records, and whether one can be trusted;
 - saved base log-probs;
-- sweeping what a killed worker left, and removing the work folder after finalize.
+- sweeping what a killed worker left, and removing the work folder after finalize;
+- for an output written in one go (`remit-annotate pack`, no work folder): the finished-output check,
+  stale shards and the manifest.
 
 Every file is written with `remit.shards.atomic`; nothing else in the package spells these paths.
 """
@@ -276,6 +278,33 @@ class WorkDir:
     def read_run_data(self) -> dict[str, Any] | None:
         return _read_json(self.run_path) if self.run_path.exists() else None
 
+    def finished_output(self, run: dict[str, Any]) -> dict[str, Any] | None:
+        """For an output written in one go (`remit-annotate pack`, whose run description is `run`): claim the
+        folder (the ownership marker), and return its manifest when it already holds this run's finished
+        output, None when there is none yet. Raises ShardError when the folder is not remit's, or holds another
+        run's finished output or an annotation's unfinished work."""
+        self.claim_folder()
+        if self.manifest_path.exists():
+            self._refuse_other_run(_read_json(self.manifest_path) or {}, run, "the finished output")
+            return _read_json(self.manifest_path)
+        if self.run_path.exists():
+            raise ShardError(
+                f"{self.run_path}: this output folder holds the unfinished work of an annotation run. Use a new "
+                "--output folder, or delete this one to start over."
+            )
+        return None
+
+    def remove_other_shards(self, keep: Collection[str]) -> None:
+        """Remove shard files not named in `keep` (left by an earlier, longer unfinished run of the folder,
+        which `finished_output` claimed as remit's)."""
+        for stale in sorted(self.output.glob("shard-*.parquet")):
+            if _SHARD.fullmatch(stale.name) and stale.name not in keep:
+                stale.unlink()
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        """Write the manifest: the output is complete."""
+        write_json_atomic(self.manifest_path, manifest)
+
     def read_run(self) -> RunDescription | None:
         """The run this folder was claimed for, or None when it holds no run.json."""
         if not self.run_path.exists():
@@ -285,12 +314,12 @@ class WorkDir:
         except (TypeError, ValueError):
             raise ShardError(f"{self.run_path}: {_UNREADABLE_RUN}") from None
 
-    def _refuse_other_run(self, data: dict[str, Any], run: RunDescription, what: str) -> None:
+    def _refuse_other_run(self, data: dict[str, Any], run: RunDescription | dict[str, Any], what: str) -> None:
         if not data:
             raise ShardError(f"{self.run_path}: {_UNREADABLE_RUN}")
-        if data.get("run_id") == run.run_id:
+        mine = run.to_dict() if isinstance(run, RunDescription) else run
+        if data.get("run_id") == mine["run_id"]:
             return
-        mine = run.to_dict()
         keys = ("config", "models", "tokenizer", "packing", "weights", "remit_version")
         changed = differences({k: data.get(k) for k in keys}, {k: mine.get(k) for k in keys})
         old_input = data.get("input") or {}
@@ -301,7 +330,7 @@ class WorkDir:
         shown = "; ".join(changed[:4]) + (f"; ... ({len(changed)} in all)" if len(changed) > 4 else "")
         raise ShardError(
             f"{self.output}: this output folder holds {what} of a different run (run id {data.get('run_id')}, this "
-            f"run's is {run.run_id}). What differs: {shown or 'the run description'}. Give the settings of that run, "
+            f"run's is {mine['run_id']}). What differs: {shown or 'the run description'}. Give the settings of that run, "
             "or use a new --output folder."
         )
 

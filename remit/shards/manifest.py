@@ -78,6 +78,11 @@ class Manifest:
         return cast(Passes, value)
 
     @property
+    def scored(self) -> bool:
+        """False for a pack-only output (passes = none): token ids only, every log-prob NaN, every weight 1.0."""
+        return self.passes != "none"
+
+    @property
     def tokenizer_hash(self) -> str:
         return str(self.data["tokenizer"]["sha256"])
 

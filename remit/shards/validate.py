@@ -34,6 +34,8 @@ from remit.shards.weights import Center, remit_weights
 #: Stored float32 weights vs the rule recomputed in float64: rounding is ~6e-8.
 WEIGHT_TOLERANCE = 1e-5
 _MAX_ROW_PROBLEMS = 5
+#: Outputs without weights, by their passes (a pass they lack is NaN everywhere, every weight 1.0).
+_WITHOUT = {"rl": "an RL-only output (--score rl)", "none": "a pack-only output"}
 #: The fixes, for the output folder {root}: `remit-annotate repair` re-scores every shard that does not match
 #: the manifest (sha256), and writes a manifest that does not match its shards again.
 _RERUN = "run `{repair}`: it re-scores the shards that differ from the manifest and writes the manifest again"
@@ -225,7 +227,7 @@ def _check_values(
     scored = {"both": ("logp_base", "logp_rl"), "rl": ("logp_rl",), "none": ()}[passes]
     for c in ("logp_base", "logp_rl"):
         if c not in scored:  # a pass the output does not hold: every value NaN
-            row_problem(rows_with(~np.isnan(flat[c])), f"{c} holds a value, but the output holds passes={passes}")
+            row_problem(rows_with(~np.isnan(flat[c])), f"{c} holds a value in {_WITHOUT[passes]} (all must be NaN)")
             continue
         nan = np.isnan(flat[c])
         infinite = np.isinf(flat[c])
@@ -241,7 +243,7 @@ def _check_values(
         row_problem(rows_with((flat[c] > 0) & ~infinite), f"{c} has a positive log-prob")
     w = flat["weight"]
     if passes != "both":  # no weights without the base pass: every weight 1.0
-        row_problem(rows_with(w != 1.0), f"weight is not 1.0, but the output holds passes={passes} (no weights)")
+        row_problem(rows_with(w != 1.0), f"weight is not 1.0 in {_WITHOUT[passes]}")
         return
     low, high = np.float32(1.0 - eps), np.float32(1.0 + eps)
     out_of_range = ~np.isfinite(w) | (w < low) | (w > high)

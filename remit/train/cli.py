@@ -1,6 +1,7 @@
 """`remit-train`: mid-train a Hugging Face checkpoint on an annotation output with ReMiT weights.
 
-    remit-train --data OUTPUT --weights {none,static,online} --init-hf DIR --train-iters N --save DIR [...]
+    remit-train --data OUTPUT --weights {none,static,online,shuffled,rho1} --init-hf DIR --train-iters N --save DIR
+    remit-train --data OUTPUT --weights none --init-config CONFIG.json ...     (random initialisation)
     remit-train export-hf --load RUN_DIR --out DIR [--iteration N]
 
 Launch with torchrun (or the scripts in remit/train/launch/) for data, tensor and pipeline parallelism; a plain
@@ -38,7 +39,14 @@ def train_parser() -> argparse.ArgumentParser:
         choices=WEIGHT_MODES,
         default="static",
         help="none: plain next-token loss; static: stored weights; online: the paper's rule with the "
-        "current model's log-prob (default: static)",
+        "current model's log-prob; shuffled: the stored weights permuted within each row (a control); "
+        "rho1: Rho-1, the top --keep-ratio tokens of each micro-batch by log p_RL - log p_theta (default: static)",
+    )
+    p.add_argument(
+        "--keep-ratio",
+        type=float,
+        default=0.6,
+        help="rho1: fraction of each micro-batch's valid tokens kept, in (0, 1] (default: 0.6)",
     )
     p.add_argument(
         "--eps",
@@ -69,6 +77,13 @@ def train_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="Hugging Face checkpoint to start from: Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3 or SmolLM3",
+    )
+    p.add_argument(
+        "--init-config",
+        type=Path,
+        default=None,
+        help="start from random weights: an HF config.json of a supported architecture (or a folder with one), "
+        "seeded by --seed; the tokenizer comes from that folder or from the one the output's manifest records",
     )
     p.add_argument(
         "--attention",
@@ -107,7 +122,12 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--adam-beta2", type=float, default=0.95)
     p.add_argument("--adam-eps", type=float, default=1e-8)
     p.add_argument("--clip-grad", type=float, default=1.0, help="gradient-norm clip, 0 = off (default: 1.0)")
-    p.add_argument("--seed", type=int, default=1234, help="seed of the data order (default: 1234)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=1234,
+        help="seed of the data order, of --init-config's weights and of shuffled's permutations (default: 1234)",
+    )
     # --- parallelism, precision, memory ---
     p.add_argument("--tensor-model-parallel-size", type=int, default=1, help="TP size (default: 1)")
     p.add_argument(

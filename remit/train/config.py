@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-WEIGHT_MODES: tuple[str, ...] = ("none", "static", "online")
+WEIGHT_MODES: tuple[str, ...] = ("none", "static", "online", "shuffled", "rho1")
 #: Attention backends (see remit.train.attention): auto picks te where Transformer Engine runs, else sdpa.
 ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "dense", "te")
 CENTER_MODES: tuple[str, ...] = ("row", "segment")
@@ -32,13 +32,17 @@ class TrainConfig:
     data: Path
     """The annotation output folder (manifest.json + shard-*.parquet)."""
     weights: str = "static"
-    """Loss weighting: 'none' (plain next-token loss), 'static' (stored weights, base model as proxy)
-    or 'online' (the paper's rule with the current model's own log-prob)."""
+    """Loss weighting: 'none' (plain next-token loss), 'static' (stored weights, base model as proxy),
+    'online' (the paper's rule with the current model's own log-prob), 'shuffled' (the stored weights
+    permuted among each row's tokens: a control) or 'rho1' (Rho-1: keep the top `keep_ratio` tokens of
+    each micro-batch by log p_RL - log p_theta, mean loss over the kept ones)."""
     eps: float | None = None
     """Clip half-width for 'online' weights, w in [1-eps, 1+eps]. None: the output's manifest value."""
     center: str | None = None
     """Centring group for 'online': 'row' (training sequence) or 'segment' (document part). None: the
     output's manifest value."""
+    keep_ratio: float = 0.6
+    """'rho1': the fraction of each micro-batch's valid tokens that is kept, in (0, 1]. 1.0 is 'none'."""
     shuffle_shards: int = 8
     """Shards mixed in one shuffle window (also the shard cache size per rank). 1: shuffle within a shard."""
     skip_validate: bool = False
@@ -47,7 +51,12 @@ class TrainConfig:
     # --- model and checkpoints ---
     init_hf: Path | None = None
     """Hugging Face checkpoint to start from (Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM3). Needed
-    unless resuming from `load`."""
+    unless resuming from `load` or starting from random weights (`init_config`)."""
+    init_config: Path | None = None
+    """Start from random weights instead: a Hugging Face config.json of a supported architecture (or a
+    folder holding one), initialised as transformers initialises that model class, seeded with `seed`.
+    The tokenizer comes from the folder if it holds one, else from the folder the output's manifest
+    records; the output's tokenizer hash must match."""
     attention: str = "auto"
     """Document-masked attention: 'sdpa' (torch scaled_dot_product_attention per document, memory linear
     in the sequence length), 'te' (Transformer Engine, packed THD sequences), 'dense' (mcore's attention
@@ -124,12 +133,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.data = Path(self.data)
         self.save = Path(self.save)
-        for name in ("init_hf", "load", "export_hf"):
+        for name in ("init_hf", "init_config", "load", "export_hf"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value))
         if self.weights not in WEIGHT_MODES:
             _fail("weights", f"unknown mode {self.weights!r}", f"use one of {', '.join(WEIGHT_MODES)}")
+        if not 0.0 < self.keep_ratio <= 1.0:
+            _fail("keep_ratio", f"{self.keep_ratio} is outside (0, 1]", "pass the kept fraction, e.g. 0.6")
         if self.eps is not None and not 0.0 <= self.eps < 1.0:
             _fail("eps", f"{self.eps} is outside [0, 1)", "weights must stay positive: use e.g. 0.2")
         if self.attention not in ATTENTION_BACKENDS:
@@ -178,12 +189,16 @@ class TrainConfig:
             )
         if self.clip_grad < 0:
             _fail("clip_grad", f"{self.clip_grad} < 0", "pass 0 to turn clipping off, or a positive norm")
+        if self.init_hf is not None and self.init_config is not None:
+            _fail("init_config", "given together with --init-hf", "pass one: a checkpoint or a config for random init")
         # `load` defaults to `save`; a fresh run needs a model to start from.
-        if self.init_hf is None and self.load is None and not (self.save / TRACKER_FILE).exists():
+        fresh = self.load is None and not (self.save / TRACKER_FILE).exists()
+        if self.init_hf is None and self.init_config is None and fresh:
             _fail(
                 "init_hf",
-                "no model to start from (no --init-hf and no checkpoint in --save)",
-                "pass --init-hf DIR with a Hugging Face checkpoint, or --load a checkpoint",
+                "no model to start from (no --init-hf, no --init-config and no checkpoint in --save)",
+                "pass --init-hf DIR with a Hugging Face checkpoint, --init-config CONFIG.json for random weights, "
+                "or --load a checkpoint",
             )
 
     def _check_recompute(self) -> None:

@@ -360,13 +360,16 @@ def load_hf_into(
     tp_size: int,
     *,
     stage: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Copy an HF checkpoint's weights into this rank's part of a GPTModel; every parameter is filled.
 
     `stage` (pipeline parallelism) maps the full model's tensors to those of this rank's stage, under
-    the stage's names (`remit.train.parallel.stage_state`)."""
+    the stage's names (`remit.train.parallel.stage_state`). `weights`, when given, is the full HF state
+    dict to load instead of reading `hf_dir`'s files (random initialisation); `hf_dir` then only names
+    the source in messages."""
     params = dict(model.named_parameters())
-    full = hf_to_mcore(read_hf_weights(hf_dir), arch, str(hf_dir))
+    full = hf_to_mcore(read_hf_weights(hf_dir) if weights is None else weights, arch, str(hf_dir))
     if stage is not None:
         full = stage(full)
     full = to_model_names(full, set(params))

@@ -19,6 +19,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from remit.train import cpu_compat
 from remit.train.architecture import Architecture
 from remit.train.config import TrainConfig
@@ -52,9 +54,18 @@ def run_transformer_config(cfg: TrainConfig, arch: Architecture, attention: str)
     )
 
 
-def build_engine(cfg: TrainConfig, arch: Architecture, attention: str, seq_len: int, init_hf: Path | None) -> Engine:
-    """Build this rank's model, DDP, optimizer and schedule; fill the weights from `init_hf` if given
-    (a resumed run loads them from its checkpoint instead). Megatron's groups must be initialised."""
+def build_engine(
+    cfg: TrainConfig,
+    arch: Architecture,
+    attention: str,
+    seq_len: int,
+    init_hf: Path | None,
+    *,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> Engine:
+    """Build this rank's model, DDP, optimizer and schedule; fill the weights from `init_hf` if given, or
+    from `init_state` (a full HF state dict: random initialisation). A resumed run passes neither and
+    loads them from its checkpoint instead. Megatron's groups must be initialised."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
@@ -77,14 +88,15 @@ def build_engine(cfg: TrainConfig, arch: Architecture, attention: str, seq_len: 
         pre_process=layout.first_stage,
         post_process=layout.last_stage,
     ).to(cpu_compat.device())
-    if init_hf is not None:
+    if init_hf is not None or init_state is not None:
         load_hf_into(
             model,
-            init_hf,
+            init_hf if init_hf is not None else "--init-config (random weights)",
             arch,
             layout.tp_rank,
             layout.tp_size,
             stage=partial(stage_state, layout=layout, tied=arch.tie_embeddings),
+            weights=init_state,
         )
     if cfg.bf16:
         model = Float16Module(tcfg, model)

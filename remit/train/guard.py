@@ -45,9 +45,12 @@ class MicroBatchLoss:
     segment_ids: torch.Tensor
 
 
-def nonfinite_samples(records: list[MicroBatchLoss], mode: str, eps: float, center: str) -> list[int]:
+def nonfinite_samples(
+    records: list[MicroBatchLoss], mode: str, eps: float, center: str, *, seed: int = 0, keep_ratio: float = 1.0
+) -> list[int]:
     """Sample ids whose own loss terms (w*l, l, w) are not finite, found by evaluating the loss row by
-    row. Centring groups never cross rows, so a row's terms do not depend on the other rows."""
+    row. Centring groups and shuffled's permutations never cross rows, so a row's terms do not depend on
+    the other rows (rho1's selection does, but a non-finite term is one with any selection)."""
     bad: list[int] = []
     for r in records:
         for i, sample_id in enumerate(r.sample_ids.tolist()):
@@ -61,6 +64,9 @@ def nonfinite_samples(records: list[MicroBatchLoss], mode: str, eps: float, cent
                 segment_ids=r.segment_ids[rows],
                 eps=eps,
                 center=center,
+                sample_ids=torch.as_tensor(r.sample_ids[rows]),
+                seed=seed,
+                keep_ratio=keep_ratio,
             )
             if not bool(torch.isfinite(report).all()):
                 bad.append(int(sample_id))
@@ -89,6 +95,10 @@ class StepGuard:
     """The sentence telling the user which checkpoint to resume from (it changes as the run saves)."""
     rank: int
     dp_rank: int
+    seed: int = 0
+    """The run's seed (the `shuffled` mode's permutations)."""
+    keep_ratio: float = 1.0
+    """The `rho1` mode's kept fraction."""
 
     def check_loss(
         self, step: int, stats: torch.Tensor, local_stats: torch.Tensor, seen: list[np.ndarray], records
@@ -104,7 +114,11 @@ class StepGuard:
             "dp_rank": self.dp_rank,
             "ok": local_ok,
             "ids": [int(i) for i in np.concatenate(seen)] if seen else [],
-            "bad": [] if local_ok else nonfinite_samples(records, self.mode, self.eps, self.center),
+            "bad": []
+            if local_ok
+            else nonfinite_samples(
+                records, self.mode, self.eps, self.center, seed=self.seed, keep_ratio=self.keep_ratio
+            ),
         }
         parts = []
         for r in _gather(info):

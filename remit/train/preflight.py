@@ -33,30 +33,6 @@ def validate_data(root: str | Path) -> None:
         )
 
 
-#: The scoring passes each weight mode needs: `online` reads log p_RL, `static` the stored weights.
-MODE_PASSES = {"none": ("both", "rl", "none"), "online": ("both", "rl"), "static": ("both",)}
-
-
-def check_weights_mode(data: str | Path, mode: str) -> None:
-    """Refuse a weight mode the output's scoring passes cannot feed (e.g. static weights from an output
-    annotated with `--score rl`), naming the command that adds what is missing."""
-    manifest = read_manifest(data)
-    passes = manifest.passes
-    if passes in MODE_PASSES.get(mode, ("both",)):
-        return
-    where = Path(data) / "manifest.json"
-    if passes == "rl":
-        raise PreflightError(
-            f"{where}: the output holds the RL pass only (annotated with --score rl): log p_RL but no weights, which "
-            f"--weights {mode} needs. Train it with --weights online or none, or add the base pass: "
-            f"`{repair_command(data)} --score both` (it scores only the base model and rewrites the shards)."
-        )
-    raise PreflightError(
-        f"{where}: the output holds token ids only (passes = {passes}, no scoring), so --weights {mode} has nothing "
-        "to read. Train it with --weights none, or annotate the corpus with both models."
-    )
-
-
 def tokenizer_sha256(hf_dir: str | Path) -> str | None:
     """The manifest-style hash of the tokenizer saved in `hf_dir`, or None if it holds no tokenizer."""
     hf_dir = Path(hf_dir)
@@ -85,6 +61,37 @@ def check_data_fits_model(data: str | Path, vocab_size: int, model_dir: str | Pa
             "with, or annotate the corpus with this model's tokenizer."
         )
     return expected
+
+
+#: The scoring passes each weight mode reads: `online` and `rho1` log p_RL, `static` and `shuffled` the weights.
+MODE_PASSES = {
+    "none": ("both", "rl", "none"),
+    "online": ("both", "rl"),
+    "rho1": ("both", "rl"),
+    "static": ("both",),
+    "shuffled": ("both",),
+}
+
+
+def check_weights_available(manifest: Any, mode: str, data: str | Path) -> None:
+    """Refuse a weight mode the output's scoring passes cannot feed: a pack-only output (token ids, no
+    scoring) trains only with `--weights none`; an RL-only one (`remit-annotate --score rl`) has log p_RL
+    but no weights, and names the command that adds the base pass."""
+    passes = manifest.passes
+    if passes in MODE_PASSES.get(mode, ("both",)):
+        return
+    where = Path(data) / "manifest.json"
+    if passes == "rl":
+        raise PreflightError(
+            f"{where}: the output holds the RL pass only (annotated with --score rl): log p_RL but no weights, which "
+            f"--weights {mode} needs. Train it with --weights online, rho1 or none, or add the base pass: "
+            f"`{repair_command(data)} --score both` (it scores only the base model and rewrites the shards)."
+        )
+    raise PreflightError(
+        f"{where}: a pack-only output (token ids without log-probs or weights), so --weights {mode} has nothing "
+        "to read. Train it with --weights none, or score the corpus with `remit-annotate --base ... --rl ...` "
+        "for weighted modes."
+    )
 
 
 def check_resume_matches(
@@ -116,7 +123,7 @@ __all__ = [
     "ShardError",
     "check_data_fits_model",
     "check_resume_matches",
-    "check_weights_mode",
+    "check_weights_available",
     "tokenizer_sha256",
     "validate_data",
 ]

@@ -51,9 +51,10 @@ from remit.train.preflight import (
     PreflightError,
     check_data_fits_model,
     check_resume_matches,
-    check_weights_mode,
+    check_weights_available,
     validate_data,
 )
+from remit.train.random_init import prepare_template, random_hf_state
 from remit.train.sampler import SampleOrder
 
 #: Sub-folder of the save folder holding the HF config and tokenizer the run started from.
@@ -74,7 +75,6 @@ def _preflight(cfg: TrainConfig, template: Path, vocab_size: int) -> str | None:
     verdict: list[Any] = [None, None]
     if dist.get_rank() == 0:
         try:
-            check_weights_mode(cfg.data, cfg.weights)
             if not cfg.skip_validate:
                 validate_data(cfg.data)
             RemitDataset(cfg.data, check_footers=True)  # every shard's footer, here only
@@ -85,6 +85,20 @@ def _preflight(cfg: TrainConfig, template: Path, vocab_size: int) -> str | None:
     if verdict[0]:
         raise PreflightError(verdict[0])
     return verdict[1]
+
+
+def _prepare_random_template(init_config: Path, manifest_tokenizer: dict[str, Any], dst: Path) -> None:
+    """Rank 0 writes the HF template of a randomly initialised run; a failure stops every rank together
+    (the broadcast also keeps the other ranks from reading the template before it is written)."""
+    verdict: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            prepare_template(init_config, manifest_tokenizer, dst)
+        except (FileNotFoundError, ValueError) as e:
+            verdict[0] = str(e)
+    dist.broadcast_object_list(verdict, src=0)
+    if verdict[0]:
+        raise PreflightError(verdict[0])
 
 
 def _copy_template(src: Path, dst: Path) -> None:
@@ -110,8 +124,7 @@ def _check_layout(run_dir: Path, attention: str) -> None:
 
 def _forward_step(
     mode: str,
-    eps: float,
-    center: str,
+    loss_opts: dict[str, Any],
     attention: str,
     seen: list[np.ndarray],
     records: list[MicroBatchLoss],
@@ -133,8 +146,8 @@ def _forward_step(
             loss_weight=batch["loss_weight"],
             logp_rl=batch["logp_rl"],
             segment_ids=batch["segment_ids"],
-            eps=eps,
-            center=center,
+            sample_ids=batch["sample_id"],
+            **loss_opts,
         )
         # Small [b, s] tensors, kept for this step so the guard can name the samples behind a NaN.
         records.append(
@@ -181,19 +194,27 @@ def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep 
 
     load_dir = cfg.load or cfg.save
     resume_it = latest_iteration(load_dir)
-    template = Path(load_dir) / HF_TEMPLATE if resume_it is not None else cfg.init_hf
-    if template is None:
+    manifest = read_manifest(cfg.data)
+    check_weights_available(manifest, cfg.weights, cfg.data)
+    random_init = resume_it is None and cfg.init_config is not None
+    if resume_it is not None:
+        template = Path(load_dir) / HF_TEMPLATE
+    elif cfg.init_config is not None:
+        template = cfg.save / HF_TEMPLATE
+        _prepare_random_template(cfg.init_config, manifest.data.get("tokenizer", {}), template)
+    elif cfg.init_hf is not None:
+        template = cfg.init_hf
+    else:
         raise PreflightError(f"{load_dir}: no checkpoint to resume and no --init-hf; pass --init-hf DIR.")
     arch = read_architecture(template)
     check_parallel(arch, cfg.tensor_model_parallel_size)  # heads, KV groups, FFN and vocabulary: before the data
     attention = resolve_backend(cfg.attention)
-    if resume_it is None:
+    if resume_it is None and not random_init:
         check_hf_checkpoint(template, arch)  # tensor names and shapes, before any data is read
-    else:
+    elif resume_it is not None:
         _check_layout(Path(load_dir), attention)
     tokenizer_hash = _preflight(cfg, template, arch.vocab_size)
 
-    manifest = read_manifest(cfg.data)
     # Rank 0 checked every shard's footer in the preflight; the other ranks check each shard they read.
     dataset = RemitDataset(
         cfg.data,
@@ -206,12 +227,18 @@ def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep 
     order = SampleOrder(dataset.shard_rows, seed=cfg.seed, shuffle_shards=cfg.shuffle_shards)
     eps = cfg.eps if cfg.eps is not None and cfg.weights == "online" else manifest.eps
     center = cfg.center or manifest.center
+    keep_ratio = cfg.keep_ratio if cfg.weights == "rho1" else 1.0
+    loss_opts: dict[str, Any] = {"eps": eps, "center": center, "seed": cfg.seed, "keep_ratio": keep_ratio}
 
     cpu_compat.seed_rng(cfg.seed)
-    engine = build_engine(cfg, arch, attention, seq_len, template if resume_it is None else None)
+    init_state = random_hf_state(template, arch, cfg.seed) if random_init else None
+    init_hf = template if resume_it is None and not random_init else None
+    engine = build_engine(cfg, arch, attention, seq_len, init_hf, init_state=init_state)
     layout, ddp, optimizer, scheduler = engine.layout, engine.model, engine.optimizer, engine.scheduler
     gbs, n_micro = cfg.batch_layout(layout.dp_size)
     objective = {"weights": cfg.weights, "eps": eps, "center": center, "global_batch_size": gbs}
+    if cfg.weights == "rho1":
+        objective["keep_ratio"] = keep_ratio
 
     iteration, consumed, tokens = 0, 0, 0
     layout_of_optimizer = optimizer_layout(cfg.use_distributed_optimizer, layout.tp_size, layout.pp_size)
@@ -226,10 +253,15 @@ def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep 
         model_info = {"attention": attention, "architecture": arch.to_dict()}
         write_json_atomic(cfg.save / MODEL_FILE, model_info)
         print(
-            f"remit-train: {arch.model_type}, {attention} attention, {cfg.weights} weights, {len(dataset)} samples of {seq_len} tokens, "
-            f"DP {layout.dp_size} x TP {layout.tp_size} x PP {layout.pp_size}, {'bf16' if cfg.bf16 else 'fp32'}, "
-            f"global batch {gbs} ({n_micro} micro-batches of {cfg.micro_batch_size} per rank), "
-            + (f"resuming at step {iteration}" if iteration else "from " + str(template)),
+            f"remit-train: {arch.model_type}, {attention} attention, {cfg.weights} weights, {len(dataset)} samples "
+            f"of {seq_len} tokens, DP {layout.dp_size} x TP {layout.tp_size} x PP {layout.pp_size}, "
+            f"{'bf16' if cfg.bf16 else 'fp32'}, global batch {gbs} ({n_micro} micro-batches of "
+            f"{cfg.micro_batch_size} per rank), "
+            + (
+                f"resuming at step {iteration}"
+                if iteration
+                else (f"random init from {cfg.init_config} (seed {cfg.seed})" if random_init else f"from {template}")
+            ),
             flush=True,
         )
 
@@ -261,7 +293,9 @@ def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep 
             "`remit-annotate validate` lists it) and resume from it."
         )
 
-    guard = StepGuard(cfg.weights, eps, center, resume_hint, rank=rank, dp_rank=layout.dp_rank)
+    guard = StepGuard(
+        cfg.weights, eps, center, resume_hint, rank=rank, dp_rank=layout.dp_rank, seed=cfg.seed, keep_ratio=keep_ratio
+    )
     try:
         for step in range(iteration + 1, cfg.train_iters + 1):
             t0 = time.perf_counter()
@@ -272,7 +306,7 @@ def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep 
             seen: list[np.ndarray] = []
             records: list[MicroBatchLoss] = []
             reports = forward_backward(
-                forward_step_func=partial(_forward_step, cfg.weights, eps, center, attention, seen, records),
+                forward_step_func=partial(_forward_step, cfg.weights, loss_opts, attention, seen, records),
                 data_iterator=loader,
                 model=[ddp],
                 num_microbatches=n_micro,

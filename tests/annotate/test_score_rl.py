@@ -14,8 +14,9 @@ from remit.annotate.cli import main
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.job import run_job
 from remit.shards import open_output
+from remit.shards.manifest import read_manifest
 from remit.shards.validate import validate_output
-from remit.train.preflight import PreflightError, check_weights_mode
+from remit.train.preflight import PreflightError, check_weights_available
 from tests.annotate.runs import assert_same_output, fresh_copy, job
 
 
@@ -51,11 +52,15 @@ def test_the_rl_log_probs_equal_those_of_a_two_pass_run(rl_only, reference, tmp_
     np.testing.assert_array_equal(got, want)
 
 
-def test_training_accepts_online_and_none_and_refuses_the_weight_modes(rl_only):
-    for mode in ("online", "none"):
-        check_weights_mode(rl_only, mode)
+def test_training_accepts_online_rho1_and_none_and_refuses_the_stored_weights(rl_only):
+    manifest = read_manifest(rl_only)
+    for mode in ("online", "rho1", "none"):
+        check_weights_available(manifest, mode, rl_only)
+    for mode in ("static", "shuffled"):
+        with pytest.raises(PreflightError, match=r"RL pass only.*--score both"):
+            check_weights_available(manifest, mode, rl_only)
     with pytest.raises(PreflightError, match=r"RL pass only.*--score both") as e:
-        check_weights_mode(rl_only, "static")
+        check_weights_available(manifest, "static", rl_only)
     assert f"remit-annotate repair {rl_only}" in str(e.value)
 
 

@@ -20,7 +20,9 @@ TRAIN_FLAGS = [
     "--eps",
     "--export-hf",
     "--global-batch-size",
+    "--init-config",
     "--init-hf",
+    "--keep-ratio",
     "--load",
     "--log-interval",
     "--lr",
@@ -80,10 +82,13 @@ def test_flags_build_a_config(tmp_path):
             "0.1",
             "--center",
             "segment",
+            "--keep-ratio",
+            "0.5",
         ]
     )
     cfg = config_from_args(args)
     assert cfg.weights == "online" and cfg.eps == 0.1 and cfg.center == "segment" and cfg.decay_iters == 10
+    assert cfg.keep_ratio == 0.5 and cfg.init_config is None
 
 
 @pytest.mark.parametrize(
@@ -99,6 +104,9 @@ def test_flags_build_a_config(tmp_path):
         ({"lr_decay_style": "step"}, "lr_decay_style"),
         ({"clip_grad": -1.0}, "clip_grad"),
         ({"init_hf": None}, "init_hf"),
+        ({"init_config": "c.json"}, "init_config"),
+        ({"weights": "rho1", "keep_ratio": 0.0}, "keep_ratio"),
+        ({"keep_ratio": 1.5}, "keep_ratio"),
         ({"pipeline_model_parallel_size": 0}, "pipeline_model_parallel_size"),
         ({"sequence_parallel": True}, "sequence_parallel"),
         ({"recompute_granularity": "some"}, "recompute_granularity"),
@@ -172,5 +180,5 @@ def test_launch_scripts(pytestconfig, tmp_path):
         ["bash", str(launch / "torchrun.sh"), "--help"], env=env, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "--weights {none,static,online}" in proc.stdout
+    assert "--weights {none,static,online,shuffled,rho1}" in proc.stdout
     assert subprocess.run(["bash", "-n", str(launch / "slurm.sbatch")]).returncode == 0

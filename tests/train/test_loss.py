@@ -124,3 +124,146 @@ def test_clip_shares_are_reported():
 def test_bad_mode_is_refused():
     with pytest.raises(ValueError, match="mode"):
         remit_loss(torch.ones(1, 2), torch.ones(1, 2), "dynamic")
+
+
+# -- shuffled and rho1 ---------------------------------------------------------------------------------
+
+
+def _scored_batch(seed: int, b: int = 4, s: int = 24, v: int = 13):
+    """A random batch with stored weights, stored log p_RL, sample ids and an invalid tail in one row."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, s, v, generator=g, requires_grad=True)
+    labels = torch.randint(0, v, (b, s), generator=g)
+    mask = (torch.rand(b, s, generator=g) > 0.25).float()
+    mask[1, s // 2 :] = 0
+    weight = (0.8 + 0.4 * torch.rand(b, s, generator=g)) * mask
+    logp_rl = -3.0 * torch.rand(b, s, generator=g) * mask
+    ids = torch.randint(0, 10_000, (b,), generator=g)
+    return logits, labels, mask, weight, logp_rl, ids
+
+
+def _slow_shuffle(weight, mask, ids, seed):
+    """Loop-by-loop reference: each row's valid weights, reordered by that row's seeded keys."""
+    out = weight.clone()
+    for r in range(weight.shape[0]):
+        keys = np.random.default_rng([seed, int(ids[r])]).random(weight.shape[1])
+        valid = [j for j in range(weight.shape[1]) if mask[r, j] > 0]
+        ranked = sorted(range(len(valid)), key=lambda i: (keys[valid[i]], i))
+        for i, src in enumerate(ranked):
+            out[r, valid[i]] = weight[r, valid[src]]
+    return out
+
+
+def test_shuffled_matches_a_slow_reference_and_keeps_each_rows_weights():
+    logits, labels, mask, weight, _, ids = _scored_batch(5)
+    ce = _ce(logits, labels)
+    s, n, report = remit_loss(ce, mask, "shuffled", loss_weight=weight, sample_ids=ids, seed=3)
+    ref_w = _slow_shuffle(weight, mask, ids, 3)
+    assert int(n) == int(mask.sum())
+    torch.testing.assert_close(s, (ce * ref_w).sum(), rtol=1e-6, atol=0)
+    g = torch.autograd.grad(s, logits)[0]
+    torch.testing.assert_close(g, torch.autograd.grad((_ce(logits, labels) * ref_w).sum(), logits)[0])
+    for r in range(weight.shape[0]):
+        valid = mask[r] > 0
+        # the same multiset of values on the scored tokens, nothing on the others
+        torch.testing.assert_close(torch.sort(ref_w[r, valid]).values, torch.sort(weight[r, valid]).values)
+        assert torch.all(ref_w[r, ~valid] == 0)
+        assert not torch.equal(ref_w[r, valid], weight[r, valid])  # actually moved (24 random floats)
+    assert summarize(report)["mean_weight"] == pytest.approx(float(weight.sum() / mask.sum()), rel=1e-6)
+
+
+def test_shuffled_is_deterministic_per_sample_and_seed():
+    logits, labels, mask, weight, _, ids = _scored_batch(6)
+    ce = _ce(logits, labels).detach()
+
+    def weights_of(rows, seed):
+        from remit.train.loss import shuffle_keys, shuffled_weights
+
+        keys = shuffle_keys(ids[rows], weight.shape[1], seed)
+        return shuffled_weights(weight[rows], mask[rows] > 0, keys)
+
+    whole = weights_of(slice(0, 4), 3)
+    # split into micro-batches of one and two rows, in another order: each row gets the same weights
+    parts = torch.cat([weights_of(slice(0, 1), 3), weights_of(slice(1, 3), 3), weights_of(slice(3, 4), 3)])
+    torch.testing.assert_close(parts, whole, rtol=0, atol=0)
+    torch.testing.assert_close(weights_of(slice(0, 4), 3), whole, rtol=0, atol=0)
+    assert not torch.equal(weights_of(slice(0, 4), 4), whole)  # another seed, another permutation
+    s3, _, _ = remit_loss(ce, mask, "shuffled", loss_weight=weight, sample_ids=ids, seed=3)
+    assert float(s3) == pytest.approx(float((ce * whole).sum()), rel=1e-6)
+
+
+def _slow_rho1(ce, mask, logp_rl, keep_ratio):
+    """Loop-by-loop reference: rank the valid tokens by excess (ties: earlier first), keep the top k."""
+    flat_ce, flat_m, flat_rl = ce.detach().flatten().tolist(), mask.flatten().tolist(), logp_rl.flatten().tolist()
+    valid = [i for i, m in enumerate(flat_m) if m > 0]
+    excess = {i: flat_rl[i] - (-flat_ce[i]) for i in valid}
+    ranked = sorted(valid, key=lambda i: (-excess[i], i))
+    k = int(np.floor(keep_ratio * len(valid) + 0.5))
+    keep = torch.zeros(len(flat_m))
+    keep[ranked[:k]] = 1.0
+    return keep.view(ce.shape), k
+
+
+@pytest.mark.parametrize("keep_ratio", [0.6, 0.25, 0.7])
+def test_rho1_matches_a_slow_reference(keep_ratio):
+    logits, labels, mask, _, logp_rl, _ = _scored_batch(7)
+    s, n, report = remit_loss(_ce(logits, labels), mask, "rho1", logp_rl=logp_rl, keep_ratio=keep_ratio)
+    keep, k = _slow_rho1(_ce(logits, labels), mask, logp_rl, keep_ratio)
+    assert n.dtype == torch.int32 and int(n) == k
+    ref = (_ce(logits, labels) * keep).sum()
+    torch.testing.assert_close(s, ref, rtol=1e-6, atol=0)
+    g = torch.autograd.grad(s / n, logits)[0]
+    g_ref = torch.autograd.grad((_ce(logits, labels) * keep).sum() / k, logits)[0]
+    torch.testing.assert_close(g, g_ref)
+    stats = summarize(report)
+    # the optimised loss is the mean over the kept tokens; the unweighted one stays over all valid tokens
+    assert stats["loss"] == pytest.approx(float(ref.detach()) / k, rel=1e-6)
+    n_valid = int(mask.sum())
+    assert stats["valid_tokens"] == n_valid and stats["mean_weight"] == pytest.approx(k / n_valid)
+    assert stats["loss_unweighted"] == pytest.approx(
+        float((_ce(logits, labels).detach() * mask).sum()) / n_valid, rel=1e-6
+    )
+
+
+def test_rho1_keeps_the_tokens_the_rl_model_likes_more():
+    ce = torch.tensor([[2.0, 2.0, 2.0, 2.0, 2.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])
+    logp_rl = torch.tensor([[-1.0, -3.0, -0.5, -1.0, 0.0]])  # excess 1, -1, 1.5, 1 (tie with 0), masked
+    from remit.train.loss import rho1_weights
+
+    w = rho1_weights((logp_rl + ce).flatten(), mask.flatten() > 0, 0.5)
+    assert w.tolist() == [1.0, 0.0, 1.0, 0.0, 0.0]  # top 2: position 2, then the earlier of the tie
+
+
+def test_rho1_with_keep_ratio_one_is_none_exactly():
+    for seed in range(3):
+        logits, labels, mask, _, logp_rl, _ = _scored_batch(10 + seed)
+        s_none, n_none, r_none = remit_loss(_ce(logits, labels), mask, "none")
+        s_rho, n_rho, r_rho = remit_loss(_ce(logits, labels), mask, "rho1", logp_rl=logp_rl, keep_ratio=1.0)
+        assert int(n_none) == int(n_rho)
+        torch.testing.assert_close(s_rho, s_none, rtol=0, atol=0)
+        g_none = torch.autograd.grad(s_none / n_none, logits)[0]
+        g_rho = torch.autograd.grad(s_rho / n_rho, logits)[0]
+        torch.testing.assert_close(g_rho, g_none, rtol=0, atol=0)
+        torch.testing.assert_close(r_rho, r_none, rtol=0, atol=0)
+
+
+def test_kept_count_rounds_half_up_without_float_surprises():
+    from remit.train.loss import kept_count
+
+    got = [int(kept_count(torch.tensor(n), r)) for n, r in [(10, 0.7), (10, 0.6), (3, 0.5), (7, 1.0), (1, 0.4)]]
+    assert got == [7, 6, 2, 7, 0]
+
+
+@pytest.mark.parametrize(
+    "mode, kwargs, needs",
+    [
+        ("shuffled", {"loss_weight": torch.ones(1, 2)}, "sample_ids"),
+        ("shuffled", {}, "loss_weight"),
+        ("rho1", {}, "logp_rl"),
+        ("rho1", {"logp_rl": torch.zeros(1, 2), "keep_ratio": 0.0}, "keep_ratio"),
+    ],
+)
+def test_new_modes_name_what_they_miss(mode, kwargs, needs):
+    with pytest.raises(ValueError, match=needs):
+        remit_loss(torch.ones(1, 2), torch.ones(1, 2), mode, **kwargs)

@@ -1,6 +1,6 @@
 """Run an inspection command with DuckDB: one check that it is installed, one-line errors for the
 failures a user can fix (a bad output folder or flag, DuckDB out of memory, a missing extra), and the
-refusal of an output that holds no weights yet."""
+refusal of an output that holds no weights (RL pass only, or pack-only)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from remit.shards.manifest import Manifest, ShardError, repair_command
+from remit.shards.manifest import Manifest, ShardError, read_manifest, repair_command
 
 INSPECT_EXTRA = "pip install 'remit[inspect]'"
 
@@ -50,3 +50,16 @@ def run_with_duckdb(command: str, body: Callable[[], int]) -> int:
     except ImportError as e:
         print(f"{prefix}: {e}; install the inspection extras: {INSPECT_EXTRA}", file=sys.stderr)
         return 2
+
+
+def pack_only_note(root: str | Path) -> str | None:
+    """For a pack-only output (`remit-annotate pack`, ``"passes": "none"``) the line saying that it holds no
+    weights; None for a scored output."""
+    manifest = read_manifest(root)
+    if manifest.scored:
+        return None
+    return (
+        f"{root}: a pack-only output (`remit-annotate pack`: token ids, not scored), so it holds no weights or "
+        f"log-probs to inspect ({manifest.total_rows:,} rows, {manifest.total_tokens:,} tokens in "
+        f"{len(manifest.shards)} shards). Score the corpus with `remit-annotate --base ... --rl ...` for weights."
+    )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from remit.annotate.inspect.guard import require_weights, run_with_duckdb
+from remit.annotate.inspect.guard import pack_only_note, require_weights, run_with_duckdb
 from remit.annotate.inspect.tokens import load_tokenizer, token_texts
 from remit.shards.atomic import write_text_atomic
 
@@ -419,6 +419,9 @@ def write_page(args: argparse.Namespace) -> Path:
     if out.is_dir():
         raise ValueError(f"-o {out}: is a folder; give the file name of the page, e.g. {out / 'weights.html'}")
     root = check_output(args.output)
+    note = pack_only_note(root)
+    if note is not None:
+        raise ValueError(f"{note} The page colours tokens by weight, so there is nothing to show.")
     parsed = read_manifest(root)
     require_weights(parsed, root)
     manifest = parsed.data

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from remit.annotate.inspect.guard import require_weights, run_with_duckdb
+from remit.annotate.inspect.guard import pack_only_note, require_weights, run_with_duckdb
 from remit.annotate.inspect.tokens import load_tokenizer, token_texts
 
 DEFAULT_TOP_K = 20
@@ -323,6 +323,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_stats(args: argparse.Namespace) -> int:
     from remit.shards.manifest import read_manifest
+    from remit.shards.views import check_output
+
+    note = pack_only_note(check_output(args.output))
+    if note is not None:
+        if args.json:
+            manifest = read_manifest(args.output)
+            summary = {"output": str(args.output), "scored": False, "rows": manifest.total_rows}
+            json.dump({**summary, "tokens": manifest.total_tokens, "note": note}, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            print(note)
+        return 0
 
     result = collect(
         args.output,

@@ -1,0 +1,1 @@
+"""Experiments that use remit end to end (not part of the installed package)."""

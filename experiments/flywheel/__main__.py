@@ -1,0 +1,124 @@
+"""`python -m experiments.flywheel [--quick] [--arms A,B] [--seeds 1,2,3] [--out DIR]`: the whole flywheel.
+
+Run through `./scripts/flywheel.sh`, which first sets up the environment. See README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from experiments.flywheel.config import ARMS, FULL, QUICK
+from experiments.flywheel.evaluate import EVAL_SPLITS
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _arms(text: str) -> tuple[str, ...]:
+    arms = tuple(a for a in text.split(",") if a)
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
+    return arms
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flywheel", description="The ReMiT flywheel in miniature, with controls and seeds."
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="tiny sizes and one seed: a smoke test of every stage (minutes)"
+    )
+    p.add_argument(
+        "--arms",
+        type=_arms,
+        default=None,
+        help=f"mid-training arms (default: the five main ones); any of {', '.join(ARMS)}",
+    )
+    p.add_argument(
+        "--seeds", type=_ints, default=None, help="mid-training seeds, e.g. 1,2,3 (default: 1,2,3; quick: 1)"
+    )
+    p.add_argument(
+        "--post-rl-arms",
+        type=_arms,
+        default=None,
+        help="arms whose mid-trained models get the second RL turn (default: none,online)",
+    )
+    p.add_argument(
+        "--post-rl-seeds", type=_ints, default=None, help="seeds of the second RL turn (default: 1,2; quick: 1)"
+    )
+    p.add_argument(
+        "--eval-splits", default=",".join(EVAL_SPLITS), help="evaluation splits (pilots tuning on dev pass: dev)"
+    )
+    p.add_argument("--engine", choices=("vllm", "hf"), default=None, help="remit-annotate engine (default vllm)")
+    p.add_argument(
+        "--rl-engine",
+        choices=("own", "trl"),
+        default=None,
+        help="GRPO: the experiment's loop (default) or TRL's GRPOTrainer",
+    )
+    p.add_argument("--out", type=Path, default=Path("flywheel-output"), help="output folder (default flywheel-output/)")
+    return p  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from experiments.flywheel.pipeline import Pipeline, StageError
+
+    base = QUICK if args.quick else FULL
+    cfg = replace(
+        base,
+        arms=args.arms or base.arms,
+        seeds=args.seeds or base.seeds,
+        post_rl_arms=args.post_rl_arms or base.post_rl_arms,
+        post_rl_seeds=args.post_rl_seeds or base.post_rl_seeds,
+        engine=args.engine or base.engine,
+        rl_engine=args.rl_engine or base.rl_engine,
+    )
+    splits = tuple(s for s in args.eval_splits.split(",") if s)
+    bad = [s for s in splits if s not in EVAL_SPLITS]
+    if bad:
+        print(
+            f"flywheel: error: --eval-splits: unknown split(s) {bad}; choose from {', '.join(EVAL_SPLITS)}",
+            file=sys.stderr,
+        )
+        return 2
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.json"
+    if saved.exists() and json.loads(saved.read_text())["quick"] != args.quick:
+        print(
+            f"flywheel: error: {out} holds a {'quick' if not args.quick else 'full'} run; use another --out",
+            file=sys.stderr,
+        )
+        return 2
+    saved.write_text(json.dumps({"quick": args.quick, "config": cfg.to_dict()}, indent=1) + "\n")
+    pipe = Pipeline(cfg, out, splits)
+    t0 = time.perf_counter()
+    try:
+        pipe.stage_data()
+        pipe.stage_pretrain()
+        pipe.stage_rl()
+        pipe.stage_eval_base_rl()
+        pipe.stage_annotate()
+        pipe.stage_mid(cfg.arms, cfg.seeds)
+        pipe.stage_post_rl(tuple(a for a in cfg.post_rl_arms if a in cfg.arms), cfg.post_rl_seeds)
+        pipe.stage_report()
+    except StageError as e:
+        print(f"flywheel: error: {e}", file=sys.stderr)
+        return 1
+    print(f"flywheel: finished in {(time.perf_counter() - t0) / 60:.1f} min; report {out / 'results.md'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,257 @@
+"""The synthetic task: multi-step arithmetic word problems with worked solutions, some of them wrong.
+
+- A problem is a dependency chain in the style of GSM-Infinite: a start quantity (1-29) and 2-3
+  operations (add or take away 1-12), every intermediate value in [0, 40]. Its worked solution writes one equation per
+  step and ends with "The answer is N."; the final number is what exact-match scoring compares.
+- A share of the solutions in the training splits is wrong (`noise_rate`): one step's result is off by
+  a small amount and the chain carries the wrong value on (a wrong step), or every step is right and
+  the final sentence states another number (a wrong answer). The held-out and RL splits are never noisy.
+- Non-reasoning text (short sentences from a small grammar) is mixed into the training splits.
+- Templates: `TRAIN_TEMPLATES` phrase the story in the pre-training, annealing, RL, dev and first
+  held-out splits; `UNSEEN_TEMPLATES` only in the second held-out split.
+- Splits are disjoint by the problem's numbers: the signature (start, operations, operands) of a
+  problem appears in at most one split, so the held-out problems use number chains never trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+NAMES = ["Ana", "Ben", "Cleo", "Dan", "Eva", "Finn", "Gus", "Hana", "Ivo", "Jade", "Kai", "Lena", "Milo", "Nora"]
+ITEMS = ["apples", "coins", "stamps", "marbles", "books", "shells", "cards", "pens", "eggs", "beads"]
+
+# Each template: the opening sentence, phrasings of "add b" and "take away b", and the question.
+TRAIN_TEMPLATES: list[dict[str, Any]] = [
+    {
+        "start": "{name} has {a} {item}.",
+        "add": ["{name} gets {b} more.", "{name} finds {b} more {item}.", "A friend gives {name} {b} {item}."],
+        "sub": ["{name} gives away {b}.", "{name} loses {b} {item}.", "{name} sells {b} of them."],
+        "ask": "How many {item} does {name} have now?",
+    },
+    {
+        "start": "A box holds {a} {item}.",
+        "add": ["Someone puts {b} more {item} in the box.", "{b} {item} are added to the box."],
+        "sub": ["{b} {item} are taken out.", "{name} removes {b} {item} from the box."],
+        "ask": "How many {item} are in the box?",
+    },
+    {
+        "start": "There are {a} {item} on the shelf.",
+        "add": ["{name} places {b} more on the shelf.", "{b} more {item} arrive."],
+        "sub": ["{name} takes {b} away.", "{b} {item} fall off the shelf."],
+        "ask": "How many {item} are on the shelf at the end?",
+    },
+]
+UNSEEN_TEMPLATES: list[dict[str, Any]] = [
+    {
+        "start": "The shop starts the day with {a} {item}.",
+        "add": ["A delivery brings {b} {item}.", "The owner buys {b} more."],
+        "sub": ["Customers buy {b} {item}.", "{b} {item} are returned to the factory."],
+        "ask": "How many {item} does the shop have when it closes?",
+    },
+    {
+        "start": "{name}'s jar contains {a} {item}.",
+        "add": ["{name} drops {b} {item} into the jar.", "The jar receives {b} more."],
+        "sub": ["{name} pulls {b} {item} out of the jar.", "{b} {item} are spent."],
+        "ask": "What is the number of {item} in the jar?",
+    },
+]
+
+_WORDS = {
+    "subj": ["The river", "A small bird", "The old mill", "The wind", "My neighbour", "The garden", "A quiet train"],
+    "verb": ["moves past", "sings near", "rests beside", "turns toward", "waits by", "shines over", "drifts across"],
+    "obj": ["the hills", "the market", "a stone bridge", "the harbour", "the long road", "an open field"],
+    "end": ["in the morning.", "after the rain.", "every day.", "at dusk.", "without a sound.", "as usual."],
+}
+
+ANSWER_RE = re.compile(r"The answer is (\d+)\.")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: the question text, its worked solution and the true answer."""
+
+    question: str
+    solution: str
+    answer: int
+    steps: int
+    template: str
+    noise: str
+    """'' for a correct solution, 'step' (a wrong intermediate result) or 'answer' (a wrong final number)."""
+    signature: str
+
+    @property
+    def prompt(self) -> str:
+        return prompt_of(self.question)
+
+    def text(self) -> str:
+        """The training document: prompt and solution."""
+        return self.prompt + " " + self.solution
+
+
+def prompt_of(question: str) -> str:
+    return f"Question: {question}\nAnswer:"
+
+
+def parse_answer(completion: str) -> int | None:
+    """The number after the first 'The answer is', or None (exact-match scoring)."""
+    m = ANSWER_RE.search(completion)
+    return int(m.group(1)) if m else None
+
+
+#: Every value of a chain lies in [0, MAX_VALUE]; operands lie in [1, MAX_OPERAND].
+MAX_VALUE = 40
+MAX_OPERAND = 12
+
+
+def _chain(rng: np.random.Generator, steps: int) -> tuple[int, list[tuple[str, int]], list[int]]:
+    a = int(rng.integers(1, 30))
+    ops, values, v = [], [], a
+    for _ in range(steps):
+        if v >= MAX_VALUE - 2 or (v > 4 and rng.random() < 0.5):
+            op, b = "-", int(rng.integers(1, min(v, MAX_OPERAND) + 1))
+        else:
+            op, b = "+", int(rng.integers(1, min(MAX_VALUE - v, MAX_OPERAND) + 1))
+        v = v + b if op == "+" else v - b
+        ops.append((op, b))
+        values.append(v)
+    return a, ops, values
+
+
+def _wrong(rng: np.random.Generator, v: int) -> int:
+    """A plausible wrong value near `v`, still in [0, MAX_VALUE]."""
+    while True:
+        w = v + int(rng.choice([-10, -2, -1, 1, 2, 10]))
+        if 0 <= w <= MAX_VALUE and w != v:
+            return w
+
+
+def make_problem(
+    rng: np.random.Generator, template_id: str, template: dict[str, Any], noise_rate: float, steps: int
+) -> Problem:
+    a, ops, values = _chain(rng, steps)
+    name, item = str(rng.choice(NAMES)), str(rng.choice(ITEMS))
+    fill = {"name": name, "item": item, "a": a}
+    sentences = [template["start"].format(**fill)]
+    for op, b in ops:
+        phr = template["add"] if op == "+" else template["sub"]
+        sentences.append(str(rng.choice(phr)).format(**fill, b=b))
+    sentences.append(template["ask"].format(**fill))
+    noise = ""
+    if rng.random() < noise_rate:
+        noise = "step" if rng.random() < 0.7 else "answer"
+    shown = list(values)
+    if noise == "step":
+        k = int(rng.integers(0, steps))  # this step's result is wrong; later steps carry it on
+        while True:
+            shown = list(values)
+            shown[k] = _wrong(rng, values[k])
+            for j in range(k + 1, steps):
+                op, b = ops[j]
+                shown[j] = shown[j - 1] + b if op == "+" else shown[j - 1] - b
+            if all(0 <= v <= MAX_VALUE for v in shown):
+                break
+            k = steps - 1  # carried on, the wrong value left the range: make the last step the wrong one
+    equations, prev = [], a
+    for (op, b), v in zip(ops, shown):
+        equations.append(f"{prev} {op} {b} = {v}.")
+        prev = v
+    final = shown[-1] if noise != "answer" else _wrong(rng, values[-1])
+    solution = " ".join(equations) + f" The answer is {final}."
+    signature = f"{a}|" + "|".join(f"{op}{b}" for op, b in ops)
+    return Problem(" ".join(sentences), solution, values[-1], steps, template_id, noise, signature)
+
+
+def filler_text(rng: np.random.Generator, sentences: int) -> str:
+    return " ".join(
+        f"{rng.choice(_WORDS['subj'])} {rng.choice(_WORDS['verb'])} {rng.choice(_WORDS['obj'])} {rng.choice(_WORDS['end'])}"
+        for _ in range(sentences)
+    )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Sizes of the splits (problems) and the mix."""
+
+    pretrain: int = 20000
+    anneal: int = 5000
+    rl: int = 2000
+    dev: int = 200
+    heldout: int = 400
+    heldout_templates: int = 400
+    noise_rate: float = 0.3
+    """Share of training-split solutions with an error (pre-training and annealing)."""
+    text_share: float = 0.25
+    """Non-reasoning documents per problem document in the training splits (0.25: one in five documents)."""
+    steps: tuple[int, ...] = (2, 3)
+    seed: int = 0
+
+
+SPLITS = ("pretrain", "anneal", "rl", "dev", "heldout", "heldout_templates")
+#: Generation order: the evaluation splits draw first, so that they hold the same mix of chain lengths as
+#: the training splits whatever number chains those use up.
+GENERATION_ORDER = ("heldout", "heldout_templates", "dev", "rl", "anneal", "pretrain")
+NOISY = ("pretrain", "anneal")
+WITH_TEXT = ("pretrain", "anneal")
+
+
+def generate(cfg: DataConfig, out: Path) -> dict[str, Any]:
+    """Write one JSONL per split under `out` and return the statistics (also written as stats.json).
+
+    Training splits hold {"id", "text", "kind", "noise"}; the others {"id", "question", "prompt",
+    "solution", "answer", "template", "steps"} with a correct solution.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cfg.seed)
+    seen: set[str] = set()
+    stats: dict[str, Any] = {"config": asdict(cfg) | {"steps": list(cfg.steps)}, "splits": {}}
+    stats["ranges"] = {"start": [1, 29], "operand": [1, MAX_OPERAND], "value": [0, MAX_VALUE]}
+    for split in GENERATION_ORDER:
+        want = getattr(cfg, split)
+        templates = UNSEEN_TEMPLATES if split == "heldout_templates" else TRAIN_TEMPLATES
+        prefix = "u" if split == "heldout_templates" else "t"
+        noise_rate = cfg.noise_rate if split in NOISY else 0.0
+        problems: list[Problem] = []
+        while len(problems) < want:
+            t = int(rng.integers(len(templates)))
+            p = make_problem(rng, f"{prefix}{t}", templates[t], noise_rate, int(rng.choice(cfg.steps)))
+            if p.signature in seen:
+                continue
+            seen.add(p.signature)
+            problems.append(p)
+        n_text = round(cfg.text_share * want) if split in WITH_TEXT else 0
+        with open(out / f"{split}.jsonl", "w") as f:
+            if split in WITH_TEXT:
+                docs = [{"text": p.text(), "kind": "problem", "noise": p.noise} for p in problems]
+                docs += [
+                    {"text": filler_text(rng, int(rng.integers(2, 6))), "kind": "text", "noise": ""}
+                    for _ in range(n_text)
+                ]
+                order = rng.permutation(len(docs))
+                for i, j in enumerate(order):
+                    f.write(json.dumps({"id": f"{split}-{i}", **docs[j]}) + "\n")
+            else:
+                for i, p in enumerate(problems):
+                    row = {"id": f"{split}-{i}", "question": p.question, "prompt": p.prompt, "solution": p.solution}
+                    row.update(answer=p.answer, template=p.template, steps=p.steps)
+                    f.write(json.dumps(row) + "\n")
+        noise = {k: sum(p.noise == k for p in problems) for k in ("step", "answer")}
+        stats["splits"][split] = {
+            "problems": len(problems),
+            "text_documents": n_text,
+            "noisy_step": noise["step"],
+            "noisy_answer": noise["answer"],
+            "templates": sorted({p.template for p in problems}),
+        }
+    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

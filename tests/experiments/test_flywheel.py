@@ -1,0 +1,202 @@
+"""The flywheel experiment: its data generator, GRPO pieces and statistics against slow references,
+and the quick mode end to end (every stage runs and the results table is complete; not the effect)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.flywheel.data import (
+    MAX_OPERAND,
+    MAX_VALUE,
+    NOISY,
+    SPLITS,
+    TRAIN_TEMPLATES,
+    UNSEEN_TEMPLATES,
+    DataConfig,
+    generate,
+    make_problem,
+    parse_answer,
+    read_jsonl,
+)
+from experiments.flywheel.grpo import advantages, policy_loss
+from experiments.flywheel.report import paired_bootstrap, paired_t
+
+REPO = Path(__file__).resolve().parents[2]
+EQ = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)\.")
+
+
+def _check_chain(question: str, solution: str) -> tuple[int, int, int]:
+    """(equations whose arithmetic is wrong, breaks in the chain, the stated answer), recomputed from text."""
+    eqs = [(int(a), op, int(b), int(c)) for a, op, b, c in EQ.findall(solution)]
+    wrong = sum((a + b if op == "+" else a - b) != c for a, op, b, c in eqs)
+    breaks = sum(eqs[i][0] != eqs[i - 1][3] for i in range(1, len(eqs)))
+    assert str(eqs[0][0]) in question and all(str(b) in question for _, _, b, _ in eqs)
+    return wrong, breaks, parse_answer(solution)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data")
+    generate(DataConfig(pretrain=1500, anneal=600, rl=200, dev=100, heldout=150, heldout_templates=150, seed=3), out)
+    return out
+
+
+def test_splits_are_disjoint_by_numbers_and_templates(data):
+    sigs: dict[str, set] = {}
+    for split in SPLITS:
+        rows = read_jsonl(data / f"{split}.jsonl")
+        sols = (
+            [r["text"].split("\nAnswer: ")[1] for r in rows if r["kind"] == "problem"]
+            if split in NOISY
+            else [r["solution"] for r in rows]
+        )
+        # the signature, read back from the worked solution: start value, then each operation and operand
+        sigs[split] = {
+            tuple((a, op, b) if i == 0 else (op, b) for i, (a, op, b, _) in enumerate(EQ.findall(x))) for x in sols
+        }
+        assert len(sigs[split]) == len(sols)
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1 :]:
+            assert not sigs[a] & sigs[b], (a, b)
+    unseen = read_jsonl(data / "heldout_templates.jsonl")
+    assert {r["template"] for r in unseen} <= {f"u{i}" for i in range(len(UNSEEN_TEMPLATES))}
+    openings = [t["start"].split("{")[0] for t in UNSEEN_TEMPLATES if not t["start"].startswith("{")]
+    train_text = (data / "pretrain.jsonl").read_text() + (data / "anneal.jsonl").read_text()
+    assert all(o and o not in train_text for o in openings)
+
+
+def test_clean_splits_are_correct_and_noise_is_where_it_is_said(data):
+    for split in ("rl", "dev", "heldout", "heldout_templates"):
+        for r in read_jsonl(data / f"{split}.jsonl"):
+            wrong, breaks, stated = _check_chain(r["question"], r["solution"])
+            assert wrong == 0 and breaks == 0 and stated == r["answer"]
+            assert r["prompt"].endswith("\nAnswer:")
+    stats = json.loads((data / "stats.json").read_text())
+    for split in NOISY:
+        rows = [r for r in read_jsonl(data / f"{split}.jsonl") if r["kind"] == "problem"]
+        kinds = {"": 0, "step": 0, "answer": 0}
+        for r in rows:
+            q, sol = r["text"].split("\nAnswer: ")
+            wrong, breaks, stated = _check_chain(q, sol)
+            last = EQ.findall(sol)[-1][3]
+            if r["noise"] == "":
+                assert wrong == 0 and stated == int(last)
+            elif r["noise"] == "step":
+                assert wrong == 1 and breaks == 0 and stated == int(last)  # one wrong result, carried on
+            else:
+                assert wrong == 0 and stated != int(last)  # right chain, wrong final number
+            kinds[r["noise"]] += 1
+        share = (kinds["step"] + kinds["answer"]) / len(rows)
+        assert abs(share - 0.3) < 0.05 and kinds["step"] == stats["splits"][split]["noisy_step"]
+        texts = [r for r in read_jsonl(data / f"{split}.jsonl") if r["kind"] == "text"]
+        assert len(texts) == stats["splits"][split]["text_documents"] > 0 and not any(
+            EQ.search(t["text"]) for t in texts
+        )
+
+
+def test_every_intermediate_value_stays_in_range():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        p = make_problem(rng, "t0", TRAIN_TEMPLATES[0], 0.5, int(rng.integers(2, 5)))
+        for a, _, b, c in EQ.findall(p.solution):
+            assert 0 <= int(a) <= MAX_VALUE and 0 <= int(c) <= MAX_VALUE and 1 <= int(b) <= MAX_OPERAND
+        assert 0 <= p.answer <= MAX_VALUE
+
+
+def test_parse_answer_takes_the_first_statement():
+    assert parse_answer(" 3 + 4 = 7. The answer is 7. The answer is 8.") == 7
+    assert parse_answer("The answer is .") is None and parse_answer("") is None
+
+
+def test_advantages_match_a_loop():
+    rng = np.random.default_rng(1)
+    r = rng.integers(0, 2, 24).astype(float)
+    got = advantages(r, 6)
+    for g in range(4):
+        grp = r[g * 6 : (g + 1) * 6]
+        ref = (grp - grp.mean()) / (grp.std() + 1e-4)
+        np.testing.assert_allclose(got[g * 6 : (g + 1) * 6], ref)
+    assert np.all(advantages(np.ones(8), 4) == 0)  # no signal in a group that all solved it
+
+
+def test_policy_loss_matches_a_per_sequence_reference():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)  # fmt: skip
+    model = LlamaForCausalLM(cfg).eval()
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    comps = [[20, 21, 2], [22], [23, 24, 25, 2]]
+    adv = np.array([1.5, -0.5, 0.25])
+    got = policy_loss(model, prompts, comps, adv, pad_id=2)
+    total, count = 0.0, 0
+    for p, c, a in zip(prompts, comps, adv):
+        ids = torch.tensor([p + c])
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1).detach()
+        for j, tok in enumerate(c):
+            total += -a * float(logp[len(p) - 1 + j, tok])
+            count += 1
+    assert float(got.detach()) == pytest.approx(total / count, rel=1e-5, abs=1e-6)
+
+
+def test_paired_statistics():
+    t = paired_t([0.02, 0.04, 0.03])
+    half = 4.303 * np.std([0.02, 0.04, 0.03], ddof=1) / math.sqrt(3)
+    assert t["mean"] == pytest.approx(0.03) and t["hi"] - t["mean"] == pytest.approx(half)
+    same = [np.array([1, 0, 1, 1]), np.array([0, 0, 1, 0])]
+    b = paired_bootstrap(same, same)
+    assert b["mean"] == 0 and b["lo"] == 0 and b["hi"] == 0
+    up = paired_bootstrap([np.ones(50)], [np.zeros(50)])
+    assert up["mean"] == 1 and up["lo"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.megatron
+def test_quick_mode_runs_every_stage(tmp_path):
+    out = tmp_path / "fly"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.flywheel", "--quick", "--out", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stages = {p.stem for p in (out / "stages").glob("*.json")}
+    arms = ("none", "static", "online", "shuffled", "rho1")
+    want = {"data", "pretrain", "rl", "eval-base-rl", "annotate", "eval-mid", "eval-post-rl", "report"}
+    want |= {f"mid-{a}-s1" for a in arms} | {"post-rl-none-s1", "post-rl-online-s1"}
+    assert want <= stages, want - stages
+    from remit.shards import read_manifest
+
+    assert read_manifest(out / "packed").scored is False and read_manifest(out / "annotated").scored is True
+    res = json.loads((out / "results.json").read_text())
+    table = res["summary"]["table"]
+    assert set(table) == set(arms)
+    for arm in arms:
+        for split in ("heldout", "heldout_templates"):
+            acc, loss = table[arm][split]["accuracy"], table[arm][split]["loss"]
+            assert 0.0 <= acc[0] <= 1.0 and math.isfinite(loss[0]) and loss[0] > 0
+            if arm != "none":
+                assert set(table[arm][split]["vs_none"]) == {"t", "bootstrap", "loss_t"}
+    assert set(res["summary"]["post_rl"]) == {"none", "online"} and res["base"] and res["rl"]
+    md = (out / "results.md").read_text()
+    for arm in arms:
+        assert f"| {arm} | 1 |" in md
+    assert all(Path(p).stat().st_size > 1000 for p in res["plots"]) and len(res["plots"]) == 3
+    for arm in arms:  # every arm trained the same number of tokens
+        lines = (out / "runs" / "mid" / f"{arm}-s1" / "metrics.jsonl").read_text().splitlines()
+        assert (
+            json.loads(lines[-1])["tokens"]
+            == json.loads((out / "runs" / "mid" / "none-s1" / "metrics.jsonl").read_text().splitlines()[-1])["tokens"]
+        )
