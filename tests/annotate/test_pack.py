@@ -160,3 +160,19 @@ def test_the_flags_are_generated_from_the_config_and_shared_ones_match_annotate(
         if f.name in annotate and f.name != "rows_per_shard":
             same = annotate[f.name]
             assert (f.flag, f.help, f.default, f.choices) == (same.flag, same.help, same.default, same.choices)
+
+
+def test_files_of_no_input_type_are_listed_and_an_output_inside_an_input_refused(packed, model_pair, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(packed / "c.jsonl", folder / "c.jsonl")
+    (folder / "notes.csv").write_text("a,b\n")
+    assert _pack(model_pair[0], [folder], tmp_path / "out") == 0
+    m = read_manifest(tmp_path / "out")
+    assert m.passes == "none" and m.data["input"]["ignored_files"] == 1
+    assert m.data["input"]["ignored_examples"] == [str(folder / "notes.csv")]
+    assert "not an input file, not read" in capsys.readouterr().err
+    assert _pack(model_pair[0], [folder], folder / "out") == 2
+    assert "lies inside the input folder" in capsys.readouterr().err
