@@ -415,7 +415,7 @@ def write_page(args: argparse.Namespace) -> Path:
     from remit.shards.manifest import read_manifest
     from remit.shards.views import check_output, connect
 
-    root = check_output(args.output)
+    root = check_output(args.output, verify=True)  # no figure from a shard whose data was altered
     manifest = read_manifest(root).data
     tokenizer, note = load_tokenizer(manifest, root, args.tokenizer)
     con = connect(root, memory_limit=args.memory_limit, threads=args.threads)
