@@ -15,6 +15,14 @@ from remit.shards.schema import FORMAT_NAME, FORMAT_VERSION
 from remit.shards.weights import Center
 
 MANIFEST_NAME = "manifest.json"
+#: What to do about a shard that is missing, unreadable or changed after it was written (the one wording
+#: every reader and `validate` use).
+SHARD_FIX = (
+    "restore the shard from a copy, or re-create it: if the output still has `_work/`, delete the shard and its "
+    "`_work/done/unit-N.json` and run the same annotation command again; otherwise delete the whole output and "
+    "run the annotation again"
+)
+REDO_SHARD = f"Fix: {SHARD_FIX}."
 
 
 class ShardError(ValueError):
@@ -85,7 +93,10 @@ def read_manifest(root: str | Path) -> Manifest:
         raise ShardError(f"{path}: not valid JSON ({e}); re-run `remit-annotate finalize {root}`.") from e
     if data.get("format") != FORMAT_NAME:
         raise ShardError(f"{path}: not a remit manifest (format={data.get('format')!r})")
-    if int(data.get("format_version", -1)) > FORMAT_VERSION:
+    version = data.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise ShardError(f"{path}: format_version {version!r} is not a version number; the manifest was altered.")
+    if version > FORMAT_VERSION:
         raise ShardError(
             f"{path}: format version {data.get('format_version')} is newer than this remit "
             f"({FORMAT_VERSION}); upgrade remit."

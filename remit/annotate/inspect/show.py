@@ -415,7 +415,7 @@ def write_page(args: argparse.Namespace) -> Path:
     from remit.shards.manifest import read_manifest
     from remit.shards.views import check_output, connect
 
-    root = check_output(args.output)
+    root = check_output(args.output, verify=True)  # no figure from a shard whose data was altered
     note = pack_only_note(root)
     if note is not None:
         raise ValueError(f"{note} The page colours tokens by weight, so there is nothing to show.")
