@@ -153,3 +153,21 @@ def make_output(
         center=center,
         run={"run_id": f"synthetic-{seed}", "tokenizer": tokenizer},
     )
+
+
+def alter_shard(root: str | Path, file: str, column: str, row: int, edit: Callable[[list], None]) -> Path:
+    """Rewrite shard `file` of the output `root` as a valid Parquet file (the project's writer settings)
+    with `edit` applied to the Python list of `column`'s value in `row`; the manifest is left as it was."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from remit.shards.writer import write_table
+
+    path = Path(root) / file
+    table = pq.read_table(path)
+    values = table.column(column).to_pylist()
+    edit(values[row])
+    i = table.schema.get_field_index(column)
+    table = table.set_column(i, table.schema.field(i), pa.array(values, type=table.schema.field(i).type))
+    write_table(table, path)
+    return path

@@ -365,9 +365,12 @@ class WorkDir:
     def check_shards(self, entries: list[dict[str, Any]]) -> dict[int, str]:
         """Unit -> what is wrong with its shard (missing, size, sha256 against its manifest entry)."""
         damaged: dict[int, str] = {}
+        fields = set(ShardInfo.__dataclass_fields__)
         for i, entry in enumerate(entries):
             path = self.output / str(entry.get("file"))
-            if entry.get("file") != shard_name(i):
+            if not fields <= set(entry):  # e.g. an entry of format version 1 (no column checksums)
+                damaged[i] = f"its manifest entry lacks {', '.join(sorted(fields - set(entry)))}"
+            elif entry.get("file") != shard_name(i):
                 damaged[i] = f"the manifest lists {entry.get('file')!r} where {shard_name(i)} belongs"
             elif not path.exists():
                 damaged[i] = f"{path.name} is missing"

@@ -219,7 +219,7 @@ def _stored_rl(ctx: _Context, job: _Job) -> tuple[pa.Table, np.ndarray]:
     path = ctx.work.output / job.rl_record.shard.file
     if file_sha256(path) != job.rl_record.shard.file_sha256:
         raise _Damaged(f"its shard {path.name} differs from what was written (sha256 mismatch)")
-    table = read_shard(path, expected_checksum=job.unit.token_checksum, columns=[*LAYOUT_COLUMNS, "logp_rl"])
+    table = read_shard(path, expected=job.rl_record.shard.column_checksums, columns=[*LAYOUT_COLUMNS, "logp_rl"])
     logp_rl = pa.compute.list_flatten(table.column("logp_rl")).to_numpy().astype(np.float32, copy=False)
     return table, logp_rl
 

@@ -31,6 +31,23 @@ def repair_command(root: str | Path) -> str:
     return f"remit-annotate repair {shlex.quote(str(root))}"
 
 
+#: What to do about a shard that is missing, unreadable or changed after it was written (the one wording
+#: every reader and `validate` use; `redo_shard` names the output folder where it is known).
+SHARD_FIX = (
+    "run `remit-annotate repair OUTPUT` on the output folder that holds the shard: it checks every shard against "
+    "the manifest, re-scores the missing or damaged ones and writes the manifest again"
+)
+REDO_SHARD = f"Fix: {SHARD_FIX}."
+
+
+def redo_shard(root: str | Path) -> str:
+    """`REDO_SHARD` for the output folder `root`."""
+    return (
+        f"Fix: run `{repair_command(root)}`: it checks every shard against the manifest, re-scores the missing or "
+        "damaged ones and writes the manifest again."
+    )
+
+
 class ShardError(ValueError):
     """A shard or output folder is unreadable, inconsistent, or from another run. The message says which
     file (and row, where known) and what to do."""
@@ -122,7 +139,10 @@ def read_manifest(root: str | Path) -> Manifest:
         raise ShardError(f"{path}: not a JSON object. Run `{repair_command(root)}` to write the manifest again.")
     if data.get("format") != FORMAT_NAME:
         raise ShardError(f"{path}: not a remit manifest (format={data.get('format')!r})")
-    if int(data.get("format_version", -1)) > FORMAT_VERSION:
+    version = data.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise ShardError(f"{path}: format_version {version!r} is not a version number; the manifest was altered.")
+    if version > FORMAT_VERSION:
         raise ShardError(
             f"{path}: format version {data.get('format_version')} is newer than this remit "
             f"({FORMAT_VERSION}); upgrade remit."

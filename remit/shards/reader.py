@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,61 +11,50 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from remit.shards.checksum import token_checksum
-from remit.shards.manifest import Manifest, ShardError, read_manifest, repair_command
-from remit.shards.schema import SCHEMA, SEGMENT_LIST_COLUMNS, TOKEN_LIST_COLUMNS, schema_mismatch
+from remit.shards.checksum import column_checksum, token_checksum
+from remit.shards.integrity import check_table, verify_file
+from remit.shards.manifest import Manifest, ShardError, read_manifest, redo_shard
+from remit.shards.schema import (
+    SCHEMA,
+    list_length_mismatches,
+    list_lengths,
+    schema_mismatch,
+)
 
 
-def read_shard(path: str | Path, *, expected_checksum: str | None = None, columns: list[str] | None = None) -> pa.Table:
-    """Read one shard, checking its schema, its list lengths and (if given) its token checksum."""
+def read_shard(
+    path: str | Path, *, expected: dict[str, str] | None = None, columns: list[str] | None = None
+) -> pa.Table:
+    """Read one shard, checking its schema, its list lengths and (if given) the checksums of the columns
+    read against `expected` (column name -> checksum, as the manifest records them)."""
     path = Path(path)
     try:
         pf = pq.ParquetFile(path)
         mismatch = schema_mismatch(pf.schema_arrow)
         if mismatch:
             raise ShardError(
-                f"{path}: wrong schema ({mismatch}). It was not written by this remit version or was altered; "
-                f"run `{repair_command(path.parent)}` to re-score it."
+                f"{path}: wrong schema ({mismatch}). It was not written by this remit version or was altered. "
+                f"{redo_shard(Path(path).parent)}"
             )
         table = pf.read(columns=columns)
     except ShardError:
         raise
+    except FileNotFoundError:
+        raise ShardError(f"{path}: missing. {redo_shard(Path(path).parent)}") from None
     except Exception as e:  # pyarrow raises several types for truncated or corrupt files
         raise ShardError(
-            f"{path}: cannot be read as Parquet ({type(e).__name__}: {e}). The file is truncated or corrupt; "
-            f"run `{repair_command(path.parent)}` to re-score its unit."
+            f"{path}: cannot be read as Parquet ({type(e).__name__}: {' '.join(str(e).split())}). The file is "
+            f"truncated or corrupt. {redo_shard(Path(path).parent)}"
         ) from e
     check_list_lengths(table, path)
-    if expected_checksum is not None:
-        got = table_token_checksum(table)
-        if got != expected_checksum:
+    if expected is not None:
+        bad = [name for name in table.column_names if column_checksum(table.column(name)) != expected.get(name)]
+        if bad:
             raise ShardError(
-                f"{path}: token checksum {got} does not match the manifest's {expected_checksum}. The shard "
-                f"does not hold the tokens it was written with; run `{repair_command(path.parent)}` to re-score it."
+                f"{path}: column(s) {', '.join(bad)} do not match their expected checksums; the file does not hold "
+                f"the data it was written with. {redo_shard(Path(path).parent)}"
             )
     return table
-
-
-def list_lengths(table: pa.Table, name: str) -> np.ndarray:
-    return pc.list_value_length(table.column(name)).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-def list_length_mismatches(table: pa.Table) -> list[tuple[str, str, np.ndarray]]:
-    """(column, what it should match, bad-row mask) for each list column of `table` whose per-row length
-    is wrong: token-level lists must hold n_tokens values, segment-level lists one per segment."""
-    names = table.column_names
-    out = []
-    if "n_tokens" in names:
-        n_tokens = table.column("n_tokens").to_numpy().astype(np.int64)
-        for name in TOKEN_LIST_COLUMNS:
-            if name in names:
-                out.append((name, "n_tokens", list_lengths(table, name) != n_tokens))
-    if "segment_starts" in names:
-        n_seg = list_lengths(table, "segment_starts")
-        for name in SEGMENT_LIST_COLUMNS[1:]:
-            if name in names:
-                out.append((name, "segment_starts", list_lengths(table, name) != n_seg))
-    return [m for m in out if m[2].any()]
 
 
 def check_list_lengths(table: pa.Table, path: str | Path) -> None:
@@ -74,8 +63,7 @@ def check_list_lengths(table: pa.Table, path: str | Path) -> None:
         rows = np.flatnonzero(bad)
         raise ShardError(
             f"{path}: row {int(rows[0])} has a different number of values in {name!r} than {against} says "
-            f"({len(rows)} rows affected). The shard is inconsistent; run `{repair_command(Path(path).parent)}` to "
-            "re-score it."
+            f"({len(rows)} rows affected). The shard is inconsistent. {redo_shard(Path(path).parent)}"
         )
 
 
@@ -92,25 +80,33 @@ class Output:
     root: Path
     manifest: Manifest
 
+    def path(self, index: int) -> Path:
+        return self.root / self.manifest.shards[index]["file"]
+
     def read(self, index: int, columns: list[str] | None = None, verify: bool = True) -> pa.Table:
+        """Shard `index` (all columns, or `columns`), with every column read checked against the
+        manifest's checksums when `verify` (see `remit.shards.integrity`)."""
         entry = self.manifest.shards[index]
-        table = read_shard(
-            self.root / entry["file"],
-            expected_checksum=entry["token_checksum"]
-            if verify and (columns is None or "token_ids" in columns)
-            else None,
-            columns=columns,
-        )
+        path = self.path(index)
+        table = read_shard(path, columns=columns)
         if table.num_rows != entry["rows"]:
             raise ShardError(
-                f"{self.root / entry['file']}: {table.num_rows} rows, the manifest says {entry['rows']}; "
-                f"run `{repair_command(self.root)}` to re-score it."
+                f"{path}: {table.num_rows} rows, the manifest says {entry['rows']}. {redo_shard(Path(path).parent)}"
             )
+        if verify:
+            check_table(table, entry, path, eps=self.manifest.eps, center=self.manifest.center)
         return table
 
     def iter_tables(self, columns: list[str] | None = None, verify: bool = True) -> Iterator[pa.Table]:
         for i in range(len(self.manifest.shards)):
             yield self.read(i, columns=columns, verify=verify)
+
+    def verify(self, shards: Iterable[int] | None = None) -> None:
+        """Check every column of the given shards (default: all) against the manifest, one row group at a
+        time; raise ShardError naming the first shard (and column, and row where it can be found) that
+        does not match."""
+        for i in range(len(self.manifest.shards)) if shards is None else shards:
+            verify_file(self.path(i), self.manifest.shards[i], eps=self.manifest.eps, center=self.manifest.center)
 
 
 def open_output(root: str | Path) -> Output:
@@ -121,4 +117,13 @@ def open_output(root: str | Path) -> Output:
     return Output(root=root, manifest=read_manifest(root))
 
 
-__all__ = ["SCHEMA", "Output", "ShardError", "open_output", "read_shard"]
+__all__ = [
+    "SCHEMA",
+    "Output",
+    "ShardError",
+    "check_list_lengths",
+    "list_length_mismatches",
+    "list_lengths",
+    "open_output",
+    "read_shard",
+]

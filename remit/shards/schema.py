@@ -9,10 +9,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 FORMAT_NAME = "remit-shards"
-FORMAT_VERSION = 1
+#: 2: every shard entry of the manifest records a checksum per column (`column_checksums`); version 1
+#: recorded the token checksum and the file's sha256 only, and is still read (see `remit.shards.integrity`).
+FORMAT_VERSION = 2
 
 #: Columns whose Parquet encoding is BYTE_STREAM_SPLIT (float32 only; DuckDB reads it, float16 BSS it cannot).
 FLOAT_LIST_COLUMNS = ("logp_base", "logp_rl", "weight")
@@ -66,3 +70,25 @@ def schema_mismatch(actual: pa.Schema) -> str | None:
         if not got.type.equals(want.type):
             return f"column {want.name!r} has type {got.type}, expected {want.type}"
     return None
+
+
+def list_lengths(table: pa.Table, name: str) -> np.ndarray:
+    return pc.list_value_length(table.column(name)).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def list_length_mismatches(table: pa.Table) -> list[tuple[str, str, np.ndarray]]:
+    """(column, what it should match, bad-row mask) for each list column of `table` whose per-row length
+    is wrong: token-level lists must hold n_tokens values, segment-level lists one per segment."""
+    names = table.column_names
+    out = []
+    if "n_tokens" in names:
+        n_tokens = table.column("n_tokens").to_numpy().astype(np.int64)
+        for name in TOKEN_LIST_COLUMNS:
+            if name in names:
+                out.append((name, "n_tokens", list_lengths(table, name) != n_tokens))
+    if "segment_starts" in names:
+        n_seg = list_lengths(table, "segment_starts")
+        for name in SEGMENT_LIST_COLUMNS[1:]:
+            if name in names:
+                out.append((name, "segment_starts", list_lengths(table, name) != n_seg))
+    return [m for m in out if m[2].any()]

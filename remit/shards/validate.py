@@ -3,7 +3,8 @@
 Per shard:
 - the file's sha256 against the manifest; that it parses as Parquet; its schema and row count;
 - per row, every token-level list holds n_tokens values and every segment-level list one per segment;
-- the token checksum against the manifest; contiguous sample ids; row widths (seq_len + 1, only the
+- the token checksum and (format version 2) every column's checksum against the manifest; contiguous
+  sample ids; row widths (seq_len + 1, only the
   output's last row shorter); the segment layout;
 - NaN log-probs exactly at segment starts (the only non-finite value the format allows), no infinite
   or positive log-prob; finite weights in [1 - eps, 1 + eps] and 1.0 at segment starts; stored weights
@@ -25,7 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from remit.shards.checksum import file_sha256
+from remit.shards.checksum import column_checksums, file_sha256
+from remit.shards.integrity import recorded_checksums
 from remit.shards.manifest import Passes, ShardError, read_manifest, repair_command
 from remit.shards.reader import list_length_mismatches, table_token_checksum
 from remit.shards.schema import schema_mismatch
@@ -141,7 +143,7 @@ def _check_shard(
     if not path.exists():
         return [Problem(f, None, "missing", _RERUN)]
     problems: list[Problem] = []
-    if file_sha256(path) != entry["file_sha256"]:
+    if file_sha256(path) != entry.get("file_sha256"):
         problems.append(Problem(f, None, "file content differs from the manifest (sha256 mismatch)", _RERUN))
     table, why = _read(path)
     if table is None:
@@ -163,6 +165,21 @@ def _check_shard(
                 _RERUN,
             )
         )
+    sums = recorded_checksums(entry)  # None in format version 1, whose file hash is checked above
+    if sums is not None:
+        actual = column_checksums(table)
+        bad = [name for name in actual if actual[name] != sums.get(name)]
+        if bad:
+            problems.append(
+                Problem(
+                    f,
+                    None,
+                    f"column(s) {', '.join(bad)} differ from the checksums in the manifest; the shard was changed "
+                    "after it was written (the row checks below name the rows where the change breaks the "
+                    "shard's consistency)",
+                    _RERUN,
+                )
+            )
     first = entry["first_sample_id"]
     row_problem(ids != np.arange(first, first + len(ids)), "sample id out of sequence")
     n_tok = table.column("n_tokens").to_numpy().astype(np.int64)

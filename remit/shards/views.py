@@ -51,11 +51,13 @@ def sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def check_output(root: str | Path) -> Path:
+def check_output(root: str | Path, *, verify: bool = False) -> Path:
     """The absolute output folder, after checking that the views will read exactly its shards.
 
     Raises ShardError when the folder or its manifest is missing, when a shard the manifest lists is
     absent, or when a top-level ``*.parquet`` file is not in the manifest (the views' glob would read it).
+    With `verify`, every column of every shard is also checked against the manifest's checksums (one
+    pass over the data, a row group at a time), so that no figure comes from altered data.
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
@@ -80,6 +82,10 @@ def check_output(root: str | Path) -> Path:
         )
     if not listed:
         raise ShardError(f"{root}: the manifest lists no shards; there is nothing to inspect.")
+    if verify:
+        from remit.shards.reader import Output
+
+        Output(root=root, manifest=manifest).verify()
     return root
 
 

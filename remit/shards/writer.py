@@ -2,9 +2,10 @@
 
 - `build_table`: flat arrays (`Rows`) -> one Arrow table in SCHEMA, with the per-row and
   per-segment summary columns filled in.
-- `write_shard`: the table goes to a temporary name (`remit.shards.atomic`), is read back and
-  checked (schema, row count, list lengths, token checksum), and only then renamed into place. A
-  crash leaves either no shard or a complete one; a stray temporary file is never read.
+- `write_shard`: the checksum of every column is computed from the table in memory; the table goes to
+  a temporary name (`remit.shards.atomic`), is read back and checked (schema, row count, list
+  lengths, every column's checksum), and only then renamed into place. A crash leaves either no
+  shard or a complete one; a stray temporary file is never read.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from remit.shards.atomic import atomic_path
-from remit.shards.checksum import file_sha256, token_checksum
+from remit.shards.checksum import column_checksums, file_sha256, token_checksum
 from remit.shards.faults import failpoint
-from remit.shards.reader import read_shard
-from remit.shards.schema import FLOAT_LIST_COLUMNS, SCHEMA
+from remit.shards.manifest import ShardError
+from remit.shards.schema import FLOAT_LIST_COLUMNS, SCHEMA, list_length_mismatches, schema_mismatch
 from remit.shards.weights import group_ids
 
 #: Target uncompressed size of a row group. Big enough for efficient remote reads, small enough to stream.
@@ -67,6 +68,8 @@ class ShardInfo:
     tokens: int
     first_sample_id: int
     token_checksum: str
+    column_checksums: dict[str, str]
+    """Column name -> checksum of its values (`remit.shards.checksum.column_checksums`), every column."""
     file_sha256: str
     bytes: int
 
@@ -170,19 +173,38 @@ def write_shard(table: pa.Table, path: str | Path, row_group_bytes: int = DEFAUL
     lengths = table.column("n_tokens").to_numpy().astype(np.int64)
     tokens = pa.compute.list_flatten(table.column("token_ids")).to_numpy()
     expected = token_checksum(lengths, tokens)
+    sums = column_checksums(table)
     with atomic_path(path) as tmp:
         write_table(table, tmp, row_group_bytes)
         failpoint("shard-tmp-written")
-        back = read_shard(tmp, expected_checksum=expected)
-        if back.num_rows != table.num_rows:
-            raise RuntimeError(f"{tmp}: read back {back.num_rows} rows, wrote {table.num_rows}")
+        _check_read_back(tmp, table.num_rows, sums)
         info = ShardInfo(
             file=path.name,
             rows=table.num_rows,
             tokens=int(lengths.sum()),
             first_sample_id=int(table.column("sample_id")[0].as_py()) if table.num_rows else -1,
             token_checksum=expected,
+            column_checksums=sums,
             file_sha256=file_sha256(tmp),
             bytes=tmp.stat().st_size,
         )
     return info
+
+
+def _check_read_back(path: Path, rows: int, sums: dict[str, str]) -> None:
+    """The file just written, read back: the schema, the row count, every list's length and every
+    column's checksum must be those of the table in memory (a failing disk or library is caught here,
+    before the rename)."""
+    back = pq.read_table(path)
+    problem = schema_mismatch(back.schema)
+    if problem is None and back.num_rows != rows:
+        problem = f"{back.num_rows} rows read back, {rows} written"
+    if problem is None and (mismatches := list_length_mismatches(back)):
+        problem = f"list lengths of column {mismatches[0][0]!r} differ from {mismatches[0][1]}"
+    if problem is None and (bad := [n for n, c in column_checksums(back).items() if c != sums.get(n)]):
+        problem = f"column(s) {', '.join(bad)} differ from the table written"
+    if problem is not None:
+        raise ShardError(
+            f"{path}: the file just written does not read back as written ({problem}); nothing was renamed into "
+            "place. Check the disk and the pyarrow installation, then run the same command again."
+        )

@@ -41,7 +41,7 @@ def planned_unit(n: int, rows: int = 4, tokens: int = 196) -> PlannedUnit:
 def record_for(work: WorkDir, unit: PlannedUnit, run_id: str, size: int = 100) -> CompletionRecord:
     work.shard_path(unit.unit).write_bytes(bytes(size))
     planned = {k: getattr(unit, k) for k in ("file", "rows", "tokens", "first_sample_id", "token_checksum")}
-    shard = ShardInfo(**planned, file_sha256="sha256:x", bytes=size)
+    shard = ShardInfo(**planned, column_checksums={"token_ids": "blake2b128:x"}, file_sha256="sha256:x", bytes=size)
     return CompletionRecord(
         unit=unit.unit, run_id=run_id, shard=shard, engine={"name": "hf"}, engine_base={"name": "hf"}, passes="both"
     )
@@ -65,7 +65,7 @@ def test_records_read_back_what_they_wrote_and_refuse_malformed_ones(tmp_path):
     on_disk = record.to_dict()
     # The completion record's JSON: the shard's manifest entry plus the unit, run and engines, flat.
     assert sorted(on_disk) == sorted(
-        ["file", "rows", "tokens", "first_sample_id", "token_checksum", "file_sha256", "bytes"]
+        ["file", "rows", "tokens", "first_sample_id", "token_checksum", "column_checksums", "file_sha256", "bytes"]
         + ["unit", "run_id", "engine", "engine_base", "passes"]
     )
     assert CompletionRecord.from_dict(on_disk) == record

@@ -63,8 +63,10 @@ def test_no_temporary_files_left(output):
 
 def test_checksum_mismatch_is_refused(output):
     entry = open_output(output).manifest.shards[0]
-    with pytest.raises(ShardError, match="token checksum"):
-        read_shard(output / entry["file"], expected_checksum="blake2b128:" + "0" * 32)
+    assert read_shard(output / entry["file"], expected=entry["column_checksums"]).num_rows == entry["rows"]
+    wrong = {**entry["column_checksums"], "weight": "blake2b128:" + "0" * 32}
+    with pytest.raises(ShardError, match="column.s. weight do not match"):
+        read_shard(output / entry["file"], expected=wrong)
 
 
 def test_truncated_shard_is_refused(output, tmp_path):

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from remit.annotate.cli import main
-from remit.shards.checksum import file_sha256
+from remit.shards.checksum import column_checksums, file_sha256
 from remit.shards.validate import Problem, validate_output
 from remit.shards.writer import write_table
 from tests.synthetic import make_output
@@ -37,13 +37,16 @@ def out(clean, tmp_path) -> Path:
     return Path(shutil.copytree(clean, tmp_path / "out"))
 
 
-def reseal(root: Path, name: str) -> None:
-    """Update the manifest's hash and size of `name` (what a writer that checks nothing would do)."""
+def reseal(root: Path, name: str, columns: bool = True) -> None:
+    """Update the manifest's hash, column checksums and size of `name` (what a writer that checks nothing
+    would do)."""
     path = root / "manifest.json"
     manifest = json.loads(path.read_text())
     for entry in manifest["shards"]:
         if entry["file"] == name:
             entry["file_sha256"] = file_sha256(root / name)
+            if columns:
+                entry["column_checksums"] = column_checksums(pq.read_table(root / name))
             entry["bytes"] = (root / name).stat().st_size
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
@@ -183,6 +186,19 @@ def test_token_changed_with_a_consistent_file_hash(out):
     edit_column(out, SHARD, "token_ids", edit)
     reseal(out, SHARD)
     assert about(validate_output(out), SHARD, text="token checksum")
+
+
+def test_a_column_changed_with_a_consistent_file_hash_is_named(out):
+    """A document id has no other check: its column's checksum names it."""
+
+    def edit(rows: list) -> None:
+        rows[1][0] = rows[1][0] + "-x"
+
+    edit_column(out, SHARD, "segment_doc_ids", edit)
+    reseal(out, SHARD, columns=False)
+    problems = validate_output(out)
+    assert about(problems, SHARD, text="column(s) segment_doc_ids differ from the checksums"), problems
+    assert not about(problems, SHARD, text="sha256"), problems
 
 
 def test_a_gap_in_a_document_is_caught_across_rows(out):

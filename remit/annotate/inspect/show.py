@@ -418,7 +418,7 @@ def write_page(args: argparse.Namespace) -> Path:
     out = Path(args.html)
     if out.is_dir():
         raise ValueError(f"-o {out}: is a folder; give the file name of the page, e.g. {out / 'weights.html'}")
-    root = check_output(args.output)
+    root = check_output(args.output, verify=True)  # no figure from a shard whose data was altered
     note = pack_only_note(root)
     if note is not None:
         raise ValueError(f"{note} The page colours tokens by weight, so there is nothing to show.")

@@ -99,7 +99,7 @@ def collect(
     for name, value, low in (("top_k", top_k, 1), ("min_count", min_count, 1), ("bins", bins, 1)):
         if value < low:
             raise ValueError(f"{name} must be at least {low}; got {value}")
-    root = check_output(root)
+    root = check_output(root, verify=True)  # no figure from a shard whose data was altered
     require_weights(read_manifest(root), root)
     knobs = {"remit_bins": bins, "remit_top_k": top_k, "remit_min_count": min_count}
     # Only the per-document aggregate can outgrow memory (its groups grow with the corpus); it spills here.
