@@ -133,3 +133,16 @@ def test_finalize_refuses_a_manifest_over_a_missing_shard(finished, tmp_path, ca
     assert "remit-annotate repair" in capsys.readouterr().err
     assert (out / "manifest.json").read_bytes() == before
     assert json.loads(before)["totals"]["shards"] >= 3
+
+
+def test_repair_prints_the_run_command_for_many_workers(finished, model_pair, capsys):
+    assert main(["repair", str(finished), "--print"]) == 0
+    command = capsys.readouterr().out.strip()
+    assert command.startswith("remit-annotate run ") and f"--output {finished}" in command
+    assert f"--rl {model_pair[1]}" in command and "--seq-len 48" in command
+
+
+def test_repair_refuses_a_folder_that_is_not_an_output(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["repair", str(tmp_path)]) == 2
+    assert "not an output of remit-annotate" in one_line(capsys.readouterr().err)
