@@ -10,7 +10,11 @@ one-shot command in-process and prints:
 - bytes per token on disk, total and per column (target <= 10 for ids, two log-probs and the weight);
 - end-to-end tokens per second.
 
-    .venv/bin/python benchmarks/bench_annotate.py [--engine vllm] [--tokens 200000]
+With ``--compare-score`` it instead runs the same job twice in one process, with ``--score both`` and
+with ``--score rl`` (the RL pass only, what `online` training needs), and prints the ratio of their
+wall times: the saving of an RL-only annotation.
+
+    .venv/bin/python benchmarks/bench_annotate.py [--engine vllm] [--tokens 200000] [--compare-score]
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ def main() -> int:
     p.add_argument("--tokens", type=int, default=200_000, help="approximate corpus size in tokens")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--work", type=Path, default=Path("/tmp/remit-bench-annotate"))
+    p.add_argument("--compare-score", action="store_true", help="time --score both against --score rl")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
@@ -92,17 +97,23 @@ def main() -> int:
     from remit.annotate.finalize import finalize
     from remit.annotate.worker import run_worker
 
-    cfg = AnnotateConfig(
-        base=base,
-        rl=rl,
-        inputs=[corpus],
-        output=out,
-        engine=args.engine,
-        dtype=args.dtype,
-        seq_len=args.seq_len,
-        rows_per_shard=64,
-        progress_every_s=30,
-    )
+    def config(output: Path, score: str = "both") -> AnnotateConfig:
+        return AnnotateConfig(
+            base=base,
+            rl=rl,
+            inputs=[corpus],
+            output=output,
+            engine=args.engine,
+            dtype=args.dtype,
+            seq_len=args.seq_len,
+            rows_per_shard=64,
+            progress_every_s=30,
+            score=score,  # type: ignore[arg-type]
+        )
+
+    if args.compare_score:
+        return compare_score(config, out, finalize, run_worker)
+    cfg = config(out)
     t0 = time.perf_counter()
     stats, _ = run_worker(cfg)
     manifest = finalize(out)
@@ -128,6 +139,40 @@ def main() -> int:
     )
     for name, b in sorted(sizes.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<26} {b / tokens:6.2f} B/token")
+    return 0
+
+
+def compare_score(config, out: Path, finalize, run_worker) -> int:
+    """Wall time of the same job with both passes and with the RL pass only, in this process."""
+    from remit.annotate.engines import open_scorer
+    from remit.annotate.models import model_info
+
+    cfg = config(out)
+    for model in (cfg.base, cfg.rl):
+        model_info(model)  # hash the weights once, outside the timings: both runs then read the cache
+    # Start the engine once outside the timings: the first start in a process pays the imports and the
+    # engine's one-time set-up, which would otherwise be charged to whichever run comes first.
+    open_scorer(cfg.engine, cfg.base, cfg.engine_settings()).close()
+    walls: dict[str, float] = {}
+    scoring: dict[str, float] = {}
+    for score in ("both", "rl"):
+        folder = out.with_name(f"{out.name}-{score}")
+        shutil.rmtree(folder, ignore_errors=True)
+        t0 = time.perf_counter()
+        stats, _ = run_worker(config(folder, score))
+        manifest = finalize(folder)
+        walls[score] = time.perf_counter() - t0
+        scoring[score] = stats.seconds.get("score_base", 0.0) + stats.seconds.get("score_rl", 0.0)
+        print(
+            f"--score {score}: {manifest['totals']['tokens']:,} tokens, passes {manifest['passes']}, wall "
+            f"{walls[score]:.1f} s; " + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(stats.seconds.items()))
+        )
+    print(f"\nmachine load average at end: {os.getloadavg()}")
+    print(
+        f"scoring passes (score() calls) both / rl: {scoring['both'] / scoring['rl']:.2f}x; "
+        f"wall time --score both / --score rl: {walls['both'] / walls['rl']:.2f}x "
+        f"(the RL-only annotation takes {100 * walls['rl'] / walls['both']:.0f}% of the two-pass one)"
+    )
     return 0
 
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.synthetic import make_output
+
+# Content hashes are cached per user (remit.annotate.hashcache); tests keep theirs out of the user's cache.
+os.environ.setdefault("REMIT_CACHE_DIR", tempfile.mkdtemp(prefix="remit-test-cache-"))
 
 
 def _has(module: str) -> bool:

@@ -2,7 +2,7 @@
 
     remit-annotate --base DIR --rl DIR --input PATH [PATH ...] --output DIR     one shot: plan, score, finalize
     remit-annotate run ... [--rank R --world-size W]                           one worker of many
-    remit-annotate plan | finalize | launch | validate | verify | stats | show ...
+    remit-annotate plan | finalize | repair | launch | validate | verify | stats | show ...
     remit-annotate pack --tokenizer DIR --input PATH [PATH ...] --output DIR   token ids only, no scoring
 
 - The CLI only parses flags, builds one config and calls one library function.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,56 +49,13 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser, WorkerFlags)
 
 
-def _print_summary(manifest: dict[str, Any] | None, stats: Any, seconds: float) -> None:
-    lines = []
-    if manifest is not None:
-        inp = manifest["input"]
-        lines += [
-            f"documents  {inp['documents']:>14,}",
-            f"tokens     {manifest['totals']['tokens']:>14,}",
-            f"rows       {manifest['totals']['rows']:>14,}  (last row: {inp['last_row_tokens']} tokens)",
-            f"shards     {manifest['totals']['shards']:>14,}  ({manifest['totals']['bytes'] / 1e6:.1f} MB, "
-            f"{manifest['totals']['bytes'] / max(1, manifest['totals']['tokens']):.2f} bytes/token)",
-        ]
-        skipped = inp.get("skipped") or {}
-        lines.append(
-            f"skipped    {sum(skipped.values()):>14,}  "
-            + (", ".join(f"{k}: {v}" for k, v in skipped.items()) if skipped else "")
-        )
-        for ex in inp.get("skip_examples", [])[:5]:
-            lines.append(f"             e.g. {ex}")
-    lines.append(
-        f"scored     {stats.tokens:>14,} tokens in {stats.units_scored} units "
-        f"({stats.units_skipped} already done, {stats.units_rescored} redone from scratch)"
-    )
-    score_s = stats.seconds.get("score_base", 0.0) + stats.seconds.get("score_rl", 0.0)
-    if stats.tokens and seconds > 0:
-        lines.append(
-            f"speed      {stats.tokens / seconds:>14,.0f} tokens/s end to end "
-            f"({2 * stats.tokens / max(score_s, 1e-9):,.0f} tokens/s per model pass)"
-        )
-        lines.append(
-            f"time       {seconds:>14.1f} s; scoring passes {100 * score_s / seconds:.1f}%, "
-            + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(stats.seconds.items()) if k != "total")
-        )
-    print("\n".join(lines), flush=True)
-
-
 def _score(args: argparse.Namespace, rank: int, world: int) -> int:
     """Score this rank's units; finalize when this is the only worker."""
     from remit.annotate.config import AnnotateConfig
-    from remit.annotate.finalize import finalize
     from remit.annotate.flags import config_from_args
-    from remit.annotate.worker import run_worker
+    from remit.annotate.job import run_job
 
-    cfg = config_from_args(AnnotateConfig, args)
-    t0 = time.perf_counter()
-    stats, _ = run_worker(cfg, rank, world)
-    manifest = finalize(cfg.output, keep_work=cfg.keep_work) if world == 1 else None
-    _print_summary(manifest, stats, time.perf_counter() - t0)
-    if manifest is None:
-        print(f"rank {rank}/{world} done; when all ranks are done: remit-annotate finalize {cfg.output}")
-    return 0
+    return run_job(config_from_args(AnnotateConfig, args), rank, world)
 
 
 def cmd_oneshot(args: argparse.Namespace) -> int:
@@ -122,7 +78,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(AnnotateConfig, args)
     setup = describe_run(cfg)
-    if not WorkDir(cfg.output).claim(setup.run):
+    if not WorkDir(cfg.output).claim(setup.run, cfg.score):
         plan = ensure_plan(cfg, setup, rank=0)
         print(json.dumps(plan.totals.to_dict(), indent=2))
     return 0
@@ -150,13 +106,18 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from remit.shards.manifest import repair_command
     from remit.shards.validate import validate_output
 
     problems = validate_output(args.output)
     for p in problems:
         print(p, file=sys.stderr)
     if problems:
-        print(f"{args.output}: {len(problems)} problem(s)", file=sys.stderr)
+        print(
+            f"{args.output}: {len(problems)} problem(s); `{repair_command(args.output)}` re-scores the shards "
+            "that do not match the manifest",
+            file=sys.stderr,
+        )
         return 1
     print(f"{args.output}: valid")
     return 0
@@ -165,6 +126,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _from_module(summary: str, load: Callable[[], Any]) -> Command:
     """A command whose module (imported only when the command is used) has add_arguments(parser) and run(args)."""
     return Command(summary, lambda p: load().add_arguments(p), lambda args: load().run(args))
+
+
+def _repair() -> Any:
+    from remit.annotate import repair
+
+    return repair
 
 
 def _launch() -> Any:
@@ -205,6 +172,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "plan": Command("only tokenize and pack the corpus into units (same flags)", add_job_arguments, cmd_plan),
     "finalize": Command("check all units and write manifest.json", _add_finalize_arguments, cmd_finalize),
+    "repair": _from_module("re-score the missing or damaged shards of an output with its recorded settings", _repair),
     "launch": _from_module("run N local worker processes, then finalize", _launch),
     "validate": Command("re-read every shard and check it against the manifest", _add_output_argument, cmd_validate),
     "verify": _from_module("re-score a sample of rows with the hf engine and report the differences", _verify),
@@ -241,7 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
     args = build_parser(command).parse_args(argv[1:] if command else argv)
+    from remit.annotate.quiet import quiet_libraries
     from remit.shards.errors import run_command
+
+    quiet_libraries(bool(getattr(args, "verbose", False)))
 
     # Engine errors (RuntimeError) name the model folder and the fix.
     return run_command(

@@ -13,12 +13,15 @@ import importlib.util
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from remit.annotate.engines.base import INSTALL_HINT, Dtype, EngineName, EngineSettings
 from remit.annotate.flags import check_choices, library_only, option, run_local_fields
 from remit.annotate.tokenize import BosPolicy, EosPolicy
 from remit.shards.weights import Center, check_eps
+
+#: The scoring passes a run makes (the manifest's `passes`; "none" is a pack-only output).
+Score = Literal["both", "rl"]
 
 _DATA = "models and data"
 _PACKING = "packing and weights"
@@ -77,6 +80,16 @@ class AnnotateConfig:
         2048, help="rows per shard = the unit of work and resume (default 2048)", group=_PACKING
     )
     """Rows per shard; a shard is the unit of work, resume and parallelism."""
+    score: Score = option(
+        "both",
+        help="models to score: both (weights for every training mode) or rl (log p_RL only, half the cost: "
+        "enough for `remit-train --weights online` and `none`; a later run with `--score both` adds the base pass)",
+        group=_PACKING,
+        run_local=True,
+    )
+    """The scoring passes to run: both, or the RL model only (the output then holds log p_RL and no weights;
+    `online` and `none` training read it). Not part of the run's identity: a later run of the same job with
+    `both` scores just the base pass and completes the output, with the bytes of a one-shot `both` run."""
     # --- engine ---
     engine: EngineName = option("vllm", help="scoring engine (default vllm)", group=_ENGINE)
     """Scoring engine: vllm (default) or hf (the transformers reference)."""
@@ -116,8 +129,20 @@ class AnnotateConfig:
         run_local=True,
     )
     """Seconds between progress lines."""
+    verbose: bool = option(
+        False,
+        help="show the engines' and libraries' own log lines and warnings (default: progress and errors only)",
+        group=_RUN,
+        run_local=True,
+    )
+    """Let vLLM's INFO lines and the libraries' warnings through; by default only remit's progress lines,
+    notes and errors are printed."""
     plan_timeout_s: float = library_only(6 * 3600, run_local=True)
     """How long a worker of rank > 0 waits for rank 0 to finish planning, in seconds."""
+    lease_heartbeat_s: float = library_only(15.0, run_local=True)
+    """Seconds between the refreshes of a worker's unit leases (`remit.annotate.lease`)."""
+    lease_stale_s: float = library_only(120.0, run_local=True)
+    """A lease written on another host whose heartbeat is older than this is taken over."""
 
     def __post_init__(self) -> None:
         self.base, self.rl, self.output = Path(self.base), Path(self.rl), Path(self.output)
@@ -130,6 +155,11 @@ class AnnotateConfig:
             raise ValueError(f"rows_per_shard must be >= 1; got {self.rows_per_shard}")
         if not self.inputs:
             raise ValueError("inputs: give at least one input path")
+        if not 0 < self.lease_heartbeat_s < self.lease_stale_s:
+            raise ValueError(
+                f"lease_heartbeat_s ({self.lease_heartbeat_s}) must be positive and below lease_stale_s "
+                f"({self.lease_stale_s})"
+            )
 
     def check_paths(self) -> None:
         """Fail before any work starts when a model folder is missing or unusable."""
@@ -145,7 +175,10 @@ class AnnotateConfig:
         if self.output.exists() and not self.output.is_dir():
             raise ValueError(f"--output {self.output}: exists and is not a folder")
         if self.output.exists() and not os.access(self.output, os.W_OK):
-            raise ValueError(f"--output {self.output}: not writable")
+            raise ValueError(f"--output {self.output}: not writable by this user; choose a writable folder")
+        parent = next((p for p in self.output.absolute().parents if p.exists()), None)
+        if not self.output.exists() and parent is not None and not os.access(parent, os.W_OK):
+            raise ValueError(f"--output {self.output}: cannot be created in {parent} (not writable); choose another")
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(

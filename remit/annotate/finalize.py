@@ -27,7 +27,7 @@ from remit.annotate.records import Plan
 from remit.annotate.workdir import WorkDir
 from remit.shards.atomic import write_json_atomic
 from remit.shards.checksum import file_sha256
-from remit.shards.manifest import ShardError, assemble_manifest, read_manifest
+from remit.shards.manifest import Passes, ShardError, assemble_manifest, read_manifest, repair_command
 
 _SHOWN = 20
 #: Flags a resume command always shows, default or not: they say what the run is.
@@ -38,13 +38,13 @@ class IncompleteOutput(ShardError):
     pass
 
 
-def resume_command(config: dict[str, Any], output: Path, command: str = "run") -> str:
+def resume_command(config: dict[str, Any], output: Path, command: str = "run", score: str = "both") -> str:
     """The command line that continues this run (`run`: one worker, which also finalizes; any
     --rank/--world-size split, `launch` or the Slurm array take the same flags).
 
     `config` is the run's identity (as recorded in run.json): every field in it that is not at its
-    default is given, so that the command describes this run and no other."""
-    values = {**config, "output": str(output)}
+    default is given, so that the command describes this run and no other; `score` the passes to make."""
+    values = {**config, "output": str(output), "score": score}
     argv = to_argv(AnnotateConfig, values, changed_only=True, always=_ALWAYS_SHOWN)
     return shlex.join(["remit-annotate", command, *argv])
 
@@ -65,6 +65,8 @@ class UnitCheck:
     """Units to score again (no record, or one that could not be trusted)."""
     engine: dict[str, Any] | None
     """The engine set-up every unit was scored with; None unless all agree."""
+    passes: dict[str, list[int]]
+    """The complete units by the passes their shards hold (both, rl)."""
 
 
 def check_units(work: WorkDir, run_id: str, plan: Plan) -> UnitCheck:
@@ -75,6 +77,7 @@ def check_units(work: WorkDir, run_id: str, plan: Plan) -> UnitCheck:
     missing: list[int] = []
     invalid: list[tuple[int, str]] = []
     engines: dict[str, list[int]] = {}
+    passes: dict[str, list[int]] = {}
     next_sample = 0
     for u in plan.units:
         n = u.unit
@@ -95,7 +98,8 @@ def check_units(work: WorkDir, run_id: str, plan: Plan) -> UnitCheck:
             else:
                 missing.append(n)
             continue
-        if record.engine != record.engine_base:
+        passes.setdefault(record.passes, []).append(n)
+        if record.passes == "both" and record.engine != record.engine_base:
             problems.append(
                 f"{work.record_path(n)}: the base pass used {record.engine_base}, the RL pass "
                 f"{record.engine}; delete this record and run again to re-score the unit"
@@ -113,15 +117,29 @@ def check_units(work: WorkDir, run_id: str, plan: Plan) -> UnitCheck:
     for n, why in invalid[:_SHOWN]:
         problems.append(f"unit {n}: {why}; its completion record was removed so that it is scored again")
     engine = json.loads(next(iter(engines))) if len(engines) == 1 else None
-    return UnitCheck(entries, problems, redo, engine)
+    return UnitCheck(entries, problems, redo, engine, passes)
+
+
+def _check_finished(work: WorkDir) -> dict[str, Any]:
+    """A finished output's manifest, after checking every shard against it; refuse a missing or damaged one."""
+    manifest = read_manifest(work.output)
+    damaged = work.check_shards(manifest.shards)
+    if damaged:
+        listed = "; ".join(f"unit {n}: {why}" for n, why in sorted(damaged.items())[:_SHOWN])
+        raise IncompleteOutput(
+            f"{work.output}: the manifest is in place but {len(damaged)} of its {len(manifest.shards)} shards are "
+            f"missing or damaged ({listed}). Run `{repair_command(work.output)}`: it re-scores only those units and "
+            "writes the manifest again."
+        )
+    return manifest.data
 
 
 def finalize(output: str | Path, *, keep_work: bool = False) -> dict[str, Any]:
-    """Write the manifest of a finished run (or return the one already written)."""
+    """Write the manifest of a finished run (or check and return the one already written)."""
     work = WorkDir(output)
     out = work.output
     if work.manifest_path.exists():
-        return read_manifest(out).data
+        return _check_finished(work)
     run = work.read_run()
     plan = work.read_plan()
     if run is None or plan is None:
@@ -134,19 +152,28 @@ def finalize(output: str | Path, *, keep_work: bool = False) -> dict[str, Any]:
             f"{work.plan_path}: planned for another run than {work.run_path}; delete {work.root} and start again"
         )
     check = check_units(work, run.run_id, plan)
-    if check.redo or check.problems:
+    # The passes of an unfinished output: RL-only when every finished unit is (resumed the same way).
+    score = "rl" if check.passes and set(check.passes) == {"rl"} else "both"
+    problems = list(check.problems)
+    if len(check.passes) > 1:
+        problems.append(
+            f"{out}: units {_shown(check.passes['rl'])} hold only the RL pass, the others both. Score their base "
+            f"pass: `{resume_command(run.config, out)}` (it loads only the base model for them)."
+        )
+    if check.redo or problems:
         lines = [f"{out}: not finalized."]
         if check.redo:
             lines.append(f"{len(check.redo)} of {len(plan.units)} units are not finished: {_shown(check.redo)}.")
-        lines += check.problems
+        lines += problems
         if check.redo:
             lines += [
                 "Finish them with any number of workers (unit u goes to --rank u % W of --world-size W), e.g.:",
-                f"  {resume_command(run.config, out)}",
+                f"  {resume_command(run.config, out, score=score)}",
                 f"or `remit-annotate launch` / the Slurm array with the same flags; then `remit-annotate finalize {out}`.",
             ]
         raise IncompleteOutput("\n".join(lines))
-    manifest = assemble_manifest(run.manifest_fields(check.engine, plan.totals), check.entries)
+    passes: Passes = "rl" if "rl" in check.passes else "both"
+    manifest = assemble_manifest(run.manifest_fields(check.engine, plan.totals, passes), check.entries)
     # A Slurm finalize step and a user may finalize at once (same bytes either way); the other one may
     # sweep our temporary file away below, and then its manifest is already in place.
     try:

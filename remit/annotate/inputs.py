@@ -1,25 +1,50 @@
-"""Corpus readers: JSONL (plain or gzip), Parquet, folders of text files, `datasets` folders.
+"""Corpus readers: JSONL and text files (plain, gzip, zstd, bz2 or xz), Parquet, `datasets` folders.
 
-- Every reader yields, in a deterministic order, a `Record` (one document: text or token ids) or a
-  `Skip` (a record that cannot be used, with the reason and where it is).
-- The caller counts the skips, or fails on the first one under ``--strict``.
-- `fingerprint` gives the inputs' part of the run identity.
+- `scan_inputs` turns the input paths into sources, in a deterministic order. Inside a folder, a file of
+  no known input type is never read: it is listed (`InputScan.ignored`) for the run's summary.
+- Every reader yields, in order, a `Record` (one document: text or token ids) or a `Skip`: a record, or
+  a part of a file, that cannot be used, with where it is, why, and how many records it stands for.
+  The caller counts the skips, or fails on the first one under ``--strict``.
+- What a damaged file gives (docs/scaling.md, "Inputs"):
+  * plain JSONL: every line on its own; a cut last line is one skipped record;
+  * compressed JSONL or text: the stream is decompressed once to check it before it is read. A stream
+    cut short (truncated) keeps the records before the cut and skips the cut one; a stream that fails
+    its integrity check (a corrupt block, a checksum) is skipped whole, because what was decoded before
+    the failure cannot be trusted either; a compressed text file is one document, skipped when damaged;
+  * Parquet: row group by row group, page checksums verified where the file has them; a row group that
+    cannot be read is skipped with its remaining rows counted, the other row groups are kept; an
+    unreadable footer skips the file;
+  * a `datasets` folder that cannot be loaded is skipped whole.
+- `fingerprint`: the inputs' part of the run identity, with a content hash of every file read.
 """
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
+import lzma
+import os
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
-JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjson.gz")
-PARQUET_SUFFIXES = (".parquet",)
+from remit.annotate.hashcache import HashCache, combine
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 TEXT_SUFFIXES = (".txt", ".md")
+PARQUET_SUFFIXES = (".parquet",)
+#: Compression by the file name's last suffix (JSONL and text files only: Parquet compresses inside).
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd", ".zstd": "zstd"}
+BOM = b"\xef\xbb\xbf"
 _BATCH_ROWS = 1024
+_CHUNK_BYTES = 1 << 20
+
+Kind = Literal["jsonl", "text", "parquet"]
 
 
 @dataclass
@@ -37,6 +62,8 @@ class Skip:
     index: int  # record number in its source (0-based); line number - 1 for JSONL
     reason: str
     kind: str  # short category for the summary's counts
+    records: int = 1
+    """Records this skip stands for (a Parquet row group's remaining rows, ...)."""
 
     def where(self) -> str:
         return f"{self.source} record {self.index}"
@@ -56,113 +83,346 @@ class Fields:
     tokens: str | None = None  # set for pre-tokenized input: the column holding token ids
 
 
-def _has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
-    return path.name.lower().endswith(suffixes)
+# -- file types ------------------------------------------------------------------------------------------
+
+
+def compression(path: Path) -> str | None:
+    """The compression of a JSONL or text file, by its last suffix (None: plain)."""
+    return COMPRESSIONS.get(Path(path).suffix.lower())
+
+
+def input_kind(path: Path) -> Kind | None:
+    """What a file is by its name: JSONL, text or Parquet (compressed or not), else None."""
+    name = path.name.lower()
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    suffix = Path(name).suffix
+    if suffix in COMPRESSIONS:
+        name = name[: -len(suffix)]
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if name.endswith(TEXT_SUFFIXES):
+        return "text"
+    return None
+
+
+def known_types() -> str:
+    bases = ", ".join(JSONL_SUFFIXES + TEXT_SUFFIXES + PARQUET_SUFFIXES)
+    return f"{bases} (JSONL and text also as {', '.join(sorted(COMPRESSIONS))})"
 
 
 def is_datasets_folder(path: Path) -> bool:
     return path.is_dir() and any((path / n).exists() for n in ("state.json", "dataset_dict.json"))
 
 
-def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
-    """Resolve the input paths into an ordered list of readable sources; raise InputError on a bad path."""
-    out: list[Path] = []
+# -- scanning the input paths ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputScan:
+    """The sources found under the input paths, in reading order, and the files left out."""
+
+    sources: list[Path]
+    groups: list[tuple[Path, list[Path]]]
+    """Each input path as given, with the sources found under it (a file: itself)."""
+    ignored: list[Path]
+    """Files inside input folders that are no known input type: listed in the summary, never read."""
+
+
+def _walk(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(sources, ignored) under `folder`; a `datasets` folder inside is one source."""
+    sources: list[Path] = []
+    ignored: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        here = Path(root)
+        for d in list(dirs):
+            if is_datasets_folder(here / d):
+                sources.append(here / d)
+                dirs.remove(d)
+        for f in files:
+            p = here / f
+            (sources if input_kind(p) is not None else ignored).append(p)
+    return sorted(sources), sorted(ignored)
+
+
+def scan_inputs(paths: Sequence[str | Path]) -> InputScan:
+    """Resolve the input paths into sources; raise InputError on a path that cannot be used at all."""
+    sources: list[Path] = []
+    groups: list[tuple[Path, list[Path]]] = []
+    ignored: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
             raise InputError(f"input {p}: no such file or folder")
         if p.is_file():
-            if not _has_suffix(p, JSONL_SUFFIXES + PARQUET_SUFFIXES + TEXT_SUFFIXES):
-                raise InputError(
-                    f"input {p}: unknown file type; expected one of "
-                    f"{', '.join(JSONL_SUFFIXES + PARQUET_SUFFIXES + TEXT_SUFFIXES)}"
-                )
-            out.append(p)
+            if input_kind(p) is None:
+                raise InputError(f"input {p}: unknown file type; expected one of {known_types()}")
+            found = [p]
         elif is_datasets_folder(p):
-            out.append(p)
+            found = [p]
         else:
-            files = sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file() and _has_suffix(f, JSONL_SUFFIXES + PARQUET_SUFFIXES + TEXT_SUFFIXES)
-            )
-            if not files:
+            found, left = _walk(p)
+            if not found:
+                listed = f" (it holds {len(left)} other files, e.g. {left[0].name})" if left else ""
                 raise InputError(
-                    f"input {p}: folder holds no .jsonl/.jsonl.gz/.parquet/.txt files and is not a "
+                    f"input {p}: folder holds no input files{listed}: expected {known_types()} files or a "
                     "`datasets` folder saved with save_to_disk"
                 )
-            out.extend(files)
-    return out
+            ignored += left
+        sources += found
+        groups.append((p, found))
+    return InputScan(sources, groups, ignored)
 
 
-def read_source(path: Path, fields: Fields) -> Iterator[Item]:
-    """Records of one source in order. Errors inside a file become Skips; the file keeps being read
-    where possible (JSONL line by line), otherwise its remainder is one Skip."""
-    if is_datasets_folder(path):
-        yield from _read_datasets(path, fields)
-    elif _has_suffix(path, PARQUET_SUFFIXES):
-        yield from _read_parquet(path, fields)
-    elif _has_suffix(path, JSONL_SUFFIXES):
-        yield from _read_jsonl(path, fields)
-    else:
-        yield from _read_text_file(path, fields)
+def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
+    """The sources of the input paths, in reading order (see `scan_inputs`)."""
+    return scan_inputs(paths).sources
+
+
+def check_inside(inputs: Sequence[Path], output: Path) -> None:
+    """Refuse an input inside the output folder, and an output inside an input folder (whose scan would
+    read the shards back as documents)."""
+    out = Path(output).resolve()
+    for p in inputs:
+        src = Path(p).resolve()
+        if src == out or out in src.parents:
+            raise InputError(
+                f"input {p} lies inside the output folder {output}; remit writes and deletes files there. Move the "
+                "input out of it, or choose another --output."
+            )
+        if src.is_dir() and src in out.parents:
+            raise InputError(
+                f"--output {output} lies inside the input folder {p}: a later scan of the folder would read the "
+                "shards as documents. Choose an --output outside the input folders."
+            )
+
+
+# -- records ---------------------------------------------------------------------------------------------
+
+
+def _surrogate(text: str) -> int | None:
+    """Offset of the first unpaired UTF-16 surrogate in `text` (not valid Unicode text), else None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
+
+
+def _token_problem(toks: Any, field: str) -> str | None:
+    """Why `toks` is not a flat list of integer token ids (None when it is)."""
+    if not isinstance(toks, list):
+        return f"field {field!r} is a {type(toks).__name__}, not a list of integer token ids"
+    for i, t in enumerate(toks):
+        if type(t) is not int:  # bool is an int subclass, and floats or digit strings are not token ids
+            return f"field {field!r} holds a {type(t).__name__} ({t!r:.40}) at position {i}, not an integer token id"
+    return None
 
 
 def _record(obj: object, source: str, index: int, fields: Fields) -> Item:
     if not isinstance(obj, dict):
         return Skip(source, index, f"record is a {type(obj).__name__}, not an object", "not an object")
     raw_id = obj.get(fields.id)
-    doc_id = str(raw_id) if raw_id is not None else f"{source}:{index}"
+    if raw_id is None:
+        doc_id = f"{source}:{index}"
+    elif isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+        return Skip(
+            source, index, f"field {fields.id!r} is a {type(raw_id).__name__}, not a string or an integer", "bad id"
+        )
+    else:
+        doc_id = str(raw_id)
+        at = _surrogate(doc_id)
+        if at is not None:
+            return Skip(
+                source,
+                index,
+                f"field {fields.id!r} holds an unpaired surrogate at character {at}",
+                "unpaired surrogate",
+            )
     if fields.tokens is not None:
         toks = obj.get(fields.tokens)
         if toks is None:
-            return Skip(source, index, f"field {fields.tokens!r} missing", "missing field")
-        try:
-            arr = np.asarray(toks, dtype=np.int64)
-        except (TypeError, ValueError):
-            return Skip(source, index, f"field {fields.tokens!r} is not a list of integers", "not token ids")
-        if arr.ndim != 1:
-            return Skip(source, index, f"field {fields.tokens!r} is not a flat list of integers", "not token ids")
-        return Record(doc_id, source, index, tokens=arr)
+            return Skip(source, index, f"field {fields.tokens!r} missing (set --token-field)", "missing field")
+        problem = _token_problem(toks, fields.tokens)
+        if problem is not None:
+            return Skip(source, index, problem, "not token ids")
+        if toks and (min(toks) < 0 or max(toks) >= 1 << 31):
+            bad = next(t for t in toks if t < 0 or t >= 1 << 31)
+            return Skip(source, index, f"token id {bad} is not a vocabulary index", "token id out of range")
+        return Record(doc_id, source, index, tokens=np.asarray(toks, dtype=np.int64).reshape(-1))
     text = obj.get(fields.text)
     if text is None:
         return Skip(source, index, f"field {fields.text!r} missing (set --text-field)", "missing field")
     if not isinstance(text, str):
         return Skip(source, index, f"field {fields.text!r} is a {type(text).__name__}, not a string", "not a string")
+    at = _surrogate(text)
+    if at is not None:
+        return Skip(
+            source,
+            index,
+            f"field {fields.text!r} holds an unpaired surrogate (U+{ord(text[at]):04X}) at character {at}: not valid "
+            "Unicode text",
+            "unpaired surrogate",
+        )
     return Record(doc_id, source, index, text=text)
+
+
+# -- byte streams ----------------------------------------------------------------------------------------
+
+
+class StreamError(Exception):
+    """A file whose bytes could not all be read: cut short (`truncated`), corrupt, or unreadable."""
+
+    def __init__(self, kind: Literal["truncated", "corrupt", "unreadable"], detail: str) -> None:
+        super().__init__(detail)
+        self.kind, self.detail = kind, detail
+
+
+def _open(path: Path, codec: str | None) -> Any:
+    if codec is None:
+        return open(path, "rb")
+    if codec == "gzip":
+        return gzip.open(path, "rb")
+    if codec == "bz2":
+        return bz2.open(path, "rb")
+    if codec == "xz":
+        return lzma.open(path, "rb")
+    import pyarrow as pa  # zstd: pyarrow's codec, so that no other package is needed
+
+    return pa.CompressedInputStream(pa.OSFile(str(path)), "zstd")
+
+
+def byte_chunks(path: Path) -> Iterator[bytes]:
+    """The file's (decompressed) bytes in chunks; a failure becomes a StreamError saying which kind."""
+    codec = compression(path)
+    try:
+        with _open(path, codec) as f:
+            # read1: one decompression step per call, so that a stream cut short loses no byte decoded before
+            # the cut (read(n) would drop its partial result); pyarrow's stream has no read1, small reads
+            # keep what it drops small.
+            read = f.read1 if hasattr(f, "read1") else f.read
+            size = _CHUNK_BYTES if hasattr(f, "read1") else _CHUNK_BYTES >> 4
+            while chunk := read(size):
+                yield chunk
+    except EOFError as e:  # gzip, bz2, xz: the stream ends before its end marker
+        raise StreamError("truncated", f"{type(e).__name__}: {e}") from None
+    except (zlib.error, lzma.LZMAError) as e:
+        raise StreamError("corrupt", f"{type(e).__name__}: {e}") from None
+    except OSError as e:
+        if e.errno is not None:  # the file system's error (EIO, EACCES, ...), not the data's
+            raise StreamError("unreadable", f"{type(e).__name__}: {e}") from None
+        # gzip/bz2 (bad header, CRC), pyarrow's zstd (its truncation message, or a failed frame)
+        kind: Literal["truncated", "corrupt"] = "truncated" if "truncated" in str(e).lower() else "corrupt"
+        raise StreamError(kind, f"{type(e).__name__}: {e}") from None
+
+
+@dataclass(frozen=True)
+class StreamCheck:
+    """What reading a compressed file to its end found."""
+
+    error: StreamError | None
+    lines: int
+    """Complete lines before the failure (all of them when there is none)."""
+    offset: int
+    """Decompressed bytes before the failure."""
+
+
+def check_stream(path: Path) -> StreamCheck:
+    lines = offset = 0
+    try:
+        for chunk in byte_chunks(path):
+            lines += chunk.count(b"\n")
+            offset += len(chunk)
+    except StreamError as e:
+        return StreamCheck(e, lines, offset)
+    return StreamCheck(None, lines, offset)
+
+
+def _damaged(source: str, index: int, error: StreamError, kept: int) -> Skip:
+    if error.kind == "truncated":
+        return Skip(
+            source,
+            index,
+            f"the file ends inside its compressed stream ({error.detail}): the {kept} complete records read before "
+            "the cut are kept, the rest of the file is lost",
+            "truncated file",
+        )
+    return Skip(source, index, f"unreadable from here on ({error.detail})", "unreadable file")
+
+
+# -- readers ---------------------------------------------------------------------------------------------
+
+
+def read_source(path: Path, fields: Fields) -> Iterator[Item]:
+    """Records of one source in order; errors inside it become Skips (see the module docstring)."""
+    if is_datasets_folder(path):
+        yield from _read_datasets(path, fields)
+        return
+    kind = input_kind(path)
+    if kind == "parquet":
+        yield from _read_parquet(path, fields)
+    elif kind == "jsonl":
+        yield from _read_jsonl(path, fields)
+    else:
+        yield from _read_text_file(path, fields)
+
+
+def _corrupt_file(path: Path, check: StreamCheck) -> Skip:
+    assert check.error is not None
+    return Skip(
+        str(path),
+        0,
+        f"corrupt compressed data ({check.error.detail}) after {check.lines} lines: the file fails its integrity "
+        f"check, so none of it is used ({check.lines} or more records lost). Repair or re-create the file",
+        "corrupt file",
+        records=max(1, check.lines),
+    )
 
 
 def _read_jsonl(path: Path, fields: Fields) -> Iterator[Item]:
     source = str(path)
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    index = -1
-    try:
-        with opener(path, "rb") as f:
-            for index, raw in enumerate(f):
-                if not raw.strip():
-                    yield Skip(source, index, "blank line", "blank line")
-                    continue
-                try:
-                    obj = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError as e:
-                    yield Skip(source, index, f"not UTF-8 ({e.reason} at byte {e.start})", "not UTF-8")
-                    continue
-                except json.JSONDecodeError as e:
-                    yield Skip(source, index, f"invalid JSON ({e.msg} at column {e.colno})", "invalid JSON")
-                    continue
-                yield _record(obj, source, index, fields)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        yield Skip(source, index + 1, f"unreadable from here on ({type(e).__name__}: {e})", "unreadable file")
-
-
-def _read_table_batches(batches: Iterator, source: str, fields: Fields) -> Iterator[Item]:
+    if compression(path) is not None:
+        check = check_stream(path)
+        if check.error is not None and check.error.kind != "truncated":
+            yield _corrupt_file(path, check)
+            return
     index = 0
+    pending = b""
     try:
-        for batch in batches:
-            for obj in batch.to_pylist():
-                yield _record(obj, source, index, fields)
+        for chunk in byte_chunks(path):
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            for raw in lines:
+                yield _jsonl_record(raw, source, index, fields)
                 index += 1
-    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid (a corrupt page) is a ValueError
-        yield Skip(source, index, f"unreadable from this record on ({type(e).__name__}: {e})", "unreadable file")
+    except StreamError as e:
+        yield _damaged(source, index, e, index)
+        return
+    if pending:  # a last line without a newline: a record like any other
+        yield _jsonl_record(pending, source, index, fields)
+
+
+def _jsonl_record(raw: bytes, source: str, index: int, fields: Fields) -> Item:
+    if raw.startswith(BOM):
+        return Skip(
+            source,
+            index,
+            "the line starts with a UTF-8 byte-order mark (U+FEFF), which is not JSON; save the file as UTF-8 "
+            "without a BOM",
+            "byte-order mark",
+        )
+    if not raw.strip():
+        return Skip(source, index, "blank line", "blank line")
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return Skip(source, index, f"not UTF-8 ({e.reason} at byte {e.start})", "not UTF-8")
+    except json.JSONDecodeError as e:
+        return Skip(source, index, f"invalid JSON ({e.msg} at column {e.colno})", "invalid JSON")
+    except (ValueError, RecursionError) as e:  # an integer of more than 4300 digits; nesting too deep
+        return Skip(source, index, f"invalid JSON ({type(e).__name__}: {str(e)[:80]})", "invalid JSON")
+    return _record(obj, source, index, fields)
 
 
 def _columns(names: list[str], fields: Fields, source: str) -> list[str]:
@@ -178,58 +438,112 @@ def _read_parquet(path: Path, fields: Fields) -> Iterator[Item]:
 
     source = str(path)
     try:
-        pf = pq.ParquetFile(path)
-    except Exception as e:
-        yield Skip(source, 0, f"unreadable Parquet file ({type(e).__name__}: {e})", "unreadable file")
+        pf = pq.ParquetFile(path, page_checksum_verification=True)
+        groups = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+    except Exception as e:  # pyarrow raises several types for a truncated or corrupt footer
+        size = path.stat().st_size if path.exists() else 0
+        yield Skip(
+            source,
+            0,
+            f"unreadable Parquet file ({type(e).__name__}: {e}); the whole file ({size:,} bytes, its record count "
+            "unknown) is skipped",
+            "unreadable file",
+        )
         return
     cols = _columns(pf.schema_arrow.names, fields, source)
-    yield from _read_table_batches(pf.iter_batches(batch_size=_BATCH_ROWS, columns=cols), source, fields)
+    first = 0
+    for g, rows in enumerate(groups):
+        done = 0
+        try:
+            for batch in pf.iter_batches(batch_size=_BATCH_ROWS, row_groups=[g], columns=cols):
+                for obj in batch.to_pylist():
+                    yield _record(obj, source, first + done, fields)
+                    done += 1
+        except Exception as e:  # a corrupt page or compressed block, a checksum that does not match
+            yield Skip(
+                source,
+                first + done,
+                f"row group {g} is unreadable from here on ({type(e).__name__}: {str(e)[:200]}); its remaining "
+                f"{rows - done} records are skipped, the file's other row groups are read",
+                "corrupt row group",
+                records=max(1, rows - done),
+            )
+        first += rows
 
 
-def _read_datasets(path: Path, fields: Fields) -> Iterator[Item]:
+def _load_datasets(path: Path) -> list[tuple[str, Any]]:
     from datasets import DatasetDict, load_from_disk
 
     ds = load_from_disk(str(path))
-    splits = [(name, ds[name]) for name in sorted(ds)] if isinstance(ds, DatasetDict) else [("", ds)]
+    return [(name, ds[name]) for name in sorted(ds)] if isinstance(ds, DatasetDict) else [("", ds)]
+
+
+def _read_datasets(path: Path, fields: Fields) -> Iterator[Item]:
+    try:
+        splits = _load_datasets(path)
+    except Exception as e:  # datasets raises many types for a damaged folder
+        yield Skip(
+            str(path), 0, f"cannot be loaded as a `datasets` folder ({type(e).__name__}: {e})", "unreadable file"
+        )
+        return
     for name, split in splits:
         source = f"{path}[{name}]" if name else str(path)
         cols = _columns(split.column_names, fields, source)
-        table = split.select_columns(cols).with_format("arrow")
-        yield from _read_table_batches(table.iter(batch_size=_BATCH_ROWS), source, fields)
+        index = 0
+        try:
+            for batch in split.select_columns(cols).with_format("arrow").iter(batch_size=_BATCH_ROWS):
+                for obj in batch.to_pylist():
+                    yield _record(obj, source, index, fields)
+                    index += 1
+        except Exception as e:  # a damaged Arrow file
+            lost = len(split) - index
+            yield Skip(
+                source, index, f"unreadable from here on ({type(e).__name__}: {e})", "unreadable file", max(1, lost)
+            )
 
 
 def _read_text_file(path: Path, fields: Fields) -> Iterator[Item]:
+    """A text file is one document: kept whole or skipped whole."""
     source = str(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        yield Skip(source, 0, f"not UTF-8 ({e.reason} at byte {e.start})", "not UTF-8")
-        return
-    except OSError as e:
-        yield Skip(source, 0, f"unreadable ({e})", "unreadable file")
-        return
     if fields.tokens is not None:
         yield Skip(source, 0, "text files cannot hold pre-tokenized input", "not token ids")
+        return
+    try:
+        data = b"".join(byte_chunks(path))
+    except StreamError as e:
+        kind = {"truncated": "truncated file", "corrupt": "corrupt file"}.get(e.kind, "unreadable file")
+        yield Skip(source, 0, f"{e.kind} ({e.detail}); the document is skipped", kind)
+        return
+    if data.startswith(BOM):
+        yield Skip(
+            source, 0, "starts with a UTF-8 byte-order mark (U+FEFF); save it as UTF-8 without a BOM", "byte-order mark"
+        )
+        return
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        yield Skip(source, 0, f"not UTF-8 ({e.reason} at byte {e.start})", "not UTF-8")
         return
     yield Record(doc_id=source, source=source, index=0, text=text)
 
 
 def check_columns(paths: list[Path], fields: Fields) -> None:
     """Fail before any work starts when a Parquet or `datasets` input lacks the text (or token) column;
-    reads schemas only."""
+    reads schemas only (an unreadable file is skipped and counted when it is read)."""
     import pyarrow.parquet as pq
 
     for path in paths:
         if is_datasets_folder(path):
-            from datasets import DatasetDict, load_from_disk
-
-            ds = load_from_disk(str(path))
-            for name, split in [(n, ds[n]) for n in sorted(ds)] if isinstance(ds, DatasetDict) else [("", ds)]:
+            try:
+                splits = _load_datasets(path)
+            except Exception:
+                continue
+            for name, split in splits:
                 _columns(split.column_names, fields, f"{path}[{name}]" if name else str(path))
-        elif _has_suffix(path, PARQUET_SUFFIXES):
+        elif input_kind(path) == "parquet":
             try:
                 names = pq.read_schema(path).names
-            except Exception:  # an unreadable file is skipped and counted when it is read
+            except Exception:
                 continue
             _columns(names, fields, str(path))
 
@@ -239,10 +553,26 @@ def read_inputs(paths: list[Path], fields: Fields) -> Iterator[Item]:
         yield from read_source(path, fields)
 
 
-def fingerprint(paths: list[Path]) -> list[dict]:
-    """Identity of the inputs for the run id: path and size of every file (not mtime: copies keep ids)."""
+def _files(source: Path) -> list[Path]:
+    return sorted(f for f in source.rglob("*") if f.is_file()) if source.is_dir() else [source]
+
+
+def fingerprint(scan: InputScan | list[Path]) -> list[dict[str, Any]]:
+    """The inputs' part of the run identity: per input path, its resolved path, the number and size of the
+    files read under it, and a sha256 over their names and contents (cached by file identity, so a rerun
+    does not read them again). An edited corpus is a different run, whatever its size."""
+    groups = scan.groups if isinstance(scan, InputScan) else [(p, [p]) for p in scan]
+    cache = HashCache()
     out = []
-    for p in paths:
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        out.append({"path": str(p.resolve()), "bytes": sum(f.stat().st_size for f in files)})
+    for given, sources in groups:
+        root = given.resolve()
+        lines = []
+        size = 0
+        files = [f for s in sources for f in _files(s)]
+        for f in files:
+            size += f.stat().st_size
+            rel = f.relative_to(given) if f != given else Path(f.name)
+            lines.append(f"{rel.as_posix()}\0{cache.sha256(f)}\n")
+        out.append({"path": str(root), "bytes": size, "files": len(files), "sha256": combine(lines)})
+    cache.flush()
     return out

@@ -284,22 +284,23 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be >= 1 (got {args.workers}; {len(gpus)} GPUs at tensor parallel {tp})")
     specs = worker_specs(n, gpus, tp, pin=not args.no_pin)
     work = WorkDir(output)
+    work.claim_folder()  # before the logs go into it: a folder that is not remit's is refused untouched
     log_dir = Path(args.log_dir) if args.log_dir else work.logs_dir
     log_dir.mkdir(parents=True, exist_ok=True)
     python = [sys.executable, "-m", "remit.annotate.cli"]
     flags = job_flags(args)
     t0 = time.perf_counter()
 
-    # Plan once, in one process: workers then find plan.json and never wait on each other. On a resume
-    # the plan exists; each worker still checks that it belongs to this run before touching anything.
-    if not work.plan_path.exists() and not work.manifest_path.exists():
-        plan_log = log_dir / "plan.log"
-        proc, fh = _start([*python, "plan", *flags], {**specs[0].env, "CUDA_VISIBLE_DEVICES": ""}, plan_log, None)
-        rc = proc.wait()
-        fh.close()
-        if rc != 0:
-            print(f"[launch] planning failed ({_exit_reason(rc)}); log: {plan_log}\n{_tail(plan_log)}", file=sys.stderr)
-            return 1
+    # Plan (and claim) once, in one process: workers then find plan.json and never wait on each other; a
+    # finished output with damaged shards is reopened there, once. On a resume the plan exists and this
+    # step only checks the run; each worker still checks that the plan belongs to its run.
+    plan_log = log_dir / "plan.log"
+    proc, fh = _start([*python, "plan", *flags], {**specs[0].env, "CUDA_VISIBLE_DEVICES": ""}, plan_log, None)
+    rc = proc.wait()
+    fh.close()
+    if rc != 0:
+        print(f"[launch] planning failed ({_exit_reason(rc)}); log: {plan_log}\n{_tail(plan_log)}", file=sys.stderr)
+        return 1
 
     procs: dict[int, tuple[subprocess.Popen, IO, Path]] = {}
     old_term = signal.signal(signal.SIGTERM, _raise_terminated)

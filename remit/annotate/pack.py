@@ -5,7 +5,7 @@
 - Tokenizes the corpus once with a tokenizer folder (no model is loaded) and packs it into rows of
   exactly ``seq_len + 1`` tokens as the scored path does: the same packer, BOS/EOS policy and shard
   schema, so the output reads like any other.
-- Every log-prob is NaN and every weight 1.0; the manifest says ``"scored": false``. `remit-train
+- Every log-prob is NaN and every weight 1.0; the manifest says ``"passes": "none"``. `remit-train
   --weights none` trains on it (a vanilla baseline, or pre-training from scratch with
   `--init-config`) at no scoring cost; the weighted modes refuse it, and validate, stats and show
   say that it holds no weights.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -31,9 +32,18 @@ from remit import __version__
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.flags import add_arguments as add_config_arguments
 from remit.annotate.flags import check_choices, config_from_args, option, run_local_fields
-from remit.annotate.inputs import Fields, Skip, check_columns, expand_inputs, fingerprint, read_inputs
+from remit.annotate.inputs import (
+    Fields,
+    InputScan,
+    Skip,
+    check_columns,
+    check_inside,
+    fingerprint,
+    read_inputs,
+    scan_inputs,
+)
 from remit.annotate.packing import Document, PackedRow, pack
-from remit.annotate.plan import PlanStats
+from remit.annotate.plan import IGNORED_SHOWN, PlanStats
 from remit.annotate.progress import Progress
 from remit.annotate.tokenize import BosPolicy, EosPolicy, SpecialTokens, load_tokenizer, tokenize_records
 from remit.annotate.workdir import WorkDir
@@ -131,13 +141,13 @@ def _unscored_rows(rows: list[PackedRow], first_sample_id: int) -> Rows:
     )
 
 
-def _describe(cfg: PackConfig, tokenizer: Any, special: SpecialTokens, inputs: list[Path]) -> dict[str, Any]:
+def _describe(cfg: PackConfig, tokenizer: Any, special: SpecialTokens, inputs: InputScan) -> dict[str, Any]:
     """The manifest's fields known before packing; ``run_id`` hashes them."""
     from remit.shards.tokenizer_hash import tokenizer_hash
 
     run: dict[str, Any] = {
         "remit_version": __version__,
-        "scored": False,
+        "passes": "none",
         "config": cfg.identity(),
         "models": {},
         "engine": None,
@@ -163,18 +173,21 @@ def _describe(cfg: PackConfig, tokenizer: Any, special: SpecialTokens, inputs: l
 
 def pack_output(cfg: PackConfig) -> dict[str, Any]:
     """Tokenize, pack and write a pack-only output; return its manifest (written last)."""
-    inputs = expand_inputs(cfg.inputs)
+    scan = scan_inputs(cfg.inputs)
+    check_inside(cfg.inputs, cfg.output)
+    inputs = scan.sources
     fields = Fields(text=cfg.text_field, id=cfg.id_field, tokens=cfg.token_field)
     check_columns(inputs, fields)
     tokenizer = load_tokenizer(cfg.tokenizer)
     special = SpecialTokens.resolve(tokenizer, cfg.bos, cfg.eos)
-    run = _describe(cfg, tokenizer, special, inputs)
+    run = _describe(cfg, tokenizer, special, scan)
     work = WorkDir(cfg.output)
-    finished = work.finished_output(run["run_id"])
+    finished = work.finished_output(run)
     if finished is not None:
         return finished
-    work.output.mkdir(parents=True, exist_ok=True)
-    stats = PlanStats()
+    stats = PlanStats(ignored_files=len(scan.ignored), ignored_examples=[str(p) for p in scan.ignored[:IGNORED_SHOWN]])
+    for p in scan.ignored[:IGNORED_SHOWN]:
+        print(f"[pack] not an input file, not read: {p}", file=sys.stderr, flush=True)
     progress = Progress("pack", unit="tok", every_s=cfg.progress_every_s)
 
     def documents() -> Iterator[Document]:
@@ -216,6 +229,8 @@ def pack_output(cfg: PackConfig) -> dict[str, Any]:
         last_row_tokens=stats.last_row_tokens,
         skipped=dict(sorted(stats.skipped.items())),
         skip_examples=stats.skip_examples,
+        ignored_files=stats.ignored_files,
+        ignored_examples=stats.ignored_examples,
     )
     manifest = assemble_manifest(run, shards)
     work.write_manifest(manifest)

@@ -12,13 +12,10 @@ workers, so any worker can score any unit and a resume with another world size g
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,17 +23,30 @@ import pyarrow as pa
 
 from remit import __version__
 from remit.annotate.config import AnnotateConfig
-from remit.annotate.inputs import Fields, Skip, check_columns, expand_inputs, fingerprint, read_inputs
+from remit.annotate.hashcache import HashCache
+from remit.annotate.inputs import (
+    Fields,
+    InputScan,
+    Skip,
+    check_columns,
+    check_inside,
+    fingerprint,
+    read_inputs,
+    scan_inputs,
+)
+from remit.annotate.models import allow_long_vllm_rows, check_pair, check_positions, inspect_model, model_info
 from remit.annotate.packing import Document, PackedRow, pack
 from remit.annotate.progress import Progress
 from remit.annotate.records import Plan, PlannedUnit, PlanTotals, RunDescription
 from remit.annotate.tokenize import SpecialTokens, check_same_tokenizer, load_tokenizer, tokenize_records
 from remit.annotate.workdir import WorkDir, shard_name
 from remit.shards.checksum import token_checksum
+from remit.shards.manifest import ShardError
 from remit.shards.schema import SCHEMA
 from remit.shards.weights import RULE
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+#: Files inside input folders that are not read, listed by name in the manifest (the rest are counted).
+IGNORED_SHOWN = 20
 #: The planned units hold the token-level layout of the final shards: the same columns, the same types.
 PLAN_SCHEMA = pa.schema(
     [
@@ -50,27 +60,6 @@ class StrictInputError(ValueError):
     pass
 
 
-def model_info(model_dir: Path) -> dict[str, Any]:
-    """Path, architecture and a content hash of the weight files (and config) of a model folder."""
-    config = json.loads((model_dir / "config.json").read_text())
-    h = hashlib.sha256()
-    files = sorted(f for f in model_dir.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
-    for f in [model_dir / "config.json", *files]:
-        h.update(f.name.encode() + b"\0")
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
-    return {
-        "path": str(model_dir.resolve()),
-        "weights_sha256": "sha256:" + h.hexdigest(),
-        "weight_files": [f.name for f in files],
-        "architecture": (config.get("architectures") or ["unknown"])[0],
-        "model_type": config.get("model_type"),
-        "vocab_size": config.get("vocab_size"),
-        "torch_dtype": str(config.get("torch_dtype") or config.get("dtype")),
-    }
-
-
 @dataclass(frozen=True)
 class RunSetup:
     """What planning needs besides the config: the run's description, its tokenizer and BOS/EOS policy."""
@@ -79,27 +68,32 @@ class RunSetup:
     tokenizer: Any
     """The base model's tokenizer (the RL model's is checked to be the same)."""
     special: SpecialTokens
+    scan: InputScan
+    """The inputs' sources in reading order, and the files of input folders that are not read."""
 
 
 def describe_run(cfg: AnnotateConfig) -> RunSetup:
     """The run description (manifest fields known before scoring), the tokenizer and the BOS/EOS policy.
 
-    Raises before any work starts on a bad model folder, bad input path or tokenizer mismatch.
+    Raises before any work starts on a bad model folder (config, weight headers and shapes, vocabulary,
+    positions), a bad input path or a tokenizer mismatch.
     """
     cfg.check_paths()
-    inputs = expand_inputs(cfg.inputs)
-    check_columns(inputs, Fields(text=cfg.text_field, id=cfg.id_field, tokens=cfg.token_field))
+    scan = scan_inputs(cfg.inputs)
+    check_inside(cfg.inputs, cfg.output)
+    check_columns(scan.sources, Fields(text=cfg.text_field, id=cfg.id_field, tokens=cfg.token_field))
     tok_base, tok_rl = load_tokenizer(cfg.base), load_tokenizer(cfg.rl)
     tok_hash = check_same_tokenizer(tok_base, tok_rl, cfg.base, cfg.rl)
     special = SpecialTokens.resolve(tok_base, cfg.bos, cfg.eos)
-    models = {"base": model_info(cfg.base), "rl": model_info(cfg.rl)}
-    for name in ("base", "rl"):
-        v = models[name]["vocab_size"]
-        if v is not None and v < special.vocab_size:
-            raise ValueError(
-                f"the {name} model's vocab_size ({v}) is smaller than its tokenizer's ({special.vocab_size}); "
-                "the tokenizer does not belong to this model"
-            )
+    base, rl = inspect_model(cfg.base, "base"), inspect_model(cfg.rl, "rl")
+    check_pair(base, rl, special.vocab_size)
+    if any([check_positions(m, cfg.seq_len, cfg.engine) for m in (base, rl)]):
+        allow_long_vllm_rows()
+    for note in base.notes + rl.notes:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    cache = HashCache()
+    models = {"base": model_info(cfg.base, cache), "rl": model_info(cfg.rl, cache)}
+    cache.flush()
     run = RunDescription.create(
         remit_version=__version__,
         config=cfg.identity(),
@@ -117,11 +111,11 @@ def describe_run(cfg: AnnotateConfig) -> RunSetup:
         weights={"eps": cfg.eps, "center": cfg.center, "rule": RULE},
         engine_request={"name": cfg.engine, **cfg.engine_settings().to_dict()},
         input={
-            "paths": fingerprint(inputs),
+            "paths": fingerprint(scan),
             "fields": {"text": cfg.text_field, "id": cfg.id_field, "tokens": cfg.token_field},
         },
     )
-    return RunSetup(run, tok_base, special)
+    return RunSetup(run, tok_base, special, scan)
 
 
 @dataclass
@@ -133,11 +127,13 @@ class PlanStats:
     last_row_tokens: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     skip_examples: list[str] = field(default_factory=list)
+    ignored_files: int = 0
+    ignored_examples: list[str] = field(default_factory=list)
 
     def skip(self, s: Skip, strict: bool) -> None:
         if strict:
             raise StrictInputError(f"{s.where()}: {s.reason} (--strict; drop --strict to skip and count such records)")
-        self.skipped[s.kind] = self.skipped.get(s.kind, 0) + 1
+        self.skipped[s.kind] = self.skipped.get(s.kind, 0) + s.records
         if len(self.skip_examples) < 20:
             self.skip_examples.append(f"{s.where()}: {s.reason}")
 
@@ -162,8 +158,7 @@ def _unit_table(rows: list[PackedRow], first_sample_id: int) -> pa.Table:
     )
 
 
-def _write_unit(work: WorkDir, unit: int, rows: list[PackedRow], first_sample_id: int) -> PlannedUnit:
-    work.write_planned_unit(unit, _unit_table(rows, first_sample_id))
+def _planned(unit: int, rows: list[PackedRow], first_sample_id: int) -> PlannedUnit:
     lengths = np.array([len(r.tokens) for r in rows], np.int64)
     return PlannedUnit(
         unit=unit,
@@ -175,18 +170,26 @@ def _write_unit(work: WorkDir, unit: int, rows: list[PackedRow], first_sample_id
     )
 
 
-def build_plan(cfg: AnnotateConfig, setup: RunSetup) -> Plan:
-    """Tokenize and pack the whole corpus into units; write plan.json last. Returns the plan."""
+def _plan_units(
+    cfg: AnnotateConfig, setup: RunSetup, write: Callable[[PlannedUnit], bool], quiet: bool = False
+) -> tuple[list[PlannedUnit], PlanStats]:
+    """Tokenize and pack the whole corpus into units; write the rows of each unit for which `write` says so."""
     work = WorkDir(cfg.output)
-    work.start_plan()
-    stats = PlanStats()
+    stats = PlanStats(
+        ignored_files=len(setup.scan.ignored), ignored_examples=[str(p) for p in setup.scan.ignored[:IGNORED_SHOWN]]
+    )
+    if not quiet:
+        for p in setup.scan.ignored[:IGNORED_SHOWN]:
+            print(f"[plan] not an input file, not read: {p}", file=sys.stderr, flush=True)
+        if len(setup.scan.ignored) > IGNORED_SHOWN:
+            print(f"[plan] ... and {len(setup.scan.ignored) - IGNORED_SHOWN} more files not read", file=sys.stderr)
     fields = Fields(text=cfg.text_field, id=cfg.id_field, tokens=cfg.token_field)
     progress = Progress("plan", unit="tok", every_s=cfg.progress_every_s)
     units: list[PlannedUnit] = []
     pending: list[PackedRow] = []
 
     def documents() -> Iterator[Document]:
-        for item in tokenize_records(read_inputs(expand_inputs(cfg.inputs), fields), setup.tokenizer, setup.special):
+        for item in tokenize_records(read_inputs(setup.scan.sources, fields), setup.tokenizer, setup.special):
             if isinstance(item, Skip):
                 stats.skip(item, cfg.strict)
                 continue
@@ -195,16 +198,21 @@ def build_plan(cfg: AnnotateConfig, setup: RunSetup) -> Plan:
             progress.update(len(item.tokens))
             yield item
 
-    t0 = time.perf_counter()
+    def flush() -> None:
+        unit = _planned(len(units), pending, stats.rows - len(pending))
+        if write(unit):
+            work.write_planned_unit(unit.unit, _unit_table(pending, unit.first_sample_id))
+        units.append(unit)
+
     for row in pack(documents(), cfg.seq_len):
         pending.append(row)
         stats.rows += 1
         stats.last_row_tokens = len(row.tokens)
         if len(pending) == cfg.rows_per_shard:
-            units.append(_write_unit(work, len(units), pending, stats.rows - len(pending)))
+            flush()
             pending = []
     if pending:
-        units.append(_write_unit(work, len(units), pending, stats.rows - len(pending)))
+        flush()
     if not units:
         raise ValueError(
             f"no usable documents in the inputs ({sum(stats.skipped.values())} records skipped: {stats.skipped}); "
@@ -212,14 +220,47 @@ def build_plan(cfg: AnnotateConfig, setup: RunSetup) -> Plan:
         )
     stats.units = len(units)
     progress.close()
+    return units, stats
+
+
+def build_plan(cfg: AnnotateConfig, setup: RunSetup) -> Plan:
+    """Tokenize and pack the whole corpus into units; write plan.json last. Returns the plan.
+
+    The rows of a unit whose shard is already complete (a trusted completion record, as after a repair
+    reopened a finished output) are not written: only units still to score need them."""
+    work = WorkDir(cfg.output)
+    work.start_plan()
+    run_id = setup.run.run_id
+    t0 = time.perf_counter()
+    units, stats = _plan_units(cfg, setup, lambda u: work.trusted_record(u, run_id)[0] is None)
     plan = Plan(
-        run_id=setup.run.run_id,
+        run_id=run_id,
         units=tuple(units),
         totals=PlanTotals(**{**asdict(stats), "skipped": dict(sorted(stats.skipped.items()))}),
         seconds=round(time.perf_counter() - t0, 3),
     )
     work.write_plan(plan)
     return plan
+
+
+def ensure_planned_units(cfg: AnnotateConfig, setup: RunSetup, plan: Plan, units: list[PlannedUnit]) -> None:
+    """Write the rows of `units` where planning left them out (their shards were complete then, and are
+    not now): the corpus is planned again, deterministically, and checked against plan.json."""
+    work = WorkDir(cfg.output)
+    missing = {u.unit for u in units if not work.has_planned_unit(u.unit)}
+    if not missing:
+        return
+    with work.plan_lock():
+        missing = {n for n in missing if not work.has_planned_unit(n)}
+        if not missing:
+            return
+        print(f"[plan] writing the rows of {len(missing)} units again", file=sys.stderr, flush=True)
+        again, _ = _plan_units(cfg, setup, lambda u: u.unit in missing, quiet=True)
+    if tuple(again) != plan.units:
+        raise ShardError(
+            f"{work.plan_path}: planning the inputs again gives other units than the plan; the inputs changed "
+            f"since. Delete {work.plan_path} and run again (finished units that still match are kept)."
+        )
 
 
 def ensure_plan(cfg: AnnotateConfig, setup: RunSetup, rank: int) -> Plan:

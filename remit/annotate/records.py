@@ -17,10 +17,24 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from remit.shards.checksum import bytes_sha256
+from remit.shards.manifest import Passes
 from remit.shards.writer import ShardInfo
 
 #: Plan totals copied into the manifest's "input" section.
-INPUT_TOTALS = ("documents", "tokens", "last_row_tokens", "skipped", "skip_examples")
+INPUT_TOTALS = (
+    "documents",
+    "tokens",
+    "last_row_tokens",
+    "skipped",
+    "skip_examples",
+    "ignored_files",
+    "ignored_examples",
+)
+
+
+def covers(have: str, want: str) -> bool:
+    """An output (or unit) holding the passes `have` is complete for `want`: both cover rl."""
+    return have == want or (have == "both" and want == "rl")
 
 
 def _take(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -71,10 +85,12 @@ class RunDescription(_FlatRecord):
         """A description with its run id computed from `parts` (every field but run_id)."""
         return cls(**parts, run_id=bytes_sha256(json.dumps(parts, sort_keys=True).encode()))
 
-    def manifest_fields(self, engine: dict[str, Any] | None, totals: PlanTotals) -> dict[str, Any]:
-        """The run's part of the manifest: the engine as it described itself, the plan's input totals."""
+    def manifest_fields(self, engine: dict[str, Any] | None, totals: PlanTotals, passes: Passes) -> dict[str, Any]:
+        """The run's part of the manifest: the engine as it described itself, the passes the shards hold,
+        the plan's input totals."""
         out = {k: v for k, v in self.to_dict().items() if k != "engine_request"}
         out["engine"] = engine
+        out["passes"] = passes
         out["input"] = {**self.input, **{k: getattr(totals, k) for k in INPUT_TOTALS}}
         return out
 
@@ -105,6 +121,10 @@ class PlanTotals(_FlatRecord):
     """Unusable records by kind."""
     skip_examples: list[str]
     """The first few skipped records, each with where it is and why it was skipped."""
+    ignored_files: int
+    """Files inside input folders that are no known input type (never read)."""
+    ignored_examples: list[str]
+    """The first few of them."""
 
 
 @dataclass(frozen=True)
@@ -135,20 +155,27 @@ class Plan:
 
 @dataclass(frozen=True)
 class CompletionRecord:
-    """A finished unit: its shard as the manifest will list it, and the engines that scored it."""
+    """A finished unit: its shard as the manifest will list it, the passes it holds and the engines."""
 
     unit: int
     run_id: str
     shard: ShardInfo
     engine: dict[str, Any]
     """The RL pass's engine description."""
-    engine_base: dict[str, Any]
-    """The base pass's engine description (must equal `engine`)."""
+    engine_base: dict[str, Any] | None
+    """The base pass's engine description (must equal `engine`); None when the shard holds the RL pass only."""
+    passes: Passes = "both"
+    """The passes the shard holds: both (log-probs of both models and the weights) or rl."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CompletionRecord:
         shard = ShardInfo(**_take(ShardInfo, data))
-        return cls(**_take(cls, {**data, "shard": shard}))
+        fields_ = _take(cls, {"passes": "both", **data, "shard": shard})
+        if fields_["passes"] not in ("both", "rl") or (fields_["passes"] == "both") != (
+            fields_["engine_base"] is not None
+        ):
+            raise ValueError(f"passes {fields_['passes']!r} does not fit engine_base")
+        return cls(**fields_)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -157,7 +184,8 @@ class CompletionRecord:
             "run_id": self.run_id,
             "engine": self.engine,
             "engine_base": self.engine_base,
+            "passes": self.passes,
         }
 
 
-__all__ = ["CompletionRecord", "Plan", "PlanTotals", "PlannedUnit", "RunDescription"]
+__all__ = ["CompletionRecord", "Plan", "PlanTotals", "PlannedUnit", "RunDescription", "covers"]

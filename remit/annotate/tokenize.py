@@ -152,11 +152,13 @@ def _document(r: Record, ids: np.ndarray, special: SpecialTokens) -> Iterator[Do
     if len(ids) == 0:
         yield Skip(r.source, r.index, f"empty document {r.doc_id!r}", "empty document")
         return
-    if ids.min() < 0 or ids.max() >= special.vocab_size:
+    bad = np.flatnonzero((ids < 0) | (ids >= special.vocab_size))
+    if len(bad):
         yield Skip(
             r.source,
             r.index,
-            f"document {r.doc_id!r}: token id out of range [0, {special.vocab_size})",
+            f"document {r.doc_id!r}: token id {int(ids[bad[0]])} at position {int(bad[0])} is outside the "
+            f"tokenizer's vocabulary [0, {special.vocab_size})",
             "token id out of range",
         )
         return

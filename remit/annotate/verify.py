@@ -103,12 +103,13 @@ def model_path(manifest_data: dict, role: str, override: str | Path | None) -> P
 def check_same_model(manifest_data: dict, role: str, path: Path) -> None:
     """Refuse a model folder whose weights differ from the ones that scored the output: the comparison
     would then measure the change of model, not the engine's error."""
-    from remit.annotate.plan import model_info
+    from remit.annotate.models import legacy_weights_sha256, model_info
 
     recorded = (manifest_data.get("models", {}).get(role) or {}).get("weights_sha256")
     if recorded:
         actual = model_info(path)["weights_sha256"]
-        if actual != recorded:
+        # Outputs written before the per-file weights hash recorded a hash streamed over all the files.
+        if actual != recorded and legacy_weights_sha256(path) != recorded:
             raise ValueError(
                 f"{role} model {path}: its weights hash {actual} differs from the manifest's {recorded}; it is "
                 f"not the checkpoint that scored this output. Pass --{role} DIR with that checkpoint."
@@ -153,10 +154,14 @@ def verify_output(
     out = open_output(output)
     out.verify()  # every column of every shard against the manifest's checksums, before any model is read
     m = out.manifest
-    base_dir = model_path(m.data, "base", base)
+    if m.passes == "none":
+        raise ValueError(f"{output}: the output holds token ids only (no scoring): there is nothing to verify")
+    rl_only = m.passes == "rl"  # RL pass only: its log-probs are checked, there are no weights
     rl_dir = model_path(m.data, "rl", rl)
-    check_same_model(m.data, "base", base_dir)
     check_same_model(m.data, "rl", rl_dir)
+    if not rl_only:
+        base_dir = model_path(m.data, "base", base)
+        check_same_model(m.data, "base", base_dir)
     dtype = dtype or m.data.get("engine", {}).get("dtype", "float32")
 
     picks = sample_rows([int(s["rows"]) for s in m.shards], rows, seed)
@@ -185,11 +190,15 @@ def verify_output(
         dtype=cast(Dtype, dtype), max_model_len=max(2, longest), max_batch_tokens=max_batch_tokens
     )
     # Segments are concatenated back in row order, so the flat arrays line up with the stored ones.
-    new_base = np.concatenate(score_segments(base_dir, prompts, settings, "base") or [np.zeros(0, np.float32)])
     new_rl = np.concatenate(score_segments(rl_dir, prompts, settings, "rl") or [np.zeros(0, np.float32)])
     flat = {name: np.concatenate(v) if v else np.zeros(0, np.float32) for name, v in stored.items()}
     row_lengths = np.asarray(lengths, np.int64)
-    new_weight = remit_weights(new_rl, new_base, row_lengths, starts, eps=m.eps, center=m.center)
+    if rl_only:
+        new_base = np.full(len(new_rl), np.nan, np.float32)
+        new_weight = np.ones(len(new_rl), np.float32)
+    else:
+        new_base = np.concatenate(score_segments(base_dir, prompts, settings, "base") or [np.zeros(0, np.float32)])
+        new_weight = remit_weights(new_rl, new_base, row_lengths, starts, eps=m.eps, center=m.center)
 
     nan_mismatches = int(
         np.sum(np.isnan(flat["logp_base"]) != np.isnan(new_base))

@@ -5,7 +5,8 @@
   failure) leaves the old file or the new one, never a torn one.
 - One temporary-name scheme, unique per process and call (``NAME.<pid>-<8 hex>.tmp``): two processes
   writing the same file at once each rename a complete file, and the last rename wins.
-- `leftovers` finds what a killed writer left of a target (a plain ``NAME.tmp`` too).
+- `leftovers` finds what a killed writer left of a target (a plain ``NAME.tmp`` too), and only that:
+  a file of another name that merely starts with NAME is never taken for one.
 - `write_text_atomic` and `write_json_atomic` cover the text files; Parquet, npz and safetensors
   writers write to the yielded path themselves.
 """
@@ -16,6 +17,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +35,8 @@ def temporary_path(path: str | Path) -> Path:
 def leftovers(path: str | Path) -> list[Path]:
     """Temporary files a killed writer may have left of `path`, in name order."""
     path = Path(path)
-    return sorted(path.parent.glob(glob.escape(path.name) + "*" + TMP_SUFFIX))
+    scheme = re.compile(re.escape(path.name) + r"(\.\d+-[0-9a-f]{8})?" + re.escape(TMP_SUFFIX))
+    return sorted(p for p in path.parent.glob(glob.escape(path.name) + "*" + TMP_SUFFIX) if scheme.fullmatch(p.name))
 
 
 def fsync_file(path: str | Path) -> None:

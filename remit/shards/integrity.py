@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from remit.shards.checksum import ColumnHasher, file_sha256, token_checksum
-from remit.shards.manifest import MANIFEST_NAME, REDO_SHARD, ShardError
+from remit.shards.manifest import MANIFEST_NAME, ShardError, redo_shard
 from remit.shards.schema import SCHEMA, list_length_mismatches, schema_mismatch
 from remit.shards.weights import Center, remit_weights
 from remit.shards.writer import Rows, build_table
@@ -65,7 +65,9 @@ def check_table(
     bad = []
     for name in table.column_names:
         if name not in sums:
-            raise ShardError(f"{where}: the entry of {path.name} has no checksum of column {name!r}; {REDO_SHARD}")
+            raise ShardError(
+                f"{where}: the entry of {path.name} has no checksum of column {name!r}; {redo_shard(Path(path).parent)}"
+            )
         h = ColumnHasher(table.column(name).type)
         h.update(table.column(name))
         if h.hexdigest() != sums[name]:
@@ -96,13 +98,15 @@ def verify_file(path: Path, entry: dict[str, Any], *, eps: float, center: Center
     except Exception as e:  # a corrupt page or compressed block: pyarrow raises several types
         raise ShardError(
             f"{path}: cannot be read as Parquet ({type(e).__name__}: {' '.join(str(e).split())}); the file is "
-            f"corrupt. {REDO_SHARD}"
+            f"corrupt. {redo_shard(Path(path).parent)}"
         ) from e
     if rows != int(entry["rows"]):
-        raise ShardError(f"{path}: {rows} rows, {where} says {entry['rows']}; {REDO_SHARD}")
+        raise ShardError(f"{path}: {rows} rows, {where} says {entry['rows']}; {redo_shard(Path(path).parent)}")
     missing = sorted(set(hashers) - set(sums))
     if missing:
-        raise ShardError(f"{where}: the entry of {path.name} has no checksum of column {missing[0]!r}; {REDO_SHARD}")
+        raise ShardError(
+            f"{where}: the entry of {path.name} has no checksum of column {missing[0]!r}; {redo_shard(Path(path).parent)}"
+        )
     bad = [name for name, h in hashers.items() if h.hexdigest() != sums[name]]
     if bad:
         raise mismatch_error(path, bad, where, eps=eps, center=center)
@@ -123,7 +127,7 @@ def mismatch_error(path: Path, columns: list[str], manifest: Path, *, eps: float
         row = f"; first row that disagrees with the rest of the shard: row {found[0]} (sample {found[1]}), {found[2]}"
     return ShardError(
         f"{path}: {what} not match the checksum recorded in {manifest}{row}. The shard was changed after it "
-        f"was written. {REDO_SHARD}"
+        f"was written. {redo_shard(Path(path).parent)}"
     )
 
 
@@ -238,16 +242,16 @@ def _open(path: Path) -> pq.ParquetFile:
     try:
         pf = pq.ParquetFile(path)
     except FileNotFoundError:
-        raise ShardError(f"{path}: missing. {REDO_SHARD}") from None
+        raise ShardError(f"{path}: missing. {redo_shard(Path(path).parent)}") from None
     except Exception as e:  # pyarrow raises several types for a truncated or corrupt footer
         raise ShardError(
             f"{path}: cannot be read as Parquet ({type(e).__name__}: {' '.join(str(e).split())}); the file is "
-            f"truncated or corrupt. {REDO_SHARD}"
+            f"truncated or corrupt. {redo_shard(Path(path).parent)}"
         ) from e
     mismatch = schema_mismatch(pf.schema_arrow)
     if mismatch:
         raise ShardError(
-            f"{path}: wrong schema ({mismatch}); not written by this remit version, or altered. {REDO_SHARD}"
+            f"{path}: wrong schema ({mismatch}); not written by this remit version, or altered. {redo_shard(Path(path).parent)}"
         )
     return pf
 
@@ -279,14 +283,14 @@ def _check_file_hash(path: Path, entry: dict[str, Any], where: Path) -> None:
         raise ShardError(
             f"{path}: its content differs from the sha256 recorded in {where} (an output of format version 1, "
             f"whose checksums name the file, not the column). The shard was changed after it was written. "
-            f"{REDO_SHARD}"
+            f"{redo_shard(Path(path).parent)}"
         )
 
 
 def _token_error(path: Path, got: str, entry: dict[str, Any], where: Path) -> ShardError:
     return ShardError(
         f"{path}: token checksum {got} does not match {entry.get('token_checksum')} in {where}; the shard does "
-        f"not hold the tokens it was written with. {REDO_SHARD}"
+        f"not hold the tokens it was written with. {redo_shard(Path(path).parent)}"
     )
 
 

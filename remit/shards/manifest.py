@@ -7,22 +7,45 @@ byte-identical manifests. Its keys are documented in `docs/format.md`.
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast, get_args
+from typing import Any, Literal, cast, get_args
 
 from remit.shards.schema import FORMAT_NAME, FORMAT_VERSION
 from remit.shards.weights import Center
 
 MANIFEST_NAME = "manifest.json"
+#: The file that marks a folder as an output of remit-annotate, and its work folder (`remit.annotate.workdir`).
+OWNERSHIP_MARKER = ".remit-output"
+WORK_FOLDER = "_work"
+#: The scoring passes an output holds: both models (the weights are computed), the RL model only
+#: (`remit-annotate --score rl`: log p_RL for `online` and `none` training, no weights yet), or none
+#: (token ids only, `remit-annotate pack`).
+Passes = Literal["both", "rl", "none"]
+
+
+def repair_command(root: str | Path) -> str:
+    """The command that re-scores an output's missing or damaged shards and writes its manifest again
+    (and finishes an unfinished output), with the settings the output records."""
+    return f"remit-annotate repair {shlex.quote(str(root))}"
+
+
 #: What to do about a shard that is missing, unreadable or changed after it was written (the one wording
-#: every reader and `validate` use).
+#: every reader and `validate` use; `redo_shard` names the output folder where it is known).
 SHARD_FIX = (
-    "restore the shard from a copy, or re-create it: if the output still has `_work/`, delete the shard and its "
-    "`_work/done/unit-N.json` and run the same annotation command again; otherwise delete the whole output and "
-    "run the annotation again"
+    "run `remit-annotate repair OUTPUT` on the output folder that holds the shard: it checks every shard against "
+    "the manifest, re-scores the missing or damaged ones and writes the manifest again"
 )
 REDO_SHARD = f"Fix: {SHARD_FIX}."
+
+
+def redo_shard(root: str | Path) -> str:
+    """`REDO_SHARD` for the output folder `root`."""
+    return (
+        f"Fix: run `{repair_command(root)}`: it checks every shard against the manifest, re-scores the missing or "
+        "damaged ones and writes the manifest again."
+    )
 
 
 class ShardError(ValueError):
@@ -59,9 +82,22 @@ class Manifest:
         return cast(Center, center)
 
     @property
+    def passes(self) -> Passes:
+        """Which scoring passes the shards hold (outputs without the key hold both)."""
+        value = self.data.get("passes")
+        if value is None:
+            return "none" if self.data.get("scored") is False else "both"
+        if value not in get_args(Passes):
+            raise ShardError(
+                f"manifest.json: passes is {value!r}, not one of {get_args(Passes)}; the manifest was altered or "
+                "written by another program"
+            )
+        return cast(Passes, value)
+
+    @property
     def scored(self) -> bool:
-        """False for a pack-only output: token ids only, every log-prob NaN and every weight 1.0."""
-        return bool(self.data.get("scored", True))
+        """False for a pack-only output (passes = none): token ids only, every log-prob NaN, every weight 1.0."""
+        return self.passes != "none"
 
     @property
     def tokenizer_hash(self) -> str:
@@ -83,14 +119,24 @@ class Manifest:
 def read_manifest(root: str | Path) -> Manifest:
     path = Path(root) / MANIFEST_NAME
     if not path.exists():
+        if not any((Path(root) / name).exists() for name in (OWNERSHIP_MARKER, WORK_FOLDER)):
+            raise ShardError(
+                f"{path}: missing, and {root} is no output of remit-annotate (no {OWNERSHIP_MARKER} or "
+                f"{WORK_FOLDER}/): pass the --output folder of a `remit-annotate` run."
+            )
         raise ShardError(
-            f"{path}: missing. The output is not finished: run `remit-annotate finalize {root}` "
-            "(or finish the annotation first)."
+            f"{path}: missing: the output is not finished (or its manifest was removed). Run "
+            f"`{repair_command(root)}` to finish it with the settings it was started with."
         )
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ShardError(f"{path}: not valid JSON ({e}); re-run `remit-annotate finalize {root}`.") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShardError(
+            f"{path}: not valid JSON ({e}). Run `{repair_command(root)}`: it checks every shard and writes the "
+            "manifest again."
+        ) from e
+    if not isinstance(data, dict):
+        raise ShardError(f"{path}: not a JSON object. Run `{repair_command(root)}` to write the manifest again.")
     if data.get("format") != FORMAT_NAME:
         raise ShardError(f"{path}: not a remit manifest (format={data.get('format')!r})")
     version = data.get("format_version")
@@ -103,7 +149,7 @@ def read_manifest(root: str | Path) -> Manifest:
         )
     for key in ("run_id", "shards", "packing", "weights", "tokenizer", "totals"):
         if key not in data:
-            raise ShardError(f"{path}: key {key!r} missing; re-run `remit-annotate finalize {root}`.")
+            raise ShardError(f"{path}: key {key!r} missing. Run `{repair_command(root)}` to write the manifest again.")
     return Manifest(data)
 
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from remit.shards.checksum import column_checksum, token_checksum
 from remit.shards.integrity import check_table, verify_file
-from remit.shards.manifest import REDO_SHARD, Manifest, ShardError, read_manifest
+from remit.shards.manifest import Manifest, ShardError, read_manifest, redo_shard
 from remit.shards.schema import (
     SCHEMA,
     list_length_mismatches,
@@ -34,17 +34,17 @@ def read_shard(
         if mismatch:
             raise ShardError(
                 f"{path}: wrong schema ({mismatch}). It was not written by this remit version or was altered. "
-                f"{REDO_SHARD}"
+                f"{redo_shard(Path(path).parent)}"
             )
         table = pf.read(columns=columns)
     except ShardError:
         raise
     except FileNotFoundError:
-        raise ShardError(f"{path}: missing. {REDO_SHARD}") from None
+        raise ShardError(f"{path}: missing. {redo_shard(Path(path).parent)}") from None
     except Exception as e:  # pyarrow raises several types for truncated or corrupt files
         raise ShardError(
             f"{path}: cannot be read as Parquet ({type(e).__name__}: {' '.join(str(e).split())}). The file is "
-            f"truncated or corrupt. {REDO_SHARD}"
+            f"truncated or corrupt. {redo_shard(Path(path).parent)}"
         ) from e
     check_list_lengths(table, path)
     if expected is not None:
@@ -52,7 +52,7 @@ def read_shard(
         if bad:
             raise ShardError(
                 f"{path}: column(s) {', '.join(bad)} do not match their expected checksums; the file does not hold "
-                f"the data it was written with. {REDO_SHARD}"
+                f"the data it was written with. {redo_shard(Path(path).parent)}"
             )
     return table
 
@@ -63,7 +63,7 @@ def check_list_lengths(table: pa.Table, path: str | Path) -> None:
         rows = np.flatnonzero(bad)
         raise ShardError(
             f"{path}: row {int(rows[0])} has a different number of values in {name!r} than {against} says "
-            f"({len(rows)} rows affected). The shard is inconsistent. {REDO_SHARD}"
+            f"({len(rows)} rows affected). The shard is inconsistent. {redo_shard(Path(path).parent)}"
         )
 
 
@@ -90,7 +90,9 @@ class Output:
         path = self.path(index)
         table = read_shard(path, columns=columns)
         if table.num_rows != entry["rows"]:
-            raise ShardError(f"{path}: {table.num_rows} rows, the manifest says {entry['rows']}. {REDO_SHARD}")
+            raise ShardError(
+                f"{path}: {table.num_rows} rows, the manifest says {entry['rows']}. {redo_shard(Path(path).parent)}"
+            )
         if verify:
             check_table(table, entry, path, eps=self.manifest.eps, center=self.manifest.center)
         return table

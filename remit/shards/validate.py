@@ -8,8 +8,8 @@ Per shard:
   output's last row shorter); the segment layout;
 - NaN log-probs exactly at segment starts (the only non-finite value the format allows), no infinite
   or positive log-prob; finite weights in [1 - eps, 1 + eps] and 1.0 at segment starts; stored weights
-  that follow from the stored log-probs by the manifest's rule; in a pack-only output (``"scored": false``)
-  every log-prob NaN and every weight 1.0 instead.
+  that follow from the stored log-probs by the manifest's rule. An output without both passes
+  (``passes``: rl or none) holds NaN for the pass it lacks and weights of exactly 1.0.
 Across shards: every document's segments follow each other without gap or overlap.
 
 Each problem names the file, the row (0-based, in the file) and sample id where one is known, and what
@@ -18,7 +18,7 @@ to do. The checks are independent of the writer's own read-back, so a bad writer
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from remit.shards.checksum import column_checksums, file_sha256
 from remit.shards.integrity import recorded_checksums
-from remit.shards.manifest import SHARD_FIX, ShardError, read_manifest
+from remit.shards.manifest import Passes, ShardError, read_manifest, repair_command
 from remit.shards.reader import list_length_mismatches, table_token_checksum
 from remit.shards.schema import schema_mismatch
 from remit.shards.weights import Center, remit_weights
@@ -36,8 +36,12 @@ from remit.shards.weights import Center, remit_weights
 #: Stored float32 weights vs the rule recomputed in float64: rounding is ~6e-8.
 WEIGHT_TOLERANCE = 1e-5
 _MAX_ROW_PROBLEMS = 5
-_RERUN = SHARD_FIX
-_REFINALIZE = "the manifest is inconsistent with the shards; re-run `remit-annotate finalize` from a kept `_work/`"
+#: Outputs without weights, by their passes (a pass they lack is NaN everywhere, every weight 1.0).
+_WITHOUT = {"rl": "an RL-only output (--score rl)", "none": "a pack-only output"}
+#: The fixes, for the output folder {root}: `remit-annotate repair` re-scores every shard that does not match
+#: the manifest (sha256), and writes a manifest that does not match its shards again.
+_RERUN = "run `{repair}`: it re-scores the shards that differ from the manifest and writes the manifest again"
+_REFINALIZE = "the manifest is inconsistent with the shards; run `{repair}` to write it again"
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ def validate_output(root: str | Path) -> list[Problem]:
     try:
         manifest = read_manifest(root)
     except ShardError as e:
-        return [Problem(str(root / "manifest.json"), None, str(e), "re-run `remit-annotate finalize`")]
+        return [Problem(str(root / "manifest.json"), None, str(e), f"run `{repair_command(root)}`")]
     problems: list[Problem] = []
     listed = {s["file"] for s in manifest.shards}
     for extra in sorted(p.name for p in root.glob("*.parquet") if p.name not in listed):
@@ -79,7 +83,7 @@ def validate_output(root: str | Path) -> list[Problem]:
                 str(root / extra),
                 None,
                 "shard not listed in the manifest",
-                "remove it, or re-run finalize if it belongs to this run",
+                "move it out of the output folder (the views read every top-level *.parquet file)",
             )
         )
     width = manifest.seq_len + 1
@@ -93,9 +97,7 @@ def validate_output(root: str | Path) -> list[Problem]:
                 Problem(str(path), None, f"first sample id {entry['first_sample_id']}, expected {next_id}", _REFINALIZE)
             )
         next_id = entry["first_sample_id"] + entry["rows"]
-        found = _check_shard(
-            path, entry, width, is_last_shard, manifest.eps, manifest.center, cursor, scored=manifest.scored
-        )
+        found = _check_shard(path, entry, width, is_last_shard, manifest.eps, manifest.center, cursor, manifest.passes)
         if found:
             cursor = _DocCursor(known=False)  # this shard's documents are suspect: judge the next one afresh
         problems.extend(found)
@@ -108,7 +110,8 @@ def validate_output(root: str | Path) -> list[Problem]:
                 _REFINALIZE,
             )
         )
-    return problems
+    fix = repair_command(root)
+    return [replace(p, fix=p.fix.replace("{repair}", fix)) for p in problems]
 
 
 def _read(path: Path) -> tuple[pa.Table | None, str | None]:
@@ -134,11 +137,11 @@ def _check_shard(
     eps: float,
     center: Center,
     cursor: _DocCursor,
-    scored: bool = True,
+    passes: Passes = "both",
 ) -> list[Problem]:
     f = str(path)
     if not path.exists():
-        return [Problem(f, None, "missing", "restore it, or run the annotation of its unit again")]
+        return [Problem(f, None, "missing", _RERUN)]
     problems: list[Problem] = []
     if file_sha256(path) != entry.get("file_sha256"):
         problems.append(Problem(f, None, "file content differs from the manifest (sha256 mismatch)", _RERUN))
@@ -192,10 +195,7 @@ def _check_shard(
     row_problem(bad_layout, "segment_starts must begin at 0, increase, and stay inside the row")
     if bad_layout.any():
         return problems
-    if scored:
-        _check_values(table, n_tok, starts, eps, center, row_problem)
-    else:
-        _check_unscored(table, n_tok, row_problem)
+    _check_values(table, n_tok, starts, eps, center, row_problem, passes)
     _check_documents(table, n_tok, starts, cursor, row_problem)
     return problems
 
@@ -223,7 +223,13 @@ def _check_list_lengths(table: pa.Table, row_problem: _RowProblems) -> bool:
 
 
 def _check_values(
-    table: pa.Table, n_tok: np.ndarray, starts: list[np.ndarray], eps: float, center: Center, row_problem: _RowProblems
+    table: pa.Table,
+    n_tok: np.ndarray,
+    starts: list[np.ndarray],
+    eps: float,
+    center: Center,
+    row_problem: _RowProblems,
+    passes: Passes = "both",
 ) -> None:
     flat = {c: pc.list_flatten(table.column(c)).to_numpy() for c in ("logp_base", "logp_rl", "weight")}
     n_rows = len(n_tok)
@@ -235,7 +241,11 @@ def _check_values(
     def rows_with(mask: np.ndarray) -> np.ndarray:
         return np.bincount(row_of[mask], minlength=n_rows) > 0
 
+    scored = {"both": ("logp_base", "logp_rl"), "rl": ("logp_rl",), "none": ()}[passes]
     for c in ("logp_base", "logp_rl"):
+        if c not in scored:  # a pass the output does not hold: every value NaN
+            row_problem(rows_with(~np.isnan(flat[c])), f"{c} holds a value in {_WITHOUT[passes]} (all must be NaN)")
+            continue
         nan = np.isnan(flat[c])
         infinite = np.isinf(flat[c])
         row_problem(
@@ -249,6 +259,9 @@ def _check_values(
         )
         row_problem(rows_with((flat[c] > 0) & ~infinite), f"{c} has a positive log-prob")
     w = flat["weight"]
+    if passes != "both":  # no weights without the base pass: every weight 1.0
+        row_problem(rows_with(w != 1.0), f"weight is not 1.0 in {_WITHOUT[passes]}")
+        return
     low, high = np.float32(1.0 - eps), np.float32(1.0 + eps)
     out_of_range = ~np.isfinite(w) | (w < low) | (w > high)
     row_problem(rows_with(out_of_range), f"weight outside [{low:.4g}, {high:.4g}] or not finite (NaN, inf)")
@@ -259,20 +272,6 @@ def _check_values(
         rows_with(off_rule & ~out_of_range),
         f"weight does not follow from the log-probs by the manifest's rule (center={center}, eps={eps})",
     )
-
-
-def _check_unscored(table: pa.Table, n_tok: np.ndarray, row_problem: _RowProblems) -> None:
-    """A pack-only output: every log-prob NaN, every weight exactly 1.0."""
-    row_of = np.repeat(np.arange(len(n_tok)), n_tok)
-
-    def rows_with(mask: np.ndarray) -> np.ndarray:
-        return np.bincount(row_of[mask], minlength=len(n_tok)) > 0
-
-    for c in ("logp_base", "logp_rl"):
-        values = pc.list_flatten(table.column(c)).to_numpy()
-        row_problem(rows_with(~np.isnan(values)), f"{c} holds a value in a pack-only output (all must be NaN)")
-    w = pc.list_flatten(table.column("weight")).to_numpy()
-    row_problem(rows_with(w != 1.0), "weight is not 1.0 in a pack-only output")
 
 
 def _check_documents(

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from remit.shards.manifest import ShardError, read_manifest
+from remit.shards.manifest import ShardError, read_manifest, repair_command
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import duckdb
@@ -62,7 +62,7 @@ def check_output(root: str | Path, *, verify: bool = False) -> Path:
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise ShardError(f"{root}: no such output folder. Pass the folder that holds manifest.json and the shards.")
-    manifest = read_manifest(root)  # its error names the fix (finish or finalize the run)
+    manifest = read_manifest(root)  # its error names the fix (repair, which finishes the run)
     if any(ch in str(root) for ch in "*?[]{}"):
         raise ShardError(
             f"{root}: the path contains a glob character, which DuckDB's read_parquet would expand; "
@@ -73,7 +73,7 @@ def check_output(root: str | Path, *, verify: bool = False) -> Path:
     if missing := sorted(listed - present):
         raise ShardError(
             f"{root}: {len(missing)} shard(s) listed in manifest.json are missing (first: {missing[0]}); "
-            "re-run the annotation to restore them."
+            f"run `{repair_command(root)}` to re-score them."
         )
     if extra := sorted(present - listed):
         raise ShardError(

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from remit.shards import ShardError, open_output
+from remit.shards.manifest import repair_command
 from remit.shards.schema import schema_mismatch
 
 #: Columns the trainer needs; the summaries and logp_base are never read.
@@ -157,7 +158,8 @@ class RemitDataset:
             if int(entry["first_sample_id"]) != int(self.shard_first[i]):
                 raise ShardError(
                     f"{path}: first_sample_id {entry['first_sample_id']} in the manifest, expected "
-                    f"{int(self.shard_first[i])} (shards must hold consecutive sample ids); re-run finalize."
+                    f"{int(self.shard_first[i])} (shards must hold consecutive sample ids); run "
+                    f"`{repair_command(self.output.root)}` to write the manifest again."
                 )
             if not read_footers:
                 continue
@@ -166,16 +168,18 @@ class RemitDataset:
                 schema = pq.read_schema(path)
             except Exception as e:  # missing or truncated: pyarrow raises several types
                 raise ShardError(
-                    f"{path}: cannot be opened as Parquet ({type(e).__name__}: {e}). Delete it and re-run "
-                    "the annotation for this shard."
+                    f"{path}: cannot be opened as Parquet ({type(e).__name__}: {e}). Run "
+                    f"`{repair_command(self.output.root)}` to re-score it."
                 ) from e
             mismatch = schema_mismatch(schema)
             if mismatch:
-                raise ShardError(f"{path}: wrong schema ({mismatch}); re-run the annotation for this shard.")
+                raise ShardError(
+                    f"{path}: wrong schema ({mismatch}); run `{repair_command(self.output.root)}` to re-score it."
+                )
             if meta.num_rows != int(entry["rows"]):
                 raise ShardError(
                     f"{path}: {meta.num_rows} rows, the manifest says {entry['rows']}; "
-                    "re-run the annotation for this shard."
+                    f"run `{repair_command(self.output.root)}` to re-score it."
                 )
 
     def __len__(self) -> int:
@@ -201,7 +205,7 @@ class RemitDataset:
             bad = int(np.flatnonzero(ids != np.arange(first, first + len(ids)))[0])
             raise ShardError(
                 f"{path}: row {bad} has sample_id {int(ids[bad])}, expected {first + bad}; "
-                "the shard does not match the manifest, re-run the annotation for it."
+                f"the shard does not match the manifest; run `{repair_command(self.output.root)}` to re-score it."
             )
         lengths = table.column("n_tokens").to_numpy().astype(np.int64)
         seg_col = table.column("segment_starts")
@@ -221,7 +225,7 @@ class RemitDataset:
             r = int(short[0]) if len(short) else len(lengths) - 1
             raise ShardError(
                 f"{path}: row {r} has {int(lengths[r])} tokens; every row but the output's last must have "
-                f"seq_len + 1 = {self.seq_len + 1}. Re-run the annotation for this shard."
+                f"seq_len + 1 = {self.seq_len + 1}; run `{repair_command(self.output.root)}` to re-score it."
             )
         self._cache[index] = arrays
         while len(self._cache) > self.cache_shards:

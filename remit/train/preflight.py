@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from remit.shards import ShardError, read_manifest
+from remit.shards.manifest import repair_command
 from remit.shards.tokenizer_hash import tokenizer_hash
 
 
@@ -62,14 +63,35 @@ def check_data_fits_model(data: str | Path, vocab_size: int, model_dir: str | Pa
     return expected
 
 
+#: The scoring passes each weight mode reads: `online` and `rho1` log p_RL, `static` and `shuffled` the weights.
+MODE_PASSES = {
+    "none": ("both", "rl", "none"),
+    "online": ("both", "rl"),
+    "rho1": ("both", "rl"),
+    "static": ("both",),
+    "shuffled": ("both",),
+}
+
+
 def check_weights_available(manifest: Any, mode: str, data: str | Path) -> None:
-    """A pack-only output (token ids, no scoring) trains only with `--weights none`."""
-    if mode != "none" and not manifest.scored:
+    """Refuse a weight mode the output's scoring passes cannot feed: a pack-only output (token ids, no
+    scoring) trains only with `--weights none`; an RL-only one (`remit-annotate --score rl`) has log p_RL
+    but no weights, and names the command that adds the base pass."""
+    passes = manifest.passes
+    if passes in MODE_PASSES.get(mode, ("both",)):
+        return
+    where = Path(data) / "manifest.json"
+    if passes == "rl":
         raise PreflightError(
-            f"{Path(data) / 'manifest.json'}: a pack-only output (token ids without log-probs or weights), so "
-            f"--weights {mode} has nothing to read. Train it with --weights none, or score the corpus with "
-            "`remit-annotate --base ... --rl ...` for weighted modes."
+            f"{where}: the output holds the RL pass only (annotated with --score rl): log p_RL but no weights, which "
+            f"--weights {mode} needs. Train it with --weights online, rho1 or none, or add the base pass: "
+            f"`{repair_command(data)} --score both` (it scores only the base model and rewrites the shards)."
         )
+    raise PreflightError(
+        f"{where}: a pack-only output (token ids without log-probs or weights), so --weights {mode} has nothing "
+        "to read. Train it with --weights none, or score the corpus with `remit-annotate --base ... --rl ...` "
+        "for weighted modes."
+    )
 
 
 def check_resume_matches(

@@ -21,7 +21,7 @@ from typing import Any
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.finalize import finalize
 from remit.annotate.plan import describe_run, ensure_plan
-from remit.annotate.workdir import WorkDir
+from remit.annotate.workdir import MARKER, WorkDir
 from remit.annotate.worker import run_worker
 
 SEQ_LEN = 48
@@ -96,8 +96,10 @@ def plan_only(kwargs: dict[str, Any]) -> None:
 
 
 def final_files(out: Path) -> dict[str, bytes]:
-    """The final output's files; asserts nothing else is left (no _work/, no temporary files)."""
-    names = sorted(p.name for p in out.iterdir())
+    """The final output's files (manifest and shards); asserts nothing else is left but the ownership
+    marker (no _work/, no temporary files)."""
+    names = sorted(p.name for p in out.iterdir() if p.name != MARKER)
+    assert (out / MARKER).is_file(), f"{out}: no ownership marker"
     assert names == ["manifest.json", *sorted(n for n in names if n.startswith("shard-"))], names
     assert all(n.endswith(".parquet") for n in names if n.startswith("shard-")), names
     return {n: (out / n).read_bytes() for n in names}

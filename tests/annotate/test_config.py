@@ -39,11 +39,13 @@ JOB_FLAGS = [
     "--progress-every",
     "--rl",
     "--rows-per-shard",
+    "--score",
     "--seq-len",
     "--strict",
     "--tensor-parallel-size",
     "--text-field",
     "--token-field",
+    "--verbose",
 ]
 COMMAND_FLAGS = {
     None: JOB_FLAGS,
@@ -51,6 +53,7 @@ COMMAND_FLAGS = {
     "plan": JOB_FLAGS,
     "launch": sorted(JOB_FLAGS + ["--gpus", "--log-dir", "--no-pin", "--workers"]),
     "finalize": ["--keep-work"],
+    "repair": ["--keep-work", "--print", "--progress-every", "--score", "--verbose"],
     "validate": [],
     "verify": ["--base", "--dtype", "--json", "--max-batch-tokens", "--rl", "--rows", "--seed", "--tolerance"],
 }
@@ -69,7 +72,17 @@ def test_flags_are_frozen(command):
 
 def test_the_run_identity_is_every_field_but_the_run_local_ones():
     names = [f.name for f in dataclasses.fields(AnnotateConfig)]
-    assert set(RUN_LOCAL_FIELDS) == {"output", "strict", "keep_work", "progress_every_s", "plan_timeout_s"}
+    assert set(RUN_LOCAL_FIELDS) == {
+        "output",
+        "strict",
+        "keep_work",
+        "progress_every_s",
+        "plan_timeout_s",
+        "score",
+        "verbose",
+        "lease_heartbeat_s",
+        "lease_stale_s",
+    }
     cfg = AnnotateConfig(base="b", rl="r", inputs=["c.jsonl"], output="o")
     assert sorted(cfg.identity()) == sorted(n for n in names if n not in RUN_LOCAL_FIELDS)
 
@@ -139,7 +152,8 @@ def test_the_launcher_gives_its_workers_the_same_config(tmp_path):
     assert not {"--workers", "--no-pin", "--gpus", "--log-dir"} & set(worker_argv)
     worker = config_from_args(AnnotateConfig, build_parser("run").parse_args(worker_argv))
     launcher = config_from_args(AnnotateConfig, launch_args)
-    expected = dataclasses.replace(cfg, plan_timeout_s=AnnotateConfig.plan_timeout_s)  # no flag: the default
+    no_flag = {"plan_timeout_s", "lease_heartbeat_s", "lease_stale_s"}  # library-only: their defaults
+    expected = dataclasses.replace(cfg, **{n: getattr(AnnotateConfig, n) for n in no_flag})
     assert worker == launcher == expected
 
 

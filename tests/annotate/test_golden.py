@@ -205,7 +205,7 @@ def portable_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def output_digests(out: Path) -> dict[str, Any]:
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.name != ".remit-output")  # the ownership marker
     assert names == ["manifest.json", *sorted(n for n in names if n.startswith("shard-"))], names
     return {
         "manifest": portable_manifest(json.loads((out / "manifest.json").read_text())),

@@ -129,8 +129,17 @@ def test_a_folder_with_an_annotations_unfinished_work_is_refused(packed, model_p
 
 
 def test_a_rerun_over_an_unfinished_longer_output_removes_its_extra_shards(packed, model_pair, tmp_path):
+    from remit.annotate.workdir import WorkDir
+
+    # A shard in a folder remit does not own is someone else's file: refused, untouched.
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "shard-00999.parquet").write_bytes(b"not remit's")
+    assert _pack(model_pair[0], [packed / "c.jsonl"], foreign) == 2
+    assert [p.name for p in foreign.iterdir()] == ["shard-00999.parquet"]
+    # In remit's own folder (the marker of an earlier, longer unfinished run) it is removed.
     out = tmp_path / "out"
-    out.mkdir()
+    WorkDir(out).claim_folder()
     (out / "shard-00999.parquet").write_bytes(b"left by an earlier run")
     assert _pack(model_pair[0], [packed / "c.jsonl"], out) == 0
     assert not (out / "shard-00999.parquet").exists()
@@ -151,3 +160,19 @@ def test_the_flags_are_generated_from_the_config_and_shared_ones_match_annotate(
         if f.name in annotate and f.name != "rows_per_shard":
             same = annotate[f.name]
             assert (f.flag, f.help, f.default, f.choices) == (same.flag, same.help, same.default, same.choices)
+
+
+def test_files_of_no_input_type_are_listed_and_an_output_inside_an_input_refused(packed, model_pair, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(packed / "c.jsonl", folder / "c.jsonl")
+    (folder / "notes.csv").write_text("a,b\n")
+    assert _pack(model_pair[0], [folder], tmp_path / "out") == 0
+    m = read_manifest(tmp_path / "out")
+    assert m.passes == "none" and m.data["input"]["ignored_files"] == 1
+    assert m.data["input"]["ignored_examples"] == [str(folder / "notes.csv")]
+    assert "not an input file, not read" in capsys.readouterr().err
+    assert _pack(model_pair[0], [folder], folder / "out") == 2
+    assert "lies inside the input folder" in capsys.readouterr().err

@@ -152,10 +152,12 @@ def test_manifest_contents(run, model_pair):
     m = open_output(run).manifest.data
     base, rl = model_pair
     for key, folder in (("base", base), ("rl", rl)):
-        h = hashlib.sha256()
-        for f in [folder / "config.json", folder / "model.safetensors"]:
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
-        assert m["models"][key]["weights_sha256"] == "sha256:" + h.hexdigest()
+        # One line per file (config.json, then the weight files): its name and its own sha256.
+        lines = "".join(
+            f"{f.name}\0sha256:{hashlib.sha256(f.read_bytes()).hexdigest()}\n"
+            for f in [folder / "config.json", folder / "model.safetensors"]
+        )
+        assert m["models"][key]["weights_sha256"] == "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
         assert m["models"][key]["architecture"] == "LlamaForCausalLM"
         assert m["models"][key]["path"] == str(folder.resolve())
     assert m["models"]["base"]["weights_sha256"] != m["models"]["rl"]["weights_sha256"]

@@ -6,6 +6,7 @@ The unit tests use hand-made records and files (no model); two tests run real wo
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from typing import Any
 
@@ -14,9 +15,10 @@ import pytest
 
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.records import CompletionRecord, Plan, PlannedUnit, PlanTotals, RunDescription
-from remit.annotate.workdir import WorkDir, shard_name
+from remit.annotate.workdir import MARKER, WorkDir, differences, shard_name
 from remit.annotate.worker import run_worker
 from remit.shards.atomic import temporary_path
+from remit.shards.checksum import file_sha256
 from remit.shards.manifest import ShardError
 from remit.shards.writer import ShardInfo
 from tests.annotate.runs import SEQ_LEN, assert_same_output, fresh_copy, job, start_worker
@@ -41,7 +43,7 @@ def record_for(work: WorkDir, unit: PlannedUnit, run_id: str, size: int = 100) -
     planned = {k: getattr(unit, k) for k in ("file", "rows", "tokens", "first_sample_id", "token_checksum")}
     shard = ShardInfo(**planned, column_checksums={"token_ids": "blake2b128:x"}, file_sha256="sha256:x", bytes=size)
     return CompletionRecord(
-        unit=unit.unit, run_id=run_id, shard=shard, engine={"name": "hf"}, engine_base={"name": "hf"}
+        unit=unit.unit, run_id=run_id, shard=shard, engine={"name": "hf"}, engine_base={"name": "hf"}, passes="both"
     )
 
 
@@ -53,7 +55,10 @@ def test_records_read_back_what_they_wrote_and_refuse_malformed_ones(tmp_path):
     assert RunDescription.from_dict(json.loads(json.dumps(run.to_dict()))) == run
     assert run.run_id != run_description(1).run_id  # the id hashes the content
     plan = Plan(
-        run.run_id, (planned_unit(0), planned_unit(1)), PlanTotals(2, 392, 8, 2, 49, {"blank line": 1}, ["x"]), 0.5
+        run.run_id,
+        (planned_unit(0), planned_unit(1)),
+        PlanTotals(2, 392, 8, 2, 49, {"blank line": 1}, ["x"], 1, ["notes.csv"]),
+        0.5,
     )
     assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
     record = record_for(WorkDir(tmp_path), planned_unit(0), run.run_id)
@@ -61,10 +66,20 @@ def test_records_read_back_what_they_wrote_and_refuse_malformed_ones(tmp_path):
     # The completion record's JSON: the shard's manifest entry plus the unit, run and engines, flat.
     assert sorted(on_disk) == sorted(
         ["file", "rows", "tokens", "first_sample_id", "token_checksum", "column_checksums", "file_sha256", "bytes"]
-        + ["unit", "run_id", "engine", "engine_base"]
+        + ["unit", "run_id", "engine", "engine_base", "passes"]
     )
     assert CompletionRecord.from_dict(on_disk) == record
-    for bad in ({k: v for k, v in on_disk.items() if k != "bytes"}, [], {"units": []}):
+    legacy = {k: v for k, v in on_disk.items() if k != "passes"}  # written before the passes field
+    assert CompletionRecord.from_dict(legacy) == record
+    rl_only = {**on_disk, "passes": "rl", "engine_base": None}
+    assert CompletionRecord.from_dict(rl_only).passes == "rl"
+    for bad in (
+        {k: v for k, v in on_disk.items() if k != "bytes"},
+        [],
+        {"units": []},
+        {**on_disk, "passes": "rl"},  # an RL-only shard has no base engine
+        {**on_disk, "passes": "base"},
+    ):
         with pytest.raises(ValueError):
             CompletionRecord.from_dict(bad)
     with pytest.raises(ValueError, match="'units' missing"):
@@ -74,27 +89,211 @@ def test_records_read_back_what_they_wrote_and_refuse_malformed_ones(tmp_path):
 # -- claiming the output folder ---------------------------------------------------------------------------
 
 
+def finished(work: WorkDir, run: RunDescription, units: int = 3, passes: str = "both") -> list[dict]:
+    """A hand-made finished output of `run`: `units` shards of random bytes and their manifest."""
+    rng = np.random.default_rng(len(work.output.name))
+    entries = []
+    for n in range(units):
+        work.shard_path(n).write_bytes(rng.bytes(100 + n))
+        entries.append(
+            {
+                "file": shard_name(n),
+                "rows": 4,
+                "tokens": 196,
+                "first_sample_id": 4 * n,
+                "token_checksum": f"blake2b128:{n}",
+                "file_sha256": file_sha256(work.shard_path(n)),
+                "bytes": 100 + n,
+            }
+        )
+    manifest = {
+        "format": "remit-shards",
+        "run_id": run.run_id,
+        **{k: v for k, v in run.to_dict().items() if k not in ("run_id", "engine_request")},
+        "engine": {"name": "hf"},
+        "passes": passes,
+        "shards": entries,
+    }
+    work.manifest_path.write_text(json.dumps(manifest))
+    return entries
+
+
 def test_a_folder_is_claimed_by_one_run(tmp_path):
     work = WorkDir(tmp_path / "out")
     run, other = run_description(), run_description(1)
     assert work.claim(run) is False
     assert work.read_run() == run
     assert work.claim(run) is False  # the same run again: fine
-    with pytest.raises(ShardError, match="holds the unfinished work of a different run"):
+    with pytest.raises(ShardError, match=r"unfinished work of a different run.* config\.seq_len: 48 -> 49"):
         work.claim(other)
-    work.manifest_path.write_text(json.dumps({"run_id": run.run_id}))
+    shutil.rmtree(work.root)
+    finished(work, run)
     assert work.claim(run) is True  # complete
     with pytest.raises(ShardError, match="holds the finished output of a different run"):
         work.claim(other)
+
+
+# -- ownership --------------------------------------------------------------------------------------------
+
+
+def test_an_empty_or_new_folder_becomes_remits_and_a_foreign_one_is_refused_untouched(tmp_path):
+    new = WorkDir(tmp_path / "new" / "out")
+    new.claim_folder()
+    assert new.read_marker()["created_by"] == "remit-annotate" and new.owned()
+    (tmp_path / "empty").mkdir()
+    WorkDir(tmp_path / "empty").claim_folder()
+    assert WorkDir(tmp_path / "empty").owned()
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    files = {
+        "notes.txt": b"my notes",
+        "a.tmp": b"my temporary file",
+        "shard-00000.parquet": b"my own parquet",
+        "_work/keep.bin": b"x",
+    }
+    for name, data in files.items():
+        (foreign / name).parent.mkdir(parents=True, exist_ok=True)
+        (foreign / name).write_bytes(data)
+    with pytest.raises(ShardError, match=r"holds files remit did not create \(_work/, a\.tmp, notes\.txt"):
+        WorkDir(foreign).claim(run_description())
+    assert sorted(str(p.relative_to(foreign)) for p in foreign.rglob("*") if p.is_file()) == sorted(files)
+    assert all((foreign / n).read_bytes() == d for n, d in files.items())
+    (foreign / MARKER).write_text("{}")  # a file of that name that is not remit's marker
+    with pytest.raises(ShardError, match="not remit's ownership marker"):
+        WorkDir(foreign).claim_folder()
+
+
+def test_an_output_of_a_remit_without_markers_is_adopted(tmp_path):
+    work = WorkDir(tmp_path / "out")
+    work.output.mkdir()
+    run = run_description()
+    finished(work, run)
+    assert work.owned() and work.read_marker() is None
+    assert work.claim(run) is True
+    assert work.read_marker() is not None
+
+
+def test_finish_removes_only_what_remit_created(tmp_path):
+    work = WorkDir(tmp_path / "out")
+    run = run_description()
+    work.claim(run)
+    ours = [
+        temporary_path(work.manifest_path),
+        temporary_path(work.shard_path(3)),
+        work.output / "shard-00004.parquet.tmp",
+        work.record_path(0),
+        work.base_path(1),
+        work.lease_path(2),
+        work.unit_plan_path(0),
+        work.logs_dir / "worker-3.log",
+    ]
+    theirs = [
+        work.output / "notes.tmp",  # a *.tmp that is no temporary file of remit's
+        work.output / "shard-00001.parquet.backup.tmp",
+        work.root / "notes.txt",
+        work.plan_dir / "unit-0000x.parquet",
+    ]
+    for p in ours + theirs:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    work.finish(keep_work=False)
+    assert [p for p in ours if p.exists()] == []
+    assert all(p.exists() for p in theirs)
+    assert not work.run_path.exists() and not work.done_dir.exists()
+    assert sorted(p.name for p in work.root.iterdir()) == ["notes.txt", "plan"]
+
+
+def test_planning_again_removes_only_planned_units(tmp_path):
+    work = WorkDir(tmp_path / "out")
+    work.claim(run_description())
+    work.start_plan()
+    (work.plan_dir / "unit-00000.parquet").write_bytes(b"a killed planner's unit")
+    (work.plan_dir / "my-notes.parquet").write_bytes(b"x")
+    work.start_plan()
+    assert sorted(p.name for p in work.plan_dir.iterdir()) == ["my-notes.parquet"]
+
+
+# -- repair: a finished output reopened --------------------------------------------------------------------
+
+
+def test_a_finished_output_with_a_missing_or_damaged_shard_is_reopened(tmp_path, capsys):
+    work = WorkDir(tmp_path / "out")
+    run = run_description()
+    work.claim_folder()
+    entries = finished(work, run, units=4)
+    work.shard_path(1).unlink()
+    data = bytearray(work.shard_path(2).read_bytes())
+    data[7] ^= 1  # same size, other content: only the hash notices
+    work.shard_path(2).write_bytes(bytes(data))
+    assert work.check_shards(entries) == {
+        1: "shard-00001.parquet is missing",
+        2: "shard-00002.parquet differs from what was written (sha256 mismatch)",
+    }
+    assert work.claim(run) is False
+    assert work.reopened is not None and sorted(work.reopened.damaged) == [1, 2]
+    assert not work.manifest_path.exists() and work.read_run() == run
+    # The intact shards are complete units again; the damaged ones have no record and are scored again.
+    assert sorted(p.name for p in work.done_dir.iterdir()) == ["unit-00000.json", "unit-00003.json"]
+    record = CompletionRecord.from_dict(json.loads(work.record_path(3).read_text()))
+    assert record.shard.to_dict() == entries[3] and record.passes == "both"
+    assert "repair: unit 1: shard-00001.parquet is missing" in capsys.readouterr().err
+
+
+def test_an_rl_only_output_is_reopened_for_its_base_pass(tmp_path):
+    work = WorkDir(tmp_path / "out")
+    run = run_description()
+    work.claim_folder()
+    finished(work, run, units=2, passes="rl")
+    assert work.claim(run, "rl") is True  # it holds what is asked
+    assert work.claim(run, "both") is False
+    assert work.reopened is not None and work.reopened.base_pass and not work.reopened.damaged
+    record = CompletionRecord.from_dict(json.loads(work.record_path(1).read_text()))
+    assert record.passes == "rl" and record.engine_base is None
+
+
+def test_a_model_nothing_was_scored_with_may_change(tmp_path):
+    work = WorkDir(tmp_path / "out")
+    parts: dict[str, Any] = {k: {} for k in ("tokenizer", "packing", "weights", "engine_request", "input")}
+
+    def run_with(rl_hash: str, base_hash: str = "sha256:b") -> RunDescription:
+        models = {"base": {"weights_sha256": base_hash}, "rl": {"weights_sha256": rl_hash}}
+        return RunDescription.create(remit_version="test", config={"seq_len": 48}, models=models, **parts)
+
+    broken, repaired = run_with("sha256:broken"), run_with("sha256:repaired")
+    work.claim(broken)
+    work.write_plan(Plan(broken.run_id, (planned_unit(0),), PlanTotals(1, 196, 4, 1, 49, {}, [], 0, []), 0.1))
+    work.save_base(0, np.zeros(196, np.float32), json.dumps({"name": "hf"}), "sha256:b")
+    # Only the base pass ran with the broken RL model: the repaired one continues this run, base pass kept.
+    assert work.claim(repaired) is False
+    assert work.read_run() == repaired and work.read_plan(repaired.run_id).run_id == repaired.run_id
+    assert work.load_base(0, 196, "sha256:b") is not None
+    # A changed base model would lose that base pass: refused, naming the change.
+    with pytest.raises(ShardError, match=r"models\.base\.weights_sha256: \"sha256:b\" -> \"sha256:c\""):
+        work.claim(run_with("sha256:repaired", "sha256:c"))
+    # Once a unit is finished with the RL model, changing it is refused too.
+    unit = planned_unit(0)
+    work.write_record(record_for(work, unit, repaired.run_id))
+    with pytest.raises(ShardError, match=r"models\.rl\.weights_sha256"):
+        work.claim(run_with("sha256:other"))
+
+
+def test_differences_name_the_settings():
+    assert differences({"a": {"b": 1, "c": [1]}, "d": "x"}, {"a": {"b": 2, "c": [1]}, "e": "y"}) == [
+        "a.b: 1 -> 2",
+        'd: "x" -> null',
+        'e: null -> "y"',
+    ]
 
 
 def test_an_unreadable_run_description_names_the_file_and_the_fix(tmp_path):
     work = WorkDir(tmp_path / "out")
     work.claim(run_description())
     work.run_path.write_text("")  # a node crash can leave an empty file
-    for call in (lambda: work.claim(run_description()), work.read_run):
-        with pytest.raises(ShardError, match=r"run\.json: unreadable .* Delete it and rerun"):
-            call()
+    with pytest.raises(ShardError, match=r"run\.json: unreadable .* Delete it and rerun"):
+        work.read_run()
+    assert work.claim(run_description()) is False  # written again: an unreadable description is no description
+    assert work.read_run() == run_description()
 
 
 def test_a_plan_of_another_run_or_a_broken_one_is_refused(tmp_path):
@@ -102,7 +301,7 @@ def test_a_plan_of_another_run_or_a_broken_one_is_refused(tmp_path):
     run = run_description()
     work.claim(run)
     assert work.read_plan(run.run_id) is None
-    plan = Plan(run.run_id, (planned_unit(0),), PlanTotals(1, 196, 4, 1, 49, {}, []), 0.1)
+    plan = Plan(run.run_id, (planned_unit(0),), PlanTotals(1, 196, 4, 1, 49, {}, [], 0, []), 0.1)
     work.write_plan(plan)
     assert work.read_plan(run.run_id) == plan == work.read_plan()
     with pytest.raises(ShardError, match="planned for another run"):
@@ -146,14 +345,15 @@ def test_saved_base_logprobs_come_back_or_not_at_all(tmp_path):
     work.claim(run_description())
     logp = np.random.default_rng(0).normal(-2.0, 1.0, 50).astype(np.float32)
     logp[0] = np.nan
-    work.save_base(7, logp, json.dumps({"name": "hf", "dtype": "float32"}))
-    got, engine = work.load_base(7, 50)
+    work.save_base(7, logp, json.dumps({"name": "hf", "dtype": "float32"}), "sha256:base")
+    got, engine = work.load_base(7, 50, "sha256:base")
     assert np.array_equal(got, logp, equal_nan=True) and engine == {"name": "hf", "dtype": "float32"}
     assert sorted(p.name for p in work.base_dir.iterdir()) == ["unit-00007.npz"]  # no temporary file left
-    assert work.load_base(7, 51) is None  # not one value per token
+    assert work.load_base(7, 51, "sha256:base") is None  # not one value per token
+    assert work.load_base(7, 50, "sha256:another-base") is None  # scored by another base model
     work.base_path(7).write_bytes(work.base_path(7).read_bytes()[:40])  # truncated by a crash
-    assert work.load_base(7, 50) is None
-    assert work.load_base(8, 50) is None  # never saved
+    assert work.load_base(7, 50, "sha256:base") is None
+    assert work.load_base(8, 50, "sha256:base") is None  # never saved
 
 
 # -- leftovers and cleanup --------------------------------------------------------------------------------
@@ -182,6 +382,7 @@ def test_finish_removes_the_work_folder_or_only_orphans(tmp_path, keep_work):
     work.finish(keep_work)
     assert not stray.exists() and not work.base_path(0).exists()
     assert work.record_path(0).exists() is keep_work and work.root.exists() is keep_work
+    assert work.read_marker() is not None  # the folder stays remit's
 
 
 # -- with real workers ------------------------------------------------------------------------------------
@@ -213,7 +414,7 @@ def test_leftovers_of_a_killed_worker_are_cleaned(planned, model_pair, corpus, t
     assert p.exitcode == -signal.SIGKILL
     assert (out / "_work" / "base" / "unit-00000.npz").exists()  # the orphan
     (out / "shard-00003.parquet.tmp").write_bytes(b"half a shard")
-    (out / "_work" / "done" / "unit-00004.json.123-abc.tmp").write_text("{")
+    (out / "_work" / "done" / "unit-00004.json.123-abcdef01.tmp").write_text("{")
     kwargs["keep_work"] = True
     run_worker(AnnotateConfig(**kwargs))
     assert not list(out.glob("*.tmp")) and not list((out / "_work").rglob("*.tmp"))

@@ -102,7 +102,10 @@ def test_token_checksum_depends_on_row_cut():
 
 
 def test_missing_manifest_says_what_to_do(tmp_path):
-    with pytest.raises(ShardError, match="finalize"):
+    with pytest.raises(ShardError, match="no output of remit-annotate"):
+        open_output(tmp_path)
+    (tmp_path / "_work").mkdir()
+    with pytest.raises(ShardError, match="remit-annotate repair"):
         open_output(tmp_path)
 
 

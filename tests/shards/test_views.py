@@ -209,7 +209,10 @@ def test_clear_errors(tmp_path: Path, small_output: Path) -> None:
     with pytest.raises(ShardError, match="no such output folder"):
         check_output(tmp_path / "absent")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ShardError, match="manifest.json: missing.*finalize"):
+    with pytest.raises(ShardError, match="manifest.json: missing, and .* is no output of remit-annotate"):
+        connect(tmp_path / "empty")
+    (tmp_path / "empty" / ".remit-output").write_text("{}")
+    with pytest.raises(ShardError, match="manifest.json: missing.*remit-annotate repair"):
         connect(tmp_path / "empty")
     copy = tmp_path / "copy"
     shutil.copytree(small_output, copy)

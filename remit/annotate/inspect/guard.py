@@ -1,6 +1,6 @@
 """Run an inspection command with DuckDB: one check that it is installed, one-line errors for the
 failures a user can fix (a bad output folder or flag, DuckDB out of memory, a missing extra), and the
-line that says a pack-only output has no weights to inspect."""
+refusal of an output that holds no weights (RL pass only, or pack-only)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,23 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from remit.shards.manifest import ShardError, read_manifest
+from remit.shards.manifest import Manifest, ShardError, read_manifest, repair_command
 
 INSPECT_EXTRA = "pip install 'remit[inspect]'"
+
+
+def require_weights(manifest: Manifest, root: str | Path) -> None:
+    """Refuse an output without weights (annotated with --score rl, or pack-only), saying how to add them."""
+    if manifest.passes == "both":
+        return
+    if manifest.passes == "rl":
+        raise ShardError(
+            f"{root}: the output holds the RL pass only (annotated with --score rl): log p_RL, but no weights, which "
+            "need the base model's log-probs too. Add the base pass with "
+            f"`{repair_command(root)} --score both` (it scores only the base model), or train this output as it is "
+            "with `remit-train --weights online` or `none`."
+        )
+    raise ShardError(f"{root}: the output holds token ids only (passes = {manifest.passes}): no scores, no weights.")
 
 
 def run_with_duckdb(command: str, body: Callable[[], int]) -> int:
@@ -39,7 +53,7 @@ def run_with_duckdb(command: str, body: Callable[[], int]) -> int:
 
 
 def pack_only_note(root: str | Path) -> str | None:
-    """For a pack-only output (`remit-annotate pack`, ``"scored": false``) the line saying that it holds no
+    """For a pack-only output (`remit-annotate pack`, ``"passes": "none"``) the line saying that it holds no
     weights; None for a scored output."""
     manifest = read_manifest(root)
     if manifest.scored:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from remit.annotate.inspect.guard import pack_only_note, run_with_duckdb
+from remit.annotate.inspect.guard import pack_only_note, require_weights, run_with_duckdb
 from remit.annotate.inspect.tokens import load_tokenizer, token_texts
 from remit.shards.atomic import write_text_atomic
 
@@ -415,11 +415,16 @@ def write_page(args: argparse.Namespace) -> Path:
     from remit.shards.manifest import read_manifest
     from remit.shards.views import check_output, connect
 
+    out = Path(args.html)
+    if out.is_dir():
+        raise ValueError(f"-o {out}: is a folder; give the file name of the page, e.g. {out / 'weights.html'}")
     root = check_output(args.output, verify=True)  # no figure from a shard whose data was altered
     note = pack_only_note(root)
     if note is not None:
         raise ValueError(f"{note} The page colours tokens by weight, so there is nothing to show.")
-    manifest = read_manifest(root).data
+    parsed = read_manifest(root)
+    require_weights(parsed, root)
+    manifest = parsed.data
     tokenizer, note = load_tokenizer(manifest, root, args.tokenizer)
     con = connect(root, memory_limit=args.memory_limit, threads=args.threads)
     try:
@@ -445,7 +450,6 @@ def write_page(args: argparse.Namespace) -> Path:
         plots=plots,
         sep=" " if tokenizer is None else "",
     )
-    out = Path(args.html)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, page)
     return out

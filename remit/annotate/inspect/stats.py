@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from remit.annotate.inspect.guard import pack_only_note, run_with_duckdb
+from remit.annotate.inspect.guard import pack_only_note, require_weights, run_with_duckdb
 from remit.annotate.inspect.tokens import load_tokenizer, token_texts
 
 DEFAULT_TOP_K = 20
@@ -93,12 +93,14 @@ def collect(
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Every table `stats` prints, as plain Python values (JSON-ready, token ids not yet decoded)."""
+    from remit.shards.manifest import read_manifest
     from remit.shards.views import check_output, connect
 
     for name, value, low in (("top_k", top_k, 1), ("min_count", min_count, 1), ("bins", bins, 1)):
         if value < low:
             raise ValueError(f"{name} must be at least {low}; got {value}")
     root = check_output(root, verify=True)  # no figure from a shard whose data was altered
+    require_weights(read_manifest(root), root)
     knobs = {"remit_bins": bins, "remit_top_k": top_k, "remit_min_count": min_count}
     # Only the per-document aggregate can outgrow memory (its groups grow with the corpus); it spills here.
     with tempfile.TemporaryDirectory(prefix="remit-duckdb-") as spill:

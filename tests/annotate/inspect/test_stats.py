@@ -101,7 +101,10 @@ def test_tokens_are_decoded_with_the_manifest_tokenizer(capsys, text_output: Pat
 def test_missing_manifest_is_a_clear_error(capsys, tmp_path: Path) -> None:
     assert stats.run(parse(tmp_path)) == 2
     err = capsys.readouterr().err
-    assert "manifest.json: missing" in err and "finalize" in err
+    assert "manifest.json: missing" in err and "no output of remit-annotate" in err
+    (tmp_path / "_work").mkdir()  # an unfinished output: the command that finishes it
+    assert stats.run(parse(tmp_path)) == 2
+    assert f"remit-annotate repair {tmp_path}" in capsys.readouterr().err
     assert stats.run(parse(tmp_path / "nope")) == 2
     assert "no such output folder" in capsys.readouterr().err
 

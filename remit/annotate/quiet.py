@@ -1,0 +1,43 @@
+"""Quiet by default: the engines' and libraries' own log lines are hidden unless ``--verbose``.
+
+- vLLM's INFO lines, transformers' and torch's warnings and progress bars, and Python warnings are
+  turned off through the environment before any of them is imported (vLLM reads its level at import,
+  and the environment also reaches vLLM's engine processes), and directly where one is already loaded.
+- A variable the user has set is kept.
+- remit's own lines stay: progress, notes, the summary and errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+QUIET_ENV = {
+    "VLLM_LOGGING_LEVEL": "ERROR",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TORCH_CPP_LOG_LEVEL": "ERROR",
+    "PYTHONWARNINGS": "ignore",
+    "TQDM_DISABLE": "1",
+}
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Hide the libraries' own output unless `verbose` (call before the engines are imported)."""
+    if verbose:
+        return
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("vllm").setLevel(logging.ERROR)
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+
+__all__ = ["QUIET_ENV", "quiet_libraries"]

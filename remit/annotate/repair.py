@@ -1,0 +1,109 @@
+"""`remit-annotate repair OUTPUT`: finish or repair an output with the settings it records.
+
+    remit-annotate repair OUTPUT [--score both|rl] [--print]
+
+- The job's settings come from the output itself: its manifest, else its run description
+  (``_work/run.json``), else its ownership marker. Nothing needs to be retyped.
+- Every shard is checked against the manifest (existence, size, sha256); only the missing or damaged
+  units are scored again (one worker, in this process), and the manifest is written again. An
+  unfinished output is finished. ``--score both`` adds the base pass to an RL-only output.
+- ``--print`` prints the equivalent `remit-annotate run` command instead, for many workers (`launch`,
+  a Slurm array, any ``--rank/--world-size`` split).
+
+This is the command every "missing or damaged shard" message recommends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from remit.annotate.config import RUN_LOCAL_FIELDS, AnnotateConfig
+from remit.annotate.workdir import WorkDir
+
+
+def recorded_config(output: Path) -> tuple[dict[str, Any], str, str]:
+    """(the job's identity fields, where they were found, the passes the output holds or was run for)."""
+    work = WorkDir(output)
+    if not output.is_dir():
+        raise ValueError(f"{output}: no such output folder")
+    if not work.owned():
+        raise ValueError(
+            f"{output}: not an output of remit-annotate (no {work.marker_path.name}, manifest.json or _work/); "
+            "nothing to repair"
+        )
+    for path in (work.manifest_path, work.run_path, work.marker_path):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("config"), dict):
+            passes = data.get("passes", "both") if path == work.manifest_path else _passes_of_records(work)
+            return data["config"], str(path), passes
+    raise ValueError(
+        f"{output}: neither manifest.json, _work/run.json nor {work.marker_path.name} records the job's settings; "
+        "run the original remit-annotate command again"
+    )
+
+
+def _passes_of_records(work: WorkDir) -> str:
+    """rl when every completion record holds the RL pass only (the run was started with --score rl)."""
+    found = set()
+    for p in work.done_dir.glob("unit-*.json") if work.done_dir.is_dir() else []:
+        try:
+            found.add(json.loads(p.read_text()).get("passes", "both"))
+        except (OSError, ValueError, AttributeError):
+            continue
+    return "rl" if found == {"rl"} else "both"
+
+
+def config_from_identity(identity: dict[str, Any], **local: Any) -> AnnotateConfig:
+    """The job's config from its recorded identity plus run-local settings."""
+    known = {f.name for f in dataclasses.fields(AnnotateConfig)} - set(RUN_LOCAL_FIELDS)
+    unknown = sorted(set(identity) - known)
+    if unknown:
+        raise ValueError(
+            f"the recorded settings hold fields this remit does not know ({', '.join(unknown)}): the output was "
+            "written by another remit version; repair it with that version"
+        )
+    return AnnotateConfig(**identity, **local)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output", type=Path, help="annotation output folder")
+    parser.add_argument(
+        "--score",
+        choices=("both", "rl"),
+        default=None,
+        help="passes the output must hold (default: what it holds; both completes an RL-only output)",
+    )
+    parser.add_argument("--keep-work", action="store_true", help="keep _work/ after writing the manifest")
+    parser.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
+    parser.add_argument("--verbose", action="store_true", help="show the engines' and libraries' own log lines")
+    parser.add_argument(
+        "--print", action="store_true", help="print the `remit-annotate run` command for many workers instead"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from remit.annotate.finalize import resume_command
+    from remit.annotate.job import run_job
+
+    identity, source, held = recorded_config(args.output)
+    score = args.score or ("rl" if held == "rl" else "both")
+    if args.print:
+        print(resume_command(identity, args.output, score=score))
+        return 0
+    cfg = config_from_identity(
+        identity,
+        output=args.output,
+        score=score,
+        keep_work=args.keep_work,
+        progress_every_s=args.progress_every,
+        verbose=args.verbose,
+    )
+    print(f"repair: {args.output} with the settings recorded in {source}", flush=True)
+    return run_job(cfg, 0, 1)

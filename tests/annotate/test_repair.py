@@ -1,0 +1,148 @@
+"""The output folder is remit's or refused; a damaged finished output is repaired by the command every
+message recommends; the failures a user can meet end in one line, never a traceback."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from remit.annotate.cli import main
+from remit.annotate.config import AnnotateConfig
+from remit.annotate.job import run_job
+from remit.annotate.workdir import MARKER
+from remit.shards import atomic
+from tests.annotate.runs import assert_same_output, cli_flags, fresh_copy, job
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, model_pair, corpus, planned, one_thread) -> Path:
+    out = fresh_copy(planned, tmp_path_factory.mktemp("finished") / "out")
+    assert run_job(AnnotateConfig(**job(model_pair, corpus, out)), 0, 1) == 0
+    return out
+
+
+def damaged_copy(finished: Path, dest: Path) -> Path:
+    out = shutil.copytree(finished, dest)
+    (out / "shard-00001.parquet").unlink()
+    data = bytearray((out / "shard-00002.parquet").read_bytes())
+    data[100] ^= 0xFF
+    (out / "shard-00002.parquet").write_bytes(bytes(data))
+    return out
+
+
+def one_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.startswith("remit-annotate")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_every_message_on_a_damaged_output_recommends_repair_and_repair_works(finished, reference, tmp_path, capsys):
+    out = damaged_copy(finished, tmp_path / "out")
+    repair = f"remit-annotate repair {out}"
+    assert main(["finalize", str(out)]) != 0  # no manifest over a missing or damaged shard
+    assert main(["validate", str(out)]) != 0
+    assert main(["stats", str(out)]) != 0
+    assert main(["show", str(out), "-o", str(tmp_path / "p.html")]) != 0
+    err = capsys.readouterr().err
+    assert err.count(repair) >= 4, err
+    assert main(["repair", str(out), "--progress-every", "1000"]) == 0
+    err = capsys.readouterr().err
+    assert "unit 1: shard-00001.parquet is missing" in err and "unit 2: shard-00002.parquet differs" in err
+    assert_same_output(out, reference)
+    assert main(["validate", str(out)]) == 0
+
+
+def test_a_rerun_of_the_original_command_repairs_too(finished, reference, model_pair, corpus, tmp_path, capsys):
+    out = damaged_copy(finished, tmp_path / "out")
+    assert main(cli_flags(model_pair, corpus, out)) == 0
+    assert_same_output(out, reference)
+    assert "scored" in capsys.readouterr().out
+
+
+def test_a_folder_with_foreign_files_is_refused_untouched(model_pair, corpus, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    files = {"notes.txt": b"keep me", "shard-00000.parquet": b"not remit's", "x.tmp": b"t", "_work/a": b"w"}
+    for name, data in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+    assert main(cli_flags(model_pair, corpus, out)) != 0
+    assert "remit did not create" in one_line(capsys.readouterr().err)
+    assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    assert not (out / MARKER).exists()
+
+
+def test_an_input_inside_the_output_is_refused(model_pair, finished, tmp_path, capsys):
+    out = shutil.copytree(finished, tmp_path / "out")
+    inside = out / "docs.jsonl"
+    inside.write_text('{"text": "x"}\n')
+    assert main(cli_flags(model_pair, inside, out)) != 0
+    assert "lies inside the output folder" in one_line(capsys.readouterr().err)
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_finishes(
+    model_pair, corpus, planned, reference, tmp_path, monkeypatch, capsys
+):
+    out = fresh_copy(planned, tmp_path / "out")
+    real = atomic.fsync_file
+    calls = []
+
+    def full(path):
+        calls.append(path)
+        if str(path).endswith(".tmp") and "shard-00002" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path)
+
+    monkeypatch.setattr(atomic, "fsync_file", full)
+    assert main(cli_flags(model_pair, corpus, out)) == 1
+    line = one_line(capsys.readouterr().err)
+    assert "No space left on device" in line and "free disk space" in line and "shard-00002" in line
+    assert not list(out.glob("*.tmp"))
+    monkeypatch.setattr(atomic, "fsync_file", real)
+    assert main(cli_flags(model_pair, corpus, out)) == 0
+    assert_same_output(out, reference)
+
+
+def test_a_read_only_output_is_one_line(model_pair, corpus, tmp_path, monkeypatch, capsys):
+    def read_only(path, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(atomic, "write_text_atomic", read_only)
+    monkeypatch.setattr(atomic, "write_json_atomic", read_only)
+    import remit.annotate.workdir as workdir
+
+    monkeypatch.setattr(workdir, "write_json_atomic", read_only)
+    assert main(cli_flags(model_pair, corpus, tmp_path / "out")) == 1
+    assert "Read-only file system; the file system is read-only" in one_line(capsys.readouterr().err)
+
+
+def test_show_into_a_folder_is_one_line(small_output, tmp_path, capsys):
+    assert main(["show", str(small_output), "-o", str(tmp_path)]) != 0
+    assert "is a folder" in one_line(capsys.readouterr().err)
+
+
+def test_finalize_refuses_a_manifest_over_a_missing_shard(finished, tmp_path, capsys):
+    out = shutil.copytree(finished, tmp_path / "out")
+    (out / "shard-00000.parquet").unlink()
+    before = (out / "manifest.json").read_bytes()
+    assert main(["finalize", str(out)]) != 0
+    assert "remit-annotate repair" in capsys.readouterr().err
+    assert (out / "manifest.json").read_bytes() == before
+    assert json.loads(before)["totals"]["shards"] >= 3
+
+
+def test_repair_prints_the_run_command_for_many_workers(finished, model_pair, capsys):
+    assert main(["repair", str(finished), "--print"]) == 0
+    command = capsys.readouterr().out.strip()
+    assert command.startswith("remit-annotate run ") and f"--output {finished}" in command
+    assert f"--rl {model_pair[1]}" in command and "--seq-len 48" in command
+
+
+def test_repair_refuses_a_folder_that_is_not_an_output(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["repair", str(tmp_path)]) == 2
+    assert "not an output of remit-annotate" in one_line(capsys.readouterr().err)
