@@ -102,6 +102,7 @@ def finished(work: WorkDir, run: RunDescription, units: int = 3, passes: str = "
                 "tokens": 196,
                 "first_sample_id": 4 * n,
                 "token_checksum": f"blake2b128:{n}",
+                "column_checksums": {"token_ids": f"blake2b128:{n}"},
                 "file_sha256": file_sha256(work.shard_path(n)),
                 "bytes": 100 + n,
             }
@@ -419,3 +420,12 @@ def test_leftovers_of_a_killed_worker_are_cleaned(planned, model_pair, corpus, t
     run_worker(AnnotateConfig(**kwargs))
     assert not list(out.glob("*.tmp")) and not list((out / "_work").rglob("*.tmp"))
     assert not list((out / "_work" / "base").iterdir())
+
+
+def test_a_manifest_entry_without_column_checksums_counts_as_damaged(tmp_path):
+    work = WorkDir(tmp_path / "out")
+    run = run_description()
+    work.claim(run)
+    entries = finished(work, run)
+    del entries[1]["column_checksums"]  # an entry of format version 1
+    assert work.check_shards(entries) == {1: "its manifest entry lacks column_checksums"}
