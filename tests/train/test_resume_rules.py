@@ -326,3 +326,19 @@ def test_killing_the_trainer_during_a_save_leaves_no_process(data, random_llama,
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+# --- a shard altered after it was written --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alter", ["alter_weight", "alter_logp", "alter_segment_start"])
+def test_an_altered_shard_is_refused_even_without_validation(data, random_llama, tmp_path, alter):
+    """One weight, one log-prob (of the base model, which training does not use) or one segment start
+    changed in a shard rewritten as valid Parquet: --skip-validate still refuses it when it is read."""
+    from tests.shards import test_integrity
+
+    bad = Path(shutil.copytree(data, tmp_path / "bad"))
+    row, column = getattr(test_integrity, alter)(bad)
+    msg = _error_line(_train(bad, tmp_path / "run", "--skip-validate", train_iters=40, init_hf=random_llama))
+    assert f"{bad / test_integrity.FILE}: column '{column}' does not match" in msg, msg
+    assert f"row {row} (sample " in msg and "Fix: " in msg, msg
