@@ -200,7 +200,9 @@ def test_refuses_a_shard_whose_tokens_changed(output, tmp_path):
     table = table.set_column(1, "token_ids", pa.array(tokens, table.schema.field("token_ids").type))
     pq.write_table(table, shard)
     ds = RemitDataset(bad)  # the footer is fine; the checksum is checked when the shard is read
-    with pytest.raises(ShardError, match=r"shard-00002\.parquet: token checksum .* re-run"):
+    with pytest.raises(
+        ShardError, match=r"shard-00002\.parquet: column 'token_ids' does not match the checksum .* Fix: "
+    ):
         _ = ds[int(ds.shard_first[2])]
 
 
