@@ -171,3 +171,27 @@ def alter_shard(root: str | Path, file: str, column: str, row: int, edit: Callab
     table = table.set_column(i, table.schema.field(i), pa.array(values, type=table.schema.field(i).type))
     write_table(table, path)
     return path
+
+
+def rerecord_shard(root: str | Path, file: str) -> None:
+    """Record shard `file`'s current content in the manifest of `root` (checksums, hash, size), as if the
+    writer had produced it: for tests of what the trainer does with values that pass the checksums."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from remit.shards.checksum import column_checksums, file_sha256
+    from remit.shards.reader import table_token_checksum
+
+    path = Path(root) / file
+    manifest = Path(root) / "manifest.json"
+    data = json.loads(manifest.read_text())
+    entry = next(e for e in data["shards"] if e["file"] == file)
+    table = pq.read_table(path)
+    entry.update(
+        column_checksums=column_checksums(table),
+        token_checksum=table_token_checksum(table),
+        file_sha256=file_sha256(path),
+        bytes=path.stat().st_size,
+    )
+    manifest.write_text(json.dumps(data, indent=1))

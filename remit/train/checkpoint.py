@@ -7,18 +7,38 @@ charge. dist_checkpointing reshards on load, so a run may resume with another TP
 
 Exact continuation: the model and Adam state are restored bit for bit, the LR schedule resumes at
 its step, and the data order is a pure function of the seed and the number of consumed samples.
+
+A checkpoint is code: torch's checkpoint reader unpickles its `.metadata`, its `common.pt` and the
+non-tensor items of its `.distcp` files. So every checkpoint remit writes carries `HASH_FILE`, the
+sha256 of each of its files, written after every rank has finished and before the tracker names it;
+`verify_checkpoint` refuses a folder whose files do not match (or that carries no hash file) before
+any of them is read, unless the user trusts it (--trust-checkpoint). The hashes detect a file planted
+or replaced after the save; they are not a signature (whoever can write the folder can rewrite them).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from remit.shards.atomic import write_text_atomic
+from remit.shards.atomic import write_json_atomic, write_text_atomic
 from remit.train.config import TRACKER_FILE
+
+#: In each iter_* folder remit wrote: the sha256 of every other file of the checkpoint.
+HASH_FILE = "remit-checkpoint-sha256.json"
+_TRUST = "--trust-checkpoint"
+
+
+class UntrustedCheckpointError(ValueError):
+    """A checkpoint's files do not match the hashes remit recorded when it saved them (or it has none)."""
+
 
 #: Keeps the optimizer's keys stable between save and load (no chained-optimizer prefix). The
 #: distributed optimizer saves each rank's shard of its buffers as it is ('dp_reshardable', Megatron-LM's
@@ -51,6 +71,69 @@ def latest_iteration(root: str | Path | None) -> int | None:
     return it
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checkpoint_hashes(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file of the checkpoint folder but the hash file itself."""
+    return {
+        str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name != HASH_FILE
+    }
+
+
+def write_hashes(folder: Path) -> None:
+    write_json_atomic(folder / HASH_FILE, {"sha256": checkpoint_hashes(folder)})
+
+
+def verify_checkpoint(folder: str | Path, trust: bool = False) -> None:
+    """Refuse (UntrustedCheckpointError) a checkpoint folder whose files differ from the hashes remit
+    recorded, or that has none, unless `trust`. Nothing of the folder is unpickled here."""
+    folder = Path(folder)
+    if trust:
+        return
+    path = folder / HASH_FILE
+    if not path.exists():
+        raise UntrustedCheckpointError(
+            f"{folder}: no {HASH_FILE}, so this checkpoint was not written by this remit or was changed. Loading it "
+            f"unpickles its files, which can run any code: pass {_TRUST} only if you trust its source."
+        )
+    try:
+        recorded = json.loads(path.read_text())["sha256"]
+        if not isinstance(recorded, dict):
+            raise TypeError("not a mapping")
+    except (ValueError, KeyError, TypeError) as e:
+        raise UntrustedCheckpointError(
+            f"{path}: unreadable ({type(e).__name__}: {e}); pass {_TRUST} only if you trust the checkpoint's source."
+        ) from None
+    actual = checkpoint_hashes(folder)
+    for name in sorted(set(recorded) | set(actual)):
+        if name not in actual:
+            problem = "is missing"
+        elif name not in recorded:
+            problem = "was added after the save"
+        elif actual[name] != recorded[name]:
+            problem = "differs from the hash recorded when it was saved"
+        else:
+            continue
+        raise UntrustedCheckpointError(
+            f"{folder / name}: {problem} ({path}). Loading it unpickles files, which can run any code: restore "
+            f"the checkpoint from a copy, resume from an earlier iter_* folder, or pass {_TRUST} only if you "
+            "trust the change."
+        )
+
+
+def read_common_state(root: str | Path, iteration: int) -> dict[str, Any]:
+    """The checkpoint's plain (non-tensor) state: train state and scheduler state. Verify it first."""
+    from megatron.core import dist_checkpointing
+
+    return dict(dist_checkpointing.load_common_state_dict(str(iteration_dir(root, iteration))))
+
+
 def _sharded_state(model, optimizer, is_loading: bool) -> dict[str, Any]:
     module = model.module if hasattr(model, "module") else model
     sd: dict[str, Any] = {"model": module.sharded_state_dict()}
@@ -75,12 +158,51 @@ def save_checkpoint(root: str | Path, iteration: int, model, optimizer, schedule
     # Plain values are "common" state: dist_checkpointing stores them once, from rank 0.
     sd["scheduler"] = scheduler.state_dict()
     sd["train_state"] = dict(state, iteration=iteration)
-    dist_checkpointing.save(sd, str(target))
+    try:
+        dist_checkpointing.save(sd, str(target))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # torch's CheckpointException derives from BaseException
+        cause = _os_error_in(e)
+        if cause is None:
+            if isinstance(e, Exception):
+                raise
+            raise RuntimeError(f"{target}: the checkpoint writer failed: {' '.join(str(e).split())[:500]}") from e
+        # The writer's own error (from a helper process, wrapped twice) names no file: name the folder.
+        raise OSError(
+            cause.errno,
+            f"{cause.strerror or cause} while saving the checkpoint (the previous one stays the latest)",
+            str(target),
+        ) from e
     torch.distributed.barrier()
     if rank == 0:
+        write_hashes(target)  # before the tracker: a checkpoint the tracker names always has its hashes
         write_text_atomic(root / TRACKER_FILE, f"{iteration}\n")
     torch.distributed.barrier()
     return target
+
+
+def _os_error_in(e: BaseException, depth: int = 0) -> OSError | None:
+    """The operating-system error behind a failed save (a full disk, a read-only folder), if any: torch's
+    CheckpointException keeps each rank's error in `failures`, as (exception, traceback)."""
+    if isinstance(e, OSError):
+        return e
+    if depth > 8:
+        return None
+    failures = [f[0] if isinstance(f, tuple) else f for f in dict(getattr(e, "failures", {}) or {}).values()]
+    nested = [e.__cause__, e.__context__, *failures, *getattr(e, "args", ())]
+    for inner in nested:
+        if isinstance(inner, BaseException):
+            found = _os_error_in(inner, depth + 1)
+            if found is not None:
+                return found
+    # The ranks' failures travel between processes pickled, which drops their cause: only its text is left.
+    for text in (str(e), *map(str, failures)):
+        match = re.search(r"\[Errno (\d+)\]", text)
+        if match:
+            code = int(match.group(1))
+            return OSError(code, os.strerror(code))
+    return None
 
 
 # Without Apex or Transformer Engine, mcore 0.16.1's DistributedOptimizer runs torch's Adam, which
@@ -135,13 +257,11 @@ def check_optimizer_layout(root: str | Path, current: dict[str, Any], iteration:
     """Refuse, before loading anything, a resume whose optimizer state cannot be mapped onto this run:
     the distributed optimizer saves its own buffer layout (it reshards over data-parallel ranks only),
     which the plain optimizer cannot read, and the other way round."""
-    from megatron.core import dist_checkpointing
-
     it = latest_iteration(root) if iteration is None else iteration
     if it is None:
         return
     source = iteration_dir(root, it)
-    saved = dict(dist_checkpointing.load_common_state_dict(str(source)).get("train_state", {})).get("optimizer_layout")
+    saved = dict(read_common_state(root, it).get("train_state", {})).get("optimizer_layout")
     if not saved:  # written before the layout was recorded
         return
     flag = "--use-distributed-optimizer"
@@ -163,8 +283,11 @@ def check_optimizer_layout(root: str | Path, current: dict[str, Any], iteration:
         )
 
 
-def load_checkpoint(root: str | Path, model, optimizer, scheduler, iteration: int | None = None) -> dict[str, Any]:
-    """Load the given (default: latest) checkpoint into model, optimizer and scheduler; return its train state."""
+def load_checkpoint(
+    root: str | Path, model, optimizer, iteration: int | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load the given (default: latest) checkpoint into model and optimizer; return its train state and
+    its scheduler state (`remit.train.schedule.resume_scheduler` decides how the schedule resumes)."""
     from megatron.core import dist_checkpointing
 
     it = latest_iteration(root) if iteration is None else iteration
@@ -183,18 +306,19 @@ def load_checkpoint(root: str | Path, model, optimizer, scheduler, iteration: in
         with torch.no_grad():
             optimizer.load_state_dict(loaded["optimizer"])
         _restore_torch_adam_steps(optimizer)
-    if scheduler is not None:
-        scheduler.load_state_dict(loaded["scheduler"])
-    return dict(loaded["train_state"])
+    return dict(loaded["train_state"]), dict(loaded["scheduler"])
 
 
-def load_model_only(root: str | Path, model, iteration: int | None = None) -> int:
-    """Load just the model weights (for export); return the iteration loaded."""
+def load_model_only(root: str | Path, model, iteration: int | None = None, trust: bool = False) -> int:
+    """Load just the model weights (for export), after `verify_checkpoint`; return the iteration loaded."""
     from megatron.core import dist_checkpointing
 
     it = latest_iteration(root) if iteration is None else iteration
     if it is None:
         raise FileNotFoundError(f"{root}: no {TRACKER_FILE}; there is no checkpoint to export.")
+    if not iteration_dir(root, it).is_dir():
+        raise FileNotFoundError(f"{iteration_dir(root, it)}: missing; pick an existing iter_* with --iteration.")
+    verify_checkpoint(iteration_dir(root, it), trust=trust)
     sd = _sharded_state(model, None, is_loading=True)
     loaded = dist_checkpointing.load(sd, str(iteration_dir(root, it)))
     module = model.module if hasattr(model, "module") else model

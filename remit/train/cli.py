@@ -95,6 +95,12 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", type=Path, required=True, help="run folder: checkpoints, metrics.jsonl, HF template")
     p.add_argument("--load", type=Path, default=None, help="checkpoint folder to resume from (default: --save)")
     p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="load a checkpoint whose pickled metadata does not match the hash remit recorded (a checkpoint is "
+        "code: only for checkpoints from a trusted source)",
+    )
+    p.add_argument(
         "--save-interval",
         type=int,
         default=None,
@@ -103,6 +109,11 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-hf", type=Path, default=None, help="after training, write the model as HF here")
     # --- schedule and optimiser ---
     p.add_argument("--train-iters", type=int, required=True, help="optimizer steps in total")
+    p.add_argument(
+        "--override-schedule",
+        action="store_true",
+        help="on resume, continue from the checkpoint's step under the new schedule flags instead of refusing them",
+    )
     p.add_argument("--micro-batch-size", type=int, default=1, help="sequences per forward pass per rank")
     p.add_argument(
         "--global-batch-size",
@@ -188,6 +199,11 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--load", type=Path, required=True, help="the run folder (--save of the training run)")
     p.add_argument("--out", type=Path, required=True, help="output folder for the HF checkpoint")
     p.add_argument("--iteration", type=int, default=None, help="which iter_* to export (default: the latest)")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="load a checkpoint whose pickled files do not match the hashes remit recorded (a checkpoint is code)",
+    )
     return p
 
 
@@ -203,15 +219,16 @@ def main(argv: list[str] | None = None) -> int:
         def export() -> None:
             from remit.train.export import export_checkpoint
 
-            export_checkpoint(args.load, args.out, args.iteration)
+            export_checkpoint(args.load, args.out, args.iteration, trust=args.trust_checkpoint)
 
         return run_command("remit-train export-hf", export)
     parser = train_parser()
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
-    except ValueError as e:
-        parser.error(str(e))
+    except ValueError as e:  # one line naming the field, the value and the fix (not the whole usage)
+        print(f"remit-train: error: {e}", file=sys.stderr, flush=True)
+        return 2
 
     # PreflightError, ShardError, ArchitectureError and NonFiniteStepError are ValueErrors: one line each.
     def run() -> None:

@@ -65,7 +65,11 @@ class TrainConfig:
     save: Path = Path("remit-train-out")
     """Folder for checkpoints (iter_NNNNNNN/), metrics.jsonl and the HF config template."""
     load: Path | None = None
-    """Checkpoint folder to resume from. None: `save`, if it already holds a checkpoint."""
+    """Checkpoint folder to resume from; it must exist and hold a checkpoint. None: `save`, if it
+    already holds a checkpoint."""
+    trust_checkpoint: bool = False
+    """Load a checkpoint whose pickled metadata does not match the hash remit recorded when it saved it
+    (or that carries no such hash). A checkpoint is code: its pickles run when loaded."""
     save_interval: int | None = None
     """Save every N iterations (and always at the end). None: only at the end."""
     export_hf: Path | None = None
@@ -74,6 +78,10 @@ class TrainConfig:
     # --- schedule and optimiser ---
     train_iters: int = 100
     """Optimizer steps to run in total (a resumed run continues up to this number)."""
+    override_schedule: bool = False
+    """On resume, continue from the checkpoint's step under this run's schedule flags (lr, min_lr,
+    warm-up, decay length and style, weight decay) instead of refusing a schedule that differs from the
+    checkpoint's (see `remit.train.schedule`)."""
     micro_batch_size: int = 1
     """Sequences per forward/backward pass on one data-parallel rank."""
     global_batch_size: int | None = None
@@ -168,6 +176,12 @@ class TrainConfig:
         self._check_recompute()
         if self.save_interval is not None and self.save_interval < 1:
             _fail("save_interval", f"must be >= 1, got {self.save_interval}", "or leave it unset to save at the end")
+        if self.global_batch_size is not None and self.global_batch_size < 1:
+            _fail(
+                "global_batch_size",
+                f"must be >= 1, got {self.global_batch_size}",
+                "pass a positive multiple of micro_batch_size * data-parallel size, or leave it unset",
+            )
         if self.global_batch_size is not None and self.global_batch_size % self.micro_batch_size:
             _fail(
                 "global_batch_size",
@@ -191,6 +205,19 @@ class TrainConfig:
             _fail("clip_grad", f"{self.clip_grad} < 0", "pass 0 to turn clipping off, or a positive norm")
         if self.init_hf is not None and self.init_config is not None:
             _fail("init_config", "given together with --init-hf", "pass one: a checkpoint or a config for random init")
+        if self.load is not None:
+            if not self.load.is_dir():
+                _fail(
+                    "load",
+                    f"{self.load} does not exist or is not a folder",
+                    "pass the --save folder of the run to resume (or drop --load to start from --init-hf)",
+                )
+            if not (self.load / TRACKER_FILE).exists():
+                _fail(
+                    "load",
+                    f"{self.load} holds no checkpoint (no {TRACKER_FILE})",
+                    "pass the --save folder of a run that saved a checkpoint (or drop --load to start from --init-hf)",
+                )
         # `load` defaults to `save`; a fresh run needs a model to start from.
         fresh = self.load is None and not (self.save / TRACKER_FILE).exists()
         if self.init_hf is None and self.init_config is None and fresh:
@@ -235,6 +262,32 @@ class TrainConfig:
     @property
     def decay_iters(self) -> int:
         return self.lr_decay_iters if self.lr_decay_iters is not None else self.train_iters
+
+    def data_parallel_size(self, world_size: int) -> int:
+        """Data-parallel ranks in a world of `world_size` processes (a ValueError if it does not divide)."""
+        if world_size % self.model_parallel_size:
+            _fail(
+                "tensor_model_parallel_size",
+                f"TP {self.tensor_model_parallel_size} x PP {self.pipeline_model_parallel_size} does not divide "
+                f"the {world_size} processes",
+                "launch a multiple of TP x PP processes",
+            )
+        return world_size // self.model_parallel_size
+
+    def check_batch(self, dp_size: int, samples: int) -> tuple[int, int]:
+        """`batch_layout`, and a global batch no larger than the `samples` of the data."""
+        gbs, n_micro = self.batch_layout(dp_size)
+        unit = self.micro_batch_size * dp_size
+        if gbs > samples:
+            _fail(
+                "global_batch_size",
+                f"{gbs} sequences per step, but the data holds only {samples}",
+                f"pass --global-batch-size of at most {samples // unit * unit} (a multiple of micro_batch_size * "
+                f"data-parallel size {unit})"
+                if samples >= unit
+                else f"annotate more data: one step needs at least micro_batch_size * data-parallel size = {unit}",
+            )
+        return gbs, n_micro
 
     def batch_layout(self, dp_size: int) -> tuple[int, int]:
         """(global batch size, micro-batches per step per rank) for `dp_size` data-parallel ranks."""

@@ -26,6 +26,7 @@ from remit.train.architecture import Architecture
 from remit.train.config import TrainConfig
 from remit.train.model import build_gpt_model, transformer_config
 from remit.train.parallel import Layout, stage_state
+from remit.train.schedule import build_scheduler
 
 
 @dataclass
@@ -68,7 +69,6 @@ def build_engine(
     loads them from its checkpoint instead. Megatron's groups must be initialised."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
     from megatron.core.transformer.module import Float16Module
 
     from remit.train.convert import load_hf_into
@@ -127,17 +127,5 @@ def build_engine(
         ),
         [ddp],
     )
-    scheduler = OptimizerParamScheduler(
-        optimizer,
-        init_lr=0.0,
-        max_lr=cfg.lr,
-        min_lr=cfg.min_lr,
-        lr_warmup_steps=cfg.lr_warmup_iters,
-        lr_decay_steps=cfg.decay_iters,
-        lr_decay_style=cfg.lr_decay_style,
-        start_wd=cfg.weight_decay,
-        end_wd=cfg.weight_decay,
-        wd_incr_steps=cfg.train_iters,
-        wd_incr_style="constant",
-    )
+    scheduler = build_scheduler(optimizer, cfg)
     return Engine(config=tcfg, layout=layout, model=ddp, optimizer=optimizer, scheduler=scheduler)

@@ -29,7 +29,9 @@ def _layout(run_dir: Path) -> str:
     return "sdpa"
 
 
-def export_checkpoint(run_dir: str | Path, out_dir: str | Path, iteration: int | None = None) -> Path:
+def export_checkpoint(
+    run_dir: str | Path, out_dir: str | Path, iteration: int | None = None, trust: bool = False
+) -> Path:
     from remit.train.trainer import HF_TEMPLATE
 
     run_dir = Path(run_dir)
@@ -43,7 +45,7 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, iteration: int |
         cpu_compat.seed_rng(0)
         config = transformer_config(arch, attention=attention)
         model = build_gpt_model(arch, config, max_sequence_length=arch.max_positions, attention=attention)
-        it = load_model_only(run_dir, model.to(cpu_compat.device()), iteration)
+        it = load_model_only(run_dir, model.to(cpu_compat.device()), iteration, trust=trust)
         out = save_hf(gather_full_state(model, None), template, out_dir)
         print(f"iteration {it} of {run_dir} -> {out}")
         return out

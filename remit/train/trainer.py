@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -24,9 +25,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from remit.shards import ShardError, read_manifest
+from remit.shards import read_manifest
 from remit.shards.atomic import write_json_atomic
-from remit.train import cpu_compat, distributed
+from remit.shards.errors import describe_os_error
+from remit.train import cpu_compat, distributed, processes
 from remit.train.architecture import TEMPLATE_FILES, check_parallel, read_architecture
 from remit.train.attention import resolve_backend
 from remit.train.checkpoint import (
@@ -35,7 +37,9 @@ from remit.train.checkpoint import (
     latest_iteration,
     load_checkpoint,
     optimizer_layout,
+    read_common_state,
     save_checkpoint,
+    verify_checkpoint,
 )
 from remit.train.config import TrainConfig
 from remit.train.convert import check_hf_checkpoint, save_hf
@@ -56,6 +60,7 @@ from remit.train.preflight import (
 )
 from remit.train.random_init import prepare_template, random_hf_state
 from remit.train.sampler import SampleOrder
+from remit.train.schedule import SCHEDULE_KEY, check_schedule, resume_scheduler, saved_schedule, schedule_of
 
 #: Sub-folder of the save folder holding the HF config and tokenizer the run started from.
 HF_TEMPLATE = "hf_template"
@@ -69,18 +74,48 @@ Observer = Callable[[int, np.ndarray, dict[str, Any]], None]
 BeforeStep = Callable[[int, Engine], None]
 
 
-def _preflight(cfg: TrainConfig, template: Path, vocab_size: int) -> str | None:
-    """Validate the data (and read every shard's footer) on rank 0 only, and share the verdict, so that
-    every rank fails together. The other ranks read only the shards that hold their samples."""
+class DataReadError(ValueError):
+    """A rank could not read its data for a step (a shard that fails its checksum, a damaged file);
+    raised on every rank together, with the failing rank's message."""
+
+
+def _check_save_folder(save: Path) -> None:
+    """The run folder can be created and written, before any work (a read-only or full disk fails here)."""
+    save.mkdir(parents=True, exist_ok=True)
+    probe = save / f".remit-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def _preflight(
+    cfg: TrainConfig, template: Path, vocab_size: int, max_positions: int, checkpoint: Path | None
+) -> str | None:
+    """Check, on rank 0 only, the save folder, the checkpoint's hashes, the sequence length against the
+    model, then validate the data (and read every shard's footer); share the verdict, so that every
+    rank fails together. The other ranks read only the shards that hold their samples."""
     verdict: list[Any] = [None, None]
     if dist.get_rank() == 0:
         try:
+            _check_save_folder(cfg.save)
+            if checkpoint is not None:
+                verify_checkpoint(checkpoint, trust=cfg.trust_checkpoint)
+            seq_len = read_manifest(cfg.data).seq_len
+            if seq_len > max_positions:
+                raise PreflightError(
+                    f"{cfg.data / 'manifest.json'}: rows of seq_len {seq_len} tokens, but the model ({template}) "
+                    f"has {max_positions} positions (max_position_embeddings); annotate with --seq-len of at "
+                    f"most {max_positions}, or train a model with more positions."
+                )
             if not cfg.skip_validate:
                 validate_data(cfg.data)
             RemitDataset(cfg.data, check_footers=True)  # every shard's footer, here only
             verdict[1] = check_data_fits_model(cfg.data, vocab_size, template)
-        except (PreflightError, ShardError, FileNotFoundError) as e:
+        except (ValueError, FileNotFoundError) as e:  # PreflightError, ShardError, UntrustedCheckpointError
             verdict[0] = str(e)
+        except OSError as e:  # a read-only or full save folder
+            verdict[0] = describe_os_error(e)
     dist.broadcast_object_list(verdict, src=0)
     if verdict[0]:
         raise PreflightError(verdict[0])
@@ -120,6 +155,31 @@ def _check_layout(run_dir: Path, attention: str) -> None:
             f"{path}: the checkpoint was written with --attention {saved}, this run uses {attention}; their "
             f"tensor layouts differ, so resume with --attention {saved} (or export to HF and start from that)"
         )
+
+
+def _next_batches(loader: BatchLoader, n: int, step: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """This rank's `n` micro-batches of `step`, after every rank has said it could read its own: a rank
+    whose data fails (e.g. a shard that does not match its checksum) makes every rank stop here with
+    its message, instead of leaving the others waiting in the step's collectives."""
+    batches: list[dict[str, torch.Tensor]] = []
+    failure: str | None = None
+    try:
+        for _ in range(n):
+            batches.append(next(loader))
+    except (ValueError, FileNotFoundError) as e:
+        failure = str(e)
+    except OSError as e:
+        failure = describe_os_error(e)
+    except Exception as e:  # a defect: still stop every rank, with its name
+        failure = f"{type(e).__name__}: {' '.join(str(e).split())}"
+    flag = torch.tensor([0 if failure is None else 1], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if int(flag.item()):
+        messages: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(messages, failure)
+        rank, msg = next((r, m) for r, m in enumerate(messages) if m is not None)
+        raise DataReadError(f"step {step}: rank {rank} could not read its data: {msg}")
+    return batches
 
 
 def _forward_step(
@@ -173,6 +233,9 @@ def train(cfg: TrainConfig, observer: Observer | None = None, before_step: Befor
     created = distributed.init(cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size)
     try:
         return _train(cfg, observer, before_step)
+    except BaseException:
+        processes.end_children()
+        raise
     finally:
         distributed.teardown(created)
 
@@ -192,14 +255,17 @@ def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep 
     is_main = rank == 0
     device = cpu_compat.device()
 
+    processes.no_orphans()
+    processes.catch_interrupts()
     load_dir = cfg.load or cfg.save
     resume_it = latest_iteration(load_dir)
-    manifest = read_manifest(cfg.data)
-    check_weights_available(manifest, cfg.weights, cfg.data)
+    checkpoint = iteration_dir(load_dir, resume_it) if resume_it is not None else None
     random_init = resume_it is None and cfg.init_config is not None
+    manifest = None
     if resume_it is not None:
         template = Path(load_dir) / HF_TEMPLATE
     elif cfg.init_config is not None:
+        manifest = read_manifest(cfg.data)  # the tokenizer the shards record is the random model's
         template = cfg.save / HF_TEMPLATE
         _prepare_random_template(cfg.init_config, manifest.data.get("tokenizer", {}), template)
     elif cfg.init_hf is not None:
@@ -213,7 +279,10 @@ def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep 
         check_hf_checkpoint(template, arch)  # tensor names and shapes, before any data is read
     elif resume_it is not None:
         _check_layout(Path(load_dir), attention)
-    tokenizer_hash = _preflight(cfg, template, arch.vocab_size)
+    if manifest is None:
+        manifest = read_manifest(cfg.data)
+    check_weights_available(manifest, cfg.weights, cfg.data)  # after the model checks, before the data checks
+    tokenizer_hash = _preflight(cfg, template, arch.vocab_size, arch.max_positions, checkpoint)
 
     # Rank 0 checked every shard's footer in the preflight; the other ranks check each shard they read.
     dataset = RemitDataset(
@@ -229,23 +298,31 @@ def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep 
     center = cfg.center or manifest.center
     keep_ratio = cfg.keep_ratio if cfg.weights == "rho1" else 1.0
     loss_opts: dict[str, Any] = {"eps": eps, "center": center, "seed": cfg.seed, "keep_ratio": keep_ratio}
+    dp_size = cfg.data_parallel_size(dist.get_world_size())
+    gbs, n_micro = cfg.check_batch(dp_size, len(dataset))  # before the model is built
+    objective = {"weights": cfg.weights, "eps": eps, "center": center, "global_batch_size": gbs}
+    if cfg.weights == "rho1":
+        objective["keep_ratio"] = keep_ratio
+    common: dict[str, Any] = {}
+    if resume_it is not None:  # what the checkpoint was trained with, before any tensor is loaded
+        common = read_common_state(load_dir, resume_it)
+        check_resume_matches(dict(common.get("train_state", {})), cfg.data, cfg.seed, objective)
+        check_schedule(
+            saved_schedule(dict(common.get("train_state", {})), dict(common["scheduler"])), cfg, str(checkpoint)
+        )
 
     cpu_compat.seed_rng(cfg.seed)
     init_state = random_hf_state(template, arch, cfg.seed) if random_init else None
     init_hf = template if resume_it is None and not random_init else None
     engine = build_engine(cfg, arch, attention, seq_len, init_hf, init_state=init_state)
     layout, ddp, optimizer, scheduler = engine.layout, engine.model, engine.optimizer, engine.scheduler
-    gbs, n_micro = cfg.batch_layout(layout.dp_size)
-    objective = {"weights": cfg.weights, "eps": eps, "center": center, "global_batch_size": gbs}
-    if cfg.weights == "rho1":
-        objective["keep_ratio"] = keep_ratio
 
     iteration, consumed, tokens = 0, 0, 0
     layout_of_optimizer = optimizer_layout(cfg.use_distributed_optimizer, layout.tp_size, layout.pp_size)
     if resume_it is not None:
         check_optimizer_layout(load_dir, layout_of_optimizer)
-        state = load_checkpoint(load_dir, ddp, optimizer, scheduler)
-        check_resume_matches(state, cfg.data, cfg.seed, objective)
+        state, scheduler_state = load_checkpoint(load_dir, ddp, optimizer)
+        resume_scheduler(scheduler, scheduler_state, int(state["iteration"]), override=cfg.override_schedule)
         iteration, consumed, tokens = int(state["iteration"]), int(state["consumed_samples"]), int(state["tokens"])
     if is_main:
         cfg.save.mkdir(parents=True, exist_ok=True)
@@ -298,16 +375,18 @@ def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep 
     )
     try:
         for step in range(iteration + 1, cfg.train_iters + 1):
+            processes.raise_if_interrupted()  # a Ctrl-C that Python swallowed during the last save
             t0 = time.perf_counter()
             ddp.zero_grad_buffer()
             optimizer.zero_grad()
-            scheduler.step(1)  # the LR of this step: warm-up reaches `lr` at step lr_warmup_iters
+            scheduler.step(1)  # the LR of this step (remit.train.schedule)
             lr = float(optimizer.param_groups[0]["lr"])
             seen: list[np.ndarray] = []
             records: list[MicroBatchLoss] = []
+            batches = _next_batches(loader, n_micro, step, device)
             reports = forward_backward(
                 forward_step_func=partial(_forward_step, cfg.weights, loss_opts, attention, seen, records),
-                data_iterator=loader,
+                data_iterator=iter(batches),
                 model=[ddp],
                 num_microbatches=n_micro,
                 seq_length=seq_len,
@@ -356,6 +435,7 @@ def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep 
                         "data_run_id": manifest.run_id,
                         "bf16": cfg.bf16,
                         "optimizer_layout": layout_of_optimizer,
+                        SCHEDULE_KEY: schedule_of(cfg),
                         **objective,
                     },
                 )

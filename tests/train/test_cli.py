@@ -32,6 +32,7 @@ TRAIN_FLAGS = [
     "--micro-batch-size",
     "--min-lr",
     "--overlap-grad-reduce",
+    "--override-schedule",
     "--pipeline-model-parallel-size",
     "--recompute-granularity",
     "--recompute-method",
@@ -44,6 +45,7 @@ TRAIN_FLAGS = [
     "--skip-validate",
     "--tensor-model-parallel-size",
     "--train-iters",
+    "--trust-checkpoint",
     "--use-distributed-optimizer",
     "--weight-decay",
     "--weights",
@@ -56,7 +58,7 @@ def _flags(parser) -> list[str]:
 
 def test_flags_are_frozen():
     assert _flags(train_parser()) == TRAIN_FLAGS
-    assert _flags(export_parser()) == ["--iteration", "--load", "--out"]
+    assert _flags(export_parser()) == ["--iteration", "--load", "--out", "--trust-checkpoint"]
 
 
 def test_flags_documented(pytestconfig):

@@ -201,7 +201,8 @@ def test_refuses_a_shard_whose_tokens_changed(output, tmp_path):
     pq.write_table(table, shard)
     ds = RemitDataset(bad)  # the footer is fine; the checksum is checked when the shard is read
     with pytest.raises(
-        ShardError, match=r"shard-00002\.parquet: column 'token_ids' does not match .*remit-annotate repair"
+        ShardError,
+        match=r"shard-00002\.parquet: column 'token_ids' does not match the checksum .*remit-annotate repair",
     ):
         _ = ds[int(ds.shard_first[2])]
 
