@@ -277,27 +277,8 @@ def _resolve(raw: dict[str, Any], model_type: str, source: str):
         tf_logger.setLevel(level)
 
 
-def _check_raw_rope_type(raw: dict[str, Any], source: str) -> None:
-    """Refuse an unknown RoPE type by name before transformers gets to validate (and word) it."""
-    for key in ("rope_parameters", "rope_scaling"):
-        params = raw.get(key)
-        if isinstance(params, dict) and not all(isinstance(v, dict) for v in params.values()):
-            rope_type = params.get("rope_type", params.get("type", "default"))
-            if rope_type not in ROPE_TYPES:
-                _refuse(
-                    source,
-                    f"{key}.rope_type",
-                    rope_type,
-                    "this RoPE scaling is not reproduced",
-                    f"supported rope types: {', '.join(ROPE_TYPES)}",
-                )
-
-
-def _rope(raw: dict[str, Any], cfg: Any, source: str) -> tuple[float, str, tuple[tuple[str, float], ...]]:
-    key = "rope_parameters" if raw.get("rope_parameters") else "rope_scaling"
-    params = dict(getattr(cfg, "rope_parameters", None) or {})
-    if params and all(isinstance(v, dict) for v in params.values()):
-        _refuse(source, key, raw.get(key), "per-layer-type RoPE parameters", "use a single RoPE setting")
+def _check_rope_type(key: str, params: dict[str, Any], source: str) -> str:
+    """The RoPE type `params` names; an unknown one is refused by name."""
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type not in ROPE_TYPES:
         _refuse(
@@ -307,6 +288,23 @@ def _rope(raw: dict[str, Any], cfg: Any, source: str) -> tuple[float, str, tuple
             "this RoPE scaling is not reproduced",
             f"supported rope types: {', '.join(ROPE_TYPES)}",
         )
+    return str(rope_type)
+
+
+def _check_raw_rope_type(raw: dict[str, Any], source: str) -> None:
+    """Refuse an unknown RoPE type by name before transformers gets to validate (and word) it."""
+    for key in ("rope_parameters", "rope_scaling"):
+        params = raw.get(key)
+        if isinstance(params, dict) and not all(isinstance(v, dict) for v in params.values()):
+            _check_rope_type(key, params, source)
+
+
+def _rope(raw: dict[str, Any], cfg: Any, source: str) -> tuple[float, str, tuple[tuple[str, float], ...]]:
+    key = "rope_parameters" if raw.get("rope_parameters") else "rope_scaling"
+    params = dict(getattr(cfg, "rope_parameters", None) or {})
+    if params and all(isinstance(v, dict) for v in params.values()):
+        _refuse(source, key, raw.get(key), "per-layer-type RoPE parameters", "use a single RoPE setting")
+    rope_type = _check_rope_type(key, params, source)
     partial = params.get("partial_rotary_factor", 1.0)
     if partial not in (None, 1, 1.0):
         _refuse(source, f"{key}.partial_rotary_factor", partial, "partial rotary embedding is not built", "use 1.0")

@@ -71,22 +71,9 @@ def test_resume_reproduces_the_uninterrupted_curve(baseline, data, tmp_path):
                 str(data),
                 "--save",
                 str(run),
-                "--weights",
-                "online",
                 "--train-iters",
                 "6",
-                "--micro-batch-size",
-                "2",
-                "--global-batch-size",
-                "4",
-                "--lr",
-                "1e-3",
-                "--lr-warmup-iters",
-                "2",
-                "--seed",
-                "7",
-                "--shuffle-shards",
-                "2",
+                *runs.BASE_FLAGS,
             ]
         )
     )
