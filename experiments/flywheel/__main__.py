@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         pipe.stage_rl()
         pipe.stage_eval_base_rl()
         pipe.stage_annotate()
+        pipe.stage_diagnose()
         pipe.stage_mid(cfg.arms, cfg.seeds)
         pipe.stage_post_rl(tuple(a for a in cfg.post_rl_arms if a in cfg.arms), cfg.post_rl_seeds)
         pipe.stage_report()
