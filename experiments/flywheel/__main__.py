@@ -59,7 +59,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-splits", default=",".join(EVAL_SPLITS), help="evaluation splits (pilots tuning on dev pass: dev)"
     )
-    p.add_argument("--engine", choices=("vllm", "hf"), default=None, help="remit-annotate engine (default vllm)")
+    p.add_argument(
+        "--engine", choices=("vllm", "hf"), default=None, help="remit-annotate engine (default vllm; --quick: hf)"
+    )
     p.add_argument(
         "--rl-engine",
         choices=("own", "trl"),

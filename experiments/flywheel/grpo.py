@@ -39,7 +39,7 @@ from experiments.flywheel.evaluate import generate, load
 class GRPOConfig:
     """The RL recipe (the same for the base model and for every mid-trained model)."""
 
-    steps: int = 40
+    steps: int = 30
     """Optimizer steps (one batch of rollouts each)."""
     prompts_per_step: int = 16
     group_size: int = 8
