@@ -39,12 +39,12 @@ from experiments.flywheel.evaluate import generate, load
 class GRPOConfig:
     """The RL recipe (the same for the base model and for every mid-trained model)."""
 
-    steps: int = 30
+    steps: int = 40
     """Optimizer steps (one batch of rollouts each)."""
     prompts_per_step: int = 16
     group_size: int = 8
     """Completions sampled per prompt."""
-    lr: float = 3e-4
+    lr: float = 1e-4
     """AdamW learning rate (constant after `warmup` steps of linear warm-up)."""
     warmup: int = 3
     max_new_tokens: int = 32
