@@ -59,7 +59,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-splits", default=",".join(EVAL_SPLITS), help="evaluation splits (pilots tuning on dev pass: dev)"
     )
-    p.add_argument("--engine", choices=("vllm", "hf"), default=None, help="remit-annotate engine (default vllm)")
+    p.add_argument(
+        "--engine", choices=("vllm", "hf"), default=None, help="remit-annotate engine (default vllm; --quick: hf)"
+    )
     p.add_argument(
         "--rl-engine",
         choices=("own", "trl"),
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         pipe.stage_rl()
         pipe.stage_eval_base_rl()
         pipe.stage_annotate()
+        pipe.stage_diagnose()
         pipe.stage_mid(cfg.arms, cfg.seeds)
         pipe.stage_post_rl(tuple(a for a in cfg.post_rl_arms if a in cfg.arms), cfg.post_rl_seeds)
         pipe.stage_report()

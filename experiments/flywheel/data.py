@@ -1,16 +1,21 @@
 """The synthetic task: multi-step arithmetic word problems with worked solutions, some of them wrong.
 
-- A problem is a dependency chain in the style of GSM-Infinite: a start quantity (1-29) and 2-3
-  operations (add or take away 1-12), every intermediate value in [0, 40]. Its worked solution writes one equation per
-  step and ends with "The answer is N."; the final number is what exact-match scoring compares.
-- A share of the solutions in the training splits is wrong (`noise_rate`): one step's result is off by
-  a small amount and the chain carries the wrong value on (a wrong step), or every step is right and
-  the final sentence states another number (a wrong answer). The held-out and RL splits are never noisy.
-- Non-reasoning text (short sentences from a small grammar) is mixed into the training splits.
+- A problem is a dependency chain in the style of GSM-Infinite: a start quantity and 2-3 operations
+  (add or take away a small number), every intermediate value in [0, MAX_VALUE]. Its worked solution
+  writes one equation per step and ends with "The answer is N."; the final number is what exact-match
+  scoring compares. The word-level tokenizer (models.py) makes every number one token, so a step is
+  one fact of a small addition table, not digit arithmetic.
+- A share of the solutions in the training splits is wrong (`noise_rate`): one step's result is off
+  by 1 or 2 and the chain carries the wrong value on (a wrong step), or every step is right and the
+  final sentence states another number (a wrong answer). The RL, dev and held-out splits are never noisy.
+- Non-reasoning text (sentences from a small grammar) is mixed into the training splits. Its words
+  include those of the unseen templates, so that the second held-out split tests new sentence frames,
+  not unknown words.
 - Templates: `TRAIN_TEMPLATES` phrase the story in the pre-training, annealing, RL, dev and first
   held-out splits; `UNSEEN_TEMPLATES` only in the second held-out split.
 - Splits are disjoint by the problem's numbers: the signature (start, operations, operands) of a
-  problem appears in at most one split, so the held-out problems use number chains never trained on.
+  problem belongs to one split, so the held-out problems are number chains never trained on. The
+  training splits may repeat their own chains (in other words); the other splits hold each once.
 """
 
 from __future__ import annotations
@@ -47,29 +52,36 @@ TRAIN_TEMPLATES: list[dict[str, Any]] = [
         "ask": "How many {item} are on the shelf at the end?",
     },
 ]
+#: New sentence frames around the training splits' verbs; their other words occur in the filler text.
 UNSEEN_TEMPLATES: list[dict[str, Any]] = [
     {
-        "start": "The shop starts the day with {a} {item}.",
-        "add": ["A delivery brings {b} {item}.", "The owner buys {b} more."],
-        "sub": ["Customers buy {b} {item}.", "{b} {item} are returned to the factory."],
-        "ask": "How many {item} does the shop have when it closes?",
+        "start": "At first the shop has {a} {item}.",
+        "add": ["Later the shop gets {b} more {item}.", "Then someone puts {b} more in the shop."],
+        "sub": ["Later the shop sells {b} of them.", "Then {b} {item} are taken from the shop."],
+        "ask": "How many {item} are left in the shop?",
     },
     {
-        "start": "{name}'s jar contains {a} {item}.",
-        "add": ["{name} drops {b} {item} into the jar.", "The jar receives {b} more."],
-        "sub": ["{name} pulls {b} {item} out of the jar.", "{b} {item} are spent."],
-        "ask": "What is the number of {item} in the jar?",
+        "start": "In the morning {name} finds {a} {item}.",
+        "add": ["After that {name} finds {b} more.", "A friend then gives {b} {item} to {name}."],
+        "sub": ["After that {name} loses {b} of them.", "{name} then gives {b} {item} away."],
+        "ask": "How many {item} are left with {name}?",
     },
 ]
 
 _WORDS = {
-    "subj": ["The river", "A small bird", "The old mill", "The wind", "My neighbour", "The garden", "A quiet train"],
-    "verb": ["moves past", "sings near", "rests beside", "turns toward", "waits by", "shines over", "drifts across"],
+    "lead": ["At first", "Later", "Then", "After that", "In the morning", "At the end"],
+    "subj": ["the river", "a small bird", "the old mill", "the wind", "my neighbour", "the shop", "a quiet train"],
+    "verb": ["moves past", "sings near", "rests beside", "turns toward", "waits by", "shines over", "is left with"],
     "obj": ["the hills", "the market", "a stone bridge", "the harbour", "the long road", "an open field"],
     "end": ["in the morning.", "after the rain.", "every day.", "at dusk.", "without a sound.", "as usual."],
 }
 
-ANSWER_RE = re.compile(r"The answer is (\d+)\.")
+ANSWER_RE = re.compile(r"The answer is (\d+) ?\.")
+
+#: Every value of a chain lies in [0, MAX_VALUE]; operands lie in [1, MAX_OPERAND]; starts in [1, MAX_START].
+MAX_VALUE = 20
+MAX_OPERAND = 6
+MAX_START = 15
 
 
 @dataclass(frozen=True)
@@ -99,21 +111,17 @@ def prompt_of(question: str) -> str:
 
 
 def parse_answer(completion: str) -> int | None:
-    """The number after the first 'The answer is', or None (exact-match scoring)."""
+    """The number after the first 'The answer is', or None (exact-match scoring). Decoded word-level
+    tokens are joined by spaces ("The answer is 7 ."), plain text is not ("The answer is 7.")."""
     m = ANSWER_RE.search(completion)
     return int(m.group(1)) if m else None
 
 
-#: Every value of a chain lies in [0, MAX_VALUE]; operands lie in [1, MAX_OPERAND].
-MAX_VALUE = 40
-MAX_OPERAND = 12
-
-
 def _chain(rng: np.random.Generator, steps: int) -> tuple[int, list[tuple[str, int]], list[int]]:
-    a = int(rng.integers(1, 30))
+    a = int(rng.integers(1, MAX_START + 1))
     ops, values, v = [], [], a
     for _ in range(steps):
-        if v >= MAX_VALUE - 2 or (v > 4 and rng.random() < 0.5):
+        if v >= MAX_VALUE - 1 or (v > 3 and rng.random() < 0.5):
             op, b = "-", int(rng.integers(1, min(v, MAX_OPERAND) + 1))
         else:
             op, b = "+", int(rng.integers(1, min(MAX_VALUE - v, MAX_OPERAND) + 1))
@@ -124,15 +132,20 @@ def _chain(rng: np.random.Generator, steps: int) -> tuple[int, list[tuple[str, i
 
 
 def _wrong(rng: np.random.Generator, v: int) -> int:
-    """A plausible wrong value near `v`, still in [0, MAX_VALUE]."""
+    """A plausible wrong value near `v` (off by 1 or 2), still in [0, MAX_VALUE]."""
     while True:
-        w = v + int(rng.choice([-10, -2, -1, 1, 2, 10]))
+        w = v + int(rng.choice([-2, -1, 1, 2]))
         if 0 <= w <= MAX_VALUE and w != v:
             return w
 
 
 def make_problem(
-    rng: np.random.Generator, template_id: str, template: dict[str, Any], noise_rate: float, steps: int
+    rng: np.random.Generator,
+    template_id: str,
+    template: dict[str, Any],
+    noise_rate: float,
+    steps: int,
+    step_share: float = 0.7,
 ) -> Problem:
     a, ops, values = _chain(rng, steps)
     name, item = str(rng.choice(NAMES)), str(rng.choice(ITEMS))
@@ -144,7 +157,7 @@ def make_problem(
     sentences.append(template["ask"].format(**fill))
     noise = ""
     if rng.random() < noise_rate:
-        noise = "step" if rng.random() < 0.7 else "answer"
+        noise = "step" if rng.random() < step_share else "answer"
     shown = list(values)
     if noise == "step":
         k = int(rng.integers(0, steps))  # this step's result is wrong; later steps carry it on
@@ -168,24 +181,40 @@ def make_problem(
 
 
 def filler_text(rng: np.random.Generator, sentences: int) -> str:
-    return " ".join(
-        f"{rng.choice(_WORDS['subj'])} {rng.choice(_WORDS['verb'])} {rng.choice(_WORDS['obj'])} {rng.choice(_WORDS['end'])}"
-        for _ in range(sentences)
-    )
+    out = []
+    for _ in range(sentences):
+        s = f"{rng.choice(_WORDS['subj'])} {rng.choice(_WORDS['verb'])} {rng.choice(_WORDS['obj'])} {rng.choice(_WORDS['end'])}"
+        lead = str(rng.choice(_WORDS["lead"])) if rng.random() < 0.4 else ""
+        out.append(f"{lead} {s}" if lead else s[0].upper() + s[1:])
+    return " ".join(out)
+
+
+def vocabulary_texts() -> list[str]:
+    """Every word the generator can write (templates, names, items, filler words, every number), so that
+    the tokenizer knows each of them whatever the sampled splits hold."""
+    texts = [" ".join(NAMES), " ".join(ITEMS), " ".join(str(i) for i in range(MAX_VALUE + 1))]
+    texts += [" ".join(v) for v in _WORDS.values()]
+    for t in TRAIN_TEMPLATES + UNSEEN_TEMPLATES:
+        for s in [t["start"], *t["add"], *t["sub"], t["ask"]]:
+            texts.append(re.sub(r"\{\w+\}", " ", s))
+    texts += [prompt_of("?"), "+ - = . The answer is"]
+    return texts
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Sizes of the splits (problems) and the mix."""
 
-    pretrain: int = 20000
-    anneal: int = 5000
+    pretrain: int = 30000
+    anneal: int = 8000
     rl: int = 2000
-    dev: int = 200
-    heldout: int = 400
-    heldout_templates: int = 400
+    dev: int = 300
+    heldout: int = 500
+    heldout_templates: int = 500
     noise_rate: float = 0.3
     """Share of training-split solutions with an error (pre-training and annealing)."""
+    step_share: float = 0.7
+    """Of the wrong solutions, the share with a wrong step (the rest: a wrong final answer)."""
     text_share: float = 0.25
     """Non-reasoning documents per problem document in the training splits (0.25: one in five documents)."""
     steps: tuple[int, ...] = (2, 3)
@@ -208,21 +237,28 @@ def generate(cfg: DataConfig, out: Path) -> dict[str, Any]:
     """
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
-    seen: set[str] = set()
+    owner: dict[str, str] = {}  # signature -> the one split it belongs to
     stats: dict[str, Any] = {"config": asdict(cfg) | {"steps": list(cfg.steps)}, "splits": {}}
-    stats["ranges"] = {"start": [1, 29], "operand": [1, MAX_OPERAND], "value": [0, MAX_VALUE]}
+    stats["ranges"] = {"start": [1, MAX_START], "operand": [1, MAX_OPERAND], "value": [0, MAX_VALUE]}
     for split in GENERATION_ORDER:
         want = getattr(cfg, split)
         templates = UNSEEN_TEMPLATES if split == "heldout_templates" else TRAIN_TEMPLATES
         prefix = "u" if split == "heldout_templates" else "t"
         noise_rate = cfg.noise_rate if split in NOISY else 0.0
         problems: list[Problem] = []
+        misses = 0
         while len(problems) < want:
             t = int(rng.integers(len(templates)))
-            p = make_problem(rng, f"{prefix}{t}", templates[t], noise_rate, int(rng.choice(cfg.steps)))
-            if p.signature in seen:
+            steps = int(rng.choice(cfg.steps))
+            p = make_problem(rng, f"{prefix}{t}", templates[t], noise_rate, steps, cfg.step_share)
+            # A chain belongs to one split. The training splits may repeat their own chains (with other
+            # names, items and wording); the other splits hold each chain once.
+            if owner.get(p.signature, split) != split or (split not in NOISY and p.signature in owner):
+                misses += 1
+                if misses > 50 * want + 10_000:
+                    raise ValueError(f"{split}: only {len(problems)} distinct number chains left; ask for fewer")
                 continue
-            seen.add(p.signature)
+            owner[p.signature] = split
             problems.append(p)
         n_text = round(cfg.text_share * want) if split in WITH_TEXT else 0
         with open(out / f"{split}.jsonl", "w") as f:
@@ -243,6 +279,7 @@ def generate(cfg: DataConfig, out: Path) -> dict[str, Any]:
         noise = {k: sum(p.noise == k for p in problems) for k in ("step", "answer")}
         stats["splits"][split] = {
             "problems": len(problems),
+            "distinct_chains": len({p.signature for p in problems}),
             "text_documents": n_text,
             "noisy_step": noise["step"],
             "noisy_answer": noise["answer"],

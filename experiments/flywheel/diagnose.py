@@ -2,9 +2,11 @@
 
 ReMiT helps when the RL model is more confident than the base on the tokens that matter and less
 confident on the wrong ones. This reads the annotated shards back per document (segments joined in
-document order), decodes the tokens, and sorts every scored token of the annealing split into:
-text documents; question; operand digits; result digits of correct equations; result digits of the
-wrong equation of a noisy solution; the final answer when right or wrong; other solution tokens.
+document order), maps the tokens back to the text, and sorts every scored token of the annealing split
+into: text documents; question; operands; results of correct equations; the result of the wrong
+equation of a noisy solution; results carried on after a wrong step; the final answer when right or
+wrong; other solution tokens. It runs before the mid-training arms (stage `diagnose`), so that the
+noise rate and eps can be judged without any evaluation split.
 """
 
 from __future__ import annotations
@@ -58,18 +60,23 @@ def _char_spans(text: str, noise: str) -> list[tuple[int, int, str]]:
     spans = [(0, cut, "question")]
     sol_start = cut + len("\nAnswer:")
     sol = text[sol_start:]
+    wrong_seen = False
     for m in _EQ.finditer(sol):
         a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
         right = (a + b if op == "+" else a - b) == c
-        for g, cat in ((1, "operand digits"), (3, "operand digits")):
-            spans.append((sol_start + m.start(g), sol_start + m.end(g), cat))
-        cat = "result digits, correct step" if right else "result digits, wrong step"
+        for g in (1, 3):
+            spans.append((sol_start + m.start(g), sol_start + m.end(g), "operands"))
+        if not right:
+            cat = "result, wrong step"
+            wrong_seen = True
+        else:
+            cat = "result, correct step after a wrong one" if wrong_seen else "result, correct step"
         spans.append((sol_start + m.start(4), sol_start + m.end(4), cat))
     m = re.search(r"The answer is (\d+)\.", sol)
     if m:
-        eqs = _EQ.findall(sol)
-        stated_ok = not eqs or int(m.group(1)) == int(eqs[-1][3])
-        cat = "final answer digits, wrong" if (noise == "answer" or not stated_ok) else "final answer digits, right"
+        cat = {"answer": "final answer, wrong number", "step": "final answer after a wrong step"}.get(
+            noise, "final answer, right"
+        )
         spans.append((sol_start + m.start(1), sol_start + m.end(1), cat))
     return spans
 

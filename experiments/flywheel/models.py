@@ -1,7 +1,8 @@
 """The tokenizer and the model shape of the experiment (written as Hugging Face files).
 
-- A byte-level BPE tokenizer trained on the pre-training split, with every digit its own token (a
-  number's digits are then always the same tokens, whatever their neighbours), Llama-style specials.
+- A word-level tokenizer: every word, number and punctuation mark of the generator's language is one
+  token (numbers up to the task's largest value included), so a step of a solution is one fact of a
+  small addition table; Llama-style specials. Decoded text has spaces between tokens ("= 7 .").
 - The base model is a small Llama; its `config.json` is all `remit-train --init-config` needs.
 """
 
@@ -21,29 +22,20 @@ class ModelShape:
     heads: int = 3
     kv_heads: int = 1
     ffn: int = 256
-    vocab: int = 384
-    """Target BPE vocabulary (the tokenizer may end up smaller: then the config takes its size)."""
     max_positions: int = 512
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, out: Path) -> int:
-    """Train and save the tokenizer to `out`; return its size."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def build_tokenizer(texts: list[str], out: Path) -> int:
+    """Build the word-level tokenizer over every token of `texts` (sorted, after the specials), save it
+    to `out` and return its size."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<s>", "</s>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
+    split = pre_tokenizers.Whitespace()  # runs of word characters, runs of punctuation
+    words = sorted({w for t in texts for w, _ in split.pre_tokenize_str(t)})
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = split
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     fast.save_pretrained(out)
     return len(fast)

@@ -1,7 +1,7 @@
 """The flywheel, stage by stage, through remit's own command lines.
 
     data -> tokenizer -> pack (remit-annotate pack) -> pretrain (remit-train --init-config, --weights none)
-    -> rl (GRPO) -> annotate (remit-annotate, base + RL) -> mid (remit-train, one run per arm and seed)
+    -> rl (GRPO) -> annotate (remit-annotate, base + RL) -> diagnose (weights per token kind) -> mid (remit-train, one run per arm and seed)
     -> eval -> post-rl (the same GRPO on mid-trained models) -> report
 
 Every stage writes `OUT/stages/NAME.json` (its wall time) when it finishes; a rerun with the same
@@ -90,15 +90,15 @@ class Pipeline:
     # -- stages -------------------------------------------------------------------------------------------
 
     def stage_data(self) -> None:
-        from experiments.flywheel.data import generate, read_jsonl
-        from experiments.flywheel.models import train_tokenizer, write_config
+        from experiments.flywheel.data import generate, read_jsonl, vocabulary_texts
+        from experiments.flywheel.models import build_tokenizer, write_config
 
         if self.done("data"):
             return
         t0 = time.perf_counter()
         stats = generate(self.cfg.data, self.data)
-        texts = [r["text"] for r in read_jsonl(self.data / "pretrain.jsonl")]
-        vocab = train_tokenizer(texts, self.cfg.shape.vocab, self.out / "tokenizer")
+        texts = vocabulary_texts() + [r["text"] for r in read_jsonl(self.data / "pretrain.jsonl")]
+        vocab = build_tokenizer(texts, self.out / "tokenizer")
         write_config(self.cfg.shape, vocab, self.out / "model_config")
         self.finish("data", t0, vocab=vocab, splits=stats["splits"])
 
@@ -191,6 +191,19 @@ class Pipeline:
         )  # fmt: skip
         self.run("annotate-stats", [*_cli(*REMIT_ANNOTATE), "stats", str(self.out / "annotated"), "--json"])
         self.finish("annotate", t0)
+
+    def stage_diagnose(self) -> None:
+        """Where the annotation put its weights, per kind of token (diagnose.py), before any arm trains:
+        the noise rate and eps are judged here, without an evaluation split."""
+        from experiments.flywheel.diagnose import markdown, weight_by_token_kind
+
+        if self.done("diagnose"):
+            return
+        t0 = time.perf_counter()
+        table = weight_by_token_kind(self.out)
+        (self.out / "weights_by_token_kind.json").write_text(json.dumps(table, indent=1) + "\n")
+        print(markdown(table), flush=True)
+        self.finish("diagnose", t0)
 
     def mid_name(self, arm: str, seed: int) -> str:
         return f"{arm}-s{seed}"

@@ -285,11 +285,10 @@ def write_report(out: Path, cfg: Any, splits: tuple[str, ...]) -> dict[str, Any]
     summ = summarize(res, splits)
     md = markdown(res, summ, splits, tuple(cfg.arms))
     kinds = None
-    if (out / "annotated" / "manifest.json").exists():
+    if (out / "weights_by_token_kind.json").exists():
         from experiments.flywheel.diagnose import markdown as kinds_markdown
-        from experiments.flywheel.diagnose import weight_by_token_kind
 
-        kinds = weight_by_token_kind(out)
+        kinds = json.loads((out / "weights_by_token_kind.json").read_text())
         md += "\n### Where the annotation put its weights\n\n" + kinds_markdown(kinds) + "\n"
     plots = plot(res, splits, out / "plots") if res["curves"] else []
     (out / "results.md").write_text(md + "\n")

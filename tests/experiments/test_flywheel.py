@@ -64,15 +64,21 @@ def test_splits_are_disjoint_by_numbers_and_templates(data):
         sigs[split] = {
             tuple((a, op, b) if i == 0 else (op, b) for i, (a, op, b, _) in enumerate(EQ.findall(x))) for x in sols
         }
-        assert len(sigs[split]) == len(sols)
+        if split not in NOISY:  # the training splits may repeat their own chains in other words
+            assert len(sigs[split]) == len(sols)
     for i, a in enumerate(SPLITS):
         for b in SPLITS[i + 1 :]:
             assert not sigs[a] & sigs[b], (a, b)
     unseen = read_jsonl(data / "heldout_templates.jsonl")
     assert {r["template"] for r in unseen} <= {f"u{i}" for i in range(len(UNSEEN_TEMPLATES))}
-    openings = [t["start"].split("{")[0] for t in UNSEEN_TEMPLATES if not t["start"].startswith("{")]
+    # No sentence frame of the unseen templates occurs in training (their single words may, in the filler text).
     train_text = (data / "pretrain.jsonl").read_text() + (data / "anneal.jsonl").read_text()
-    assert all(o and o not in train_text for o in openings)
+    unseen_text = (data / "heldout_templates.jsonl").read_text()
+    for t in UNSEEN_TEMPLATES:
+        for frame in [t["start"], *t["add"], *t["sub"], t["ask"]]:
+            pattern = re.sub(r"\\\{\w+\\\}", r"\\S+", re.escape(frame))
+            assert not re.search(pattern, train_text), frame
+        assert re.search(re.sub(r"\\\{\w+\\\}", r"\\S+", re.escape(t["start"])), unseen_text)  # the check can fire
 
 
 def test_clean_splits_are_correct_and_noise_is_where_it_is_said(data):
@@ -174,7 +180,7 @@ def test_quick_mode_runs_every_stage(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     stages = {p.stem for p in (out / "stages").glob("*.json")}
     arms = ("none", "static", "online", "shuffled", "rho1")
-    want = {"data", "pretrain", "rl", "eval-base-rl", "annotate", "eval-mid", "eval-post-rl", "report"}
+    want = {"data", "pretrain", "rl", "eval-base-rl", "annotate", "diagnose", "eval-mid", "eval-post-rl", "report"}
     want |= {f"mid-{a}-s1" for a in arms} | {"post-rl-none-s1", "post-rl-online-s1"}
     assert want <= stages, want - stages
     from remit.shards import read_manifest
