@@ -24,6 +24,7 @@ from remit.train.config import (
     WEIGHT_MODES,
     TrainConfig,
 )
+from remit.train.quiet import quiet_libraries
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -188,6 +189,7 @@ def train_parser() -> argparse.ArgumentParser:
     )
     # --- logging ---
     p.add_argument("--log-interval", type=int, default=1, help="progress line every N steps (default: 1)")
+    _add_verbose(p)
     return p
 
 
@@ -204,17 +206,27 @@ def export_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="load a checkpoint whose pickled files do not match the hashes remit recorded (a checkpoint is code)",
     )
+    _add_verbose(p)
     return p
 
 
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Megatron-Core's, torch's and transformers' own warnings (hidden by default)",
+    )
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(**{k: v for k, v in vars(args).items()})
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k != "verbose"})
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "export-hf":
         args = export_parser().parse_args(argv[1:])
+        quiet_libraries(args.verbose)
 
         def export() -> None:
             from remit.train.export import export_checkpoint
@@ -224,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_command("remit-train export-hf", export)
     parser = train_parser()
     args = parser.parse_args(argv)
+    quiet_libraries(args.verbose)
     try:
         cfg = config_from_args(args)
     except ValueError as e:  # one line naming the field, the value and the fix (not the whole usage)

@@ -47,6 +47,7 @@ TRAIN_FLAGS = [
     "--train-iters",
     "--trust-checkpoint",
     "--use-distributed-optimizer",
+    "--verbose",
     "--weight-decay",
     "--weights",
 ]
@@ -58,7 +59,7 @@ def _flags(parser) -> list[str]:
 
 def test_flags_are_frozen():
     assert _flags(train_parser()) == TRAIN_FLAGS
-    assert _flags(export_parser()) == ["--iteration", "--load", "--out", "--trust-checkpoint"]
+    assert _flags(export_parser()) == ["--iteration", "--load", "--out", "--trust-checkpoint", "--verbose"]
 
 
 def test_flags_documented(pytestconfig):
@@ -184,3 +185,21 @@ def test_launch_scripts(pytestconfig, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--weights {none,static,online,shuffled,rho1}" in proc.stdout
     assert subprocess.run(["bash", "-n", str(launch / "slurm.sbatch")]).returncode == 0
+
+
+def test_library_warnings_are_hidden_unless_verbose(random_llama, tmp_path):
+    """Megatron-Core warns at import that Apex and Transformer Engine are absent; remit-train hides that
+    unless --verbose. The run stops at the missing data, after the import: its error line stays."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "remit.train", "--data", str(tmp_path / "none"), "--init-hf", str(random_llama)]
+    cmd += ["--save", str(tmp_path / "run"), "--train-iters", "1"]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS", "TRANSFORMERS_VERBOSITY")}
+    quiet = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    loud = subprocess.run([*cmd, "--verbose"], env=env, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 2 and loud.returncode == 2, quiet.stderr[-2000:] + loud.stderr[-2000:]
+    assert "Warning" in loud.stderr, "the reference run must show Megatron-Core's import warnings"
+    assert quiet.stderr.splitlines() == [line for line in loud.stderr.splitlines() if line.startswith("remit-train:")]
+    assert quiet.stderr.startswith("remit-train: error:") and "manifest.json" in quiet.stderr
