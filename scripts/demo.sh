@@ -8,6 +8,13 @@ OUT="${1:-$ROOT/demo-output}"
 "$ROOT/scripts/setup-env.sh"
 export PATH="$ROOT/.venv/bin:$PATH" VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"
+# A rerun starts afresh: the demo's own outputs of an earlier run (perhaps by another remit version,
+# whose output and checkpoints this one would refuse to continue) are removed; nothing else is.
+for d in "$OUT/annotated" "$OUT/train"; do
+  if [[ -e "$d/.remit-output" || -e "$d/manifest.json" || -e "$d/latest_checkpointed_iteration.txt" ]]; then
+    rm -rf "$d"
+  fi
+done
 
 echo "== 1. tiny model pair (generated locally) and the bundled sample corpus"
 python -m remit.annotate.demo --out "$OUT/models"
