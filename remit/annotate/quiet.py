@@ -20,9 +20,15 @@ QUIET_ENV = {
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TORCH_CPP_LOG_LEVEL": "ERROR",
+    "TORCH_LOGS": "-torch",  # torch's own Python loggers at ERROR (e.g. "Triton not available" in vLLM's engine)
     "PYTHONWARNINGS": "ignore",
     "TQDM_DISABLE": "1",
 }
+
+
+def quiet_requested() -> bool:
+    """Whether the libraries' own output is hidden in this process (set by `quiet_libraries`)."""
+    return os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -40,4 +46,4 @@ def quiet_libraries(verbose: bool) -> None:
         hf_logging.disable_progress_bar()
 
 
-__all__ = ["QUIET_ENV", "quiet_libraries"]
+__all__ = ["QUIET_ENV", "quiet_libraries", "quiet_requested"]

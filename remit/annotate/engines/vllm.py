@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from remit.annotate.engines.base import INSTALL_HINT, EngineSettings, Scorer, check_model_dir, with_first_nan
+from remit.annotate.quiet import quiet_requested
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,8 @@ class VllmScorer(Scorer):
             "skip_tokenizer_init": True,  # fed token ids, nothing to detokenise
             "tensor_parallel_size": settings.tensor_parallel_size,
             "seed": settings.seed,
+            # vLLM's checkpoint-loading progress bar, hidden with the other library output unless --verbose
+            "use_tqdm_on_load": not quiet_requested(),
         }
         if self.cuda:
             kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
@@ -260,6 +263,7 @@ class VllmScorer(Scorer):
     def describe(self) -> dict[str, Any]:
         effective = dict(self.kwargs)
         effective.pop("model")
+        effective.pop("use_tqdm_on_load")  # display only: a --verbose run is the same run
         try:  # what vLLM actually runs with, after its platform adjustments
             config = self.llm.llm_engine.vllm_config
             effective["max_num_batched_tokens"] = config.scheduler_config.max_num_batched_tokens
