@@ -209,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
     args = build_parser(command).parse_args(argv[1:] if command else argv)
-    from remit.annotate.quiet import quiet_libraries
     from remit.shards.errors import run_command
+    from remit.shards.quiet import quiet_libraries
 
     quiet_libraries(bool(getattr(args, "verbose", False)))
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from remit.shards.errors import run_command
+from remit.shards.quiet import quiet_libraries
 from remit.train.config import (
     ATTENTION_BACKENDS,
     CENTER_MODES,
@@ -24,7 +25,6 @@ from remit.train.config import (
     WEIGHT_MODES,
     TrainConfig,
 )
-from remit.train.quiet import quiet_libraries
 
 
 def train_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from remit.annotate.cli import build_parser
 
 SCRIPT = """
 import logging, sys, warnings
-from remit.annotate.quiet import quiet_libraries
+from remit.shards.quiet import quiet_libraries
 quiet_libraries(sys.argv[1] == "verbose")
 from transformers.utils import logging as hf_logging
 hf_logging.get_logger("transformers.test").warning("LIBRARY-WARNING")

@@ -1,10 +1,11 @@
-"""Quiet by default: the engines' and libraries' own log lines are hidden unless ``--verbose``.
+"""Quiet by default: the libraries' own log lines are hidden unless ``--verbose`` (remit-annotate, remit-train).
 
-- vLLM's INFO lines, transformers' and torch's warnings and progress bars, and Python warnings are
-  turned off through the environment before any of them is imported (vLLM reads its level at import,
-  and the environment also reaches vLLM's engine processes), and directly where one is already loaded.
+- vLLM's INFO lines, Megatron-Core's, transformers' and torch's warnings and progress bars, and Python
+  warnings are turned off through the environment before any of them is imported (vLLM reads its level
+  at import; the environment also reaches vLLM's engine processes, torchrun's other ranks and the
+  checkpoint writer's forked processes), and directly where one is already loaded.
 - A variable the user has set is kept.
-- remit's own lines stay: progress, notes, the summary and errors.
+- remit's own lines stay: progress, notes, the summary, step lines and errors.
 """
 
 from __future__ import annotations
