@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from remit.annotate.cli import build_parser
+from remit.shards.quiet import QUIET_ENV
 
 SCRIPT = """
 import logging, sys, warnings
@@ -62,7 +63,8 @@ def test_a_vllm_run_shows_only_remit_lines_unless_verbose(model_pair, corpus, tm
     """The real command: vLLM's INFO lines, its checkpoint-loading bar and torch's warnings appear only with
     --verbose; the progress lines and the summary always."""
     base, rl = model_pair
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_LOGGING", "TORCH_LOGS", "PYTHONWARN"))}
+    # other tests quiet this process in place (the CLI's own main): its environment must not reach the commands
+    env = {k: v for k, v in os.environ.items() if k not in QUIET_ENV}
     runs = {}
     for mode in ("quiet", "verbose"):
         cmd = [sys.executable, "-m", "remit.annotate.cli", "--base", str(base), "--rl", str(rl)]
