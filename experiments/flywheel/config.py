@@ -49,9 +49,12 @@ class ExperimentConfig:
     seq_len: int = 256
     """Tokens per packed row (pre-training and annealing)."""
     rows_per_shard: int = 512
-    pretrain: TrainRecipe = TrainRecipe(iters=500, micro_batch=16, global_batch=16, lr=3e-3, min_lr=1e-4, warmup=20)
-    """From random weights: 500 x 16 rows of 256 tokens, about 0.94 of an epoch of the pre-training split."""
-    mid: TrainRecipe = TrainRecipe(iters=80, micro_batch=8, global_batch=8, lr=1e-3, min_lr=0.0, warmup=4, saves=4)
+    pretrain: TrainRecipe = TrainRecipe(
+        iters=500, micro_batch=16, global_batch=16, lr=3e-3, min_lr=3e-3, warmup=20, saves=5
+    )
+    """From random weights: 500 x 16 rows of 256 tokens, warm-up then a constant learning rate (the stable
+    phase of a warm-up-stable-decay schedule: mid-training is the decay)."""
+    mid: TrainRecipe = TrainRecipe(iters=80, micro_batch=8, global_batch=8, lr=3e-3, min_lr=0.0, warmup=4, saves=4)
     """Every arm: 80 x 8 rows of 256 tokens of the annealing split (about a third of an epoch), a
     checkpoint every 20 steps (the accuracy curve)."""
     rl: GRPOConfig = field(default_factory=GRPOConfig)
@@ -63,8 +66,8 @@ class ExperimentConfig:
     post_rl_seeds: tuple[int, ...] = (1, 2)
     eval_limit: int = 200
     """Accuracy on the first N problems of each evaluation split (0: all); the loss always uses all."""
-    max_new_tokens: int = 32
-    """Greedy decoding budget (a 3-step solution is 24 tokens with its EOS)."""
+    max_new_tokens: int = 40
+    """Greedy decoding budget (a 4-step solution is 30 tokens with its EOS)."""
     engine: str = "vllm"
     """remit-annotate's scoring engine."""
     rl_engine: str = "own"
@@ -83,11 +86,11 @@ QUICK = ExperimentConfig(
     rows_per_shard=64,
     pretrain=TrainRecipe(iters=12, micro_batch=8, global_batch=8, lr=2e-3, min_lr=1e-4, warmup=2),
     mid=TrainRecipe(iters=4, micro_batch=4, global_batch=8, lr=5e-4, min_lr=0.0, warmup=1, saves=2),
-    rl=GRPOConfig(steps=2, prompts_per_step=4, group_size=4, max_new_tokens=32, warmup=1),
+    rl=GRPOConfig(steps=2, prompts_per_step=4, group_size=4, max_new_tokens=40, warmup=1),
     seeds=(1,),
     post_rl_seeds=(1,),
     eval_limit=16,
-    max_new_tokens=32,
+    max_new_tokens=40,
     # The smoke test scores with remit-annotate's hf engine: two vLLM engines take longer to start than the
     # rest of the quick run. The full run (and remit's own tests) exercise the vllm engine.
     engine="hf",

@@ -217,7 +217,10 @@ class DataConfig:
     """Of the wrong solutions, the share with a wrong step (the rest: a wrong final answer)."""
     text_share: float = 0.25
     """Non-reasoning documents per problem document in the training splits (0.25: one in five documents)."""
-    steps: tuple[int, ...] = (2, 3)
+    steps: tuple[int, ...] = (3, 4)
+    """Chain lengths, drawn uniformly. There are 1,663 two-step chains of these numbers, too few to give
+    the evaluation splits their own and the training splits others; 17,438 three-step and 182,814
+    four-step ones."""
     seed: int = 0
 
 
@@ -247,19 +250,25 @@ def generate(cfg: DataConfig, out: Path) -> dict[str, Any]:
         noise_rate = cfg.noise_rate if split in NOISY else 0.0
         problems: list[Problem] = []
         misses = 0
+        steps = int(rng.choice(cfg.steps))
         while len(problems) < want:
             t = int(rng.integers(len(templates)))
-            steps = int(rng.choice(cfg.steps))
             p = make_problem(rng, f"{prefix}{t}", templates[t], noise_rate, steps, cfg.step_share)
             # A chain belongs to one split. The training splits may repeat their own chains (with other
-            # names, items and wording); the other splits hold each chain once.
+            # names, items and wording); the other splits hold each chain once. A rejected draw keeps its
+            # chain length, so every split holds the same mix of lengths even where the splits drawn
+            # before it used up most chains of one length.
             if owner.get(p.signature, split) != split or (split not in NOISY and p.signature in owner):
                 misses += 1
                 if misses > 50 * want + 10_000:
-                    raise ValueError(f"{split}: only {len(problems)} distinct number chains left; ask for fewer")
+                    raise ValueError(
+                        f"{split}: only {len(problems)} problems found among the free {steps}-step number chains; "
+                        "ask for fewer problems or longer chains (DataConfig.steps)"
+                    )
                 continue
             owner[p.signature] = split
             problems.append(p)
+            steps = int(rng.choice(cfg.steps))
         n_text = round(cfg.text_share * want) if split in WITH_TEXT else 0
         with open(out / f"{split}.jsonl", "w") as f:
             if split in WITH_TEXT:
@@ -284,6 +293,7 @@ def generate(cfg: DataConfig, out: Path) -> dict[str, Any]:
             "noisy_step": noise["step"],
             "noisy_answer": noise["answer"],
             "templates": sorted({p.template for p in problems}),
+            "by_steps": {str(k): sum(p.steps == k for p in problems) for k in cfg.steps},
         }
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats

@@ -47,7 +47,7 @@ class GRPOConfig:
     lr: float = 1e-4
     """AdamW learning rate (constant after `warmup` steps of linear warm-up)."""
     warmup: int = 3
-    max_new_tokens: int = 32
+    max_new_tokens: int = 40
     temperature: float = 0.7
     """Sampling temperature of the rollouts. Below 1 the small model's samples solve a useful share of
     the prompts (at 1 its long tail of wrong tokens leaves most groups without a correct completion)."""

@@ -110,6 +110,33 @@ def test_clean_splits_are_correct_and_noise_is_where_it_is_said(data):
         )
 
 
+def test_every_split_holds_the_same_mix_of_chain_lengths(tmp_path):
+    """The evaluation and RL splits draw first and own their chains; the training splits must still get
+    their share of each length (counted from the solutions, not from stats.json). Here the splits before
+    them take about 1,400 of the 1,663 two-step chains: a generator that redraws the length after a
+    rejected draw gives the training splits about one two-step problem in seven instead of one in two."""
+    cfg = DataConfig(pretrain=1200, anneal=400, rl=1800, dev=200, heldout=400, heldout_templates=400, steps=(2, 3))
+    stats = generate(cfg, tmp_path)
+    for split in SPLITS:
+        rows = read_jsonl(tmp_path / f"{split}.jsonl")
+        sols = (
+            [r["text"].split("\nAnswer: ")[1] for r in rows if r["kind"] == "problem"]
+            if split in NOISY
+            else [r["solution"] for r in rows]
+        )
+        lengths = [len(EQ.findall(x)) for x in sols]
+        share = sum(n == 2 for n in lengths) / len(lengths)
+        assert abs(share - 0.5) < 0.06, (split, share)
+        assert stats["splits"][split]["by_steps"] == {"2": lengths.count(2), "3": lengths.count(3)}
+
+
+def test_running_out_of_chains_of_one_length_is_an_error_naming_it(tmp_path):
+    # about 2,000 two-step problems, each chain once, from 1,663 chains
+    cfg = DataConfig(pretrain=300, anneal=100, rl=10, dev=10, heldout=2000, heldout_templates=2000, steps=(2, 3))
+    with pytest.raises(ValueError, match="heldout_templates: .* free 2-step number chains"):
+        generate(cfg, tmp_path)
+
+
 def test_every_intermediate_value_stays_in_range():
     rng = np.random.default_rng(0)
     for _ in range(500):
