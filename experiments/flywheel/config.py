@@ -64,7 +64,7 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = (1, 2, 3)
     post_rl_arms: tuple[str, ...] = ("none", "online")
     post_rl_seeds: tuple[int, ...] = (1, 2)
-    eval_limit: int = 200
+    eval_limit: int = 0
     """Accuracy on the first N problems of each evaluation split (0: all); the loss always uses all."""
     max_new_tokens: int = 40
     """Greedy decoding budget (a 4-step solution is 30 tokens with its EOS)."""

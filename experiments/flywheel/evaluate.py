@@ -79,9 +79,13 @@ def accuracy(model, tok, rows: list[dict[str, Any]], max_new_tokens: int, batch_
     _, comps = generate(model, tok, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens, batch_size=batch_size)
     texts = tok.batch_decode(comps, skip_special_tokens=True)
     correct = [parse_answer(t) == r["answer"] for t, r in zip(texts, rows)]
+    by_steps: dict[str, list[int]] = {}
+    for c, r in zip(correct, rows):
+        by_steps.setdefault(str(r["steps"]), []).append(int(c))
     return {
         "accuracy": sum(correct) / max(len(rows), 1),
         "n": len(rows),
+        "accuracy_by_steps": {k: sum(v) / len(v) for k, v in sorted(by_steps.items())},
         "correct": [int(c) for c in correct],
         "examples": [{"prompt": r["prompt"], "completion": t} for r, t in list(zip(rows, texts))[:3]],
     }

@@ -39,18 +39,18 @@ from experiments.flywheel.evaluate import generate, load
 class GRPOConfig:
     """The RL recipe (the same for the base model and for every mid-trained model)."""
 
-    steps: int = 40
+    steps: int = 100
     """Optimizer steps (one batch of rollouts each)."""
-    prompts_per_step: int = 16
+    prompts_per_step: int = 32
     group_size: int = 8
     """Completions sampled per prompt."""
     lr: float = 1e-4
     """AdamW learning rate (constant after `warmup` steps of linear warm-up)."""
     warmup: int = 3
     max_new_tokens: int = 40
-    temperature: float = 0.7
-    """Sampling temperature of the rollouts. Below 1 the small model's samples solve a useful share of
-    the prompts (at 1 its long tail of wrong tokens leaves most groups without a correct completion)."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts (1: the policy itself; lower temperatures left fewer groups
+    with both a right and a wrong completion in the dev pilots)."""
     clip_grad: float = 1.0
     kl_coef: float = 0.0
     """Weight of the KL penalty to the starting model (0: none)."""

@@ -154,8 +154,26 @@ def markdown(res: dict[str, Any], summ: dict[str, Any], splits: tuple[str, ...],
         lines += ["### Base and RL model (greedy exact match, %)", "", "| model | " + " | ".join(shown) + " |",
                   "|---|" + "---|" * len(shown)]  # fmt: skip
         for name in ("base", "rl"):
-            lines.append(f"| {name} | " + " | ".join(f"{100 * res[name][sp]['accuracy']:.1f}" for sp in shown) + " |")
+            if name in res:
+                lines.append(
+                    f"| {name} | " + " | ".join(f"{100 * res[name][sp]['accuracy']:.1f}" for sp in shown) + " |"
+                )
         lines.append("")
+        if "rl" in res:
+            gains = [
+                f"{sp} {_ci(paired_bootstrap([np.asarray(res['rl'][sp]['correct'])], [np.asarray(res['base'][sp]['correct'])]))}"
+                for sp in shown
+            ]
+            lines += [f"RL minus base (points, 95% bootstrap interval over problems): {'; '.join(gains)}", ""]
+        by_len = [
+            f"{name} {sp}: "
+            + ", ".join(f"{k} steps {100 * v:.1f}" for k, v in res[name][sp]["accuracy_by_steps"].items())
+            for name in ("base", "rl")
+            for sp in shown
+            if name in res and "accuracy_by_steps" in res[name][sp]
+        ]
+        if by_len:
+            lines += ["Accuracy by chain length: " + "; ".join(by_len) + ".", ""]
     order = [a for a in arms if a in summ["table"]] + [a for a in summ["table"] if a not in arms]
     if order:
         lines += [
