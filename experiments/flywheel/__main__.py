@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from experiments.flywheel.config import ARMS, FULL, QUICK
+from experiments.flywheel.config import ARMS, FULL, QUICK, changed_fields, set_field
 from experiments.flywheel.evaluate import EVAL_SPLITS
 
 
@@ -68,6 +68,14 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="GRPO: the experiment's loop (default) or TRL's GRPOTrainer",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one configuration field (config.py), e.g. data.noise_rate=0.5, mid.iters=160, shape.hidden=128, "
+        "eps=0.5 (repeatable; for ablations, with their own --out)",
+    )
     p.add_argument("--out", type=Path, default=Path("flywheel-output"), help="output folder (default flywheel-output/)")
     return p  # fmt: skip
 
@@ -86,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         engine=args.engine or base.engine,
         rl_engine=args.rl_engine or base.rl_engine,
     )
+    try:
+        for assignment in args.set:
+            cfg = set_field(cfg, assignment)
+    except ValueError as e:
+        print(f"flywheel: error: {e}", file=sys.stderr)
+        return 2
     splits = tuple(s for s in args.eval_splits.split(",") if s)
     bad = [s for s in splits if s not in EVAL_SPLITS]
     if bad:
@@ -97,12 +111,23 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.json"
-    if saved.exists() and json.loads(saved.read_text())["quick"] != args.quick:
-        print(
-            f"flywheel: error: {out} holds a {'quick' if not args.quick else 'full'} run; use another --out",
-            file=sys.stderr,
-        )
-        return 2
+    if saved.exists():
+        before = json.loads(saved.read_text())
+        if before["quick"] != args.quick:
+            print(
+                f"flywheel: error: {out} holds a {'quick' if not args.quick else 'full'} run; use another --out",
+                file=sys.stderr,
+            )
+            return 2
+        # Finished stages are reused: they must have been made with this configuration.
+        changed = changed_fields(before["config"], cfg)
+        if changed:
+            print(
+                f"flywheel: error: {out} holds a run with another configuration ({', '.join(changed)} differ); "
+                "use another --out, or the --set values it was made with (its config.json)",
+                file=sys.stderr,
+            )
+            return 2
     saved.write_text(json.dumps({"quick": args.quick, "config": cfg.to_dict()}, indent=1) + "\n")
     pipe = Pipeline(cfg, out, splits)
     t0 = time.perf_counter()

@@ -6,6 +6,8 @@ held-out splits were evaluated once, in the reported run.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -99,3 +101,63 @@ QUICK = ExperimentConfig(
 
 def with_overrides(cfg: ExperimentConfig, **kw: Any) -> ExperimentConfig:
     return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
+
+
+#: Fields that choose which runs to make, not how: a rerun with the same output folder may change them.
+SELECTION_FIELDS = ("arms", "seeds", "post_rl_arms", "post_rl_seeds")
+
+
+def set_field(cfg: ExperimentConfig, assignment: str) -> ExperimentConfig:
+    """`cfg` with one field changed by "dotted.key=value" (the value is JSON; a bare word is a string),
+    e.g. "data.noise_rate=0.5", "mid.iters=160", "shape.hidden=128", "eps=0.5". Raises ValueError
+    naming the key or value and the choices."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set {assignment!r}: expected KEY=VALUE, e.g. data.noise_rate=0.5")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+
+    def put(obj: Any, path: list[str]) -> Any:
+        names = {f.name: f for f in dataclasses.fields(obj)}
+        if path[0] not in names:
+            where = ".".join(key.split(".")[: len(key.split(".")) - len(path)]) or "the configuration"
+            raise ValueError(f"--set {key}: {where} has no field {path[0]!r}; fields: {', '.join(names)}")
+        current = getattr(obj, path[0])
+        if len(path) > 1:
+            if not dataclasses.is_dataclass(current):
+                raise ValueError(f"--set {key}: {path[0]!r} has no sub-fields")
+            return replace(obj, **{path[0]: put(current, path[1:])})
+        if dataclasses.is_dataclass(current):
+            raise ValueError(
+                f"--set {key}: give one of its fields, e.g. {key}.{dataclasses.fields(current)[0].name}=..."
+            )
+        new = value
+        if isinstance(current, tuple):
+            new = tuple(value) if isinstance(value, list) else (value,)
+        elif isinstance(current, bool) or not isinstance(value, type(current)):
+            if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+                new = float(value)
+            else:
+                raise ValueError(f"--set {key}={text}: expected a {type(current).__name__} like {json.dumps(current)}")
+        return replace(obj, **{path[0]: new})
+
+    return put(cfg, key.split("."))
+
+
+def changed_fields(saved: dict[str, Any], cfg: ExperimentConfig) -> list[str]:
+    """Dotted keys where `saved` (a config.json's "config") differs from `cfg`, selection fields aside."""
+    now = json.loads(json.dumps(cfg.to_dict()))
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                if prefix or k not in SELECTION_FIELDS:
+                    walk(a.get(k), b.get(k), f"{prefix}{k}.")
+        elif a != b:
+            out.append(prefix.rstrip("."))
+
+    walk(saved, now, "")
+    return out

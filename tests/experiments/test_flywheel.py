@@ -197,6 +197,37 @@ def test_paired_statistics():
 @pytest.mark.slow
 @pytest.mark.vllm
 @pytest.mark.megatron
+def test_set_changes_one_field_and_names_a_bad_one():
+    from experiments.flywheel.config import FULL, changed_fields, set_field
+
+    cfg = set_field(set_field(set_field(FULL, "data.noise_rate=0.5"), "mid.iters=160"), "data.steps=[2,3]")
+    assert (cfg.data.noise_rate, cfg.mid.iters, cfg.data.steps) == (0.5, 160, (2, 3))
+    assert set_field(FULL, "eps=1").eps == 1.0 and isinstance(set_field(FULL, "eps=1").eps, float)
+    assert changed_fields(json.loads(json.dumps(FULL.to_dict())), cfg) == ["data.noise_rate", "data.steps", "mid.iters"]
+    assert changed_fields(json.loads(json.dumps(FULL.to_dict())), set_field(FULL, "seeds=[7]")) == []
+    for bad, words in [
+        ("data.noise=1", "data has no field 'noise'"),
+        ("mid=3", "give one of its fields"),
+        ("shape.hidden=1.5", "expected a int"),
+        ("eps", "expected KEY=VALUE"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            set_field(FULL, bad)
+
+
+def test_an_output_made_with_another_configuration_is_refused(tmp_path, capsys):
+    from experiments.flywheel.__main__ import main
+    from experiments.flywheel.config import FULL, set_field
+
+    saved = set_field(FULL, "data.noise_rate=0.5").to_dict()
+    (tmp_path / "config.json").write_text(json.dumps({"quick": False, "config": saved}, default=list))
+    assert main(["--out", str(tmp_path), "--seeds", "9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "data.noise_rate differ" in err and str(tmp_path) in err
+    assert main(["--out", str(tmp_path), "--set", "data.noisy=1"]) == 2
+    assert "has no field 'noisy'" in capsys.readouterr().err
+
+
 def test_quick_mode_runs_every_stage(tmp_path):
     out = tmp_path / "fly"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
