@@ -45,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
         help=f"mid-training arms (default: the five main ones); any of {', '.join(ARMS)}",
     )
     p.add_argument(
-        "--seeds", type=_ints, default=None, help="mid-training seeds, e.g. 1,2,3 (default: 1,2,3; quick: 1)"
+        "--seeds", type=_ints, default=None, help="mid-training seeds, e.g. 1,2,3 (default: 1 to 5; quick: 1)"
     )
     p.add_argument(
         "--post-rl-arms",
@@ -54,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
         help="arms whose mid-trained models get the second RL turn (default: none,online)",
     )
     p.add_argument(
-        "--post-rl-seeds", type=_ints, default=None, help="seeds of the second RL turn (default: 1,2; quick: 1)"
+        "--post-rl-seeds", type=_ints, default=None, help="seeds of the second RL turn (default: 1,2,3; quick: 1)"
     )
     p.add_argument(
         "--eval-splits", default=",".join(EVAL_SPLITS), help="evaluation splits (pilots tuning on dev pass: dev)"

@@ -63,9 +63,9 @@ class ExperimentConfig:
     eps: float = 0.2
     """The annotation's clip half-width (static, shuffled; online uses it unless an arm overrides it)."""
     arms: tuple[str, ...] = MAIN_ARMS
-    seeds: tuple[int, ...] = (1, 2, 3)
+    seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
     post_rl_arms: tuple[str, ...] = ("none", "online")
-    post_rl_seeds: tuple[int, ...] = (1, 2)
+    post_rl_seeds: tuple[int, ...] = (1, 2, 3)
     eval_limit: int = 0
     """Accuracy on the first N problems of each evaluation split (0: all); the loss always uses all."""
     max_new_tokens: int = 40

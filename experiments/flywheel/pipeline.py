@@ -68,6 +68,15 @@ class Pipeline:
     def done(self, stage: str) -> bool:
         return self.marker(stage).exists()
 
+    def fresh(self, stage: str) -> str:
+        """`stage`, or `stage-2`, `stage-3`... : a name without a marker yet, for a stage that runs again on
+        new work (the evaluation of runs added later), so that every invocation's wall time is kept."""
+        name, n = stage, 1
+        while self.done(name):
+            n += 1
+            name = f"{stage}-{n}"
+        return name
+
     def finish(self, stage: str, t0: float, **info: Any) -> None:
         seconds = time.perf_counter() - t0
         self.marker(stage).write_text(json.dumps({"stage": stage, "seconds": seconds, **info}, indent=1) + "\n")
@@ -233,8 +242,9 @@ class Pipeline:
         todo = [r for r in runs if not (self.out / "eval" / "mid" / f"{r.name}.json").exists()]
         if todo:
             t0 = time.perf_counter()
-            self._evaluate("eval-mid", self.out / "eval" / "mid", runs=todo)
-            self.finish("eval-mid", t0, runs=[r.name for r in todo])
+            stage = self.fresh("eval-mid")
+            self._evaluate(stage, self.out / "eval" / "mid", runs=todo)
+            self.finish(stage, t0, runs=[r.name for r in todo])
 
     def stage_post_rl(self, arms: tuple[str, ...], seeds: tuple[int, ...]) -> None:
         tuned = []
@@ -255,8 +265,9 @@ class Pipeline:
         todo = [m for m in tuned if not (self.out / "eval" / "post_rl" / f"{m.name}.json").exists()]
         if todo:
             t0 = time.perf_counter()
-            self._evaluate("eval-post-rl", self.out / "eval" / "post_rl", models=todo)
-            self.finish("eval-post-rl", t0, models=[m.name for m in todo])
+            stage = self.fresh("eval-post-rl")
+            self._evaluate(stage, self.out / "eval" / "post_rl", models=todo)
+            self.finish(stage, t0, models=[m.name for m in todo])
 
     def stage_report(self) -> dict[str, Any]:
         from experiments.flywheel.report import write_report
