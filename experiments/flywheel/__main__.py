@@ -54,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
         help="arms whose mid-trained models get the second RL turn (default: none,online)",
     )
     p.add_argument(
-        "--post-rl-seeds", type=_ints, default=None, help="seeds of the second RL turn (default: 1,2,3; quick: 1)"
+        "--post-rl-seeds", type=_ints, default=None, help="seeds of the second RL turn (default: 1,2; quick: 1)"
     )
     p.add_argument(
         "--eval-splits", default=",".join(EVAL_SPLITS), help="evaluation splits (pilots tuning on dev pass: dev)"

@@ -65,7 +65,7 @@ class ExperimentConfig:
     arms: tuple[str, ...] = MAIN_ARMS
     seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
     post_rl_arms: tuple[str, ...] = ("none", "online")
-    post_rl_seeds: tuple[int, ...] = (1, 2, 3)
+    post_rl_seeds: tuple[int, ...] = (1, 2)
     eval_limit: int = 0
     """Accuracy on the first N problems of each evaluation split (0: all); the loss always uses all."""
     max_new_tokens: int = 40
