@@ -134,6 +134,10 @@ def summarize(res: dict[str, Any], splits: tuple[str, ...]) -> dict[str, Any]:
                 diffs = [by_seed[s][sp]["accuracy"] - res["post_rl"]["none"][s][sp]["accuracy"] for s in common]
                 if diffs:
                     post[arm][sp]["vs_none"] = paired_t(diffs)
+                    post[arm][sp]["vs_none_bootstrap"] = paired_bootstrap(
+                        [np.asarray(by_seed[s][sp]["correct"]) for s in common],
+                        [np.asarray(res["post_rl"]["none"][s][sp]["correct"]) for s in common],
+                    )
     return {"table": table, "post_rl": post}
 
 
@@ -228,7 +232,10 @@ def markdown(res: dict[str, Any], summ: dict[str, Any], splits: tuple[str, ...],
             lines.append(f"| {arm} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
         for arm, row in summ["post_rl"].items():
             if "vs_none" in row[shown[0]]:
-                diffs = "; ".join(f"{sp} {_ci(row[sp]['vs_none'])}" for sp in shown)
+                diffs = "; ".join(
+                    f"{sp} {_ci(row[sp]['vs_none'])}, bootstrap over problems {_ci(row[sp]['vs_none_bootstrap'])}"
+                    for sp in shown
+                )
                 lines.append(f"\nAfter RL, `{arm}` minus `none` (paired by seed, 95% t-interval): {diffs}")
         lines.append("")
     if res.get("stages"):
