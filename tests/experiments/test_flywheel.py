@@ -44,6 +44,14 @@ def _check_chain(question: str, solution: str) -> tuple[int, int, int]:
     return wrong, breaks, parse_answer(solution)
 
 
+def _solutions(folder: Path, split: str) -> list[str]:
+    """The worked solutions of a split, read from its JSONL (training splits: problem documents only)."""
+    rows = read_jsonl(folder / f"{split}.jsonl")
+    if split in NOISY:
+        return [r["text"].split("\nAnswer: ")[1] for r in rows if r["kind"] == "problem"]
+    return [r["solution"] for r in rows]
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data")
@@ -54,12 +62,7 @@ def data(tmp_path_factory) -> Path:
 def test_splits_are_disjoint_by_numbers_and_templates(data):
     sigs: dict[str, set] = {}
     for split in SPLITS:
-        rows = read_jsonl(data / f"{split}.jsonl")
-        sols = (
-            [r["text"].split("\nAnswer: ")[1] for r in rows if r["kind"] == "problem"]
-            if split in NOISY
-            else [r["solution"] for r in rows]
-        )
+        sols = _solutions(data, split)
         # the signature, read back from the worked solution: start value, then each operation and operand
         sigs[split] = {
             tuple((a, op, b) if i == 0 else (op, b) for i, (a, op, b, _) in enumerate(EQ.findall(x))) for x in sols
@@ -114,17 +117,11 @@ def test_every_split_holds_the_same_mix_of_chain_lengths(tmp_path):
     """The evaluation and RL splits draw first and own their chains; the training splits must still get
     their share of each length (counted from the solutions, not from stats.json). Here the splits before
     them take about 1,400 of the 1,663 two-step chains: a generator that redraws the length after a
-    rejected draw gives the training splits about one two-step problem in seven instead of one in two."""
+    rejected draw gives the training splits about one two-step problem in four instead of one in two."""
     cfg = DataConfig(pretrain=1200, anneal=400, rl=1800, dev=200, heldout=400, heldout_templates=400, steps=(2, 3))
     stats = generate(cfg, tmp_path)
     for split in SPLITS:
-        rows = read_jsonl(tmp_path / f"{split}.jsonl")
-        sols = (
-            [r["text"].split("\nAnswer: ")[1] for r in rows if r["kind"] == "problem"]
-            if split in NOISY
-            else [r["solution"] for r in rows]
-        )
-        lengths = [len(EQ.findall(x)) for x in sols]
+        lengths = [len(EQ.findall(x)) for x in _solutions(tmp_path, split)]
         share = sum(n == 2 for n in lengths) / len(lengths)
         assert abs(share - 0.5) < 0.06, (split, share)
         assert stats["splits"][split]["by_steps"] == {"2": lengths.count(2), "3": lengths.count(3)}
