@@ -191,9 +191,6 @@ def test_paired_statistics():
     assert up["mean"] == 1 and up["lo"] == 1
 
 
-@pytest.mark.slow
-@pytest.mark.vllm
-@pytest.mark.megatron
 def test_set_changes_one_field_and_names_a_bad_one():
     from experiments.flywheel.config import FULL, changed_fields, set_field
 
@@ -225,6 +222,9 @@ def test_an_output_made_with_another_configuration_is_refused(tmp_path, capsys):
     assert "has no field 'noisy'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.megatron
 def test_quick_mode_runs_every_stage(tmp_path):
     out = tmp_path / "fly"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
