@@ -99,12 +99,21 @@ QUICK = ExperimentConfig(
 )
 
 
-def with_overrides(cfg: ExperimentConfig, **kw: Any) -> ExperimentConfig:
-    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
-
-
 #: Fields that choose which runs to make, not how: a rerun with the same output folder may change them.
 SELECTION_FIELDS = ("arms", "seeds", "post_rl_arms", "post_rl_seeds")
+
+
+def _like(current: Any, value: Any, what: str) -> Any:
+    """`value` as the type of `current` (a float field takes an int; a tuple takes a list, or one element,
+    of the type of its elements); ValueError naming `what` otherwise."""
+    if isinstance(current, tuple):
+        items = value if isinstance(value, list) else [value]
+        return tuple(_like(current[0], v, what) for v in items) if current else tuple(items)
+    if type(current) is float and type(value) is int:
+        return float(value)
+    if type(value) is not type(current):
+        raise ValueError(f"{what}: expected a {type(current).__name__} like {json.dumps(current)}")
+    return value
 
 
 def set_field(cfg: ExperimentConfig, assignment: str) -> ExperimentConfig:
@@ -119,31 +128,25 @@ def set_field(cfg: ExperimentConfig, assignment: str) -> ExperimentConfig:
     except json.JSONDecodeError:
         value = text
 
-    def put(obj: Any, path: list[str]) -> Any:
-        names = {f.name: f for f in dataclasses.fields(obj)}
-        if path[0] not in names:
-            where = ".".join(key.split(".")[: len(key.split(".")) - len(path)]) or "the configuration"
-            raise ValueError(f"--set {key}: {where} has no field {path[0]!r}; fields: {', '.join(names)}")
-        current = getattr(obj, path[0])
+    def put(obj: Any, path: list[str], where: str) -> Any:
+        name = path[0]
+        names = [f.name for f in dataclasses.fields(obj)]
+        if name not in names:
+            raise ValueError(
+                f"--set {key}: {where or 'the configuration'} has no field {name!r}; fields: {', '.join(names)}"
+            )
+        current = getattr(obj, name)
         if len(path) > 1:
             if not dataclasses.is_dataclass(current):
-                raise ValueError(f"--set {key}: {path[0]!r} has no sub-fields")
-            return replace(obj, **{path[0]: put(current, path[1:])})
+                raise ValueError(f"--set {key}: {name!r} has no sub-fields")
+            return replace(obj, **{name: put(current, path[1:], f"{where}.{name}".lstrip("."))})
         if dataclasses.is_dataclass(current):
             raise ValueError(
                 f"--set {key}: give one of its fields, e.g. {key}.{dataclasses.fields(current)[0].name}=..."
             )
-        new = value
-        if isinstance(current, tuple):
-            new = tuple(value) if isinstance(value, list) else (value,)
-        elif isinstance(current, bool) or not isinstance(value, type(current)):
-            if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-                new = float(value)
-            else:
-                raise ValueError(f"--set {key}={text}: expected a {type(current).__name__} like {json.dumps(current)}")
-        return replace(obj, **{path[0]: new})
+        return replace(obj, **{name: _like(current, value, f"--set {key}={text}")})
 
-    return put(cfg, key.split("."))
+    return put(cfg, key.split("."), "")
 
 
 def changed_fields(saved: dict[str, Any], cfg: ExperimentConfig) -> list[str]:

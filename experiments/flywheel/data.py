@@ -223,6 +223,18 @@ class DataConfig:
     four-step ones."""
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("pretrain", "anneal", "rl", "dev", "heldout", "heldout_templates"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name} = {getattr(self, name)}: a split needs at least 1 problem")
+        for name in ("noise_rate", "step_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"data.{name} = {getattr(self, name)}: a share, between 0 and 1")
+        if self.text_share < 0:
+            raise ValueError(f"data.text_share = {self.text_share}: must be 0 or more")
+        if not self.steps or min(self.steps) < 1:
+            raise ValueError(f"data.steps = {list(self.steps)}: one or more chain lengths, each at least 1")
+
 
 SPLITS = ("pretrain", "anneal", "rl", "dev", "heldout", "heldout_templates")
 #: Generation order: the evaluation splits draw first, so that they hold the same mix of chain lengths as
@@ -262,8 +274,8 @@ def generate(cfg: DataConfig, out: Path) -> dict[str, Any]:
                 misses += 1
                 if misses > 50 * want + 10_000:
                     raise ValueError(
-                        f"{split}: only {len(problems)} problems found among the free {steps}-step number chains; "
-                        "ask for fewer problems or longer chains (DataConfig.steps)"
+                        f"{split}: {len(problems)} of {want} problems drawn, then the free {steps}-step number chains "
+                        "ran out; ask for fewer problems or longer chains (data.steps)"
                     )
                 continue
             owner[p.signature] = split

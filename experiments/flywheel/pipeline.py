@@ -105,7 +105,10 @@ class Pipeline:
         if self.done("data"):
             return
         t0 = time.perf_counter()
-        stats = generate(self.cfg.data, self.data)
+        try:
+            stats = generate(self.cfg.data, self.data)
+        except ValueError as e:  # e.g. too few free number chains of one length for the sizes asked
+            raise StageError(f"stage data: {e}") from None
         texts = vocabulary_texts() + [r["text"] for r in read_jsonl(self.data / "pretrain.jsonl")]
         vocab = build_tokenizer(texts, self.out / "tokenizer")
         write_config(self.cfg.shape, vocab, self.out / "model_config")

@@ -204,6 +204,11 @@ def test_set_changes_one_field_and_names_a_bad_one():
         ("mid=3", "give one of its fields"),
         ("shape.hidden=1.5", "expected a int"),
         ("eps", "expected KEY=VALUE"),
+        ("rl.temperature=true", "expected a float like 1.0"),
+        ('seeds=["a"]', "expected a int like 1"),
+        ("data.noise_rate=2", "data.noise_rate = 2.0: a share, between 0 and 1"),
+        ("data.steps=[]", "data.steps = []: one or more chain lengths"),
+        ("data.dev=0", "data.dev = 0: a split needs at least 1 problem"),
     ]:
         with pytest.raises(ValueError, match=re.escape(words)):
             set_field(FULL, bad)
@@ -220,6 +225,12 @@ def test_an_output_made_with_another_configuration_is_refused(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "data.noise_rate differ" in err and str(tmp_path) in err
     assert main(["--out", str(tmp_path), "--set", "data.noisy=1"]) == 2
     assert "has no field 'noisy'" in capsys.readouterr().err
+    # a data stage that cannot be built is one line, not a traceback
+    fresh = tmp_path / "fresh"
+    sizes = ["--set", "data.heldout=2000", "--set", "data.heldout_templates=2000", "--set", "data.steps=[2,3]"]
+    assert main(["--out", str(fresh), *sizes]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "stage data: heldout_templates:" in err and "free 2-step" in err, err
 
 
 @pytest.mark.slow
