@@ -193,16 +193,19 @@ class WorkDir:
         out = self.output
         if out.exists() and not out.is_dir():
             raise ShardError(f"--output {out}: exists and is not a folder; choose a folder")
-        if out.is_dir() and self.read_marker() is not None:
-            return
-        if out.is_dir() and self.marker_path.exists():
-            raise ShardError(
-                f"{self.marker_path}: not remit's ownership marker, so {out} is not remit's folder. Choose a new "
-                "--output folder."
-            )
-        if out.is_dir() and not self._legacy_output():
+        if out.is_dir():
+            # Listed before the marker is read: remit writes the marker before anything else and never removes
+            # it, so entries listed while no marker existed are not remit's, whereas a worker started at the same
+            # moment may claim the folder and create _work/ between these two reads.
             foreign = self._foreign_entries()
-            if foreign:
+            if self.read_marker() is not None:
+                return
+            if self.marker_path.exists() and self.read_marker() is None:  # read again: it may have just appeared
+                raise ShardError(
+                    f"{self.marker_path}: not remit's ownership marker, so {out} is not remit's folder. Choose a new "
+                    "--output folder."
+                )
+            if foreign and not self._legacy_output():
                 shown = ", ".join(foreign[:5]) + (f" ... ({len(foreign)} entries)" if len(foreign) > 5 else "")
                 raise ShardError(
                     f"--output {out}: the folder holds files remit did not create ({shown}); remit writes only into "
@@ -210,7 +213,8 @@ class WorkDir:
                     "new --output folder (it is created), or empty this one."
                 )
         out.mkdir(parents=True, exist_ok=True)
-        self._write_marker(None)
+        if self.read_marker() is None:  # another worker may have written it (with its run) meanwhile
+            self._write_marker(None)
 
     def _write_marker(self, run: RunDescription | None) -> None:
         data: dict[str, Any] = {

@@ -123,8 +123,14 @@ def _child(kwargs: dict[str, Any], rank: int, world: int, failpoint: str | None)
         os.environ["REMIT_FAILPOINT"] = failpoint
     else:
         os.environ.pop("REMIT_FAILPOINT", None)
-    sys.stderr = open(os.devnull, "w")  # progress lines of killed workers would only clutter the test log
+    # Kept beside the output folder (not in it) for a failing test to show; the test log stays uncluttered.
+    sys.stderr = open(worker_log(kwargs, rank), "w")
     run_worker(AnnotateConfig(**kwargs), rank, world)
+
+
+def worker_log(kwargs: dict[str, Any], rank: int) -> Path:
+    """Where a forked worker's stderr goes: a file beside its output folder."""
+    return Path(f"{kwargs['output']}.rank{rank}.stderr")
 
 
 def noop() -> None:

@@ -38,6 +38,7 @@ from tests.annotate.runs import (
     progress,
     resume,
     start_worker,
+    worker_log,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -178,7 +179,8 @@ def test_two_workers_in_parallel_from_an_empty_folder_then_finalize(spawner, ref
     procs = [start_worker(spawner, kwargs, rank=r, world=2) for r in (1, 0)]
     for p in procs:
         p.join()
-    assert [p.exitcode for p in procs] == [0, 0]
+    logs = {r: worker_log(kwargs, r).read_text()[-2000:] for r in (0, 1)}
+    assert [p.exitcode for p in procs] == [0, 0], logs
     finalize(out)
     assert_same_output(out, reference)
 

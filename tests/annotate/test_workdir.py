@@ -165,6 +165,44 @@ def test_an_empty_or_new_folder_becomes_remits_and_a_foreign_one_is_refused_unto
         WorkDir(foreign).claim_folder()
 
 
+@pytest.mark.parametrize("moment", ["before-listing", "after-marker-read"])
+def test_a_worker_claiming_the_folder_between_our_reads_is_not_mistaken_for_a_stranger(tmp_path, monkeypatch, moment):
+    """Two workers start together on an empty folder. The other one claims it (marker, then run.json and
+    _work/) while this one is between its reads: just before it lists the folder, or just after it first
+    reads the (still missing) marker. Either way both hold the folder and nothing is refused."""
+    out = tmp_path / "out"
+    out.mkdir()
+    run = run_description()
+    other_went = []
+
+    def other_worker_claims() -> None:
+        if not other_went:
+            other_went.append(True)
+            WorkDir(out).claim(run)
+
+    if moment == "before-listing":
+        original = WorkDir._foreign_entries
+
+        def listing(self):
+            other_worker_claims()
+            return original(self)
+
+        monkeypatch.setattr(WorkDir, "_foreign_entries", listing)
+    else:
+        original_read = WorkDir.read_marker
+
+        def read(self):
+            found = original_read(self)
+            if found is None:
+                other_worker_claims()
+            return found
+
+        monkeypatch.setattr(WorkDir, "read_marker", read)
+    assert WorkDir(out).claim(run) is False
+    monkeypatch.undo()
+    assert other_went and WorkDir(out).read_run() == run and WorkDir(out).read_marker()["run_id"] == run.run_id
+
+
 def test_an_output_of_a_remit_without_markers_is_adopted(tmp_path):
     work = WorkDir(tmp_path / "out")
     work.output.mkdir()
