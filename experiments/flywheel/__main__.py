@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from experiments.flywheel.config import ARMS, FULL, QUICK, changed_fields, set_field
+from experiments.flywheel.config import ARMS, FULL, QUICK, changed_fields, check, set_field
 from experiments.flywheel.evaluate import EVAL_SPLITS
 
 
@@ -73,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="change one configuration field (config.py), e.g. data.noise_rate=0.5, mid.iters=160, shape.hidden=128, "
+        help="change one configuration field (config.py), e.g. data.noise_rate=0.5, mid.iters=160, shape.hidden=192, "
         "eps=0.5 (repeatable; for ablations, with their own --out)",
     )
     p.add_argument("--out", type=Path, default=Path("flywheel-output"), help="output folder (default flywheel-output/)")
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for assignment in args.set:
             cfg = set_field(cfg, assignment)
+        check(cfg)
     except ValueError as e:
         print(f"flywheel: error: {e}", file=sys.stderr)
         return 2

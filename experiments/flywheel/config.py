@@ -118,7 +118,7 @@ def _like(current: Any, value: Any, what: str) -> Any:
 
 def set_field(cfg: ExperimentConfig, assignment: str) -> ExperimentConfig:
     """`cfg` with one field changed by "dotted.key=value" (the value is JSON; a bare word is a string),
-    e.g. "data.noise_rate=0.5", "mid.iters=160", "shape.hidden=128", "eps=0.5". Raises ValueError
+    e.g. "data.noise_rate=0.5", "mid.iters=160", "shape.hidden=192", "eps=0.5". Raises ValueError
     naming the key or value and the choices."""
     key, sep, text = assignment.partition("=")
     if not sep or not key:
@@ -147,6 +147,66 @@ def set_field(cfg: ExperimentConfig, assignment: str) -> ExperimentConfig:
         return replace(obj, **{name: _like(current, value, f"--set {key}={text}")})
 
     return put(cfg, key.split("."), "")
+
+
+def check(cfg: ExperimentConfig) -> None:
+    """Raise ValueError naming the first field whose value no stage can run with (e.g. `mid.iters = 0`), so
+    that a bad `--set` is refused before any stage starts. DataConfig checks its own fields."""
+    problems: list[tuple[str, Any, str]] = []
+
+    def need(ok: bool, name: str, value: Any, requirement: str) -> None:
+        if not ok:
+            problems.append((name, value, requirement))
+
+    s = cfg.shape
+    for name in ("hidden", "layers", "heads", "kv_heads", "ffn"):
+        need(getattr(s, name) >= 1, f"shape.{name}", getattr(s, name), "at least 1")
+    need(s.heads >= 1 and s.hidden % s.heads == 0, "shape.hidden", s.hidden, f"a multiple of shape.heads ({s.heads})")
+    need(
+        s.kv_heads >= 1 and s.heads % s.kv_heads == 0,
+        "shape.heads",
+        s.heads,
+        f"a multiple of shape.kv_heads ({s.kv_heads})",
+    )
+    need(cfg.seq_len >= 2, "seq_len", cfg.seq_len, "at least 2")
+    need(s.max_positions >= cfg.seq_len, "shape.max_positions", s.max_positions, f"at least seq_len ({cfg.seq_len})")
+    need(cfg.rows_per_shard >= 1, "rows_per_shard", cfg.rows_per_shard, "at least 1")
+    for stage in ("pretrain", "mid"):
+        r: TrainRecipe = getattr(cfg, stage)
+        need(r.iters >= 1, f"{stage}.iters", r.iters, "at least 1")
+        need(r.micro_batch >= 1, f"{stage}.micro_batch", r.micro_batch, "at least 1")
+        need(
+            r.micro_batch >= 1 and r.global_batch >= r.micro_batch and r.global_batch % r.micro_batch == 0,
+            f"{stage}.global_batch",
+            r.global_batch,
+            f"a multiple of {stage}.micro_batch ({r.micro_batch})",
+        )
+        need(r.lr > 0, f"{stage}.lr", r.lr, "above 0")
+        need(0 <= r.min_lr <= r.lr, f"{stage}.min_lr", r.min_lr, f"between 0 and {stage}.lr ({r.lr})")
+        need(0 <= r.warmup < r.iters, f"{stage}.warmup", r.warmup, f"0 or more and below {stage}.iters ({r.iters})")
+        need(1 <= r.saves <= r.iters, f"{stage}.saves", r.saves, f"between 1 and {stage}.iters ({r.iters})")
+    rl = cfg.rl
+    for name in ("steps", "prompts_per_step", "max_new_tokens"):
+        need(getattr(rl, name) >= 1, f"rl.{name}", getattr(rl, name), "at least 1")
+    need(rl.group_size >= 2, "rl.group_size", rl.group_size, "at least 2 (GRPO compares completions of a prompt)")
+    need(rl.lr > 0, "rl.lr", rl.lr, "above 0")
+    need(rl.warmup >= 0, "rl.warmup", rl.warmup, "0 or more")
+    need(rl.temperature > 0, "rl.temperature", rl.temperature, "above 0 (the rollouts are sampled)")
+    need(rl.clip_grad > 0, "rl.clip_grad", rl.clip_grad, "above 0")
+    need(rl.kl_coef >= 0, "rl.kl_coef", rl.kl_coef, "0 or more")
+    need(0 <= cfg.eps < 1, "eps", cfg.eps, "0 or more and below 1 (weights lie in [1 - eps, 1 + eps])")
+    for name in ("arms", "post_rl_arms"):
+        unknown = [a for a in getattr(cfg, name) if a not in ARMS]
+        need(not unknown, name, list(getattr(cfg, name)), f"arms among {', '.join(ARMS)}")
+    need(bool(cfg.arms), "arms", [], "one arm or more")
+    need(bool(cfg.seeds), "seeds", [], "one seed or more")
+    need(cfg.eval_limit >= 0, "eval_limit", cfg.eval_limit, "0 (all problems) or more")
+    need(cfg.max_new_tokens >= 1, "max_new_tokens", cfg.max_new_tokens, "at least 1")
+    need(cfg.engine in ("vllm", "hf"), "engine", cfg.engine, "vllm or hf")
+    need(cfg.rl_engine in ("own", "trl"), "rl_engine", cfg.rl_engine, "own or trl")
+    if problems:
+        name, value, requirement = problems[0]
+        raise ValueError(f"{name} = {json.dumps(value)}: must be {requirement}")
 
 
 def changed_fields(saved: dict[str, Any], cfg: ExperimentConfig) -> list[str]:

@@ -214,6 +214,39 @@ def test_set_changes_one_field_and_names_a_bad_one():
             set_field(FULL, bad)
 
 
+def test_a_value_no_stage_can_run_with_is_refused_before_any_stage(tmp_path, capsys):
+    """check() names the field and what it needs; main refuses it with one line and writes nothing."""
+    from experiments.flywheel.__main__ import main
+    from experiments.flywheel.config import FULL, QUICK, check, set_field
+
+    check(FULL)
+    check(QUICK)
+    for bad, words in [
+        ("mid.iters=0", "mid.iters = 0: must be at least 1"),
+        ("rl.temperature=0", "rl.temperature = 0.0: must be above 0"),
+        ("rl.group_size=1", "rl.group_size = 1: must be at least 2"),
+        ("pretrain.global_batch=12", "pretrain.global_batch = 12: must be a multiple of pretrain.micro_batch (16)"),
+        ("mid.min_lr=0.1", "mid.min_lr = 0.1: must be between 0 and mid.lr (0.003)"),
+        ("mid.warmup=80", "mid.warmup = 80: must be 0 or more and below mid.iters (80)"),
+        ("mid.saves=0", "mid.saves = 0: must be between 1 and mid.iters (80)"),
+        ("shape.hidden=100", "shape.hidden = 100: must be a multiple of shape.heads (3)"),
+        ("shape.kv_heads=2", "shape.heads = 3: must be a multiple of shape.kv_heads (2)"),
+        ("seq_len=1024", "shape.max_positions = 512: must be at least seq_len (1024)"),
+        ("eps=1", "eps = 1.0: must be 0 or more and below 1"),
+        ('arms=["none","typo"]', 'arms = ["none", "typo"]: must be arms among none,'),
+        ("seeds=[]", "seeds = []: must be one seed or more"),
+        ("engine=sglang", 'engine = "sglang": must be vllm or hf'),
+        ("eval_limit=-1", "eval_limit = -1: must be 0 (all problems) or more"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            check(set_field(FULL, bad))
+        out = tmp_path / bad.split("=")[0]
+        assert main(["--out", str(out), "--set", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"flywheel: error: {words}" or (err.startswith("flywheel: error: " + words) and "\n" not in err)
+        assert not out.exists(), f"{bad}: the output folder was created"
+
+
 def test_an_output_made_with_another_configuration_is_refused(tmp_path, capsys):
     from experiments.flywheel.__main__ import main
     from experiments.flywheel.config import FULL, set_field
