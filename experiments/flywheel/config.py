@@ -60,6 +60,9 @@ class ExperimentConfig:
     """Every arm: 80 x 8 rows of 256 tokens of the annealing split (about a third of an epoch), a
     checkpoint every 20 steps (the accuracy curve)."""
     rl: GRPOConfig = field(default_factory=GRPOConfig)
+    base_seed: int = 0
+    """Seed of pre-training (initialisation, data order) and of the first RL turn: another value
+    replicates the experiment with another base and RL model on the same data."""
     eps: float = 0.2
     """The annotation's clip half-width (static, shuffled; online uses it unless an arm overrides it)."""
     arms: tuple[str, ...] = MAIN_ARMS
@@ -210,17 +213,25 @@ def check(cfg: ExperimentConfig) -> None:
 
 
 def changed_fields(saved: dict[str, Any], cfg: ExperimentConfig) -> list[str]:
-    """Dotted keys where `saved` (a config.json's "config") differs from `cfg`, selection fields aside."""
-    now = json.loads(json.dumps(cfg.to_dict()))
-    out: list[str] = []
+    """Dotted keys where `saved` (a config.json's "config") differs from `cfg`, selection fields aside.
 
-    def walk(a: Any, b: Any, prefix: str) -> None:
+    A field that `saved` lacks (it was written before the field existed) counts as its default value,
+    which is what that run used."""
+    now = json.loads(json.dumps(cfg.to_dict()))
+    defaults = json.loads(json.dumps(ExperimentConfig().to_dict()))
+    out: list[str] = []
+    missing = object()
+
+    def walk(a: Any, b: Any, d: Any, prefix: str) -> None:
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b)):
                 if prefix or k not in SELECTION_FIELDS:
-                    walk(a.get(k), b.get(k), f"{prefix}{k}.")
+                    sub = d.get(k, missing) if isinstance(d, dict) else missing
+                    walk(a.get(k, missing), b.get(k, missing), sub, f"{prefix}{k}.")
+        elif a is missing and b == d:
+            return
         elif a != b:
             out.append(prefix.rstrip("."))
 
-    walk(saved, now, "")
+    walk(saved, now, defaults, "")
     return out

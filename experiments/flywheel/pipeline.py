@@ -139,7 +139,7 @@ class Pipeline:
         base = self.out / "models" / "base"
         run = self.out / "runs" / "pretrain"
         shutil.rmtree(run, ignore_errors=True)  # a pre-training killed midway starts over (minutes)
-        flags = self._train_flags(self.cfg.pretrain, packed, run, seed=0)
+        flags = self._train_flags(self.cfg.pretrain, packed, run, seed=self.cfg.base_seed)
         self.run(
             "pretrain",
             [*_cli(*REMIT_TRAIN), *flags, "--weights", "none", "--init-config", str(self.out / "model_config"),
@@ -178,7 +178,7 @@ class Pipeline:
             return
         t0 = time.perf_counter()
         models = self.out / "models"
-        self._grpo("rl", models / "base", models / "rl", seed=0)
+        self._grpo("rl", models / "base", models / "rl", seed=self.cfg.base_seed)
         self.finish("rl", t0)
 
     def stage_eval_base_rl(self) -> None:

@@ -199,6 +199,12 @@ def test_set_changes_one_field_and_names_a_bad_one():
     assert set_field(FULL, "eps=1").eps == 1.0 and isinstance(set_field(FULL, "eps=1").eps, float)
     assert changed_fields(json.loads(json.dumps(FULL.to_dict())), cfg) == ["data.noise_rate", "data.steps", "mid.iters"]
     assert changed_fields(json.loads(json.dumps(FULL.to_dict())), set_field(FULL, "seeds=[7]")) == []
+    # a config.json written before a field existed: the field counts as its default (what that run used)
+    older = json.loads(json.dumps(FULL.to_dict()))
+    del older["base_seed"], older["rl"]["kl_coef"]
+    assert changed_fields(older, FULL) == []
+    assert changed_fields(older, set_field(FULL, "base_seed=2")) == ["base_seed"]
+    assert changed_fields(older, set_field(FULL, "rl.kl_coef=0.1")) == ["rl.kl_coef"]
     for bad, words in [
         ("data.noise=1", "data has no field 'noise'"),
         ("mid=3", "give one of its fields"),
