@@ -311,3 +311,58 @@ def test_quick_mode_runs_every_stage(tmp_path):
             json.loads(lines[-1])["tokens"]
             == json.loads((out / "runs" / "mid" / "none-s1" / "metrics.jsonl").read_text().splitlines()[-1])["tokens"]
         )
+
+
+def _fake_run(out, base_seed: int, correct: dict[str, list[list[int]]], **config_changes) -> None:
+    """An output folder as the experiment leaves it, holding only what the pooling reads."""
+    from experiments.flywheel.config import FULL, set_field
+
+    cfg = set_field(FULL, f"base_seed={base_seed}")
+    for key, value in config_changes.items():
+        cfg = set_field(cfg, f"{key}={value}")
+    (out / "eval" / "mid").mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps({"quick": False, "config": cfg.to_dict()}))
+
+    def model(c: list[int], iteration) -> dict:
+        return {"iteration": iteration, "heldout": {"accuracy": float(np.mean(c)), "loss": 1.0, "correct": c}}
+
+    for name in ("base", "rl"):
+        (out / "eval" / f"{name}.json").write_text(json.dumps({"models": [model([0, 1, 0, 0], None)]}))
+    for arm, per_seed in correct.items():
+        for seed, c in enumerate(per_seed, 1):
+            ev = {"models": [model([0] * len(c), 40), model(c, 80)]}  # the curve's checkpoints, then the last
+            (out / "eval" / "mid" / f"{arm}-s{seed}.json").write_text(json.dumps(ev))
+
+
+def test_pooling_over_base_models_matches_a_direct_computation(tmp_path, capsys):
+    from experiments.flywheel.replicates import main, pool
+
+    rng = np.random.default_rng(3)
+    runs = []
+    for b in range(3):
+        c = {arm: rng.integers(0, 2, (2 + b, 40)).tolist() for arm in ("none", "online")}
+        _fake_run(tmp_path / f"b{b}", b, c, **({"data.noise_rate": 0.5} if b == 2 else {}))
+        runs.append(c)
+    p = pool([tmp_path / f"b{b}" for b in range(3)], ("online",), "heldout")
+    diffs = [[np.mean(o) - np.mean(n) for o, n in zip(c["online"], c["none"])] for c in runs]
+    flat = [d for ds in diffs for d in ds]
+    q = p["pooled"]["online"]
+    assert q["pairs"]["n"] == 9 and q["pairs"]["mean"] == pytest.approx(np.mean(flat))
+    half = 2.306 * np.std(flat, ddof=1) / 3  # t(8) over 9 pairs
+    assert (q["pairs"]["lo"], q["pairs"]["hi"]) == pytest.approx((np.mean(flat) - half, np.mean(flat) + half))
+    per_base = [np.mean(ds) for ds in diffs]
+    assert q["per_base"]["mean"] == pytest.approx(np.mean(per_base))
+    assert q["per_base"]["hi"] - q["per_base"]["mean"] == pytest.approx(4.303 * np.std(per_base, ddof=1) / np.sqrt(3))
+    assert q["above_none"] == sum(d > 0 for d in flat) and q["below_none"] == sum(d < 0 for d in flat)
+    assert q["bootstrap"]["mean"] == pytest.approx(np.mean(flat))
+    assert [f["base_seed"] for f in p["folders"]] == [0, 1, 2]
+    assert [f["differs"] for f in p["folders"]] == [[], [], ["data.noise_rate"]]
+    assert main([str(tmp_path / f"b{b}") for b in range(3)] + ["--arms", "online"]) == 0
+    shown = capsys.readouterr().out
+    assert "b2 differs from" in shown and "data.noise_rate" in shown and f"{np.mean(flat) * 100:+.1f}" in shown
+    # a folder without `none` runs, or one that is not an output of the experiment: one line each
+    _fake_run(tmp_path / "no-none", 4, {"online": [[1, 0]]})
+    assert main([str(tmp_path / "no-none")]) == 2
+    assert "no `none` runs" in capsys.readouterr().err
+    assert main([str(tmp_path)]) == 2
+    assert "no config.json" in capsys.readouterr().err

@@ -1,0 +1,161 @@
+"""Pool runs of the experiment made with different base models (`--set base_seed=N`, one --out each).
+
+`python -m experiments.flywheel.replicates OUT [OUT ...] [--arms online,shuffled] [--split heldout]`
+
+Per output folder: the base and RL accuracy, each arm's mean over seeds and its paired difference
+against `none` (95% t over seeds). Then, over all folders:
+- per (base, seed) pair: the differences against `none` pooled, with a t-interval that treats every
+  pair as independent (it ignores that pairs of one base share that base);
+- per base: the mean difference of each base, with a t-interval over bases (few bases: wide, but it
+  is the interval that counts the variation between base models);
+- the paired bootstrap over problems, pooled over every (base, seed) pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.flywheel.config import ExperimentConfig, changed_fields, set_field
+from experiments.flywheel.evaluate import EVAL_SPLITS
+from experiments.flywheel.report import collect, mean_std, paired_bootstrap, paired_t
+
+
+def _config(saved: dict[str, Any]) -> ExperimentConfig:
+    """The configuration a config.json records (fields it lacks at their defaults)."""
+    cfg = ExperimentConfig()
+
+    def walk(d: dict[str, Any], prefix: str) -> None:
+        nonlocal cfg
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                cfg = set_field(cfg, f"{prefix}{k}={json.dumps(v)}")
+
+    walk(saved, "")
+    return cfg
+
+
+def pool(outs: list[Path], arms: tuple[str, ...], split: str) -> dict[str, Any]:
+    """The per-folder and pooled differences of `arms` against `none` on `split` (fractions)."""
+    folders: list[dict[str, Any]] = []
+    first = None
+    for out in outs:
+        res = collect(out, (split,))
+        cfg = json.loads((out / "config.json").read_text())["config"]
+        first = first or cfg
+        differs = [k for k in changed_fields(first, _config(cfg)) if k != "base_seed"]
+        mid = res["mid"]
+        lacking = sorted(f"{arm}-s{s}" for arm, runs in mid.items() for s, m in runs.items() if split not in m)
+        if lacking:
+            raise ValueError(f"{out}: {', '.join(lacking)} not evaluated on {split}; choose another --split")
+        if "none" not in mid:
+            raise ValueError(f"{out}: no `none` runs to compare with; run that folder with --arms none,...")
+        row: dict[str, Any] = {
+            "out": str(out),
+            "base_seed": cfg.get("base_seed", 0),
+            "differs": differs,
+            "base": res["base"][split]["accuracy"] if "base" in res else None,
+            "rl": res["rl"][split]["accuracy"] if "rl" in res else None,
+            "none": mean_std([m[split]["accuracy"] for m in mid["none"].values()]),
+            "arms": {},
+        }
+        for arm in arms:
+            seeds = sorted(set(mid.get(arm, {})) & set(mid["none"]))
+            if not seeds:
+                continue
+            diffs = [mid[arm][s][split]["accuracy"] - mid["none"][s][split]["accuracy"] for s in seeds]
+            row["arms"][arm] = {
+                "seeds": seeds,
+                "accuracy": mean_std([mid[arm][s][split]["accuracy"] for s in seeds]),
+                "diffs": diffs,
+                "vs_none": paired_t(diffs),
+                "correct": [np.asarray(mid[arm][s][split]["correct"]) for s in seeds],
+                "correct_none": [np.asarray(mid["none"][s][split]["correct"]) for s in seeds],
+            }
+        folders.append(row)
+    pooled: dict[str, Any] = {}
+    for arm in arms:
+        have = [f["arms"][arm] for f in folders if arm in f["arms"]]
+        if not have:
+            continue
+        pairs = [d for a in have for d in a["diffs"]]
+        per_base = [float(np.mean(a["diffs"])) for a in have]
+        pooled[arm] = {
+            "bases": len(have),
+            "pairs": paired_t(pairs),
+            "per_base": paired_t(per_base),
+            "bootstrap": paired_bootstrap(
+                [c for a in have for c in a["correct"]], [c for a in have for c in a["correct_none"]]
+            ),
+            "above_none": sum(d > 0 for d in pairs),
+            "below_none": sum(d < 0 for d in pairs),
+        }
+    return {"split": split, "folders": folders, "pooled": pooled}
+
+
+def _ci(c: dict[str, float]) -> str:
+    if not np.isfinite(c["lo"]):
+        return f"{c['mean'] * 100:+.1f} (one value)"
+    return f"{c['mean'] * 100:+.1f} [{c['lo'] * 100:+.1f}, {c['hi'] * 100:+.1f}]"
+
+
+def markdown(p: dict[str, Any], arms: tuple[str, ...]) -> str:
+    lines = [
+        f"Accuracy on `{p['split']}` (%). Differences against `none`, paired by seed, 95% t over seeds.",
+        "",
+        "| run | base_seed | base | RL | none | " + " | ".join(f"{a} (vs none)" for a in arms) + " |",
+        "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in arms) + " |",
+    ]
+    for f in p["folders"]:
+        cells = []
+        for arm in arms:
+            a = f["arms"].get(arm)
+            cells.append(f"{a['accuracy'][0] * 100:.1f} ({_ci(a['vs_none'])})" if a else "")
+        base = f"{f['base'] * 100:.1f}" if f["base"] is not None else ""
+        rl = f"{f['rl'] * 100:.1f}" if f["rl"] is not None else ""
+        lines.append(f"| {Path(f['out']).name} | {f['base_seed']} | {base} | {rl} | {f['none'][0] * 100:.1f} ± {f['none'][1] * 100:.1f} | " + " | ".join(cells) + " |")  # fmt: skip
+    for f in p["folders"][1:]:
+        if f["differs"]:
+            lines.insert(1, f"\nNote: {f['out']} differs from {p['folders'][0]['out']} in {', '.join(f['differs'])}.")
+    lines += ["", "Pooled over the base models:", ""]
+    lines += ["| arm | bases | (base, seed) pairs: t | per base: t over bases | bootstrap over problems | pairs above / below none |"]  # fmt: skip
+    lines += ["| --- | --- | --- | --- | --- | --- |"]
+    for arm in arms:
+        q = p["pooled"].get(arm)
+        if q:
+            lines.append(
+                f"| {arm} | {q['bases']} | {_ci(q['pairs'])} (n={q['pairs']['n']}) | {_ci(q['per_base'])} | "
+                f"{_ci(q['bootstrap'])} | {q['above_none']} / {q['below_none']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="replicates", description=__doc__.split("\n\n")[0])
+    ap.add_argument("outs", nargs="+", type=Path, help="output folders of the experiment (one per base_seed)")
+    ap.add_argument("--arms", default="online,shuffled", help="arms to compare with none (default online,shuffled)")
+    ap.add_argument("--split", default="heldout", choices=EVAL_SPLITS, help="evaluation split (default heldout)")
+    args = ap.parse_args(argv)
+    arms = tuple(a for a in args.arms.split(",") if a)
+    for out in args.outs:
+        if not (out / "config.json").is_file():
+            print(f"replicates: error: {out}: no config.json; give output folders of the experiment", file=sys.stderr)
+            return 2
+    try:
+        p = pool(args.outs, arms, args.split)
+    except ValueError as e:
+        print(f"replicates: error: {e}", file=sys.stderr)
+        return 2
+    print(markdown(p, arms), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
