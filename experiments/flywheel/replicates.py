@@ -8,7 +8,9 @@ against `none` (95% t over seeds). Then, over all folders:
   pair as independent (it ignores that pairs of one base share that base);
 - per base: the mean difference of each base, with a t-interval over bases (few bases: wide, but it
   is the interval that counts the variation between base models);
-- the paired bootstrap over problems, pooled over every (base, seed) pair.
+- the paired bootstrap over problems, pooled over every (base, seed) pair;
+- the held-out loss on the clean solutions, arm minus `none`, per base and pooled the same two ways
+  (it still moves where accuracy is near its ceiling).
 """
 
 from __future__ import annotations
@@ -71,11 +73,14 @@ def pool(outs: list[Path], arms: tuple[str, ...], split: str) -> dict[str, Any]:
             if not seeds:
                 continue
             diffs = [mid[arm][s][split]["accuracy"] - mid["none"][s][split]["accuracy"] for s in seeds]
+            loss_diffs = [mid[arm][s][split]["loss"] - mid["none"][s][split]["loss"] for s in seeds]
             row["arms"][arm] = {
                 "seeds": seeds,
                 "accuracy": mean_std([mid[arm][s][split]["accuracy"] for s in seeds]),
                 "diffs": diffs,
                 "vs_none": paired_t(diffs),
+                "loss_diffs": loss_diffs,
+                "loss_vs_none": paired_t(loss_diffs),
                 "correct": [np.asarray(mid[arm][s][split]["correct"]) for s in seeds],
                 "correct_none": [np.asarray(mid["none"][s][split]["correct"]) for s in seeds],
             }
@@ -94,6 +99,8 @@ def pool(outs: list[Path], arms: tuple[str, ...], split: str) -> dict[str, Any]:
             "bootstrap": paired_bootstrap(
                 [c for a in have for c in a["correct"]], [c for a in have for c in a["correct_none"]]
             ),
+            "loss_pairs": paired_t([d for a in have for d in a["loss_diffs"]]),
+            "loss_per_base": paired_t([float(np.mean(a["loss_diffs"])) for a in have]),
             "above_none": sum(d > 0 for d in pairs),
             "below_none": sum(d < 0 for d in pairs),
         }
@@ -104,6 +111,12 @@ def _ci(c: dict[str, float]) -> str:
     if not np.isfinite(c["lo"]):
         return f"{c['mean'] * 100:+.1f} (one value)"
     return f"{c['mean'] * 100:+.1f} [{c['lo'] * 100:+.1f}, {c['hi'] * 100:+.1f}]"
+
+
+def _loss(c: dict[str, float]) -> str:
+    if not np.isfinite(c["lo"]):
+        return f"{c['mean']:+.4f} (one value)"
+    return f"{c['mean']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}]"
 
 
 def markdown(p: dict[str, Any], arms: tuple[str, ...]) -> str:
@@ -133,6 +146,16 @@ def markdown(p: dict[str, Any], arms: tuple[str, ...]) -> str:
             lines.append(
                 f"| {arm} | {q['bases']} | {_ci(q['pairs'])} (n={q['pairs']['n']}) | {_ci(q['per_base'])} | "
                 f"{_ci(q['bootstrap'])} | {q['above_none']} / {q['below_none']} |"
+            )
+    lines += ["", "Clean-solution loss, arm minus `none` (nats per token; 95% t):", ""]
+    lines += ["| arm | " + " | ".join(Path(f["out"]).name for f in p["folders"]) + " | (base, seed) pairs | per base |"]
+    lines += ["| --- | " + " | ".join("---" for _ in p["folders"]) + " | --- | --- |"]
+    for arm in arms:
+        q = p["pooled"].get(arm)
+        if q:
+            cells = [_loss(f["arms"][arm]["loss_vs_none"]) if arm in f["arms"] else "" for f in p["folders"]]
+            lines.append(
+                f"| {arm} | " + " | ".join(cells) + f" | {_loss(q['loss_pairs'])} | {_loss(q['loss_per_base'])} |"
             )
     return "\n".join(lines) + "\n"
 

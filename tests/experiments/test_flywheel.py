@@ -324,7 +324,8 @@ def _fake_run(out, base_seed: int, correct: dict[str, list[list[int]]], **config
     (out / "config.json").write_text(json.dumps({"quick": False, "config": cfg.to_dict()}))
 
     def model(c: list[int], iteration) -> dict:
-        return {"iteration": iteration, "heldout": {"accuracy": float(np.mean(c)), "loss": 1.0, "correct": c}}
+        loss = 2.0 - float(np.mean(c)) / 3 + 0.01 * len(c)  # differs between models, known to the test
+        return {"iteration": iteration, "heldout": {"accuracy": float(np.mean(c)), "loss": loss, "correct": c}}
 
     for name in ("base", "rl"):
         (out / "eval" / f"{name}.json").write_text(json.dumps({"models": [model([0, 1, 0, 0], None)]}))
@@ -355,6 +356,8 @@ def test_pooling_over_base_models_matches_a_direct_computation(tmp_path, capsys)
     assert q["per_base"]["hi"] - q["per_base"]["mean"] == pytest.approx(4.303 * np.std(per_base, ddof=1) / np.sqrt(3))
     assert q["above_none"] == sum(d > 0 for d in flat) and q["below_none"] == sum(d < 0 for d in flat)
     assert q["bootstrap"]["mean"] == pytest.approx(np.mean(flat))
+    assert q["loss_pairs"]["mean"] == pytest.approx(-np.mean(flat) / 3)  # loss = 2 - accuracy / 3 + const
+    assert q["loss_per_base"]["mean"] == pytest.approx(-np.mean(per_base) / 3)
     assert [f["base_seed"] for f in p["folders"]] == [0, 1, 2]
     assert [f["differs"] for f in p["folders"]] == [[], [], ["data.noise_rate"]]
     assert main([str(tmp_path / f"b{b}") for b in range(3)] + ["--arms", "online"]) == 0
