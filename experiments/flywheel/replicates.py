@@ -44,8 +44,9 @@ def _config(saved: dict[str, Any]) -> ExperimentConfig:
     return cfg
 
 
-def pool(outs: list[Path], arms: tuple[str, ...], split: str) -> dict[str, Any]:
-    """The per-folder and pooled differences of `arms` against `none` on `split` (fractions)."""
+def pool(outs: list[Path], arms: tuple[str, ...], split: str, seeds: tuple[int, ...] = ()) -> dict[str, Any]:
+    """The per-folder and pooled differences of `arms` against `none` on `split` (fractions): in each
+    folder, over the seeds run for both the arm and `none` (and among `seeds`, when given)."""
     folders: list[dict[str, Any]] = []
     first = None
     for out in outs:
@@ -57,7 +58,8 @@ def pool(outs: list[Path], arms: tuple[str, ...], split: str) -> dict[str, Any]:
         lacking = sorted(f"{arm}-s{s}" for arm, runs in mid.items() for s, m in runs.items() if split not in m)
         if lacking:
             raise ValueError(f"{out}: {', '.join(lacking)} not evaluated on {split}; choose another --split")
-        if "none" not in mid:
+        none = {s: m for s, m in mid.get("none", {}).items() if not seeds or s in seeds}
+        if not none:
             raise ValueError(f"{out}: no `none` runs to compare with; run that folder with --arms none,...")
         row: dict[str, Any] = {
             "out": str(out),
@@ -65,24 +67,24 @@ def pool(outs: list[Path], arms: tuple[str, ...], split: str) -> dict[str, Any]:
             "differs": differs,
             "base": res["base"][split]["accuracy"] if "base" in res else None,
             "rl": res["rl"][split]["accuracy"] if "rl" in res else None,
-            "none": mean_std([m[split]["accuracy"] for m in mid["none"].values()]),
+            "none": mean_std([m[split]["accuracy"] for m in none.values()]),
             "arms": {},
         }
         for arm in arms:
-            seeds = sorted(set(mid.get(arm, {})) & set(mid["none"]))
-            if not seeds:
+            common = sorted(set(mid.get(arm, {})) & set(none))
+            if not common:
                 continue
-            diffs = [mid[arm][s][split]["accuracy"] - mid["none"][s][split]["accuracy"] for s in seeds]
-            loss_diffs = [mid[arm][s][split]["loss"] - mid["none"][s][split]["loss"] for s in seeds]
+            diffs = [mid[arm][s][split]["accuracy"] - mid["none"][s][split]["accuracy"] for s in common]
+            loss_diffs = [mid[arm][s][split]["loss"] - mid["none"][s][split]["loss"] for s in common]
             row["arms"][arm] = {
-                "seeds": seeds,
-                "accuracy": mean_std([mid[arm][s][split]["accuracy"] for s in seeds]),
+                "seeds": common,
+                "accuracy": mean_std([mid[arm][s][split]["accuracy"] for s in common]),
                 "diffs": diffs,
                 "vs_none": paired_t(diffs),
                 "loss_diffs": loss_diffs,
                 "loss_vs_none": paired_t(loss_diffs),
-                "correct": [np.asarray(mid[arm][s][split]["correct"]) for s in seeds],
-                "correct_none": [np.asarray(mid["none"][s][split]["correct"]) for s in seeds],
+                "correct": [np.asarray(mid[arm][s][split]["correct"]) for s in common],
+                "correct_none": [np.asarray(mid["none"][s][split]["correct"]) for s in common],
             }
         folders.append(row)
     pooled: dict[str, Any] = {}
@@ -164,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="replicates", description=__doc__.split("\n\n")[0])
     ap.add_argument("outs", nargs="+", type=Path, help="output folders of the experiment (one per base_seed)")
     ap.add_argument("--arms", default="online,shuffled", help="arms to compare with none (default online,shuffled)")
+    ap.add_argument("--seeds", default="", help="only these mid-training seeds, e.g. 1,2,3 (default: all)")
     ap.add_argument("--split", default="heldout", choices=EVAL_SPLITS, help="evaluation split (default heldout)")
     args = ap.parse_args(argv)
     arms = tuple(a for a in args.arms.split(",") if a)
@@ -172,7 +175,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"replicates: error: {out}: no config.json; give output folders of the experiment", file=sys.stderr)
             return 2
     try:
-        p = pool(args.outs, arms, args.split)
+        seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
+    except ValueError:
+        print(
+            f"replicates: error: --seeds {args.seeds}: expected comma-separated integers, e.g. 1,2,3", file=sys.stderr
+        )
+        return 2
+    try:
+        p = pool(args.outs, arms, args.split, seeds)
     except ValueError as e:
         print(f"replicates: error: {e}", file=sys.stderr)
         return 2

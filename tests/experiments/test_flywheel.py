@@ -363,6 +363,14 @@ def test_pooling_over_base_models_matches_a_direct_computation(tmp_path, capsys)
     assert main([str(tmp_path / f"b{b}") for b in range(3)] + ["--arms", "online"]) == 0
     shown = capsys.readouterr().out
     assert "b2 differs from" in shown and "data.noise_rate" in shown and f"{np.mean(flat) * 100:+.1f}" in shown
+    # --seeds keeps those seeds in every folder
+    only = pool([tmp_path / f"b{b}" for b in range(3)], ("online",), "heldout", seeds=(1, 2))
+    two = [d for ds in diffs for d in ds[:2]]
+    assert only["pooled"]["online"]["pairs"]["n"] == 6 and only["pooled"]["online"]["pairs"]["mean"] == pytest.approx(
+        np.mean(two)
+    )
+    assert main([str(tmp_path / "b0"), "--seeds", "1,x"]) == 2
+    assert "--seeds 1,x: expected comma-separated integers" in capsys.readouterr().err
     # a folder without `none` runs, or one that is not an output of the experiment: one line each
     _fake_run(tmp_path / "no-none", 4, {"online": [[1, 0]]})
     assert main([str(tmp_path / "no-none")]) == 2
