@@ -10,7 +10,9 @@ against `none` (95% t over seeds). Then, over all folders:
   is the interval that counts the variation between base models);
 - the paired bootstrap over problems, pooled over every (base, seed) pair;
 - the held-out loss on the clean solutions, arm minus `none`, per base and pooled the same two ways
-  (it still moves where accuracy is near its ceiling).
+  (it still moves where accuracy is near its ceiling);
+- the second RL turn, where folders have one: arm minus `none` before and after it, per (base, seed)
+  pair.
 """
 
 from __future__ import annotations
@@ -86,6 +88,15 @@ def pool(outs: list[Path], arms: tuple[str, ...], split: str, seeds: tuple[int, 
                 "correct": [np.asarray(mid[arm][s][split]["correct"]) for s in common],
                 "correct_none": [np.asarray(mid["none"][s][split]["correct"]) for s in common],
             }
+        post = res["post_rl"]
+        row["post_rl"] = {
+            arm: [
+                {"seed": s, "before": mid[arm][s][split]["accuracy"], "after": post[arm][s][split]["accuracy"],
+                 "before_none": mid["none"][s][split]["accuracy"], "after_none": post["none"][s][split]["accuracy"]}
+                for s in sorted(set(post.get(arm, {})) & set(post.get("none", {})) & set(mid.get(arm, {})) & set(none))
+            ]
+            for arm in arms
+        }  # fmt: skip
         folders.append(row)
     pooled: dict[str, Any] = {}
     for arm in arms:
@@ -106,7 +117,16 @@ def pool(outs: list[Path], arms: tuple[str, ...], split: str, seeds: tuple[int, 
             "above_none": sum(d > 0 for d in pairs),
             "below_none": sum(d < 0 for d in pairs),
         }
-    return {"split": split, "folders": folders, "pooled": pooled}
+    post_rl: dict[str, Any] = {}
+    for arm in arms:
+        runs = [r for f in folders for r in f["post_rl"].get(arm, [])]
+        if runs:
+            post_rl[arm] = {
+                "pairs": len(runs),
+                "before": paired_t([r["before"] - r["before_none"] for r in runs]),
+                "after": paired_t([r["after"] - r["after_none"] for r in runs]),
+            }
+    return {"split": split, "folders": folders, "pooled": pooled, "post_rl": post_rl}
 
 
 def _ci(c: dict[str, float]) -> str:
@@ -159,6 +179,19 @@ def markdown(p: dict[str, Any], arms: tuple[str, ...]) -> str:
             lines.append(
                 f"| {arm} | " + " | ".join(cells) + f" | {_loss(q['loss_pairs'])} | {_loss(q['loss_per_base'])} |"
             )
+    if p["post_rl"]:
+        lines += ["", "Second RL turn, arm minus `none` (accuracy points; 95% t over the (base, seed) pairs):", ""]
+        lines += [
+            "| arm | pairs | before RL | after RL | per pair after RL (run: seed) |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for arm, q in p["post_rl"].items():
+            each = ", ".join(
+                f"{Path(f['out']).name}:{r['seed']} {(r['after'] - r['after_none']) * 100:+.1f}"
+                for f in p["folders"]
+                for r in f["post_rl"].get(arm, [])
+            )
+            lines.append(f"| {arm} | {q['pairs']} | {_ci(q['before'])} | {_ci(q['after'])} | {each} |")
     return "\n".join(lines) + "\n"
 
 

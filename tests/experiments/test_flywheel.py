@@ -363,6 +363,22 @@ def test_pooling_over_base_models_matches_a_direct_computation(tmp_path, capsys)
     assert main([str(tmp_path / f"b{b}") for b in range(3)] + ["--arms", "online"]) == 0
     shown = capsys.readouterr().out
     assert "b2 differs from" in shown and "data.noise_rate" in shown and f"{np.mean(flat) * 100:+.1f}" in shown
+    assert p["post_rl"] == {}  # no folder has a second RL turn yet
+    # a second RL turn in two folders (seed 1 of b0, seeds 1 and 2 of b1); b2 has it for `online` only
+    after = {}
+    for b, seeds in ((0, (1,)), (1, (1, 2)), (2, ())):
+        (tmp_path / f"b{b}" / "eval" / "post_rl").mkdir()
+        for seed in seeds:
+            for arm in ("none", "online"):
+                c = rng.integers(0, 2, 40).tolist()
+                after[b, seed, arm] = np.mean(c)
+                ev = {"models": [{"iteration": None, "heldout": {"accuracy": float(np.mean(c)), "loss": 1.0}}]}
+                (tmp_path / f"b{b}" / "eval" / "post_rl" / f"{arm}-s{seed}.json").write_text(json.dumps(ev))
+    (tmp_path / "b2" / "eval" / "post_rl" / "online-s1.json").write_text(json.dumps(ev))  # no none-s1: no pair
+    q = pool([tmp_path / f"b{b}" for b in range(3)], ("online",), "heldout")["post_rl"]["online"]
+    want = [after[b, s, "online"] - after[b, s, "none"] for b, s in ((0, 1), (1, 1), (1, 2))]
+    assert q["pairs"] == 3 and q["after"]["mean"] == pytest.approx(np.mean(want))
+    assert q["before"]["mean"] == pytest.approx(np.mean([diffs[0][0], diffs[1][0], diffs[1][1]]))
     # --seeds keeps those seeds in every folder
     only = pool([tmp_path / f"b{b}" for b in range(3)], ("online",), "heldout", seeds=(1, 2))
     two = [d for ds in diffs for d in ds[:2]]
