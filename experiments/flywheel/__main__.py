@@ -16,14 +16,14 @@ from experiments.flywheel.config import ARMS, FULL, QUICK, changed_fields, check
 from experiments.flywheel.evaluate import EVAL_SPLITS
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _arms(text: str) -> tuple[str, ...]:
+def arm_list(text: str) -> tuple[str, ...]:
     arms = tuple(a for a in text.split(",") if a)
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
@@ -40,21 +40,21 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--arms",
-        type=_arms,
+        type=arm_list,
         default=None,
         help=f"mid-training arms (default: the five main ones); any of {', '.join(ARMS)}",
     )
     p.add_argument(
-        "--seeds", type=_ints, default=None, help="mid-training seeds, e.g. 1,2,3 (default: 1 to 5; quick: 1)"
+        "--seeds", type=int_list, default=None, help="mid-training seeds, e.g. 1,2,3 (default: 1 to 5; quick: 1)"
     )
     p.add_argument(
         "--post-rl-arms",
-        type=_arms,
+        type=arm_list,
         default=None,
         help="arms whose mid-trained models get the second RL turn (default: none,online)",
     )
     p.add_argument(
-        "--post-rl-seeds", type=_ints, default=None, help="seeds of the second RL turn (default: 1,2; quick: 1)"
+        "--post-rl-seeds", type=int_list, default=None, help="seeds of the second RL turn (default: 1,2; quick: 1)"
     )
     p.add_argument(
         "--eval-splits", default=",".join(EVAL_SPLITS), help="evaluation splits (pilots tuning on dev pass: dev)"

@@ -213,25 +213,28 @@ def check(cfg: ExperimentConfig) -> None:
 
 
 def changed_fields(saved: dict[str, Any], cfg: ExperimentConfig) -> list[str]:
-    """Dotted keys where `saved` (a config.json's "config") differs from `cfg`, selection fields aside.
+    """Dotted keys where `saved` (a config.json's "config") differs from `cfg`, selection fields aside."""
+    return config_differences(saved, cfg.to_dict())
 
-    A field that `saved` lacks (it was written before the field existed) counts as its default value,
-    which is what that run used."""
-    now = json.loads(json.dumps(cfg.to_dict()))
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Dotted keys where two recorded configurations differ, selection fields aside.
+
+    A field that one of them lacks (it was written before the field existed) counts as its default
+    value, which is what that run used."""
+    a, b = json.loads(json.dumps(a)), json.loads(json.dumps(b))
     defaults = json.loads(json.dumps(ExperimentConfig().to_dict()))
     out: list[str] = []
     missing = object()
 
-    def walk(a: Any, b: Any, d: Any, prefix: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in sorted(set(a) | set(b)):
+    def walk(x: Any, y: Any, d: Any, prefix: str) -> None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in sorted(set(x) | set(y)):
                 if prefix or k not in SELECTION_FIELDS:
                     sub = d.get(k, missing) if isinstance(d, dict) else missing
-                    walk(a.get(k, missing), b.get(k, missing), sub, f"{prefix}{k}.")
-        elif a is missing and b == d:
-            return
-        elif a != b:
+                    walk(x.get(k, sub), y.get(k, sub), sub, f"{prefix}{k}.")
+        elif x != y:
             out.append(prefix.rstrip("."))
 
-    walk(saved, now, defaults, "")
+    walk(a, b, defaults, "")
     return out

@@ -25,25 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from experiments.flywheel.config import ExperimentConfig, changed_fields, set_field
+from experiments.flywheel.__main__ import arm_list, int_list
+from experiments.flywheel.config import config_differences
 from experiments.flywheel.evaluate import EVAL_SPLITS
-from experiments.flywheel.report import collect, mean_std, paired_bootstrap, paired_t
-
-
-def _config(saved: dict[str, Any]) -> ExperimentConfig:
-    """The configuration a config.json records (fields it lacks at their defaults)."""
-    cfg = ExperimentConfig()
-
-    def walk(d: dict[str, Any], prefix: str) -> None:
-        nonlocal cfg
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                cfg = set_field(cfg, f"{prefix}{k}={json.dumps(v)}")
-
-    walk(saved, "")
-    return cfg
+from experiments.flywheel.report import collect, format_ci, format_pm, mean_std, paired_bootstrap, paired_t
 
 
 def pool(outs: list[Path], arms: tuple[str, ...], split: str, seeds: tuple[int, ...] = ()) -> dict[str, Any]:
@@ -55,7 +40,7 @@ def pool(outs: list[Path], arms: tuple[str, ...], split: str, seeds: tuple[int, 
         res = collect(out, (split,))
         cfg = json.loads((out / "config.json").read_text())["config"]
         first = first or cfg
-        differs = [k for k in changed_fields(first, _config(cfg)) if k != "base_seed"]
+        differs = [k for k in config_differences(first, cfg) if k != "base_seed"]
         mid = res["mid"]
         lacking = sorted(f"{arm}-s{s}" for arm, runs in mid.items() for s, m in runs.items() if split not in m)
         if lacking:
@@ -129,18 +114,6 @@ def pool(outs: list[Path], arms: tuple[str, ...], split: str, seeds: tuple[int, 
     return {"split": split, "folders": folders, "pooled": pooled, "post_rl": post_rl}
 
 
-def _ci(c: dict[str, float]) -> str:
-    if not np.isfinite(c["lo"]):
-        return f"{c['mean'] * 100:+.1f} (one value)"
-    return f"{c['mean'] * 100:+.1f} [{c['lo'] * 100:+.1f}, {c['hi'] * 100:+.1f}]"
-
-
-def _loss(c: dict[str, float]) -> str:
-    if not np.isfinite(c["lo"]):
-        return f"{c['mean']:+.4f} (one value)"
-    return f"{c['mean']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}]"
-
-
 def markdown(p: dict[str, Any], arms: tuple[str, ...]) -> str:
     lines = [
         f"Accuracy on `{p['split']}` (%). Differences against `none`, paired by seed, 95% t over seeds.",
@@ -152,10 +125,10 @@ def markdown(p: dict[str, Any], arms: tuple[str, ...]) -> str:
         cells = []
         for arm in arms:
             a = f["arms"].get(arm)
-            cells.append(f"{a['accuracy'][0] * 100:.1f} ({_ci(a['vs_none'])})" if a else "")
+            cells.append(f"{a['accuracy'][0] * 100:.1f} ({format_ci(a['vs_none'])})" if a else "")
         base = f"{f['base'] * 100:.1f}" if f["base"] is not None else ""
         rl = f"{f['rl'] * 100:.1f}" if f["rl"] is not None else ""
-        lines.append(f"| {Path(f['out']).name} | {f['base_seed']} | {base} | {rl} | {f['none'][0] * 100:.1f} ± {f['none'][1] * 100:.1f} | " + " | ".join(cells) + " |")  # fmt: skip
+        lines.append(f"| {Path(f['out']).name} | {f['base_seed']} | {base} | {rl} | {format_pm(f['none'])} | " + " | ".join(cells) + " |")  # fmt: skip
     for f in p["folders"][1:]:
         if f["differs"]:
             lines.insert(1, f"\nNote: {f['out']} differs from {p['folders'][0]['out']} in {', '.join(f['differs'])}.")
@@ -166,8 +139,8 @@ def markdown(p: dict[str, Any], arms: tuple[str, ...]) -> str:
         q = p["pooled"].get(arm)
         if q:
             lines.append(
-                f"| {arm} | {q['bases']} | {_ci(q['pairs'])} (n={q['pairs']['n']}) | {_ci(q['per_base'])} | "
-                f"{_ci(q['bootstrap'])} | {q['above_none']} / {q['below_none']} |"
+                f"| {arm} | {q['bases']} | {format_ci(q['pairs'])} (n={q['pairs']['n']}) | {format_ci(q['per_base'])} | "
+                f"{format_ci(q['bootstrap'])} | {q['above_none']} / {q['below_none']} |"
             )
     lines += ["", "Clean-solution loss, arm minus `none` (nats per token; 95% t):", ""]
     lines += ["| arm | " + " | ".join(Path(f["out"]).name for f in p["folders"]) + " | (base, seed) pairs | per base |"]
@@ -175,9 +148,13 @@ def markdown(p: dict[str, Any], arms: tuple[str, ...]) -> str:
     for arm in arms:
         q = p["pooled"].get(arm)
         if q:
-            cells = [_loss(f["arms"][arm]["loss_vs_none"]) if arm in f["arms"] else "" for f in p["folders"]]
+            cells = [
+                format_ci(f["arms"][arm]["loss_vs_none"], 1.0, 4) if arm in f["arms"] else "" for f in p["folders"]
+            ]
             lines.append(
-                f"| {arm} | " + " | ".join(cells) + f" | {_loss(q['loss_pairs'])} | {_loss(q['loss_per_base'])} |"
+                f"| {arm} | "
+                + " | ".join(cells)
+                + f" | {format_ci(q['loss_pairs'], 1.0, 4)} | {format_ci(q['loss_per_base'], 1.0, 4)} |"
             )
     if p["post_rl"]:
         lines += ["", "Second RL turn, arm minus `none` (accuracy points; 95% t over the (base, seed) pairs):", ""]
@@ -191,35 +168,34 @@ def markdown(p: dict[str, Any], arms: tuple[str, ...]) -> str:
                 for f in p["folders"]
                 for r in f["post_rl"].get(arm, [])
             )
-            lines.append(f"| {arm} | {q['pairs']} | {_ci(q['before'])} | {_ci(q['after'])} | {each} |")
+            lines.append(f"| {arm} | {q['pairs']} | {format_ci(q['before'])} | {format_ci(q['after'])} | {each} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="replicates", description=__doc__.split("\n\n")[0])
     ap.add_argument("outs", nargs="+", type=Path, help="output folders of the experiment (one per base_seed)")
-    ap.add_argument("--arms", default="online,shuffled", help="arms to compare with none (default online,shuffled)")
-    ap.add_argument("--seeds", default="", help="only these mid-training seeds, e.g. 1,2,3 (default: all)")
+    ap.add_argument(
+        "--arms",
+        type=arm_list,
+        default=("online", "shuffled"),
+        help="arms to compare with none (default online,shuffled)",
+    )
+    ap.add_argument(
+        "--seeds", type=int_list, default=(), help="only these mid-training seeds, e.g. 1,2,3 (default: all)"
+    )
     ap.add_argument("--split", default="heldout", choices=EVAL_SPLITS, help="evaluation split (default heldout)")
     args = ap.parse_args(argv)
-    arms = tuple(a for a in args.arms.split(",") if a)
     for out in args.outs:
         if not (out / "config.json").is_file():
             print(f"replicates: error: {out}: no config.json; give output folders of the experiment", file=sys.stderr)
             return 2
     try:
-        seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
-    except ValueError:
-        print(
-            f"replicates: error: --seeds {args.seeds}: expected comma-separated integers, e.g. 1,2,3", file=sys.stderr
-        )
-        return 2
-    try:
-        p = pool(args.outs, arms, args.split, seeds)
+        p = pool(args.outs, args.arms, args.split, args.seeds)
     except ValueError as e:
         print(f"replicates: error: {e}", file=sys.stderr)
         return 2
-    print(markdown(p, arms), end="")
+    print(markdown(p, args.arms), end="")
     return 0
 
 

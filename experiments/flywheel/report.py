@@ -141,11 +141,11 @@ def summarize(res: dict[str, Any], splits: tuple[str, ...]) -> dict[str, Any]:
     return {"table": table, "post_rl": post}
 
 
-def _pm(ms: tuple[float, float], scale: float = 100.0, digits: int = 1) -> str:
+def format_pm(ms: tuple[float, float], scale: float = 100.0, digits: int = 1) -> str:
     return f"{ms[0] * scale:.{digits}f} ± {ms[1] * scale:.{digits}f}"
 
 
-def _ci(c: dict[str, float], scale: float = 100.0, digits: int = 1) -> str:
+def format_ci(c: dict[str, float], scale: float = 100.0, digits: int = 1) -> str:
     if not math.isfinite(c.get("lo", float("nan"))):
         return f"{c['mean'] * scale:+.{digits}f}"
     return f"{c['mean'] * scale:+.{digits}f} [{c['lo'] * scale:+.{digits}f}, {c['hi'] * scale:+.{digits}f}]"
@@ -165,7 +165,7 @@ def markdown(res: dict[str, Any], summ: dict[str, Any], splits: tuple[str, ...],
         lines.append("")
         if "rl" in res:
             gains = [
-                f"{sp} {_ci(paired_bootstrap([np.asarray(res['rl'][sp]['correct'])], [np.asarray(res['base'][sp]['correct'])]))}"
+                f"{sp} {format_ci(paired_bootstrap([np.asarray(res['rl'][sp]['correct'])], [np.asarray(res['base'][sp]['correct'])]))}"
                 for sp in shown
             ]
             lines += [f"RL minus base (points, 95% bootstrap interval over problems): {'; '.join(gains)}", ""]
@@ -190,7 +190,7 @@ def markdown(res: dict[str, Any], summ: dict[str, Any], splits: tuple[str, ...],
             row = summ["table"][arm]
             cells = []
             for sp in shown:
-                cells += [_pm(row[sp]["accuracy"]), _pm(row[sp]["loss"], 1.0, 4)]
+                cells += [format_pm(row[sp]["accuracy"]), format_pm(row[sp]["loss"], 1.0, 4)]
             lines.append(f"| {arm} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
         lines += [
             "",
@@ -205,7 +205,7 @@ def markdown(res: dict[str, Any], summ: dict[str, Any], splits: tuple[str, ...],
             cells = []
             for sp in shown:
                 v = summ["table"][arm][sp]["vs_none"]
-                cells += [_ci(v["t"]), _ci(v["bootstrap"])]
+                cells += [format_ci(v["t"]), format_ci(v["bootstrap"])]
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
         lines += ["", "Loss on clean held-out solutions, paired difference against `none` (nats/token):", ""]
         lines += ["| arm | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
@@ -214,7 +214,7 @@ def markdown(res: dict[str, Any], summ: dict[str, Any], splits: tuple[str, ...],
                 continue
             lines.append(
                 f"| {arm} | "
-                + " | ".join(_ci(summ["table"][arm][sp]["vs_none"]["loss_t"], 1.0, 4) for sp in shown)
+                + " | ".join(format_ci(summ["table"][arm][sp]["vs_none"]["loss_t"], 1.0, 4) for sp in shown)
                 + " |"
             )
         lines.append("")
@@ -228,12 +228,12 @@ def markdown(res: dict[str, Any], summ: dict[str, Any], splits: tuple[str, ...],
         for arm, row in summ["post_rl"].items():
             cells = []
             for sp in shown:
-                cells += [_pm(row[sp]["before"]), _pm(row[sp]["after"])]
+                cells += [format_pm(row[sp]["before"]), format_pm(row[sp]["after"])]
             lines.append(f"| {arm} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
         for arm, row in summ["post_rl"].items():
             if "vs_none" in row[shown[0]]:
                 diffs = "; ".join(
-                    f"{sp} {_ci(row[sp]['vs_none'])}, bootstrap over problems {_ci(row[sp]['vs_none_bootstrap'])}"
+                    f"{sp} {format_ci(row[sp]['vs_none'])}, bootstrap over problems {format_ci(row[sp]['vs_none_bootstrap'])}"
                     for sp in shown
                 )
                 lines.append(f"\nAfter RL, `{arm}` minus `none` (paired by seed, 95% t-interval): {diffs}")

@@ -385,8 +385,13 @@ def test_pooling_over_base_models_matches_a_direct_computation(tmp_path, capsys)
     assert only["pooled"]["online"]["pairs"]["n"] == 6 and only["pooled"]["online"]["pairs"]["mean"] == pytest.approx(
         np.mean(two)
     )
-    assert main([str(tmp_path / "b0"), "--seeds", "1,x"]) == 2
-    assert "--seeds 1,x: expected comma-separated integers" in capsys.readouterr().err
+    for flag, value, words in [
+        ("--seeds", "1,x", "argument --seeds: expected comma-separated integers, got '1,x'"),
+        ("--arms", "online,onlin", "argument --arms: unknown arm(s) ['onlin']; choose from none,"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            main([str(tmp_path / "b0"), flag, value])
+        assert stop.value.code == 2 and words in capsys.readouterr().err
     # a folder without `none` runs, or one that is not an output of the experiment: one line each
     _fake_run(tmp_path / "no-none", 4, {"online": [[1, 0]]})
     assert main([str(tmp_path / "no-none")]) == 2
