@@ -38,7 +38,10 @@ def pool(outs: list[Path], arms: tuple[str, ...], split: str, seeds: tuple[int, 
     first = None
     for out in outs:
         res = collect(out, (split,))
-        cfg = json.loads((out / "config.json").read_text())["config"]
+        try:
+            cfg = json.loads((out / "config.json").read_text())["config"]
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{out / 'config.json'}: not a config.json the experiment wrote ({e!r})") from None
         first = first or cfg
         differs = [k for k in config_differences(first, cfg) if k != "base_seed"]
         mid = res["mid"]

@@ -398,3 +398,6 @@ def test_pooling_over_base_models_matches_a_direct_computation(tmp_path, capsys)
     assert "no `none` runs" in capsys.readouterr().err
     assert main([str(tmp_path)]) == 2
     assert "no config.json" in capsys.readouterr().err
+    (tmp_path / "no-none" / "config.json").write_text("{not json")
+    assert main([str(tmp_path / "no-none")]) == 2
+    assert f"{tmp_path / 'no-none' / 'config.json'}: not a config.json the experiment wrote" in capsys.readouterr().err
