@@ -17,7 +17,8 @@ import numpy as np
 
 from remit import __version__
 from remit.annotate.packing import Document, PackedRow, pack
-from remit.shards import Rows, build_table, remit_weights, write_json_atomic, write_shard
+from remit.common.atomic import write_json_atomic
+from remit.shards import Rows, build_table, remit_weights, write_shard
 from remit.shards.manifest import MANIFEST_NAME, assemble_manifest
 from remit.shards.weights import RULE
 

@@ -36,14 +36,14 @@ class Command:
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     from remit.annotate.config import AnnotateConfig
-    from remit.annotate.flags import add_arguments
+    from remit.common.flags import add_arguments
 
     add_arguments(parser, AnnotateConfig)
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    from remit.annotate.flags import add_arguments
     from remit.annotate.launch import WorkerFlags
+    from remit.common.flags import add_arguments
 
     add_job_arguments(parser)
     add_arguments(parser, WorkerFlags)
@@ -52,8 +52,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def _score(args: argparse.Namespace, rank: int, world: int) -> int:
     """Score this rank's units; finalize when this is the only worker."""
     from remit.annotate.config import AnnotateConfig
-    from remit.annotate.flags import config_from_args
     from remit.annotate.job import run_job
+    from remit.common.flags import config_from_args
 
     return run_job(config_from_args(AnnotateConfig, args), rank, world)
 
@@ -72,9 +72,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     import json
 
     from remit.annotate.config import AnnotateConfig
-    from remit.annotate.flags import config_from_args
     from remit.annotate.plan import describe_run, ensure_plan
     from remit.annotate.workdir import WorkDir
+    from remit.common.flags import config_from_args
 
     cfg = config_from_args(AnnotateConfig, args)
     setup = describe_run(cfg)
@@ -209,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
     args = build_parser(command).parse_args(argv[1:] if command else argv)
-    from remit.shards.errors import run_command
-    from remit.shards.quiet import quiet_libraries
+    from remit.common.errors import run_command
+    from remit.common.quiet import quiet_libraries
 
     quiet_libraries(bool(getattr(args, "verbose", False)))
 

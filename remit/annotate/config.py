@@ -1,6 +1,6 @@
 """The annotation job's configuration: the single list of its flags, validated when built.
 
-- Every field is declared with its flag, help text and group (`remit.annotate.flags.option`); closed
+- Every field is declared with its flag, help text and group (`remit.common.flags.option`); closed
   choices are `Literal` types. The CLI, the run identity, finalize's resume command and the
   launcher's worker commands are all generated from these declarations.
 - Fields marked run-local do not change the output; the others form the run's identity, which is
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from remit.annotate.engines.base import INSTALL_HINT, Dtype, EngineName, EngineSettings
-from remit.annotate.flags import check_choices, library_only, option, run_local_fields
 from remit.annotate.tokenize import BosPolicy, EosPolicy
+from remit.common.flags import check_choices, library_only, option, run_local_fields
 from remit.shards.weights import Center, check_eps
 
 #: The scoring passes a run makes (the manifest's `passes`; "none" is a pack-only output).

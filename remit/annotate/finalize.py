@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from remit.annotate.config import AnnotateConfig
-from remit.annotate.flags import to_argv
 from remit.annotate.records import Plan
 from remit.annotate.workdir import WorkDir
-from remit.shards.atomic import write_json_atomic
+from remit.common.atomic import write_json_atomic
+from remit.common.flags import to_argv
 from remit.shards.checksum import file_sha256
 from remit.shards.manifest import Passes, ShardError, assemble_manifest, read_manifest, repair_command
 

@@ -79,7 +79,7 @@ class HashCache:
     def flush(self) -> None:
         if not self.dirty or self.entries is None:
             return
-        from remit.shards.atomic import write_text_atomic
+        from remit.common.atomic import write_text_atomic
 
         entries = self.entries
         if len(entries) > MAX_ENTRIES:

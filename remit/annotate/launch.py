@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from remit.annotate.config import AnnotateConfig
-from remit.annotate.flags import add_arguments as add_config_arguments
-from remit.annotate.flags import option, to_argv
 from remit.annotate.workdir import WorkDir
+from remit.common.flags import add_arguments as add_config_arguments
+from remit.common.flags import option, to_argv
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from remit.annotate.workdir import WorkDir
-from remit.shards.atomic import temporary_path, write_json_atomic
+from remit.common.atomic import temporary_path, write_json_atomic
 
 HEARTBEAT_S = 15.0
 STALE_S = 120.0

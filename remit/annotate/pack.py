@@ -30,8 +30,6 @@ import numpy as np
 
 from remit import __version__
 from remit.annotate.config import AnnotateConfig
-from remit.annotate.flags import add_arguments as add_config_arguments
-from remit.annotate.flags import check_choices, config_from_args, option, run_local_fields
 from remit.annotate.inputs import (
     Fields,
     InputScan,
@@ -47,6 +45,8 @@ from remit.annotate.plan import IGNORED_SHOWN, PlanStats
 from remit.annotate.progress import Progress
 from remit.annotate.tokenize import BosPolicy, EosPolicy, SpecialTokens, load_tokenizer, tokenize_records
 from remit.annotate.workdir import WorkDir
+from remit.common.flags import add_arguments as add_config_arguments
+from remit.common.flags import check_choices, config_from_args, option, run_local_fields
 from remit.shards.checksum import bytes_sha256
 from remit.shards.manifest import assemble_manifest
 from remit.shards.writer import Rows, build_table, write_shard

@@ -26,7 +26,7 @@
 - for an output written in one go (`remit-annotate pack`, no work folder): the finished-output check,
   stale shards and the manifest.
 
-Every file is written with `remit.shards.atomic`; nothing else in the package spells these paths.
+Every file is written with `remit.common.atomic`; nothing else in the package spells these paths.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from remit import __version__
 from remit.annotate.records import CompletionRecord, Plan, PlannedUnit, RunDescription, covers
-from remit.shards.atomic import atomic_path, leftovers, write_json_atomic
+from remit.common.atomic import atomic_path, leftovers, write_json_atomic
 from remit.shards.checksum import file_sha256
 from remit.shards.manifest import MANIFEST_NAME, OWNERSHIP_MARKER, WORK_FOLDER, Passes, ShardError
 from remit.shards.schema import FORMAT_NAME

@@ -35,8 +35,8 @@ from remit.annotate.plan import describe_run, ensure_plan, ensure_planned_units
 from remit.annotate.progress import Progress
 from remit.annotate.records import CompletionRecord, Plan, PlannedUnit, covers
 from remit.annotate.workdir import WorkDir
+from remit.common.faults import failpoint
 from remit.shards.checksum import file_sha256
-from remit.shards.faults import failpoint
 from remit.shards.manifest import ShardError
 from remit.shards.reader import read_shard
 from remit.shards.weights import remit_weights

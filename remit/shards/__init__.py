@@ -1,9 +1,8 @@
 """The annotation output format: schema, writer, reader, manifest, weights rule, validation.
 
-This is the leaf of the package: it needs only pyarrow and numpy.
+It builds only on `remit.common` and needs only pyarrow and numpy.
 """
 
-from remit.shards.atomic import atomic_path, write_json_atomic, write_text_atomic
 from remit.shards.manifest import MANIFEST_NAME, Manifest, ShardError, read_manifest
 from remit.shards.reader import Output, open_output, read_shard
 from remit.shards.schema import FORMAT_NAME, FORMAT_VERSION, SCHEMA
@@ -20,13 +19,10 @@ __all__ = [
     "Rows",
     "ShardError",
     "ShardInfo",
-    "atomic_path",
     "build_table",
     "open_output",
     "read_manifest",
     "read_shard",
     "remit_weights",
-    "write_json_atomic",
     "write_shard",
-    "write_text_atomic",
 ]

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from remit.common.requires import require
 from remit.shards.manifest import ShardError, read_manifest, repair_command
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -129,10 +130,8 @@ def connect(
     `memory_limit` (e.g. ``"512MB"``) caps DuckDB's buffer memory; the views stream, and the one
     aggregate whose groups grow with the output (per document) spills to `temp_directory`.
     """
-    try:
+    with require("inspect", "the views"):
         import duckdb
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("the views need DuckDB: pip install 'remit[inspect]' (or pip install duckdb)") from e
     root = check_output(root)  # before connecting, so a bad folder fails with the folder's message
     config: dict[str, Any] = {}
     if memory_limit is not None:

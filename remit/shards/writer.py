@@ -3,7 +3,7 @@
 - `build_table`: flat arrays (`Rows`) -> one Arrow table in SCHEMA, with the per-row and
   per-segment summary columns filled in.
 - `write_shard`: the checksum of every column is computed from the table in memory; the table goes to
-  a temporary name (`remit.shards.atomic`), is read back and checked (schema, row count, list
+  a temporary name (`remit.common.atomic`), is read back and checked (schema, row count, list
   lengths, every column's checksum), and only then renamed into place. A crash leaves either no
   shard or a complete one; a stray temporary file is never read.
 """
@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from remit.shards.atomic import atomic_path
+from remit.common.atomic import atomic_path
+from remit.common.faults import failpoint
 from remit.shards.checksum import column_checksums, file_sha256, token_checksum
-from remit.shards.faults import failpoint
 from remit.shards.manifest import ShardError
 from remit.shards.schema import FLOAT_LIST_COLUMNS, SCHEMA, list_length_mismatches, schema_mismatch
 from remit.shards.weights import group_ids

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from remit.common.requires import install_hint
 from remit.train.config import ATTENTION_BACKENDS
 
 
@@ -55,7 +56,7 @@ def resolve_backend(name: str) -> str:
         return "te" if te_available() else "sdpa"
     if name == "te" and not te_available():
         raise ValueError(
-            "attention: 'te' needs Transformer Engine and a CUDA GPU (pip install transformer-engine[pytorch]); "
+            f"attention: 'te' needs Transformer Engine and a CUDA GPU ({install_hint('transformer-engine')}); "
             "use --attention sdpa without it"
         )
     return name

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from remit.shards.atomic import write_json_atomic, write_text_atomic
+from remit.common.atomic import write_json_atomic, write_text_atomic
 from remit.train.config import TRACKER_FILE
 
 #: In each iter_* folder remit wrote: the sha256 of every other file of the checkpoint.

@@ -14,8 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from remit.shards.errors import run_command
-from remit.shards.quiet import quiet_libraries
+from remit.common.errors import run_command
+from remit.common.quiet import quiet_libraries
 from remit.train.config import (
     ATTENTION_BACKENDS,
     CENTER_MODES,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from remit.shards.atomic import atomic_path
+from remit.common.atomic import atomic_path
 from remit.train.architecture import TEMPLATE_FILES, Architecture, ArchitectureError, architecture_from_config
 
 _COLUMN = (

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from remit.shards.atomic import write_text_atomic
+from remit.common.atomic import write_text_atomic
 
 METRICS_NAME = "metrics.jsonl"
 STABLE_KEYS = (

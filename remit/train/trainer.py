@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from remit.common.atomic import write_json_atomic
+from remit.common.errors import describe_os_error
 from remit.shards import read_manifest
-from remit.shards.atomic import write_json_atomic
-from remit.shards.errors import describe_os_error
 from remit.train import cpu_compat, distributed, processes
 from remit.train.architecture import TEMPLATE_FILES, check_parallel, read_architecture
 from remit.train.attention import resolve_backend

@@ -16,8 +16,8 @@ from remit.annotate.cli import build_parser
 from remit.annotate.config import RUN_LOCAL_FIELDS, AnnotateConfig
 from remit.annotate.engines.base import EngineSettings
 from remit.annotate.finalize import resume_command
-from remit.annotate.flags import config_from_args, flags, literal_choices
 from remit.annotate.launch import job_flags
+from remit.common.flags import config_from_args, flags, literal_choices
 
 #: Frozen: adding or renaming a flag must be a deliberate change here (and in the docs). `stats` and
 #: `show` freeze theirs in tests/annotate/inspect.

@@ -149,8 +149,8 @@ def test_a_rerun_over_an_unfinished_longer_output_removes_its_extra_shards(packe
 def test_the_flags_are_generated_from_the_config_and_shared_ones_match_annotate():
     from remit.annotate.cli import build_parser
     from remit.annotate.config import AnnotateConfig
-    from remit.annotate.flags import flags
     from remit.annotate.pack import PackConfig
+    from remit.common.flags import flags
 
     parser = build_parser("pack")
     options = {o for a in parser._actions for o in a.option_strings if o != "-h" and o != "--help"}

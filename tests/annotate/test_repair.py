@@ -14,7 +14,7 @@ from remit.annotate.cli import main
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.job import run_job
 from remit.annotate.workdir import MARKER
-from remit.shards import atomic
+from remit.common import atomic
 from tests.annotate.runs import assert_same_output, cli_flags, fresh_copy, job
 
 

@@ -17,7 +17,7 @@ from remit.annotate.config import AnnotateConfig
 from remit.annotate.records import CompletionRecord, Plan, PlannedUnit, PlanTotals, RunDescription
 from remit.annotate.workdir import MARKER, WorkDir, differences, shard_name
 from remit.annotate.worker import run_worker
-from remit.shards.atomic import temporary_path
+from remit.common.atomic import temporary_path
 from remit.shards.checksum import file_sha256
 from remit.shards.manifest import ShardError
 from remit.shards.writer import ShardInfo

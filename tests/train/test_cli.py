@@ -196,7 +196,7 @@ def test_library_warnings_are_hidden_unless_verbose(random_llama, tmp_path):
 
     cmd = [sys.executable, "-m", "remit.train", "--data", str(tmp_path / "none"), "--init-hf", str(random_llama)]
     cmd += ["--save", str(tmp_path / "run"), "--train-iters", "1"]
-    from remit.shards.quiet import QUIET_ENV
+    from remit.common.quiet import QUIET_ENV
 
     env = {k: v for k, v in os.environ.items() if k not in QUIET_ENV}  # not what other tests set in this process
     quiet = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

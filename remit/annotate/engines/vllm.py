@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from remit.annotate.engines.base import INSTALL_HINT, EngineSettings, Scorer, check_model_dir, with_first_nan
-from remit.shards.quiet import quiet_requested
+from remit.common.quiet import quiet_requested
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from remit.common.requires import install_hint
 from remit.shards.manifest import Manifest, ShardError, read_manifest, repair_command
 
-INSPECT_EXTRA = "pip install 'remit[inspect]'"
+INSPECT_EXTRA = install_hint("inspect")
 
 
 def require_weights(manifest: Manifest, root: str | Path) -> None:

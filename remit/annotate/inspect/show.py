@@ -23,7 +23,7 @@ from typing import Any
 
 from remit.annotate.inspect.guard import pack_only_note, require_weights, run_with_duckdb
 from remit.annotate.inspect.tokens import load_tokenizer, token_texts
-from remit.shards.atomic import write_text_atomic
+from remit.common.atomic import write_text_atomic
 
 DEFAULT_ROWS = 5
 PLOT_SAMPLE_TOKENS = 50_000

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from remit.common.requires import install_hint
+
 
 def tokenizer_path(manifest: dict[str, Any], root: Path, override: Path | None = None) -> Path | None:
     """The tokenizer folder to decode with: `override`, else the manifest's path (as written, or
@@ -37,7 +39,7 @@ def load_tokenizer(manifest: dict[str, Any], root: Path, override: Path | None =
     try:
         from transformers import AutoTokenizer
     except ImportError:
-        return None, "token ids not decoded: transformers is not installed (pip install 'remit[inspect]')"
+        return None, f"token ids not decoded: transformers is not installed ({install_hint('inspect')})"
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as e:  # transformers raises OSError, ValueError and others for unusable folders

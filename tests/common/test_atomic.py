@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from remit.shards import atomic
-from remit.shards.atomic import atomic_path, leftovers, temporary_path, write_json_atomic, write_text_atomic
+from remit.common import atomic
+from remit.common.atomic import atomic_path, leftovers, temporary_path, write_json_atomic, write_text_atomic
 
 
 def test_json_is_written_sorted_indented_with_a_final_newline(tmp_path):

@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from remit.shards.errors import run_command
+from remit.common.errors import run_command
 
 
 def _raise(e: BaseException):

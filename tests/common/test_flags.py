@@ -9,7 +9,7 @@ from typing import Literal
 
 import pytest
 
-from remit.annotate.flags import add_arguments, check_choices, config_from_args, flags, library_only, option, to_argv
+from remit.common.flags import add_arguments, check_choices, config_from_args, flags, library_only, option, to_argv
 
 Mode = Literal["fast", "exact"]
 

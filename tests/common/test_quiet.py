@@ -9,11 +9,11 @@ import sys
 import pytest
 
 from remit.annotate.cli import build_parser
-from remit.shards.quiet import QUIET_ENV
+from remit.common.quiet import QUIET_ENV
 
 SCRIPT = """
 import logging, sys, warnings
-from remit.shards.quiet import quiet_libraries
+from remit.common.quiet import quiet_libraries
 quiet_libraries(sys.argv[1] == "verbose")
 from transformers.utils import logging as hf_logging
 hf_logging.get_logger("transformers.test").warning("LIBRARY-WARNING")
