@@ -30,20 +30,41 @@ def option(
     group: str,
     flag: str | None = None,
     run_local: bool = False,
+    required: bool = False,
     default_factory: Any = dataclasses.MISSING,
 ) -> Any:
     """A config field with a flag. `flag` defaults to the field name with dashes (``seq_len`` ->
     ``--seq-len``); `run_local` marks a field that does not change the output (left out of the run's
-    identity, so it may differ between the workers of one run)."""
-    metadata = {"help": help, "group": group, "flag": flag, "run_local": run_local}
+    identity, so it may differ between the workers of one run); `required` makes the command line ask
+    for a field that has a default for library callers."""
+    metadata = {"help": help, "group": group, "flag": flag, "run_local": run_local, "required": required}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def library_only(default: Any, *, run_local: bool = False) -> Any:
+def same_as(cls: type, name: str, **changes: Any) -> Any:
+    """A field declared like `cls`'s field `name` (flag, help, group, default), for a smaller command's
+    config that takes one of another config's flags: nothing of the flag is written twice. `changes`
+    replaces parts of the declaration (e.g. ``required=True``)."""
+    f = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+    if f is None:
+        raise TypeError(f"{cls.__name__} has no field {name!r}")
+    meta = {**f.metadata, **{k: v for k, v in changes.items() if k != "default"}}
+    default = changes.get("default", f.default)
+    if f.default_factory is not dataclasses.MISSING and "default" not in changes:
+        return dataclasses.field(default_factory=f.default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def library_only(
+    default: Any = dataclasses.MISSING, *, run_local: bool = False, default_factory: Any = dataclasses.MISSING
+) -> Any:
     """A config field without a flag (set from Python only)."""
-    return dataclasses.field(default=default, metadata={"flag": False, "run_local": run_local})
+    metadata = {"flag": False, "run_local": run_local}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +125,8 @@ def flags(cls: type) -> list[Flag]:
             kind, type_ = "value", str
         else:
             kind, type_ = "value", hint
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        required = no_default or bool(meta.get("required"))
         out.append(
             Flag(
                 name=f.name,
@@ -115,7 +137,7 @@ def flags(cls: type) -> list[Flag]:
                 type=type_,
                 choices=literal_choices(hint),
                 required=required,
-                default=None if required else f.default,
+                default=None if no_default else f.default,
             )
         )
     return out
@@ -201,5 +223,6 @@ __all__ = [
     "literal_choices",
     "option",
     "run_local_fields",
+    "same_as",
     "to_argv",
 ]

@@ -7,19 +7,29 @@ everything that can be checked before touching the data or a process group is ch
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_type_hints
 
-WEIGHT_MODES: tuple[str, ...] = ("none", "static", "online", "shuffled", "rho1")
-#: Attention backends (see remit.train.attention): auto picks te where Transformer Engine runs, else sdpa.
-ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "sdpa", "dense", "te")
-CENTER_MODES: tuple[str, ...] = ("row", "segment")
-DECAY_STYLES: tuple[str, ...] = ("cosine", "linear")
-RECOMPUTE_GRANULARITIES: tuple[str, ...] = ("full", "selective")
-RECOMPUTE_METHODS: tuple[str, ...] = ("uniform", "block")
+from remit.common.flags import library_only, literal_choices, option
+
+WeightMode = Literal["none", "static", "online", "shuffled", "rho1"]
+#: Attention backends (see remit.train.attention): auto means sdpa; te is chosen by name.
+AttentionBackend = Literal["auto", "sdpa", "dense", "te"]
+CenterMode = Literal["row", "segment"]
+DecayStyle = Literal["cosine", "linear"]
+RecomputeGranularity = Literal["full", "selective"]
+RecomputeMethod = Literal["uniform", "block"]
+WEIGHT_MODES: tuple[str, ...] = get_args(WeightMode)
+ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackend)
 #: The file in a checkpoint folder naming its latest iteration (as Megatron-LM names it).
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
+
+_DATA = "data"
+_MODEL = "model and checkpoints"
+_SCHEDULE = "schedule and optimiser"
+_PARALLEL = "parallelism, precision, memory"
+_LOGGING = "logging"
 
 
 def _fail(name: str, problem: str, fix: str) -> None:
@@ -28,135 +38,219 @@ def _fail(name: str, problem: str, fix: str) -> None:
 
 @dataclass
 class TrainConfig:
+    """remit-train's configuration and the single list of its flags: every field is declared with its flag,
+    help text and group (`remit.common.flags.option`); closed choices are `Literal` types."""
+
     # --- data ---
-    data: Path
+    data: Path = option(help="annotation output folder (manifest.json + shards)", group=_DATA)
     """The annotation output folder (manifest.json + shard-*.parquet)."""
-    weights: str = "static"
+    weights: WeightMode = option(
+        "static",
+        help="none: plain next-token loss; static: stored weights; online: the paper's rule with the "
+        "current model's log-prob; shuffled: the stored weights permuted within each row (a control); "
+        "rho1: Rho-1, the top --keep-ratio tokens of each micro-batch by log p_RL - log p_theta (default: static)",
+        group=_DATA,
+    )
     """Loss weighting: 'none' (plain next-token loss), 'static' (stored weights, base model as proxy),
     'online' (the paper's rule with the current model's own log-prob), 'shuffled' (the stored weights
     permuted among each row's tokens: a control) or 'rho1' (Rho-1: keep the top `keep_ratio` tokens of
     each micro-batch by log p_RL - log p_theta, mean loss over the kept ones)."""
-    eps: float | None = None
+    keep_ratio: float = option(
+        0.6, help="rho1: fraction of each micro-batch's valid tokens kept, in (0, 1] (default: 0.6)", group=_DATA
+    )
+    """'rho1': the fraction of each micro-batch's valid tokens that is kept, in (0, 1]. 1.0 is 'none'."""
+    eps: float | None = option(
+        None, help="online: clip half-width, weights in [1-eps, 1+eps] (default: the manifest's)", group=_DATA
+    )
     """Clip half-width for 'online' weights, w in [1-eps, 1+eps]. None: the output's manifest value."""
-    center: str | None = None
+    center: CenterMode | None = option(
+        None, help="online: centre the discrepancy per row or per segment (default: the manifest's)", group=_DATA
+    )
     """Centring group for 'online': 'row' (training sequence) or 'segment' (document part). None: the
     output's manifest value."""
-    keep_ratio: float = 0.6
-    """'rho1': the fraction of each micro-batch's valid tokens that is kept, in (0, 1]. 1.0 is 'none'."""
-    shuffle_shards: int = 8
+    shuffle_shards: int = option(
+        8, help="shards mixed in one shuffle window, also shards cached per rank (default: 8)", group=_DATA
+    )
     """Shards mixed in one shuffle window (also the shard cache size per rank). 1: shuffle within a shard."""
-    skip_validate: bool = False
-    """Skip the full output validation at start (each shard is still checksum-verified when read)."""
+    skip_validate: bool = option(
+        False,
+        help="skip the validation of each rank's shards at start (shards are still checksum-verified)",
+        group=_DATA,
+    )
+    """Skip the validation of each rank's own shards at start (each shard is still checksum-verified when
+    read)."""
 
     # --- model and checkpoints ---
-    init_hf: Path | None = None
+    init_hf: Path | None = option(
+        None,
+        help="Hugging Face checkpoint to start from: Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3 or SmolLM3",
+        group=_MODEL,
+    )
     """Hugging Face checkpoint to start from (Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM3). Needed
     unless resuming from `load` or starting from random weights (`init_config`)."""
-    init_config: Path | None = None
+    init_config: Path | None = option(
+        None,
+        help="start from random weights: an HF config.json of a supported architecture (or a folder with one), "
+        "seeded by --seed; the tokenizer comes from that folder or from the one the output's manifest records",
+        group=_MODEL,
+    )
     """Start from random weights instead: a Hugging Face config.json of a supported architecture (or a
     folder holding one), initialised as transformers initialises that model class, seeded with `seed`.
     The tokenizer comes from the folder if it holds one, else from the folder the output's manifest
     records; the output's tokenizer hash must match."""
-    attention: str = "auto"
+    attention: AttentionBackend = option(
+        "auto",
+        help="document-masked attention: sdpa (memory linear in seq-len), te (Transformer Engine, packed), "
+        "dense (reference, S x S scores), auto = sdpa (default: auto)",
+        group=_MODEL,
+    )
     """Document-masked attention: 'sdpa' (torch scaled_dot_product_attention per document, memory linear
-    in the sequence length), 'te' (Transformer Engine, packed THD sequences), 'dense' (mcore's attention
-    with a dense [b, 1, S, S] mask: the reference, S x S scores per head) or 'auto' (te if Transformer
-    Engine and a GPU are there, else sdpa)."""
-    save: Path = Path("remit-train-out")
+    in the sequence length), 'te' (Transformer Engine, packed THD sequences; chosen by name only), 'dense'
+    (mcore's attention with a dense [b, 1, S, S] mask: the reference, S x S scores per head) or 'auto'
+    (sdpa)."""
+    save: Path = option(
+        Path("remit-train-out"),
+        help="run folder: checkpoints, metrics.jsonl, HF template",
+        group=_MODEL,
+        required=True,
+    )
     """Folder for checkpoints (iter_NNNNNNN/), metrics.jsonl and the HF config template."""
-    load: Path | None = None
+    load: Path | None = option(None, help="checkpoint folder to resume from (default: --save)", group=_MODEL)
     """Checkpoint folder to resume from; it must exist and hold a checkpoint. None: `save`, if it
     already holds a checkpoint."""
-    trust_checkpoint: bool = False
+    trust_checkpoint: bool = option(
+        False,
+        help="load a checkpoint whose pickled metadata does not match the hash remit recorded (a checkpoint is "
+        "code: only for checkpoints from a trusted source)",
+        group=_MODEL,
+    )
     """Load a checkpoint whose pickled metadata does not match the hash remit recorded when it saved it
     (or that carries no such hash). A checkpoint is code: its pickles run when loaded."""
-    save_interval: int | None = None
+    save_interval: int | None = option(
+        None, help="save every N iterations; always at the end (default: only at the end)", group=_MODEL
+    )
     """Save every N iterations (and always at the end). None: only at the end."""
-    export_hf: Path | None = None
+    export_hf: Path | None = option(None, help="after training, write the model as HF here", group=_MODEL)
     """After training, also write the final model as a Hugging Face checkpoint here."""
 
     # --- schedule and optimiser ---
-    train_iters: int = 100
+    train_iters: int = option(100, help="optimizer steps in total", group=_SCHEDULE, required=True)
     """Optimizer steps to run in total (a resumed run continues up to this number)."""
-    override_schedule: bool = False
+    override_schedule: bool = option(
+        False,
+        help="on resume, continue from the checkpoint's step under the new schedule flags instead of refusing them",
+        group=_SCHEDULE,
+    )
     """On resume, continue from the checkpoint's step under this run's schedule flags (lr, min_lr,
     warm-up, decay length and style, weight decay) instead of refusing a schedule that differs from the
     checkpoint's (see `remit.train.schedule`)."""
-    micro_batch_size: int = 1
+    micro_batch_size: int = option(1, help="sequences per forward pass per rank", group=_SCHEDULE)
     """Sequences per forward/backward pass on one data-parallel rank."""
-    global_batch_size: int | None = None
+    global_batch_size: int | None = option(
+        None, help="sequences per optimizer step over all ranks (default: micro batch x DP size)", group=_SCHEDULE
+    )
     """Sequences per optimizer step over all ranks. None: micro_batch_size * data-parallel size."""
-    lr: float = 3e-4
+    lr: float = option(3e-4, help="peak learning rate (default: 3e-4)", group=_SCHEDULE)
     """Peak learning rate."""
-    min_lr: float = 0.0
+    min_lr: float = option(0.0, help="learning rate at the end of the decay (default: 0)", group=_SCHEDULE)
     """Learning rate reached at the end of the decay (0: anneal to zero)."""
-    lr_warmup_iters: int = 0
+    lr_warmup_iters: int = option(0, help="linear warm-up iterations (default: 0)", group=_SCHEDULE)
     """Iterations of linear warm-up from 0 to `lr`."""
-    lr_decay_iters: int | None = None
+    lr_decay_iters: int | None = option(
+        None, help="decay length in iterations (default: --train-iters)", group=_SCHEDULE
+    )
     """Iteration at which the decay reaches `min_lr`. None: train_iters."""
-    lr_decay_style: str = "cosine"
+    lr_decay_style: DecayStyle = option("cosine", help="decay shape (default: cosine)", group=_SCHEDULE)
     """'cosine' or 'linear' decay after warm-up."""
-    weight_decay: float = 0.1
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
-    clip_grad: float = 1.0
+    weight_decay: float = option(0.1, help="AdamW weight decay (default: 0.1)", group=_SCHEDULE)
+    adam_beta1: float = option(0.9, help="Adam beta1 (default: 0.9)", group=_SCHEDULE)
+    adam_beta2: float = option(0.95, help="Adam beta2 (default: 0.95)", group=_SCHEDULE)
+    adam_eps: float = option(1e-8, help="Adam epsilon (default: 1e-8)", group=_SCHEDULE)
+    clip_grad: float = option(1.0, help="gradient-norm clip, 0 = off (default: 1.0)", group=_SCHEDULE)
     """Global gradient-norm clip (0: off)."""
-    seed: int = 1234
+    seed: int = option(
+        1234,
+        help="seed of the data order, of --init-config's weights and of shuffled's permutations (default: 1234)",
+        group=_SCHEDULE,
+    )
     """Seed for the data order and any randomness in the model."""
 
     # --- parallelism and precision ---
-    tensor_model_parallel_size: int = 1
+    tensor_model_parallel_size: int = option(1, help="TP size (default: 1)", group=_PARALLEL)
     """Tensor-parallel size: heads, FFN and vocabulary split over this many ranks."""
-    pipeline_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = option(
+        1,
+        help="pipeline stages; must divide the layer count; DP size = world / (TP x PP) (default: 1)",
+        group=_PARALLEL,
+    )
     """Pipeline stages: the decoder layers are split evenly over them (must divide the layer count).
     Data-parallel size = world size / (tensor_model_parallel_size * pipeline_model_parallel_size)."""
-    sequence_parallel: bool = False
+    sequence_parallel: bool = option(
+        False,
+        help="with TP > 1: also split norms and residuals along the sequence over the TP ranks",
+        group=_PARALLEL,
+    )
     """With tensor parallelism, also split the norms, dropouts and residuals along the sequence over the
     TP ranks (less activation memory). Needs tensor_model_parallel_size > 1."""
-    use_distributed_optimizer: bool = False
+    use_distributed_optimizer: bool = option(
+        False,
+        help="shard fp32 main parameters, gradients and Adam state over the data-parallel ranks",
+        group=_PARALLEL,
+    )
     """Shard the fp32 main parameters, gradients and Adam state over the data-parallel ranks."""
-    overlap_grad_reduce: bool = False
+    overlap_grad_reduce: bool = option(
+        False,
+        help="reduce gradients over data-parallel ranks bucket by bucket during the backward pass",
+        group=_PARALLEL,
+    )
     """Reduce gradients over the data-parallel ranks bucket by bucket during the backward pass."""
-    recompute_granularity: str | None = None
+    recompute_granularity: RecomputeGranularity | None = option(
+        None,
+        help="activation recompute: selective = the core attention of every layer, full = whole layers (default: off)",
+        group=_PARALLEL,
+    )
     """Activation recompute: 'selective' (the core attention of every layer) or 'full' (whole
     layers, see recompute_method). None: keep all activations."""
-    recompute_method: str | None = None
+    recompute_method: RecomputeMethod | None = option(
+        None,
+        help="full only: uniform = checkpoint every group of --recompute-num-layers layers, block = only the "
+        "first --recompute-num-layers layers of each stage (default: uniform)",
+        group=_PARALLEL,
+    )
     """For 'full': 'uniform' (checkpoint every group of recompute_num_layers layers) or 'block' (recompute
     only the first recompute_num_layers layers of each pipeline stage). None: 'uniform' with 'full'."""
-    recompute_num_layers: int | None = None
+    recompute_num_layers: int | None = option(
+        None, help="full only: layers per group (uniform) or per stage (block) (default: 1)", group=_PARALLEL
+    )
     """For 'full': layers per recompute group ('uniform') or layers recomputed per stage ('block').
     None: 1 with 'full'."""
-    bf16: bool = False
+    bf16: bool = option(
+        False,
+        help="bf16 parameters and compute, fp32 main parameters in the optimizer (GPUs; fp32 is faster on CPUs)",
+        group=_PARALLEL,
+    )
     """bf16 training: every parameter in bf16, fp32 main parameters in the optimizer, gradients reduced
     in fp32 (GPU; on the CPU fp32 is several times faster)."""
 
     # --- logging ---
-    log_interval: int = 1
+    log_interval: int = option(1, help="progress line every N steps (default: 1)", group=_LOGGING)
     """Print a progress line every N iterations (metrics.jsonl always gets every step)."""
 
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = library_only(default_factory=dict)
     """Free-form notes recorded with the run (not used by the trainer)."""
 
     def __post_init__(self) -> None:
+        self._check_choices()
         self.data = Path(self.data)
         self.save = Path(self.save)
         for name in ("init_hf", "init_config", "load", "export_hf"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value))
-        if self.weights not in WEIGHT_MODES:
-            _fail("weights", f"unknown mode {self.weights!r}", f"use one of {', '.join(WEIGHT_MODES)}")
         if not 0.0 < self.keep_ratio <= 1.0:
             _fail("keep_ratio", f"{self.keep_ratio} is outside (0, 1]", "pass the kept fraction, e.g. 0.6")
         if self.eps is not None and not 0.0 <= self.eps < 1.0:
             _fail("eps", f"{self.eps} is outside [0, 1)", "weights must stay positive: use e.g. 0.2")
-        if self.attention not in ATTENTION_BACKENDS:
-            _fail("attention", f"unknown backend {self.attention!r}", f"use one of {', '.join(ATTENTION_BACKENDS)}")
-        if self.center is not None and self.center not in CENTER_MODES:
-            _fail("center", f"unknown centring {self.center!r}", f"use one of {', '.join(CENTER_MODES)}")
-        if self.lr_decay_style not in DECAY_STYLES:
-            _fail("lr_decay_style", f"unknown style {self.lr_decay_style!r}", f"use {' or '.join(DECAY_STYLES)}")
         for name in (
             "train_iters",
             "micro_batch_size",
@@ -228,10 +322,15 @@ class TrainConfig:
                 "or --load a checkpoint",
             )
 
+    def _check_choices(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in fields(self):
+            choices, value = literal_choices(hints[f.name]), getattr(self, f.name)
+            if choices is not None and value is not None and value not in choices:
+                _fail(f.name, f"unknown value {value!r}", f"use one of {', '.join(choices)}")
+
     def _check_recompute(self) -> None:
         g = self.recompute_granularity
-        if g is not None and g not in RECOMPUTE_GRANULARITIES:
-            _fail("recompute_granularity", f"unknown granularity {g!r}", f"use {' or '.join(RECOMPUTE_GRANULARITIES)}")
         if g != "full":
             for name in ("recompute_method", "recompute_num_layers"):
                 if getattr(self, name) is not None:
@@ -243,12 +342,6 @@ class TrainConfig:
             return
         if self.recompute_method is None:
             self.recompute_method = "uniform"
-        if self.recompute_method not in RECOMPUTE_METHODS:
-            _fail(
-                "recompute_method",
-                f"unknown method {self.recompute_method!r}",
-                f"use {' or '.join(RECOMPUTE_METHODS)}",
-            )
         if self.recompute_num_layers is None:
             self.recompute_num_layers = 1
         if self.recompute_num_layers < 1:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from remit.train.cli import config_from_args, export_parser, train_parser
+from remit.common.flags import config_from_args, to_argv
+from remit.train.cli import ExportConfig, export_parser, train_parser
 from remit.train.config import TrainConfig
 
 #: Frozen: adding or renaming a flag must be a deliberate change here and in docs/training.md.
@@ -89,7 +90,7 @@ def test_flags_build_a_config(tmp_path):
             "0.5",
         ]
     )
-    cfg = config_from_args(args)
+    cfg = config_from_args(TrainConfig, args)
     assert cfg.weights == "online" and cfg.eps == 0.1 and cfg.center == "segment" and cfg.decay_iters == 10
     assert cfg.keep_ratio == 0.5 and cfg.init_config is None
 
@@ -131,15 +132,63 @@ def test_parallel_and_recompute_flags_reach_the_config(tmp_path):
         + ["--tensor-model-parallel-size", "2", "--sequence-parallel", "--pipeline-model-parallel-size", "4"]
         + ["--use-distributed-optimizer", "--overlap-grad-reduce", "--bf16", "--recompute-granularity", "full"]
     )
-    cfg = config_from_args(args)
+    cfg = config_from_args(TrainConfig, args)
     assert (cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size, cfg.model_parallel_size) == (2, 4, 8)
     assert cfg.sequence_parallel and cfg.use_distributed_optimizer and cfg.overlap_grad_reduce and cfg.bf16
     # full recompute defaults to Megatron-LM's usual choice: every layer on its own
     assert (cfg.recompute_granularity, cfg.recompute_method, cfg.recompute_num_layers) == ("full", "uniform", 1)
     plain = config_from_args(
-        train_parser().parse_args(["--data", "d", "--init-hf", "m", "--train-iters", "3", "--save", "s"])
+        TrainConfig, train_parser().parse_args(["--data", "d", "--init-hf", "m", "--train-iters", "3", "--save", "s"])
     )
     assert (plain.recompute_granularity, plain.recompute_method, plain.recompute_num_layers) == (None, None, None)
+
+
+def test_flags_round_trip(tmp_path):
+    """Every field with a flag survives config -> argv -> parser -> config, values away from their defaults."""
+    cfg = TrainConfig(
+        data=tmp_path / "d",
+        init_hf=tmp_path / "m",
+        save=tmp_path / "run",
+        weights="online",
+        eps=0.1,
+        center="segment",
+        keep_ratio=0.5,
+        shuffle_shards=3,
+        skip_validate=True,
+        attention="dense",
+        save_interval=7,
+        export_hf=tmp_path / "hf",
+        train_iters=50,
+        override_schedule=True,
+        micro_batch_size=2,
+        global_batch_size=8,
+        lr=1e-3,
+        min_lr=1e-5,
+        lr_warmup_iters=5,
+        lr_decay_iters=40,
+        lr_decay_style="linear",
+        weight_decay=0.01,
+        seed=7,
+        tensor_model_parallel_size=2,
+        sequence_parallel=True,
+        recompute_granularity="full",
+        recompute_method="block",
+        recompute_num_layers=2,
+        bf16=True,
+        log_interval=5,
+    )
+    argv = to_argv(TrainConfig, cfg.to_dict())
+    again = config_from_args(TrainConfig, train_parser().parse_args(argv))
+    assert again == cfg
+    export = ExportConfig(load=tmp_path / "run", out=tmp_path / "hf", iteration=3, trust_checkpoint=True)
+    assert config_from_args(ExportConfig, export_parser().parse_args(to_argv(ExportConfig, vars(export)))) == export
+
+
+def test_export_flag_is_declared_once():
+    """export-hf's --trust-checkpoint is TrainConfig's declaration, not a copy of it."""
+    train = {a.dest: a for a in train_parser()._actions}
+    export = {a.dest: a for a in export_parser()._actions}
+    assert export["trust_checkpoint"].help == train["trust_checkpoint"].help
 
 
 def test_batch_layout():

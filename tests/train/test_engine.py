@@ -16,13 +16,15 @@ SEQ = 24
 
 def _engine(model_dir, *flags: str):
     """Build the engine from CLI flags, exactly as `remit-train` does."""
+    from remit.common.flags import config_from_args
     from remit.train import cpu_compat
     from remit.train.architecture import read_architecture
-    from remit.train.cli import config_from_args, train_parser
+    from remit.train.cli import train_parser
+    from remit.train.config import TrainConfig
     from remit.train.engine import build_engine
 
     args = ["--data", "unused", "--save", "unused", "--init-hf", str(model_dir), "--train-iters", "4", *flags]
-    cfg = config_from_args(train_parser().parse_args(args))
+    cfg = config_from_args(TrainConfig, train_parser().parse_args(args))
     shape = read_architecture(model_dir)
     cpu_compat.seed_rng(0)
     return build_engine(cfg, shape, "sdpa", SEQ, model_dir), shape
@@ -142,13 +144,15 @@ def test_recompute_settings_that_do_not_fit_are_refused(mcore, random_llama):
 
 
 def test_sequence_parallel_needs_a_sequence_length_divisible_by_tp(mcore, random_llama):
+    from remit.common.flags import config_from_args
     from remit.train.architecture import read_architecture
-    from remit.train.cli import config_from_args, train_parser
+    from remit.train.cli import train_parser
+    from remit.train.config import TrainConfig
     from remit.train.engine import build_engine
 
     args = ["--data", "d", "--save", "s", "--init-hf", str(random_llama), "--train-iters", "2"]
     cfg = config_from_args(
-        train_parser().parse_args([*args, "--tensor-model-parallel-size", "2", "--sequence-parallel"])
+        TrainConfig, train_parser().parse_args([*args, "--tensor-model-parallel-size", "2", "--sequence-parallel"])
     )
     with pytest.raises(ValueError, match=r"^sequence_parallel: the sequence length 25 is not divisible by .* 2"):
         build_engine(cfg, read_architecture(random_llama), "sdpa", 25, random_llama)

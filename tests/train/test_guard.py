@@ -15,13 +15,15 @@ pytestmark = [
 
 
 def _engine_with_grads(model_dir, *flags: str):
+    from remit.common.flags import config_from_args
     from remit.train import cpu_compat
     from remit.train.architecture import read_architecture
-    from remit.train.cli import config_from_args, train_parser
+    from remit.train.cli import train_parser
+    from remit.train.config import TrainConfig
     from remit.train.engine import build_engine
 
     args = ["--data", "unused", "--save", "unused", "--init-hf", str(model_dir), "--train-iters", "4", *flags]
-    cfg = config_from_args(train_parser().parse_args(args))
+    cfg = config_from_args(TrainConfig, train_parser().parse_args(args))
     shape = read_architecture(model_dir)
     cpu_compat.seed_rng(0)
     engine = build_engine(cfg, shape, "sdpa", 16, model_dir)
