@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from remit.shards.checksum import column_checksums, file_sha256
 from remit.shards.integrity import recorded_checksums
-from remit.shards.manifest import Passes, ShardError, read_manifest, repair_command
+from remit.shards.manifest import Manifest, Passes, ShardError, read_manifest, repair_command
 from remit.shards.reader import list_length_mismatches, table_token_checksum
 from remit.shards.schema import schema_mismatch
 from remit.shards.weights import Center, remit_weights
@@ -70,48 +70,26 @@ class _DocCursor:
 
 
 def validate_output(root: str | Path) -> list[Problem]:
+    """Every check of an output: its listing (`validate_listing`) and each shard in order, documents
+    followed across shard boundaries."""
     root = Path(root)
+    problems = validate_listing(root)
     try:
         manifest = read_manifest(root)
-    except ShardError as e:
-        return [Problem(str(root / "manifest.json"), None, str(e), f"run `{repair_command(root)}`")]
-    problems: list[Problem] = []
-    listed = {s["file"] for s in manifest.shards}
-    for extra in sorted(p.name for p in root.glob("*.parquet") if p.name not in listed):
-        problems.append(
-            Problem(
-                str(root / extra),
-                None,
-                "shard not listed in the manifest",
-                "move it out of the output folder (the views read every top-level *.parquet file)",
-            )
-        )
+    except ShardError:
+        return problems  # the listing named the unreadable manifest
     width = manifest.seq_len + 1
-    next_id = 0
     cursor = _DocCursor()
+    found_in_shards: list[Problem] = []
     for i, entry in enumerate(manifest.shards):
         path = root / entry["file"]
         is_last_shard = i == len(manifest.shards) - 1
-        if entry["first_sample_id"] != next_id:
-            problems.append(
-                Problem(str(path), None, f"first sample id {entry['first_sample_id']}, expected {next_id}", _REFINALIZE)
-            )
-        next_id = entry["first_sample_id"] + entry["rows"]
         found = _check_shard(path, entry, width, is_last_shard, manifest.eps, manifest.center, cursor, manifest.passes)
         if found:
             cursor = _DocCursor(known=False)  # this shard's documents are suspect: judge the next one afresh
-        problems.extend(found)
-    if next_id != manifest.total_rows:
-        problems.append(
-            Problem(
-                str(root / "manifest.json"),
-                None,
-                f"shards hold {next_id} rows, totals say {manifest.total_rows}",
-                _REFINALIZE,
-            )
-        )
+        found_in_shards.extend(found)
     fix = repair_command(root)
-    return [replace(p, fix=p.fix.replace("{repair}", fix)) for p in problems]
+    return problems + [replace(p, fix=p.fix.replace("{repair}", fix)) for p in found_in_shards]
 
 
 def _read(path: Path) -> tuple[pa.Table | None, str | None]:
@@ -305,3 +283,63 @@ def _check_documents(
         "(a gap, overlap or repeated piece of a document)",
     )
     cursor.doc_id, cursor.next_offset, cursor.known = str(doc_ids[-1]), int(doc_off[-1] + seg_len[-1]), True
+
+
+def validate_listing(root: str | Path) -> list[Problem]:
+    """The checks of `validate_output` that read no shard: the manifest, the consecutive sample ids it
+    lists, its totals, and no unlisted shard beside it. A trainer runs these once at start and
+    `validate_shard` on each shard as a rank first reads it."""
+    root = Path(root)
+    try:
+        manifest = read_manifest(root)
+    except ShardError as e:
+        return [Problem(str(root / "manifest.json"), None, str(e), f"run `{repair_command(root)}`")]
+    listed = {s["file"] for s in manifest.shards}
+    problems = [
+        Problem(
+            str(root / extra),
+            None,
+            "shard not listed in the manifest",
+            "move it out of the output folder (the views read every top-level *.parquet file)",
+        )
+        for extra in sorted(p.name for p in root.glob("*.parquet") if p.name not in listed)
+    ]
+    next_id = 0
+    for entry in manifest.shards:
+        if entry["first_sample_id"] != next_id:
+            path = str(root / entry["file"])
+            problems.append(
+                Problem(path, None, f"first sample id {entry['first_sample_id']}, expected {next_id}", _REFINALIZE)
+            )
+        next_id = entry["first_sample_id"] + entry["rows"]
+    if next_id != manifest.total_rows:
+        problems.append(
+            Problem(
+                str(root / "manifest.json"),
+                None,
+                f"shards hold {next_id} rows, totals say {manifest.total_rows}",
+                _REFINALIZE,
+            )
+        )
+    fix = repair_command(root)
+    return [replace(p, fix=p.fix.replace("{repair}", fix)) for p in problems]
+
+
+def validate_shard(root: str | Path, manifest: Manifest, index: int) -> list[Problem]:
+    """The checks of `validate_output` for shard `index` alone: every check within the shard; a document
+    that continues from the previous shard is not judged at its first segment (that needs the
+    previous shard, which `validate_output` reads in order)."""
+    root = Path(root)
+    entry = manifest.shards[index]
+    found = _check_shard(
+        root / entry["file"],
+        entry,
+        manifest.seq_len + 1,
+        index == len(manifest.shards) - 1,
+        manifest.eps,
+        manifest.center,
+        _DocCursor(known=False),
+        manifest.passes,
+    )
+    fix = repair_command(root)
+    return [replace(p, fix=p.fix.replace("{repair}", fix)) for p in found]

@@ -3,7 +3,7 @@ document (and, in sliding-window layers, only to the last `window` of them, itse
 
 Backends (`--attention`):
 
-- ``sdpa`` (the default without Transformer Engine): `SDPADocumentAttention`, a core-attention module in
+- ``sdpa`` (the default, ``auto``): `SDPADocumentAttention`, a core-attention module in
   mcore's local layer spec. Documents of similar length are gathered into padded batches and run through
   torch ``scaled_dot_product_attention`` with ``is_causal=True``, so no mask and no score matrix is ever
   materialised: the flash kernel (CPU, or GPU in bf16) or the memory-efficient kernel (GPU in fp32) keeps
@@ -13,8 +13,10 @@ Backends (`--attention`):
   kernel, which would materialise scores, is never allowed.
 - ``dense``: `DenseDocumentAttention`, mcore's own DotProductAttention with a dense ``[b, 1, S, S]``
   document (and window) mask. It stores per-head S x S scores; it is the reference the tests compare to.
-- ``te``: Transformer Engine's layer spec with packed sequences (``qkv_format="thd"``, ``cu_seqlens``
-  from the document starts); the TE kernels then restart attention and RoPE at every document.
+- ``te`` (by name only): Transformer Engine's layer spec with packed sequences (``qkv_format="thd"``,
+  ``cu_seqlens`` from the document starts); the TE kernels then restart attention and RoPE at every
+  document, with TE's fused RoPE where the installed TE has it. A micro-batch is one packed row of b*S
+  tokens, so with pipeline stages (which pass [S, b, h] activations between stages) it needs b = 1.
 
 The local backends take the segment ids ``[b, S]`` where mcore passes an attention mask. Documents are
 maximal runs of equal segment id in a row (the padding of a short last row, segment id -1, is one run).
@@ -48,18 +50,43 @@ def te_available() -> bool:
     return found and torch.cuda.is_available()
 
 
+#: The card on which the `te` backend's GPU tests last passed (tests/train marked gpu); None: not yet on any.
+#: Until then `te` is offered by name only, with a note at start-up.
+TE_VERIFIED_ON: str | None = None
+
+
 def resolve_backend(name: str) -> str:
-    """The backend `name` ('auto' -> 'te' where Transformer Engine runs, else 'sdpa')."""
+    """The backend `name` ('auto' -> 'sdpa', the backend every test runs; 'te' only by name)."""
     if name not in ATTENTION_BACKENDS:
         raise ValueError(f"attention: unknown backend {name!r}; use one of {', '.join(ATTENTION_BACKENDS)}")
     if name == "auto":
-        return "te" if te_available() else "sdpa"
+        return "sdpa"
     if name == "te" and not te_available():
         raise ValueError(
             f"attention: 'te' needs Transformer Engine and a CUDA GPU ({install_hint('transformer-engine')}); "
             "use --attention sdpa without it"
         )
     return name
+
+
+def backend_note(backend: str) -> str | None:
+    """The one line printed at start-up for a backend that has not been verified on a GPU, else None."""
+    if backend != "te" or TE_VERIFIED_ON is not None:
+        return None
+    return (
+        "remit-train: note: --attention te has not been verified on a GPU yet (its GPU tests have not run on a "
+        "real card); --attention sdpa is the verified path"
+    )
+
+
+def rope_fusion_available() -> bool:
+    """Megatron-Core found Transformer Engine's fused RoPE for packed (THD) rows: mcore imports it as None
+    where the installed Transformer Engine lacks it."""
+    try:
+        from megatron.core.models.common.embeddings import rope_utils
+    except ImportError:
+        return False
+    return getattr(rope_utils, "fused_apply_rotary_pos_emb_thd", None) is not None
 
 
 # --- documents of a micro-batch -------------------------------------------------------------------

@@ -90,6 +90,49 @@ def write_hashes(folder: Path) -> None:
     write_json_atomic(folder / HASH_FILE, {"sha256": checkpoint_hashes(folder)})
 
 
+def _own_files(folder: Path, rank: int, world: int) -> list[Path]:
+    """The files of a saved checkpoint that `rank` hashes: dist_checkpointing names each rank's data files
+    ``__{rank}_{i}.distcp``; the rest (metadata, common state) fall to rank 0. Every file exactly once."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != HASH_FILE)
+    mine = []
+    for p in files:
+        owner = p.name.split("_")[2] if p.name.startswith("__") and p.suffix == ".distcp" else "0"
+        owner_rank = int(owner) if owner.isdigit() and int(owner) < world else 0
+        if owner_rank == rank:
+            mine.append(p)
+    return mine
+
+
+def write_hashes_parallel(folder: Path) -> None:
+    """`write_hashes` with the hashing spread over the ranks: each hashes the files it wrote, rank 0 writes
+    the hash file. A collective."""
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    mine = {str(p.relative_to(folder)): _sha256(p) for p in _own_files(folder, rank, world)}
+    parts: list[Any] = [None] * world
+    torch.distributed.all_gather_object(parts, mine)
+    if rank == 0:
+        merged = {k: v for part in parts for k, v in part.items()}
+        write_json_atomic(folder / HASH_FILE, {"sha256": dict(sorted(merged.items()))})
+
+
+def remove_older(root: str | Path, keep: int) -> list[Path]:
+    """Remove all but the newest `keep` complete checkpoints (those at or before the tracker's iteration);
+    a folder newer than the tracker (a save in progress) is never touched. Returns what was removed."""
+    root = Path(root)
+    latest = latest_iteration(root)
+    if latest is None:
+        return []
+    done = sorted(
+        int(m.group(1))
+        for p in root.iterdir()
+        if p.is_dir() and (m := re.fullmatch(r"iter_(\d{7})", p.name)) and int(m.group(1)) <= latest
+    )
+    removed = [iteration_dir(root, it) for it in done[: max(len(done) - keep, 0)]]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
+
+
 def verify_checkpoint(folder: str | Path, trust: bool = False) -> None:
     """Refuse (UntrustedCheckpointError) a checkpoint folder whose files differ from the hashes remit
     recorded, or that has none, unless `trust`. Nothing of the folder is unpickled here."""
@@ -142,15 +185,37 @@ def _sharded_state(model, optimizer, is_loading: bool) -> dict[str, Any]:
     return sd
 
 
-def save_checkpoint(root: str | Path, iteration: int, model, optimizer, scheduler, state: dict[str, Any]) -> Path:
-    """Save on every rank (a collective); rank 0 then moves the tracker to `iteration`."""
-    from megatron.core import dist_checkpointing
+def _saving_errors(target: Path) -> Any:
+    """A context that turns a failed save into one error naming the checkpoint folder."""
+    import contextlib
 
-    root = Path(root)
+    @contextlib.contextmanager
+    def guard() -> Any:
+        try:
+            yield
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # torch's CheckpointException derives from BaseException
+            cause = _os_error_in(e)
+            if cause is None:
+                if isinstance(e, Exception):
+                    raise
+                raise RuntimeError(f"{target}: the checkpoint writer failed: {' '.join(str(e).split())[:500]}") from e
+            # The writer's own error (from a helper process, wrapped twice) names no file: name the folder.
+            raise OSError(
+                cause.errno,
+                f"{cause.strerror or cause} while saving the checkpoint (the previous one stays the latest)",
+                str(target),
+            ) from e
+
+    return guard()
+
+
+def _begin_save(root: Path, iteration: int, model, optimizer, scheduler, state: dict[str, Any]) -> tuple[Path, dict]:
+    """A fresh iter_* folder (a stale partial save of the same iteration is removed) and the state to save."""
     target = iteration_dir(root, iteration)
-    rank = torch.distributed.get_rank()
-    if rank == 0:
-        if target.exists():  # a stale partial save of the same iteration
+    if torch.distributed.get_rank() == 0:
+        if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
     torch.distributed.barrier()
@@ -158,28 +223,85 @@ def save_checkpoint(root: str | Path, iteration: int, model, optimizer, schedule
     # Plain values are "common" state: dist_checkpointing stores them once, from rank 0.
     sd["scheduler"] = scheduler.state_dict()
     sd["train_state"] = dict(state, iteration=iteration)
-    try:
-        dist_checkpointing.save(sd, str(target))
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as e:  # torch's CheckpointException derives from BaseException
-        cause = _os_error_in(e)
-        if cause is None:
-            if isinstance(e, Exception):
-                raise
-            raise RuntimeError(f"{target}: the checkpoint writer failed: {' '.join(str(e).split())[:500]}") from e
-        # The writer's own error (from a helper process, wrapped twice) names no file: name the folder.
-        raise OSError(
-            cause.errno,
-            f"{cause.strerror or cause} while saving the checkpoint (the previous one stays the latest)",
-            str(target),
-        ) from e
-    torch.distributed.barrier()
-    if rank == 0:
-        write_hashes(target)  # before the tracker: a checkpoint the tracker names always has its hashes
+    return target, sd
+
+
+def _complete_save(root: Path, target: Path, iteration: int, keep_last: int | None) -> None:
+    """After every rank has written: the hashes (each rank's own files, hashed in parallel), then the
+    tracker, then --keep-last's removals. A collective."""
+    write_hashes_parallel(target)  # before the tracker: a checkpoint the tracker names always has its hashes
+    if torch.distributed.get_rank() == 0:
         write_text_atomic(root / TRACKER_FILE, f"{iteration}\n")
+        if keep_last is not None:
+            remove_older(root, keep_last)
     torch.distributed.barrier()
+
+
+def save_checkpoint(
+    root: str | Path,
+    iteration: int,
+    model,
+    optimizer,
+    scheduler,
+    state: dict[str, Any],
+    keep_last: int | None = None,
+) -> Path:
+    """Save on every rank (a collective); the tracker then moves to `iteration`."""
+    from megatron.core import dist_checkpointing
+
+    root = Path(root)
+    target, sd = _begin_save(root, iteration, model, optimizer, scheduler, state)
+    with _saving_errors(target):
+        dist_checkpointing.save(sd, str(target))
+    torch.distributed.barrier()
+    _complete_save(root, target, iteration, keep_last)
     return target
+
+
+class AsyncSaver:
+    """Checkpoints written by dist_checkpointing's background writer while training goes on.
+
+    - `save` gathers the state (collectives, fast) and hands the writing to a forked process, which holds a
+      copy-on-write snapshot of the host memory it writes (device tensors are copied to the host first).
+    - `poll()` after each step (a collective: one small all-reduce) completes the saves every rank has
+      finished: hashes, tracker, --keep-last. A failed write raises on every rank, naming the folder.
+    - `wait()` blocks until every pending save is complete: the run never exits with one in flight.
+    """
+
+    def __init__(self, root: str | Path, keep_last: int | None) -> None:
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+        self.root = Path(root)
+        self.keep_last = keep_last
+        self._queue = AsyncCallsQueue()
+        self.pending: list[Path] = []
+        self.completed: list[Path] = []
+
+    def save(self, iteration: int, model, optimizer, scheduler, state: dict[str, Any]) -> Path:
+        from megatron.core import dist_checkpointing
+
+        target, sd = _begin_save(self.root, iteration, model, optimizer, scheduler, state)
+        with _saving_errors(target):
+            request = dist_checkpointing.save(sd, str(target), async_sharded_save=True)
+
+        def complete() -> None:
+            _complete_save(self.root, target, iteration, self.keep_last)
+            self.pending.remove(target)
+            self.completed.append(target)
+
+        request.add_finalize_fn(complete)
+        self.pending.append(target)
+        with _saving_errors(target):
+            self._queue.schedule_async_request(request)
+        return target
+
+    def poll(self) -> None:
+        with _saving_errors(self.pending[0] if self.pending else self.root):
+            self._queue.maybe_finalize_async_calls(blocking=False)
+
+    def wait(self) -> None:
+        with _saving_errors(self.pending[0] if self.pending else self.root):
+            self._queue.maybe_finalize_async_calls(blocking=True)
 
 
 def _os_error_in(e: BaseException, depth: int = 0) -> OSError | None:

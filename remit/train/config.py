@@ -80,6 +80,20 @@ class TrainConfig:
     """Skip the validation of each rank's own shards at start (each shard is still checksum-verified when
     read)."""
 
+    eval_data: Path | None = option(
+        None, help="held-out annotation output: its loss is evaluated during training (default: none)", group=_DATA
+    )
+    """A held-out annotation output (same tokenizer and sequence length as `data`, checked alike): its loss,
+    under the run's own weight mode, is written to metrics.jsonl as eval_loss / eval_loss_unweighted."""
+    eval_interval: int | None = option(
+        None, help="evaluate every N steps, and at the end (default: only at the end)", group=_DATA
+    )
+    """Evaluate every N optimizer steps and after the last. None: only after the last step."""
+    eval_iters: int | None = option(
+        None, help="global batches per evaluation (default: the whole eval output)", group=_DATA
+    )
+    """Global batches of eval data per evaluation (the first ones, in sample order). None: all of it."""
+
     # --- model and checkpoints ---
     init_hf: Path | None = option(
         None,
@@ -132,6 +146,28 @@ class TrainConfig:
     """Save every N iterations (and always at the end). None: only at the end."""
     export_hf: Path | None = option(None, help="after training, write the model as HF here", group=_MODEL)
     """After training, also write the final model as a Hugging Face checkpoint here."""
+    keep_last: int | None = option(
+        None, help="keep only the newest N checkpoints once a newer one is complete (default: keep all)", group=_MODEL
+    )
+    """Checkpoints kept: older ones are removed once a newer one is complete. None: keep every one."""
+    async_save: bool = option(
+        False,
+        help="write checkpoints in the background while training goes on (the tracker moves once every rank is done)",
+        group=_MODEL,
+    )
+    """Hand each save to dist_checkpointing's background writer: training goes on while the files are
+    written and hashed; the tracker moves only once every rank has finished, and the run never exits with
+    a save pending."""
+    exit_signal_handler: bool = option(
+        False,
+        help="on SIGTERM (Slurm's warning before preemption or its time limit): finish the step, save, exit 0",
+        group=_MODEL,
+    )
+    """On SIGTERM, finish the current step, save a checkpoint and exit 0 (resume with the same command)."""
+    exit_duration_in_mins: float | None = option(
+        None, help="save and exit 0 after N minutes of training (default: no limit)", group=_MODEL
+    )
+    """Save and exit cleanly once this many minutes of training have passed (a wall-time budget)."""
 
     # --- schedule and optimiser ---
     train_iters: int = option(100, help="optimizer steps in total", group=_SCHEDULE, required=True)
@@ -235,6 +271,18 @@ class TrainConfig:
     # --- logging ---
     log_interval: int = option(1, help="progress line every N steps (default: 1)", group=_LOGGING)
     """Print a progress line every N iterations (metrics.jsonl always gets every step)."""
+    tensorboard_dir: Path | None = option(
+        None, help="also write every metrics.jsonl field as a TensorBoard scalar here", group=_LOGGING
+    )
+    """Write every numeric field of metrics.jsonl as a TensorBoard scalar of the same name here."""
+    wandb_project: str | None = option(
+        None, help="also log every metrics.jsonl field to this W&B project (pip install 'remit[wandb]')", group=_LOGGING
+    )
+    """Log every numeric field of metrics.jsonl to this Weights & Biases project (WANDB_MODE=offline works)."""
+    peak_tflops: float | None = option(
+        None, help="the device's peak TFLOP/s for MFU (default: from a table of common GPUs)", group=_LOGGING
+    )
+    """Peak TFLOP/s of one device, for MFU. None: looked up from the device name (GPUs in the table only)."""
 
     extra: dict[str, Any] = library_only(default_factory=dict)
     """Free-form notes recorded with the run (not used by the trainer)."""
@@ -243,7 +291,7 @@ class TrainConfig:
         self._check_choices()
         self.data = Path(self.data)
         self.save = Path(self.save)
-        for name in ("init_hf", "init_config", "load", "export_hf"):
+        for name in ("init_hf", "init_config", "load", "export_hf", "eval_data", "tensorboard_dir"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value))
@@ -268,6 +316,23 @@ class TrainConfig:
                 "add --tensor-model-parallel-size N (N > 1) or drop --sequence-parallel",
             )
         self._check_recompute()
+        if self.attention == "te" and self.pipeline_model_parallel_size > 1 and self.micro_batch_size > 1:
+            _fail(
+                "attention",
+                "te packs a micro-batch into one row of micro_batch_size x seq_len tokens, but pipeline stages "
+                f"pass [seq_len, micro_batch_size, hidden] activations (micro_batch_size {self.micro_batch_size})",
+                "pass --micro-batch-size 1 with --attention te and pipeline stages, or use --attention sdpa",
+            )
+        for name in ("eval_interval", "eval_iters", "keep_last"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                _fail(name, f"must be >= 1, got {value}", "pass a positive integer, or leave it unset")
+        if self.eval_data is None and (self.eval_interval is not None or self.eval_iters is not None):
+            _fail("eval_data", "--eval-interval/--eval-iters given without --eval-data", "add --eval-data OUTPUT")
+        for name in ("exit_duration_in_mins", "peak_tflops"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                _fail(name, f"must be > 0, got {value}", "pass a positive number, or leave it unset")
         if self.save_interval is not None and self.save_interval < 1:
             _fail("save_interval", f"must be >= 1, got {self.save_interval}", "or leave it unset to save at the end")
         if self.global_batch_size is not None and self.global_batch_size < 1:

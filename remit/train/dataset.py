@@ -126,6 +126,7 @@ class RemitDataset:
         cache_shards: int = 8,
         create_attention_mask: bool = True,
         check_footers: bool = True,
+        validate: bool = False,
     ) -> None:
         self.output = open_output(root)
         m = self.output.manifest
@@ -150,6 +151,10 @@ class RemitDataset:
             raise ShardError(f"{self.output.root}: the output holds no rows; nothing to train on.")
         #: Shard indices in the order they were read (each read is a whole shard, checksum verified).
         self.shard_reads: list[int] = []
+        #: With `validate`, each shard gets `validate`'s checks the first time it is read: a rank checks
+        #: only the shards it trains on, and no rank reads the whole output at start.
+        self.validate = validate
+        self.shards_validated: list[int] = []
         self._check_shards(read_footers=check_footers)
 
     def _check_shards(self, read_footers: bool) -> None:
@@ -196,6 +201,8 @@ class RemitDataset:
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
+        if self.validate and index not in self.shards_validated:
+            self._validate(index)
         # Every column is read and checked against the manifest, not only the ones training uses: a shard
         # whose data was changed is refused whole (also with --skip-validate), at ~1/3 more reading.
         table = self.output.read(index, verify=True).select(TRAIN_COLUMNS)
@@ -233,6 +240,15 @@ class RemitDataset:
         while len(self._cache) > self.cache_shards:
             self._cache.popitem(last=False)
         return arrays
+
+    def _validate(self, index: int) -> None:
+        from remit.shards.validate import validate_shard
+
+        problems = validate_shard(self.output.root, self.output.manifest, index)
+        if problems:
+            more = f" (and {len(problems) - 1} more problems in this shard)" if len(problems) > 1 else ""
+            raise ShardError(f"{problems[0]}{more}; `remit-annotate validate {self.output.root}` lists every problem")
+        self.shards_validated.append(index)
 
     def row(self, sample_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(token_ids, weight, logp_rl, segment_starts) of one row, as stored."""

@@ -32,8 +32,9 @@ def init(tensor_parallel: int, pipeline_parallel: int = 1) -> bool:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         if "RANK" in os.environ:  # torchrun / Slurm set RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
-            # Rank 0 validates the whole output while the others wait in a collective: allow that
-            # more than the default 10 minutes (REMIT_DIST_TIMEOUT_MIN, default 60).
+            # A collective may wait on one slow rank (a first read of a large shard, a checkpoint
+            # written to a busy file system): allow more than the default 10 minutes
+            # (REMIT_DIST_TIMEOUT_MIN, default 60).
             dist.init_process_group(
                 cpu_compat.backend(),
                 timeout=datetime.timedelta(minutes=float(os.environ.get("REMIT_DIST_TIMEOUT_MIN", "60"))),

@@ -42,6 +42,7 @@ class BatchLoader:
         consumed_samples: int,
         device: torch.device,
         prefetch: int = 2,
+        steps: int | None = None,
     ) -> None:
         self._source = micro_batches(
             dataset,
@@ -51,6 +52,7 @@ class BatchLoader:
             dp_rank=dp_rank,
             dp_size=dp_size,
             consumed_samples=consumed_samples,
+            steps=steps,
         )
         self._device = device
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
@@ -69,6 +71,7 @@ class BatchLoader:
                         continue
                 if self._stop.is_set():
                     return
+            self._queue.put(StopIteration())  # a bounded source is spent: asking again ends the iteration
         except BaseException as e:  # handed to the training thread, which raises it
             self._queue.put(e)
 

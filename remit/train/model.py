@@ -43,6 +43,7 @@ def transformer_config(
     from megatron.core.transformer.enums import AttnBackend
     from megatron.core.transformer.transformer_config import TransformerConfig
 
+    from remit.train.attention import rope_fusion_available
     from remit.train.parallel import check_layout
 
     check_parallel(arch, tp)
@@ -78,7 +79,8 @@ def transformer_config(
         bf16=bf16,
         attention_backend=AttnBackend.auto if attention == "te" else AttnBackend.local,
         gradient_accumulation_fusion=False,
-        apply_rope_fusion=False,
+        # TE's fused RoPE restarts positions at every document of a packed row; the local path has its own.
+        apply_rope_fusion=attention == "te" and rope_fusion_available(),
         masked_softmax_fusion=False,
         bias_activation_fusion=False,
         bias_dropout_fusion=False,

@@ -18,17 +18,18 @@ class PreflightError(ValueError):
     """The data or the checkpoint cannot be trained on as given. The message lists what to fix."""
 
 
-def validate_data(root: str | Path) -> None:
-    """The full validation of an annotation output (every shard re-read and checked). The one call site."""
-    from remit.shards.validate import validate_output
+def validate_listing_of(root: str | Path, flag: str) -> None:
+    """The start-up part of the validation (`remit.shards.validate.validate_listing`: the manifest and the
+    shards it lists, none of them read); each shard gets the rest as a rank first reads it."""
+    from remit.shards.validate import validate_listing
 
-    problems = validate_output(root)
+    problems = validate_listing(root)
     if problems:
         listed = "\n  ".join(str(p) for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise PreflightError(
-            f"{root}: the annotation output does not validate ({len(problems)} problems):\n  {listed}{more}\n"
-            "Training refuses it. Fix the listed shards (or pass --skip-validate to rely on the per-shard "
+            f"{root} ({flag}): the annotation output does not validate ({len(problems)} problems):\n  {listed}{more}\n"
+            "Training refuses it. Fix the listed problems (or pass --skip-validate to rely on the per-shard "
             "checksum checks alone)."
         )
 
@@ -125,5 +126,5 @@ __all__ = [
     "check_resume_matches",
     "check_weights_available",
     "tokenizer_sha256",
-    "validate_data",
+    "validate_listing_of",
 ]

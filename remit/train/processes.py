@@ -10,8 +10,8 @@ processes on every rank, even for a synchronous save:
 
 `no_orphans()` removes the first and ties the second to the trainer:
 
-- the results queue is only ever used by the process that saves (remit saves synchronously), so an
-  in-process `queue.Queue` replaces the Manager's: no server process is started;
+- the results queue is a pipe-backed queue made in the trainer (it reaches the forked background writer
+  of an asynchronous save), in place of the Manager's: no server process is started;
 - every process forked by the trainer asks the kernel for SIGKILL when its parent dies
   (PR_SET_PDEATHSIG, Linux), and exits at once if the parent is already gone. SIGTERM, SIGINT and
   SIGKILL of the trainer then leave nothing behind; when the trainer stops on an exception (Ctrl-C
@@ -58,11 +58,35 @@ def no_orphans() -> None:
         from megatron.core.dist_checkpointing.strategies import filesystem_async
 
         if getattr(filesystem_async, "_results_queue", "absent") is None:
-            filesystem_async._results_queue = queue.Queue()  # instead of a Manager server process
+            filesystem_async._results_queue = _ResultsQueue()  # instead of a Manager server process
     except ImportError:  # no Megatron: nothing of its to tame
         pass
     if sys.platform.startswith("linux"):
         os.register_at_fork(before=_note_parent, after_in_child=_die_with_parent)
+
+
+class _ResultsQueue:
+    """The checkpoint writer's results queue without a server process. A pipe-backed queue made before any
+    fork: the writer puts its results into it from the saving process itself (a synchronous save) or from
+    the forked background writer (an asynchronous one). The writer reads it once the writing is over, with
+    `get_nowait`; the item may still be in the putting process's feeder thread, so that read waits for it."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        self._queue = multiprocessing.get_context("fork").Queue()
+
+    def put(self, item: object) -> None:
+        self._queue.put(item)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> object:
+        return self._queue.get(block, timeout)
+
+    def get_nowait(self) -> object:
+        try:
+            return self._queue.get(True, 300)  # only asked once the writer has finished: the item is coming
+        except queue.Empty:
+            raise queue.Empty from None
 
 
 _interrupted = False

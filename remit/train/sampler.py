@@ -22,6 +22,7 @@ micro-batches. So:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -121,8 +122,10 @@ def micro_batches(
     dp_rank: int,
     dp_size: int,
     consumed_samples: int = 0,
+    steps: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Endless micro-batches for one rank, starting after `consumed_samples` samples.
+    """Micro-batches for one rank, starting after `consumed_samples` samples: those of `steps` optimizer
+    steps, or endless. A bounded run reads no shard past its last step.
 
     Each optimizer step yields ``global_batch / (micro_batch * dp_size)`` micro-batches. A resumed run
     passes the consumed-sample count from its checkpoint, so it may even change the global batch.
@@ -133,7 +136,7 @@ def micro_batches(
             f"global batch {global_batch} must be a multiple of micro batch {micro_batch} * DP size {dp_size}"
         )
     consumed = consumed_samples
-    while True:
+    for _ in itertools.count() if steps is None else range(steps):
         ids = rank_sample_ids(order, consumed, global_batch, dp_rank, dp_size)
         for first in range(0, per_rank, micro_batch):
             yield collate([dataset[int(i)] for i in ids[first : first + micro_batch]])

@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -30,8 +32,9 @@ from remit.common.errors import describe_os_error
 from remit.shards import read_manifest
 from remit.train import cpu_compat, distributed, processes
 from remit.train.architecture import TEMPLATE_FILES, check_parallel, read_architecture
-from remit.train.attention import resolve_backend
+from remit.train.attention import backend_note, resolve_backend
 from remit.train.checkpoint import (
+    AsyncSaver,
     check_optimizer_layout,
     iteration_dir,
     latest_iteration,
@@ -45,6 +48,7 @@ from remit.train.config import TrainConfig
 from remit.train.convert import check_hf_checkpoint, save_hf
 from remit.train.dataset import RemitDataset
 from remit.train.engine import Engine, build_engine
+from remit.train.evaluate import EvalPlan, eval_batches, eval_record, plan_eval
 from remit.train.guard import MicroBatchLoss, StepGuard, guarded_step
 from remit.train.loader import BatchLoader
 from remit.train.loss import STAT_NAMES, remit_loss, summarize
@@ -56,11 +60,15 @@ from remit.train.preflight import (
     check_data_fits_model,
     check_resume_matches,
     check_weights_available,
-    validate_data,
+    validate_listing_of,
 )
 from remit.train.random_init import prepare_template, random_hf_state
 from remit.train.sampler import SampleOrder
 from remit.train.schedule import SCHEDULE_KEY, check_schedule, resume_scheduler, saved_schedule, schedule_of
+from remit.train.sinks import Sink, open_sinks
+from remit.train.stopping import StopRule
+
+T = TypeVar("T")
 
 #: Sub-folder of the save folder holding the HF config and tokenizer the run started from.
 HF_TEMPLATE = "hf_template"
@@ -89,29 +97,44 @@ def _check_save_folder(save: Path) -> None:
         probe.unlink(missing_ok=True)
 
 
+def _check_output(
+    root: Path, what: str, template: Path, vocab_size: int, max_positions: int, cfg: TrainConfig
+) -> str | None:
+    """One annotation output's start-up checks, none of which reads a shard: its sequence length against
+    the model, its listing (manifest, sample ids, totals, no stray shard), its tokenizer against the
+    model's. Returns the tokenizer hash the dataset must carry. Shards are checked as they are read."""
+    seq_len = read_manifest(root).seq_len
+    if seq_len > max_positions:
+        raise PreflightError(
+            f"{root / 'manifest.json'}: rows of seq_len {seq_len} tokens, but the model ({template}) has "
+            f"{max_positions} positions (max_position_embeddings); annotate with --seq-len of at most "
+            f"{max_positions}, or train a model with more positions."
+        )
+    if not cfg.skip_validate:
+        validate_listing_of(root, what)
+    return check_data_fits_model(root, vocab_size, template)
+
+
 def _preflight(
     cfg: TrainConfig, template: Path, vocab_size: int, max_positions: int, checkpoint: Path | None
 ) -> str | None:
-    """Check, on rank 0 only, the save folder, the checkpoint's hashes, the sequence length against the
-    model, then validate the data (and read every shard's footer); share the verdict, so that every
-    rank fails together. The other ranks read only the shards that hold their samples."""
+    """Check, on rank 0, the save folder, the checkpoint's hashes, and the data and eval outputs (their
+    manifests and listings, not their shards); share the verdict, so that every rank fails together.
+    Start-up reads no shard: each rank validates the shards it trains on as it first reads them."""
     verdict: list[Any] = [None, None]
     if dist.get_rank() == 0:
         try:
             _check_save_folder(cfg.save)
             if checkpoint is not None:
                 verify_checkpoint(checkpoint, trust=cfg.trust_checkpoint)
-            seq_len = read_manifest(cfg.data).seq_len
-            if seq_len > max_positions:
-                raise PreflightError(
-                    f"{cfg.data / 'manifest.json'}: rows of seq_len {seq_len} tokens, but the model ({template}) "
-                    f"has {max_positions} positions (max_position_embeddings); annotate with --seq-len of at "
-                    f"most {max_positions}, or train a model with more positions."
-                )
-            if not cfg.skip_validate:
-                validate_data(cfg.data)
-            RemitDataset(cfg.data, check_footers=True)  # every shard's footer, here only
-            verdict[1] = check_data_fits_model(cfg.data, vocab_size, template)
+            verdict[1] = _check_output(cfg.data, "--data", template, vocab_size, max_positions, cfg)
+            if cfg.eval_data is not None:
+                eval_hash = _check_output(cfg.eval_data, "--eval-data", template, vocab_size, max_positions, cfg)
+                if eval_hash != verdict[1]:
+                    raise PreflightError(
+                        f"{cfg.eval_data / 'manifest.json'}: --eval-data was scored with tokenizer {eval_hash}, "
+                        f"--data with {verdict[1]}; evaluate on an output annotated with the same tokenizer."
+                    )
         except (ValueError, FileNotFoundError) as e:  # PreflightError, ShardError, UntrustedCheckpointError
             verdict[0] = str(e)
         except OSError as e:  # a read-only or full save folder
@@ -157,15 +180,14 @@ def _check_layout(run_dir: Path, attention: str) -> None:
         )
 
 
-def _next_batches(loader: BatchLoader, n: int, step: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
-    """This rank's `n` micro-batches of `step`, after every rank has said it could read its own: a rank
-    whose data fails (e.g. a shard that does not match its checksum) makes every rank stop here with
-    its message, instead of leaving the others waiting in the step's collectives."""
-    batches: list[dict[str, torch.Tensor]] = []
+def _agreed(read: Callable[[], T], what: str, device: torch.device) -> T:
+    """`read()` on every rank, after every rank has said it could: a rank whose data fails (e.g. a shard
+    that does not match its checksum, or fails validation) makes every rank stop here with its message,
+    at the same step, instead of leaving the others waiting in the step's collectives."""
     failure: str | None = None
+    result: Any = None
     try:
-        for _ in range(n):
-            batches.append(next(loader))
+        result = read()
     except (ValueError, FileNotFoundError) as e:
         failure = str(e)
     except OSError as e:
@@ -178,8 +200,13 @@ def _next_batches(loader: BatchLoader, n: int, step: int, device: torch.device) 
         messages: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(messages, failure)
         rank, msg = next((r, m) for r, m in enumerate(messages) if m is not None)
-        raise DataReadError(f"step {step}: rank {rank} could not read its data: {msg}")
-    return batches
+        raise DataReadError(f"{what}: rank {rank} could not read its data: {msg}")
+    return result
+
+
+def _next_batches(loader: BatchLoader, n: int, step: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """This rank's `n` micro-batches of `step`, read on every rank together (`_agreed`)."""
+    return _agreed(lambda: [next(loader) for _ in range(n)], f"step {step}", device)
 
 
 def _forward_step(
@@ -232,7 +259,12 @@ def train(cfg: TrainConfig, observer: Observer | None = None, before_step: Befor
     backward pass and before the optimizer step, with the model, optimizer and layout."""
     created = distributed.init(cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size)
     try:
-        return _train(cfg, observer, before_step)
+        run = prepare(cfg)
+        try:
+            _loop(run, observer, before_step)
+        finally:
+            run.close()
+        return finish(run)
     except BaseException:
         processes.end_children()
         raise
@@ -247,52 +279,99 @@ def _step_stats(reports: list[dict[str, torch.Tensor]], device: torch.device) ->
     return torch.zeros(len(STAT_NAMES), dtype=torch.float64, device=device)
 
 
-def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep | None) -> dict[str, Any]:
-    from megatron.core import parallel_state
-    from megatron.core.pipeline_parallel import get_forward_backward_func
+@dataclass
+class Run:
+    """Everything a running job holds: set up by `prepare`, advanced by `train_step`."""
 
-    rank = dist.get_rank()
-    is_main = rank == 0
-    device = cpu_compat.device()
+    cfg: TrainConfig
+    rank: int
+    device: torch.device
+    arch: Any
+    attention: str
+    manifest: Any
+    dataset: RemitDataset
+    engine: Engine
+    loader: BatchLoader
+    gbs: int
+    n_micro: int
+    loss_opts: dict[str, Any]
+    objective: dict[str, Any]
+    optimizer_layout: dict[str, Any]
+    guard: StepGuard
+    log: MetricsLog
+    sinks: list[Sink]
+    progress: Progress
+    stop: StopRule
+    eval_set: RemitDataset | None
+    eval_plan: EvalPlan | None
+    saver: AsyncSaver | None
+    iteration: int = 0
+    consumed: int = 0
+    tokens: int = 0
+    record: dict[str, Any] | None = None
+    saved: Path | None = None
+    stopped: str | None = None
+    last_checkpoint: list[Path | None] = field(default_factory=lambda: [None])
 
-    processes.no_orphans()
-    processes.catch_interrupts()
-    load_dir = cfg.load or cfg.save
-    resume_it = latest_iteration(load_dir)
-    checkpoint = iteration_dir(load_dir, resume_it) if resume_it is not None else None
-    random_init = resume_it is None and cfg.init_config is not None
-    manifest = None
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def seq_len(self) -> int:
+        return self.dataset.seq_len
+
+    def close(self) -> None:
+        self.loader.close()
+        self.log.close()
+        for sink in self.sinks:
+            sink.close()
+
+
+# --- setup -----------------------------------------------------------------------------------------
+
+
+def _model_source(cfg: TrainConfig, load_dir: Path, resume_it: int | None) -> tuple[Path, Any]:
+    """The HF folder whose config (and, for a fresh run, weights) the run starts from, and the manifest
+    when it had to be read for a random initialisation."""
     if resume_it is not None:
-        template = Path(load_dir) / HF_TEMPLATE
-    elif cfg.init_config is not None:
+        return load_dir / HF_TEMPLATE, None
+    if cfg.init_config is not None:
         manifest = read_manifest(cfg.data)  # the tokenizer the shards record is the random model's
         template = cfg.save / HF_TEMPLATE
         _prepare_random_template(cfg.init_config, manifest.data.get("tokenizer", {}), template)
-    elif cfg.init_hf is not None:
-        template = cfg.init_hf
-    else:
-        raise PreflightError(f"{load_dir}: no checkpoint to resume and no --init-hf; pass --init-hf DIR.")
+        return template, manifest
+    if cfg.init_hf is not None:
+        return cfg.init_hf, None
+    raise PreflightError(f"{load_dir}: no checkpoint to resume and no --init-hf; pass --init-hf DIR.")
+
+
+def prepare(cfg: TrainConfig) -> Run:
+    """Check everything that can be checked before the model is built, build it, resume if a checkpoint
+    is there: the whole start-up of a run, on every rank."""
+    rank = dist.get_rank()
+    device = cpu_compat.device()
+    processes.no_orphans()
+    processes.catch_interrupts()
+    load_dir = Path(cfg.load or cfg.save)
+    resume_it = latest_iteration(load_dir)
+    checkpoint = iteration_dir(load_dir, resume_it) if resume_it is not None else None
+    random_init = resume_it is None and cfg.init_config is not None
+    template, manifest = _model_source(cfg, load_dir, resume_it)
     arch = read_architecture(template)
     check_parallel(arch, cfg.tensor_model_parallel_size)  # heads, KV groups, FFN and vocabulary: before the data
     attention = resolve_backend(cfg.attention)
     if resume_it is None and not random_init:
         check_hf_checkpoint(template, arch)  # tensor names and shapes, before any data is read
     elif resume_it is not None:
-        _check_layout(Path(load_dir), attention)
+        _check_layout(load_dir, attention)
     if manifest is None:
         manifest = read_manifest(cfg.data)
     check_weights_available(manifest, cfg.weights, cfg.data)  # after the model checks, before the data checks
     tokenizer_hash = _preflight(cfg, template, arch.vocab_size, arch.max_positions, checkpoint)
 
-    # Rank 0 checked every shard's footer in the preflight; the other ranks check each shard they read.
-    dataset = RemitDataset(
-        cfg.data,
-        tokenizer_hash=tokenizer_hash,
-        cache_shards=cfg.shuffle_shards,
-        create_attention_mask=False,
-        check_footers=False,
-    )
-    seq_len = dataset.seq_len
+    # Each rank validates and checksums the shards it reads, as it first reads them (remit.train.dataset).
+    dataset = _open_data(cfg.data, tokenizer_hash, cfg)
     order = SampleOrder(dataset.shard_rows, seed=cfg.seed, shuffle_shards=cfg.shuffle_shards)
     eps = cfg.eps if cfg.eps is not None and cfg.weights == "online" else manifest.eps
     center = cfg.center or manifest.center
@@ -303,7 +382,6 @@ def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep 
     objective = {"weights": cfg.weights, "eps": eps, "center": center, "global_batch_size": gbs}
     if cfg.weights == "rho1":
         objective["keep_ratio"] = keep_ratio
-    common: dict[str, Any] = {}
     if resume_it is not None:  # what the checkpoint was trained with, before any tensor is loaded
         common = read_common_state(load_dir, resume_it)
         check_resume_matches(dict(common.get("train_state", {})), cfg.data, cfg.seed, objective)
@@ -314,34 +392,30 @@ def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep 
     cpu_compat.seed_rng(cfg.seed)
     init_state = random_hf_state(template, arch, cfg.seed) if random_init else None
     init_hf = template if resume_it is None and not random_init else None
-    engine = build_engine(cfg, arch, attention, seq_len, init_hf, init_state=init_state)
-    layout, ddp, optimizer, scheduler = engine.layout, engine.model, engine.optimizer, engine.scheduler
-
+    engine = build_engine(cfg, arch, attention, dataset.seq_len, init_hf, init_state=init_state)
+    layout = engine.layout
     iteration, consumed, tokens = 0, 0, 0
     layout_of_optimizer = optimizer_layout(cfg.use_distributed_optimizer, layout.tp_size, layout.pp_size)
     if resume_it is not None:
         check_optimizer_layout(load_dir, layout_of_optimizer)
-        state, scheduler_state = load_checkpoint(load_dir, ddp, optimizer)
-        resume_scheduler(scheduler, scheduler_state, int(state["iteration"]), override=cfg.override_schedule)
+        state, scheduler_state = load_checkpoint(load_dir, engine.model, engine.optimizer)
+        resume_scheduler(engine.scheduler, scheduler_state, int(state["iteration"]), override=cfg.override_schedule)
         iteration, consumed, tokens = int(state["iteration"]), int(state["consumed_samples"]), int(state["tokens"])
-    if is_main:
-        cfg.save.mkdir(parents=True, exist_ok=True)
-        _copy_template(template, cfg.save / HF_TEMPLATE)
-        model_info = {"attention": attention, "architecture": arch.to_dict()}
-        write_json_atomic(cfg.save / MODEL_FILE, model_info)
-        print(
-            f"remit-train: {arch.model_type}, {attention} attention, {cfg.weights} weights, {len(dataset)} samples "
-            f"of {seq_len} tokens, DP {layout.dp_size} x TP {layout.tp_size} x PP {layout.pp_size}, "
-            f"{'bf16' if cfg.bf16 else 'fp32'}, global batch {gbs} ({n_micro} micro-batches of "
-            f"{cfg.micro_batch_size} per rank), "
-            + (
-                f"resuming at step {iteration}"
-                if iteration
-                else (f"random init from {cfg.init_config} (seed {cfg.seed})" if random_init else f"from {template}")
-            ),
-            flush=True,
-        )
+    if rank == 0:
+        _write_run_files(cfg, template, attention, arch)
+        _announce(cfg, arch, attention, len(dataset), dataset.seq_len, layout, gbs, n_micro, iteration, template)
 
+    eval_set = eval_plan = None
+    if cfg.eval_data is not None:
+        eval_set = _open_data(cfg.eval_data, tokenizer_hash, cfg, seq_len=dataset.seq_len)
+        eval_plan = plan_eval(
+            len(eval_set),
+            global_batch=gbs,
+            micro_batch=cfg.micro_batch_size,
+            dp_rank=layout.dp_rank,
+            dp_size=layout.dp_size,
+            eval_iters=cfg.eval_iters,
+        )
     loader = BatchLoader(
         dataset,
         order,
@@ -351,103 +425,280 @@ def _train(cfg: TrainConfig, observer: Observer | None, before_step: BeforeStep 
         dp_size=layout.dp_size,
         consumed_samples=consumed,
         device=device,
+        steps=max(cfg.train_iters - iteration, 0),  # no shard is read for a step the run will not take
     )
-    log = MetricsLog(cfg.save, resume_iteration=iteration, enabled=is_main)
-    progress = Progress(cfg.train_iters, iteration, cfg.log_interval, enabled=is_main)
-    forward_backward = get_forward_backward_func()
-    dp_group = parallel_state.get_data_parallel_group()
-    pp_group = parallel_state.get_pipeline_model_parallel_group()
-    last_stage_rank = parallel_state.get_pipeline_model_parallel_last_rank()
-    record: dict[str, Any] | None = None
-    saved: Path | None = None
-    last_checkpoint = [iteration_dir(load_dir, resume_it) if resume_it is not None else None]
+    guard_hint: list[Path | None] = [checkpoint]
 
     def resume_hint() -> str:
-        if last_checkpoint[0] is None:
+        if guard_hint[0] is None:
             return f"No checkpoint was saved yet in {cfg.save}: fix the cause and start again."
         return (
-            f"The last checkpoint, {last_checkpoint[0]}, is intact: fix the cause (for bad data, "
+            f"The last checkpoint, {guard_hint[0]}, is intact: fix the cause (for bad data, "
             "`remit-annotate validate` lists it) and resume from it."
         )
 
     guard = StepGuard(
         cfg.weights, eps, center, resume_hint, rank=rank, dp_rank=layout.dp_rank, seed=cfg.seed, keep_ratio=keep_ratio
     )
+    return Run(
+        cfg=cfg,
+        rank=rank,
+        device=device,
+        arch=arch,
+        attention=attention,
+        manifest=manifest,
+        dataset=dataset,
+        engine=engine,
+        loader=loader,
+        gbs=gbs,
+        n_micro=n_micro,
+        loss_opts=loss_opts,
+        objective=objective,
+        optimizer_layout=layout_of_optimizer,
+        guard=guard,
+        log=MetricsLog(cfg.save, resume_iteration=iteration, enabled=rank == 0),
+        sinks=open_sinks(cfg.tensorboard_dir, cfg.wandb_project, cfg.save, cfg.to_dict()) if rank == 0 else [],
+        progress=Progress(cfg.train_iters, iteration, cfg.log_interval, enabled=rank == 0),
+        stop=StopRule(cfg.exit_signal_handler, cfg.exit_duration_in_mins, device),
+        eval_set=eval_set,
+        eval_plan=eval_plan,
+        saver=AsyncSaver(cfg.save, cfg.keep_last) if cfg.async_save else None,
+        iteration=iteration,
+        consumed=consumed,
+        tokens=tokens,
+        last_checkpoint=guard_hint,
+    )
+
+
+def _open_data(root: Path, tokenizer_hash: str | None, cfg: TrainConfig, seq_len: int | None = None) -> RemitDataset:
+    """A dataset that checks its manifest now and each shard as it is first read (validated unless
+    --skip-validate, checksummed always)."""
+    return RemitDataset(
+        root,
+        seq_len=seq_len,
+        tokenizer_hash=tokenizer_hash,
+        cache_shards=cfg.shuffle_shards,
+        create_attention_mask=False,
+        check_footers=False,
+        validate=not cfg.skip_validate,
+    )
+
+
+def _write_run_files(cfg: TrainConfig, template: Path, attention: str, arch: Any) -> None:
+    cfg.save.mkdir(parents=True, exist_ok=True)
+    _copy_template(template, cfg.save / HF_TEMPLATE)
+    write_json_atomic(cfg.save / MODEL_FILE, {"attention": attention, "architecture": arch.to_dict()})
+
+
+def _announce(
+    cfg: TrainConfig,
+    arch: Any,
+    attention: str,
+    samples: int,
+    seq_len: int,
+    layout: Any,
+    gbs: int,
+    n_micro: int,
+    iteration: int,
+    template: Path,
+) -> None:
+    if iteration:
+        start = f"resuming at step {iteration}"
+    elif cfg.init_config is not None:
+        start = f"random init from {cfg.init_config} (seed {cfg.seed})"
+    else:
+        start = f"from {template}"
+    print(
+        f"remit-train: {arch.model_type}, {attention} attention, {cfg.weights} weights, {samples} samples "
+        f"of {seq_len} tokens, DP {layout.dp_size} x TP {layout.tp_size} x PP {layout.pp_size}, "
+        f"{'bf16' if cfg.bf16 else 'fp32'}, global batch {gbs} ({n_micro} micro-batches of "
+        f"{cfg.micro_batch_size} per rank), {start}",
+        flush=True,
+    )
+    note = backend_note(attention)
+    if note:
+        print(note, flush=True)
+
+
+# --- one step --------------------------------------------------------------------------------------
+
+
+def _reduce_stats(run: Run, reports: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(this rank's summed report, the report summed over data-parallel ranks and shared by every stage)."""
+    from megatron.core import parallel_state
+
+    local = _step_stats(reports, run.device)
+    stats = local.clone()
+    dist.all_reduce(stats, group=parallel_state.get_data_parallel_group())
+    if run.engine.layout.pp_size > 1:  # only the last stage computed the loss
+        dist.broadcast(
+            stats,
+            src=parallel_state.get_pipeline_model_parallel_last_rank(),
+            group=parallel_state.get_pipeline_model_parallel_group(),
+        )
+    return local, stats.cpu()
+
+
+def train_step(
+    run: Run, step: int, observer: Observer | None = None, before_step: BeforeStep | None = None
+) -> dict[str, Any]:
+    """One optimizer step: its micro-batches forward and backward, the guard, the update; its record."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    cfg, engine = run.cfg, run.engine
+    t0 = time.perf_counter()
+    engine.model.zero_grad_buffer()
+    engine.optimizer.zero_grad()
+    engine.scheduler.step(1)  # the LR of this step (remit.train.schedule)
+    lr = float(engine.optimizer.param_groups[0]["lr"])
+    seen: list[np.ndarray] = []
+    records: list[MicroBatchLoss] = []
+    batches = _next_batches(run.loader, run.n_micro, step, run.device)
+    reports = get_forward_backward_func()(
+        forward_step_func=partial(_forward_step, cfg.weights, run.loss_opts, run.attention, seen, records),
+        data_iterator=iter(batches),
+        model=[engine.model],
+        num_microbatches=run.n_micro,
+        seq_length=run.seq_len,
+        micro_batch_size=cfg.micro_batch_size,
+        forward_only=False,
+    )
+    local_stats, stats = _reduce_stats(run, reports)
+    run.guard.check_loss(step, stats, local_stats, seen, records)
+    summary = summarize(stats)
+    if before_step is not None:
+        before_step(step, engine)
+    grad_norm = guarded_step(
+        engine.optimizer, partial(run.guard.check_grad_norm, step, loss=summary["loss"], seen=seen)
+    )
+    run.consumed += run.gbs
+    run.tokens += int(summary.pop("valid_tokens"))
+    elapsed = time.perf_counter() - t0
+    record = {
+        "step": step,
+        **summary,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens": run.tokens,
+        "consumed_samples": run.consumed,
+        "step_time_s": elapsed,
+        "tokens_per_s": run.gbs * run.seq_len / elapsed,
+    }
+    if observer is not None:
+        observer(step, np.concatenate(seen), record)
+    return record
+
+
+def evaluate(run: Run, step: int) -> dict[str, Any]:
+    """The held-out loss of the current model over the eval plan (see remit.train.evaluate); {} with a
+    note when the eval output holds no scored token."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    assert run.eval_set is not None and run.eval_plan is not None
+    eval_set, plan = run.eval_set, run.eval_plan
+    batches = _agreed(lambda: eval_batches(eval_set, plan, run.device), f"evaluation after step {step}", run.device)
+    run.engine.model.eval()
     try:
-        for step in range(iteration + 1, cfg.train_iters + 1):
-            processes.raise_if_interrupted()  # a Ctrl-C that Python swallowed during the last save
-            t0 = time.perf_counter()
-            ddp.zero_grad_buffer()
-            optimizer.zero_grad()
-            scheduler.step(1)  # the LR of this step (remit.train.schedule)
-            lr = float(optimizer.param_groups[0]["lr"])
-            seen: list[np.ndarray] = []
-            records: list[MicroBatchLoss] = []
-            batches = _next_batches(loader, n_micro, step, device)
-            reports = forward_backward(
-                forward_step_func=partial(_forward_step, cfg.weights, loss_opts, attention, seen, records),
+        with torch.no_grad():
+            reports = get_forward_backward_func()(
+                forward_step_func=partial(_forward_step, run.cfg.weights, run.loss_opts, run.attention, [], []),
                 data_iterator=iter(batches),
-                model=[ddp],
-                num_microbatches=n_micro,
-                seq_length=seq_len,
-                micro_batch_size=cfg.micro_batch_size,
-                forward_only=False,
+                model=[run.engine.model],
+                num_microbatches=plan.num_microbatches,
+                seq_length=run.seq_len,
+                micro_batch_size=run.cfg.micro_batch_size,
+                forward_only=True,
             )
-            local_stats = _step_stats(reports, device)
-            stats = local_stats.clone()
-            dist.all_reduce(stats, group=dp_group)
-            if layout.pp_size > 1:  # only the last stage computed the loss
-                dist.broadcast(stats, src=last_stage_rank, group=pp_group)
-            stats = stats.cpu()
-            guard.check_loss(step, stats, local_stats, seen, records)
-            summary = summarize(stats)
-            if before_step is not None:
-                before_step(step, engine)
-            grad_norm = guarded_step(optimizer, partial(guard.check_grad_norm, step, loss=summary["loss"], seen=seen))
-            consumed += gbs
-            tokens += int(summary.pop("valid_tokens"))
-            elapsed = time.perf_counter() - t0
-            record = {
-                "step": step,
-                **summary,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "tokens": tokens,
-                "consumed_samples": consumed,
-                "step_time_s": elapsed,
-                "tokens_per_s": gbs * seq_len / elapsed,
-            }
-            log.write(record)
-            progress.step(record)
-            if observer is not None:
-                observer(step, np.concatenate(seen), record)
-            if step == cfg.train_iters or (cfg.save_interval and step % cfg.save_interval == 0):
-                saved = save_checkpoint(
-                    cfg.save,
-                    step,
-                    ddp,
-                    optimizer,
-                    scheduler,
-                    {
-                        "consumed_samples": consumed,
-                        "tokens": tokens,
-                        "seed": cfg.seed,
-                        "data_run_id": manifest.run_id,
-                        "bf16": cfg.bf16,
-                        "optimizer_layout": layout_of_optimizer,
-                        SCHEDULE_KEY: schedule_of(cfg),
-                        **objective,
-                    },
-                )
-                last_checkpoint[0] = saved
     finally:
-        loader.close()
-        log.close()
-    if cfg.export_hf is not None:
-        full = gather_full_model(ddp, layout, arch.tie_embeddings) if layout.dp_rank == 0 else None
-        if is_main and full is not None:
+        run.engine.model.train()
+    _, stats = _reduce_stats(run, reports)
+    summary = summarize(stats)
+    if summary["valid_tokens"] == 0:
+        if run.is_main:
+            print(f"eval after step {step}: {run.cfg.eval_data} holds no scored token; no eval loss", flush=True)
+        return {}
+    return eval_record(summary)
+
+
+# --- saving and the loop ---------------------------------------------------------------------------
+
+
+def save(run: Run, step: int) -> None:
+    """A checkpoint of `step` on every rank: written now, or handed to the background writer
+    (--async-save), whose completed saves `_poll_saves` picks up."""
+    cfg = run.cfg
+    state = {
+        "consumed_samples": run.consumed,
+        "tokens": run.tokens,
+        "seed": cfg.seed,
+        "data_run_id": run.manifest.run_id,
+        "bf16": cfg.bf16,
+        "optimizer_layout": run.optimizer_layout,
+        SCHEDULE_KEY: schedule_of(cfg),
+        **run.objective,
+    }
+    engine = run.engine
+    if run.saver is not None:
+        run.saver.save(step, engine.model, engine.optimizer, engine.scheduler, state)
+        return
+    saved = save_checkpoint(
+        cfg.save, step, engine.model, engine.optimizer, engine.scheduler, state, keep_last=cfg.keep_last
+    )
+    run.saved = run.last_checkpoint[0] = saved
+
+
+def _poll_saves(run: Run, wait: bool = False) -> None:
+    """Complete the background saves every rank has finished (all of them with `wait`)."""
+    if run.saver is None:
+        return
+    run.saver.wait() if wait else run.saver.poll()
+    if run.saver.completed:
+        run.saved = run.last_checkpoint[0] = run.saver.completed[-1]
+
+
+def _loop(run: Run, observer: Observer | None, before_step: BeforeStep | None) -> None:
+    try:
+        _steps(run, observer, before_step)
+    finally:
+        if sys.exc_info()[0] is None:
+            _poll_saves(run, wait=True)  # never leave with a save in flight
+
+
+def _steps(run: Run, observer: Observer | None, before_step: BeforeStep | None) -> None:
+    cfg = run.cfg
+    for step in range(run.iteration + 1, cfg.train_iters + 1):
+        processes.raise_if_interrupted()  # a Ctrl-C that Python swallowed during the last save
+        record = train_step(run, step, observer, before_step)
+        last = step == cfg.train_iters
+        stopping = not last and run.stop.should_stop()
+        if run.eval_plan is not None and (last or stopping or (cfg.eval_interval and step % cfg.eval_interval == 0)):
+            record.update(evaluate(run, step))
+        run.log.write(record)
+        for sink in run.sinks:
+            sink.write(record)
+        run.progress.step(record)
+        run.record = record
+        if last or stopping or (cfg.save_interval and step % cfg.save_interval == 0):
+            save(run, step)
+        _poll_saves(run)
+        if stopping:
+            run.stopped = run.stop.reason
+            if run.is_main:
+                print(
+                    f"remit-train: {run.stop.reason}: saved step {step} and stopped; run the same command to resume",
+                    flush=True,
+                )
+            return
+
+
+def finish(run: Run) -> dict[str, Any]:
+    """Export the model (with --export-hf, unless the run stopped early), print the summary."""
+    cfg, layout = run.cfg, run.engine.layout
+    if cfg.export_hf is not None and run.stopped is None:
+        full = gather_full_model(run.engine.model, layout, run.arch.tie_embeddings) if layout.dp_rank == 0 else None
+        if run.is_main and full is not None:
             save_hf(full, cfg.save / HF_TEMPLATE, cfg.export_hf)
             print(f"exported the model as a Hugging Face checkpoint: {cfg.export_hf}", flush=True)
         dist.barrier()
-    progress.summary(record, saved)
-    return {"last": record, "checkpoint": str(saved) if saved else None}
+    run.progress.summary(run.record, run.saved)
+    return {"last": run.record, "checkpoint": str(run.saved) if run.saved else None, "stopped": run.stopped}

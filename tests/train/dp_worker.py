@@ -10,7 +10,8 @@ Keys are TrainConfig fields, plus the worker's own:
   inject=N    at step N, after the backward pass, write +inf into one gradient (a fault hook), and record
               the guard's error and whether any weight changed.
 
-Writes RECORD_PREFIX.rankR.json (sample ids per step, probes) and RECORD_PREFIX.rankR.pt (gradients).
+Writes RECORD_PREFIX.rankR.json (sample ids per step, the shards this rank read and validated, per
+output folder, probes) and RECORD_PREFIX.rankR.pt (gradients).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections import Counter
 
 import torch
 
+from remit.train import dataset as dataset_module
 from remit.train.config import TrainConfig
 from remit.train.guard import NonFiniteStepError
 from remit.train.parallel import global_name, unwrap
@@ -103,8 +105,22 @@ def _install_probes(probe: dict) -> None:
     _ParamAndGradBucketGroup.finish_grad_sync = watched_finish
 
 
+def _record_datasets() -> list:
+    """Every RemitDataset this process opens, to report which shards each read and validated."""
+    opened: list = []
+    init = dataset_module.RemitDataset.__init__
+
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        opened.append(self)
+
+    dataset_module.RemitDataset.__init__ = recording_init  # type: ignore[method-assign]
+    return opened
+
+
 def main() -> None:
     data, save, record, tp, *extra = sys.argv[1:]
+    opened = _record_datasets()
     opts = dict(DEFAULTS)
     for kv in extra:
         k, v = kv.split("=", 1)
@@ -159,6 +175,10 @@ def main() -> None:
         out["weights_unchanged"] = bool(snapshot) and all(torch.equal(live[n], t) for n, t in snapshot.items())
     rank = int(os.environ.get("RANK", "0"))
     out["ids"] = seen
+    out["shards"] = {
+        str(d.output.root): {"read": sorted(set(d.shard_reads)), "validated": sorted(d.shards_validated)}
+        for d in opened
+    }
     if probe_on:
         out.update(
             {k: (dict(v) if isinstance(v, Counter) else v) for k, v in probe.items()},

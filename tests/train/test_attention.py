@@ -252,3 +252,57 @@ def test_document_attention_runs_under_inference_mode():
         second = document_attention(q, k, v, seg, window=4, scale=0.25)
     torch.testing.assert_close(first.double(), _reference(q, k, v, _segments(ROWS, S), 4, 0.25), rtol=0, atol=1e-5)
     torch.testing.assert_close(second.double(), _reference(q, k, v, seg, 4, 0.25), rtol=0, atol=1e-5)
+
+
+# --- choosing the backend ------------------------------------------------------------------------------
+
+
+def test_auto_means_sdpa_even_where_transformer_engine_runs(monkeypatch):
+    from remit.train import attention
+
+    monkeypatch.setattr(attention, "te_available", lambda: True)
+    assert attention.resolve_backend("auto") == "sdpa"
+    assert attention.resolve_backend("te") == "te"  # by name only
+
+
+def test_te_by_name_without_transformer_engine_is_one_line(monkeypatch):
+    from remit.train import attention
+
+    monkeypatch.setattr(attention, "te_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^attention: 'te' needs Transformer Engine.*use --attention sdpa"):
+        attention.resolve_backend("te")
+
+
+def test_te_carries_a_note_until_verified_on_a_card(monkeypatch):
+    from remit.train import attention
+
+    monkeypatch.setattr(attention, "TE_VERIFIED_ON", None)
+    note = attention.backend_note("te")
+    assert note is not None and "not been verified on a GPU" in note and "\n" not in note
+    assert attention.backend_note("sdpa") is None
+    monkeypatch.setattr(attention, "TE_VERIFIED_ON", "NVIDIA H100 80GB HBM3")
+    assert attention.backend_note("te") is None
+
+
+def test_te_with_pipeline_stages_needs_one_sequence_per_micro_batch(tmp_path):
+    from remit.train.config import TrainConfig
+
+    base = {"data": "d", "init_hf": "m", "save": tmp_path, "attention": "te", "pipeline_model_parallel_size": 2}
+    with pytest.raises(ValueError, match=r"^attention: te packs a micro-batch.*--micro-batch-size 1"):
+        TrainConfig(**base, micro_batch_size=2)
+    assert TrainConfig(**base, micro_batch_size=1).attention == "te"
+    assert TrainConfig(**{**base, "attention": "sdpa"}, micro_batch_size=2).micro_batch_size == 2
+
+
+@pytest.mark.megatron
+def test_rope_fusion_follows_transformer_engine(monkeypatch):
+    """te asks Megatron for TE's fused RoPE exactly where the installed TE provides it; the local backends never."""
+    pytest.importorskip("megatron.core")
+    from megatron.core.models.common.embeddings import rope_utils
+
+    from remit.train import attention
+
+    monkeypatch.setattr(rope_utils, "fused_apply_rotary_pos_emb_thd", None, raising=False)
+    assert not attention.rope_fusion_available()
+    monkeypatch.setattr(rope_utils, "fused_apply_rotary_pos_emb_thd", lambda *a, **k: None)
+    assert attention.rope_fusion_available()

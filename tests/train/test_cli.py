@@ -13,16 +13,23 @@ TRAIN_FLAGS = [
     "--adam-beta1",
     "--adam-beta2",
     "--adam-eps",
+    "--async-save",
     "--attention",
     "--bf16",
     "--center",
     "--clip-grad",
     "--data",
     "--eps",
+    "--eval-data",
+    "--eval-interval",
+    "--eval-iters",
+    "--exit-duration-in-mins",
+    "--exit-signal-handler",
     "--export-hf",
     "--global-batch-size",
     "--init-config",
     "--init-hf",
+    "--keep-last",
     "--keep-ratio",
     "--load",
     "--log-interval",
@@ -34,6 +41,7 @@ TRAIN_FLAGS = [
     "--min-lr",
     "--overlap-grad-reduce",
     "--override-schedule",
+    "--peak-tflops",
     "--pipeline-model-parallel-size",
     "--recompute-granularity",
     "--recompute-method",
@@ -45,10 +53,12 @@ TRAIN_FLAGS = [
     "--shuffle-shards",
     "--skip-validate",
     "--tensor-model-parallel-size",
+    "--tensorboard-dir",
     "--train-iters",
     "--trust-checkpoint",
     "--use-distributed-optimizer",
     "--verbose",
+    "--wandb-project",
     "--weight-decay",
     "--weights",
 ]
@@ -118,6 +128,11 @@ def test_flags_build_a_config(tmp_path):
         ({"recompute_granularity": "selective", "recompute_num_layers": 2}, "recompute_num_layers"),
         ({"recompute_granularity": "full", "recompute_method": "every"}, "recompute_method"),
         ({"recompute_granularity": "full", "recompute_num_layers": 0}, "recompute_num_layers"),
+        ({"eval_interval": 5}, "eval_data"),
+        ({"eval_data": "e", "eval_iters": 0}, "eval_iters"),
+        ({"keep_last": 0}, "keep_last"),
+        ({"exit_duration_in_mins": 0}, "exit_duration_in_mins"),
+        ({"peak_tflops": -1.0}, "peak_tflops"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, kwargs, field):
@@ -254,3 +269,10 @@ def test_library_warnings_are_hidden_unless_verbose(random_llama, tmp_path):
     assert "Warning" in loud.stderr, "the reference run must show Megatron-Core's import warnings"
     assert quiet.stderr.splitlines() == [line for line in loud.stderr.splitlines() if line.startswith("remit-train:")]
     assert quiet.stderr.startswith("remit-train: error:") and "manifest.json" in quiet.stderr
+
+
+def test_sinks_take_every_numeric_field_but_the_step():
+    from remit.train.sinks import scalars
+
+    record = {"step": 3, "loss": 2.5, "tokens": 120, "lr": 1e-4, "note": "x", "flag": True, "none": None}
+    assert scalars(record) == {"loss": 2.5, "tokens": 120.0, "lr": 1e-4}

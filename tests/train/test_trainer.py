@@ -171,43 +171,42 @@ def test_export_after_training_round_trips_to_hf(data, random_llama, tmp_path):
     torch.testing.assert_close(again, got, rtol=0, atol=0)
 
 
-def test_a_corrupt_output_is_refused_before_training(data, random_llama, tmp_path):
+def test_a_bad_listing_is_refused_before_training(data, random_llama, tmp_path):
+    """Start-up reads no shard, but checks the manifest and what it lists: a stray shard beside them
+    (the views would read it) is refused before any step."""
     bad = tmp_path / "bad"
     shutil.copytree(data, bad)
-    shard = bad / "shard-00001.parquet"
-    shard.write_bytes(shard.read_bytes()[:-64])
-    proc = _run(
-        [
-            sys.executable,
-            "-m",
-            "remit.train",
-            "--data",
-            str(bad),
-            "--init-hf",
-            str(random_llama),
-            "--save",
-            str(tmp_path / "run"),
-            "--train-iters",
-            "2",
-        ]
-    )
+    shutil.copy(bad / "shard-00001.parquet", bad / "shard-00099.parquet")
+    proc = runs.remit_train("--data", bad, "--init-hf", random_llama, "--save", tmp_path / "run", "--train-iters", "2")
     assert proc.returncode == 2
-    assert "shard-00001.parquet" in proc.stderr and "does not validate" in proc.stderr
+    assert "shard-00099.parquet" in proc.stderr and "does not validate" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-def test_a_truncated_shard_is_refused_at_start_even_without_validation(data, random_llama, tmp_path):
-    """--skip-validate skips the full validation, not rank 0's footer check of every shard."""
+@pytest.mark.parametrize("skip_validate", [False, True])
+def test_a_truncated_shard_stops_the_run_at_the_step_that_reads_it(data, random_llama, tmp_path, skip_validate):
+    """Each shard is validated (or, with --skip-validate, only checksummed) when first read: a damaged one
+    stops the run at the first step that needs it, in one line naming it; the steps before it count."""
+    from remit.shards import read_manifest
+    from remit.train.sampler import SampleOrder
+
     bad = tmp_path / "bad"
     shutil.copytree(data, bad)
     shard = bad / "shard-00002.parquet"
     shard.write_bytes(shard.read_bytes()[:-64])
+    rows = np.array([int(s["rows"]) for s in read_manifest(bad).shards])
+    first = np.concatenate([[0], np.cumsum(rows)])
+    order = SampleOrder(rows, seed=7, shuffle_shards=2)
+    step = next(k for k in range(1, 13) if any(first[2] <= i < first[3] for i in order.batch((k - 1) * 4, k * 4)))
     proc = runs.remit_train(
-        "--data", bad, "--init-hf", random_llama, "--save", tmp_path / "run", "--train-iters", "2", "--skip-validate"
+        "--data", bad, "--init-hf", random_llama, "--save", tmp_path / "run", "--train-iters", "12",
+        *runs.BASE_FLAGS, *(["--skip-validate"] if skip_validate else []),
     )  # fmt: skip
     assert proc.returncode == 2
-    assert "shard-00002.parquet: cannot be opened as Parquet" in proc.stderr, proc.stderr[-2000:]
-    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and f"step {step}: rank 0 could not read its data" in errors[0], proc.stderr[-2000:]
+    assert "shard-00002.parquet" in errors[0]
+    assert [r["step"] for r in _metrics(tmp_path / "run")] == list(range(1, step))
 
 
 def test_resume_with_another_objective_is_refused(baseline, data, tmp_path):
