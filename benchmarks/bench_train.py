@@ -55,7 +55,7 @@ import numpy as np
 
 def make_inputs(root: Path, seq_len: int, hidden: int, layers: int) -> tuple[Path, Path]:
     from remit.annotate.demo import tiny_llama
-    from tests.synthetic import make_output
+    from remit.shards.synthetic import make_output
 
     model_dir = root / "model"
     # No tokenizer files: the trainer then checks the vocabulary size only.
@@ -183,7 +183,7 @@ def attention_sweep(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         from remit.annotate.demo import tiny_llama
-        from tests.synthetic import make_output
+        from remit.shards.synthetic import make_output
 
         model_dir = root / "model"
         # Llama-shaped: 4 heads of 64, 2 KV heads, SwiGLU 3x; no tokenizer files (vocabulary size check only).
@@ -539,7 +539,7 @@ def gpu_main(args: argparse.Namespace) -> None:
     if not torch.cuda.is_available():
         print("bench_train --gpu: skipped, no CUDA device (nothing measured)")
         return
-    from tests.synthetic import make_output
+    from remit.shards.synthetic import make_output
 
     values = [int(v) for v in args.gpu_shape.split(",")]
     shape = dict(zip(LLAMA_1B, values))
