@@ -222,19 +222,20 @@ def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
     A field that one of them lacks (it was written before the field existed) counts as its default
     value, which is what that run used."""
-    a, b = json.loads(json.dumps(a)), json.loads(json.dumps(b))
+    from remit.annotate.workdir import differences  # "key: old -> new" lines
+
     defaults = json.loads(json.dumps(ExperimentConfig().to_dict()))
-    out: list[str] = []
-    missing = object()
+    a, b = (
+        {k: v for k, v in _with_defaults(json.loads(json.dumps(c)), defaults).items() if k not in SELECTION_FIELDS}
+        for c in (a, b)
+    )
+    return [line.partition(": ")[0] for line in differences(a, b)]
 
-    def walk(x: Any, y: Any, d: Any, prefix: str) -> None:
-        if isinstance(x, dict) and isinstance(y, dict):
-            for k in sorted(set(x) | set(y)):
-                if prefix or k not in SELECTION_FIELDS:
-                    sub = d.get(k, missing) if isinstance(d, dict) else missing
-                    walk(x.get(k, sub), y.get(k, sub), sub, f"{prefix}{k}.")
-        elif x != y:
-            out.append(prefix.rstrip("."))
 
-    walk(a, b, defaults, "")
+def _with_defaults(recorded: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """`recorded` with the fields it lacks, at every level, taken from `defaults`."""
+    out = dict(defaults)
+    for k, v in recorded.items():
+        d = defaults.get(k)
+        out[k] = _with_defaults(v, d) if isinstance(v, dict) and isinstance(d, dict) else v
     return out
