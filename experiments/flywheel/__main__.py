@@ -6,14 +6,23 @@ Run through `./scripts/flywheel.sh`, which first sets up the environment. See RE
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from experiments.flywheel.config import ARMS, FULL, QUICK, ExperimentConfig, changed_fields, check, set_field
+from experiments.flywheel.config import (
+    ARMS,
+    CONFIG_FILE,
+    FULL,
+    QUICK,
+    ExperimentConfig,
+    changed_fields,
+    check,
+    record,
+    recorded,
+    set_field,
+)
 from experiments.flywheel.evaluate import EVAL_SPLITS
-from remit.common.atomic import write_json_atomic
 from remit.common.errors import run_command
 
 
@@ -103,9 +112,8 @@ def claim_output(out: Path, cfg: ExperimentConfig, quick: bool) -> None:
     """Record the configuration in `out`/config.json; refuse a folder that holds another run (its finished
     stages are reused, so they must have been made with this configuration)."""
     out.mkdir(parents=True, exist_ok=True)
-    saved = out / "config.json"
-    if saved.exists():
-        before = json.loads(saved.read_text())
+    if (out / CONFIG_FILE).exists():
+        before = recorded(out)
         if before["quick"] != quick:
             raise ValueError(f"{out} holds a {'quick' if not quick else 'full'} run; use another --out")
         changed = changed_fields(before["config"], cfg)
@@ -114,7 +122,7 @@ def claim_output(out: Path, cfg: ExperimentConfig, quick: bool) -> None:
                 f"{out} holds a run with another configuration ({', '.join(changed)} differ); "
                 "use another --out, or the --set values it was made with (its config.json)"
             )
-    write_json_atomic(saved, {"quick": quick, "config": cfg.to_dict()})
+    record(out, cfg, quick)
 
 
 def run(args: argparse.Namespace) -> None:

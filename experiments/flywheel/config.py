@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from experiments.flywheel.data import DataConfig
 from experiments.flywheel.grpo import GRPOConfig
 from experiments.flywheel.models import ModelShape
+from remit.common.atomic import write_json_atomic
 
 #: remit-train flags of each mid-training arm. The first five are the experiment; the rest are ablations.
 ARMS: dict[str, list[str]] = {
@@ -101,6 +103,9 @@ QUICK = ExperimentConfig(
     engine="hf",
 )
 
+
+#: The file in an output folder that records the run's configuration.
+CONFIG_FILE = "config.json"
 
 #: Fields that choose which runs to make, not how: a rerun with the same output folder may change them.
 SELECTION_FIELDS = ("arms", "seeds", "post_rl_arms", "post_rl_seeds")
@@ -210,6 +215,24 @@ def check(cfg: ExperimentConfig) -> None:
     if problems:
         name, value, requirement = problems[0]
         raise ValueError(f"{name} = {json.dumps(value)}: must be {requirement}")
+
+
+def record(out: Path, cfg: ExperimentConfig, quick: bool) -> None:
+    """Write `cfg` into the output folder `out` (its CONFIG_FILE)."""
+    write_json_atomic(out / CONFIG_FILE, {"quick": quick, "config": cfg.to_dict()})
+
+
+def recorded(out: Path) -> dict[str, Any]:
+    """What `record` wrote into `out`: {"quick": ..., "config": ...}; ValueError naming the file if it is
+    not that (FileNotFoundError if there is none)."""
+    path = out / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not a config.json the experiment wrote ({e!r})") from None
+    if not isinstance(data, dict) or not {"quick", "config"} <= data.keys():
+        raise ValueError(f"{path}: not a config.json the experiment wrote (it lacks quick or config)")
+    return data
 
 
 def changed_fields(saved: dict[str, Any], cfg: ExperimentConfig) -> list[str]:
