@@ -28,7 +28,7 @@ DOC_LEN = (50, 4000)
 
 def build(work: Path, million_tokens: int) -> Path:
     sys.path.insert(0, str(ROOT))
-    from tests.synthetic import make_output
+    from remit.shards.synthetic import make_output
 
     out = work / f"out-{million_tokens}M"
     if (out / "manifest.json").exists():

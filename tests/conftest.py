@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.synthetic import make_output
+from remit.shards.synthetic import make_output
 
 # Content hashes are cached per user (remit.annotate.hashcache); tests keep theirs out of the user's cache.
 os.environ.setdefault("REMIT_CACHE_DIR", tempfile.mkdtemp(prefix="remit-test-cache-"))

@@ -6,14 +6,24 @@ Run through `./scripts/flywheel.sh`, which first sets up the environment. See RE
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from experiments.flywheel.config import ARMS, FULL, QUICK, changed_fields, check, set_field
+from experiments.flywheel.config import (
+    ARMS,
+    CONFIG_FILE,
+    FULL,
+    QUICK,
+    ExperimentConfig,
+    changed_fields,
+    check,
+    record,
+    recorded,
+    set_field,
+)
 from experiments.flywheel.evaluate import EVAL_SPLITS
+from remit.common.errors import run_command
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -80,10 +90,8 @@ def parser() -> argparse.ArgumentParser:
     return p  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    from experiments.flywheel.pipeline import Pipeline, StageError
-
+def configure(args: argparse.Namespace) -> ExperimentConfig:
+    """The configuration the flags ask for; ValueError naming a bad --set value."""
     base = QUICK if args.quick else FULL
     cfg = replace(
         base,
@@ -94,59 +102,58 @@ def main(argv: list[str] | None = None) -> int:
         engine=args.engine or base.engine,
         rl_engine=args.rl_engine or base.rl_engine,
     )
-    try:
-        for assignment in args.set:
-            cfg = set_field(cfg, assignment)
-        check(cfg)
-    except ValueError as e:
-        print(f"flywheel: error: {e}", file=sys.stderr)
-        return 2
+    for assignment in args.set:
+        cfg = set_field(cfg, assignment)
+    check(cfg)
+    return cfg
+
+
+def claim_output(out: Path, cfg: ExperimentConfig, quick: bool) -> None:
+    """Record the configuration in `out`/config.json; refuse a folder that holds another run (its finished
+    stages are reused, so they must have been made with this configuration)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / CONFIG_FILE).exists():
+        before = recorded(out)
+        if before["quick"] != quick:
+            raise ValueError(f"{out} holds a {'quick' if not quick else 'full'} run; use another --out")
+        changed = changed_fields(before["config"], cfg)
+        if changed:
+            raise ValueError(
+                f"{out} holds a run with another configuration ({', '.join(changed)} differ); "
+                "use another --out, or the --set values it was made with (its config.json)"
+            )
+    record(out, cfg, quick)
+
+
+def run(args: argparse.Namespace) -> None:
+    from experiments.flywheel.pipeline import Pipeline
+
+    cfg = configure(args)
     splits = tuple(s for s in args.eval_splits.split(",") if s)
     bad = [s for s in splits if s not in EVAL_SPLITS]
     if bad:
-        print(
-            f"flywheel: error: --eval-splits: unknown split(s) {bad}; choose from {', '.join(EVAL_SPLITS)}",
-            file=sys.stderr,
-        )
-        return 2
+        raise ValueError(f"--eval-splits: unknown split(s) {bad}; choose from {', '.join(EVAL_SPLITS)}")
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    saved = out / "config.json"
-    if saved.exists():
-        before = json.loads(saved.read_text())
-        if before["quick"] != args.quick:
-            print(
-                f"flywheel: error: {out} holds a {'quick' if not args.quick else 'full'} run; use another --out",
-                file=sys.stderr,
-            )
-            return 2
-        # Finished stages are reused: they must have been made with this configuration.
-        changed = changed_fields(before["config"], cfg)
-        if changed:
-            print(
-                f"flywheel: error: {out} holds a run with another configuration ({', '.join(changed)} differ); "
-                "use another --out, or the --set values it was made with (its config.json)",
-                file=sys.stderr,
-            )
-            return 2
-    saved.write_text(json.dumps({"quick": args.quick, "config": cfg.to_dict()}, indent=1) + "\n")
+    claim_output(out, cfg, args.quick)
     pipe = Pipeline(cfg, out, splits)
     t0 = time.perf_counter()
-    try:
-        pipe.stage_data()
-        pipe.stage_pretrain()
-        pipe.stage_rl()
-        pipe.stage_eval_base_rl()
-        pipe.stage_annotate()
-        pipe.stage_diagnose()
-        pipe.stage_mid(cfg.arms, cfg.seeds)
-        pipe.stage_post_rl(tuple(a for a in cfg.post_rl_arms if a in cfg.arms), cfg.post_rl_seeds)
-        pipe.stage_report()
-    except StageError as e:
-        print(f"flywheel: error: {e}", file=sys.stderr)
-        return 1
+    pipe.stage_data()
+    pipe.stage_pretrain()
+    pipe.stage_rl()
+    pipe.stage_eval_base_rl()
+    pipe.stage_annotate()
+    pipe.stage_diagnose()
+    pipe.stage_mid(cfg.arms, cfg.seeds)
+    pipe.stage_post_rl(tuple(a for a in cfg.post_rl_arms if a in cfg.arms), cfg.post_rl_seeds)
+    pipe.stage_report()
     print(f"flywheel: finished in {(time.perf_counter() - t0) / 60:.1f} min; report {out / 'results.md'}", flush=True)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from experiments.flywheel.pipeline import StageError
+
+    return run_command("flywheel", lambda: run(args), (StageError,))
 
 
 if __name__ == "__main__":

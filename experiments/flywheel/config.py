@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from experiments.flywheel.data import DataConfig
 from experiments.flywheel.grpo import GRPOConfig
 from experiments.flywheel.models import ModelShape
+from remit.common.atomic import write_json_atomic
 
 #: remit-train flags of each mid-training arm. The first five are the experiment; the rest are ablations.
 ARMS: dict[str, list[str]] = {
@@ -101,6 +103,9 @@ QUICK = ExperimentConfig(
     engine="hf",
 )
 
+
+#: The file in an output folder that records the run's configuration.
+CONFIG_FILE = "config.json"
 
 #: Fields that choose which runs to make, not how: a rerun with the same output folder may change them.
 SELECTION_FIELDS = ("arms", "seeds", "post_rl_arms", "post_rl_seeds")
@@ -212,6 +217,24 @@ def check(cfg: ExperimentConfig) -> None:
         raise ValueError(f"{name} = {json.dumps(value)}: must be {requirement}")
 
 
+def record(out: Path, cfg: ExperimentConfig, quick: bool) -> None:
+    """Write `cfg` into the output folder `out` (its CONFIG_FILE)."""
+    write_json_atomic(out / CONFIG_FILE, {"quick": quick, "config": cfg.to_dict()})
+
+
+def recorded(out: Path) -> dict[str, Any]:
+    """What `record` wrote into `out`: {"quick": ..., "config": ...}; ValueError naming the file if it is
+    not that (FileNotFoundError if there is none)."""
+    path = out / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not a config.json the experiment wrote ({e!r})") from None
+    if not isinstance(data, dict) or not {"quick", "config"} <= data.keys():
+        raise ValueError(f"{path}: not a config.json the experiment wrote (it lacks quick or config)")
+    return data
+
+
 def changed_fields(saved: dict[str, Any], cfg: ExperimentConfig) -> list[str]:
     """Dotted keys where `saved` (a config.json's "config") differs from `cfg`, selection fields aside."""
     return config_differences(saved, cfg.to_dict())
@@ -222,19 +245,20 @@ def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
     A field that one of them lacks (it was written before the field existed) counts as its default
     value, which is what that run used."""
-    a, b = json.loads(json.dumps(a)), json.loads(json.dumps(b))
+    from remit.annotate.workdir import differences  # "key: old -> new" lines
+
     defaults = json.loads(json.dumps(ExperimentConfig().to_dict()))
-    out: list[str] = []
-    missing = object()
+    a, b = (
+        {k: v for k, v in _with_defaults(json.loads(json.dumps(c)), defaults).items() if k not in SELECTION_FIELDS}
+        for c in (a, b)
+    )
+    return [line.partition(": ")[0] for line in differences(a, b)]
 
-    def walk(x: Any, y: Any, d: Any, prefix: str) -> None:
-        if isinstance(x, dict) and isinstance(y, dict):
-            for k in sorted(set(x) | set(y)):
-                if prefix or k not in SELECTION_FIELDS:
-                    sub = d.get(k, missing) if isinstance(d, dict) else missing
-                    walk(x.get(k, sub), y.get(k, sub), sub, f"{prefix}{k}.")
-        elif x != y:
-            out.append(prefix.rstrip("."))
 
-    walk(a, b, defaults, "")
+def _with_defaults(recorded: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """`recorded` with the fields it lacks, at every level, taken from `defaults`."""
+    out = dict(defaults)
+    for k, v in recorded.items():
+        d = defaults.get(k)
+        out[k] = _with_defaults(v, d) if isinstance(v, dict) and isinstance(d, dict) else v
     return out

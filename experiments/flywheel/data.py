@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from remit.common.atomic import write_json_atomic
+
 NAMES = ["Ana", "Ben", "Cleo", "Dan", "Eva", "Finn", "Gus", "Hana", "Ivo", "Jade", "Kai", "Lena", "Milo", "Nora"]
 ITEMS = ["apples", "coins", "stamps", "marbles", "books", "shells", "cards", "pens", "eggs", "beads"]
 
@@ -294,8 +296,15 @@ def generate(cfg: DataConfig, out: Path) -> dict[str, Any]:
                     f.write(json.dumps({"id": f"{split}-{i}", **docs[j]}) + "\n")
             else:
                 for i, p in enumerate(problems):
-                    row = {"id": f"{split}-{i}", "question": p.question, "prompt": p.prompt, "solution": p.solution}
-                    row.update(answer=p.answer, template=p.template, steps=p.steps)
+                    row = {
+                        "id": f"{split}-{i}",
+                        "question": p.question,
+                        "prompt": p.prompt,
+                        "solution": p.solution,
+                        "answer": p.answer,
+                        "template": p.template,
+                        "steps": p.steps,
+                    }
                     f.write(json.dumps(row) + "\n")
         noise = {k: sum(p.noise == k for p in problems) for k in ("step", "answer")}
         stats["splits"][split] = {
@@ -307,7 +316,7 @@ def generate(cfg: DataConfig, out: Path) -> dict[str, Any]:
             "templates": sorted({p.template for p in problems}),
             "by_steps": {str(k): sum(p.steps == k for p in problems) for k in cfg.steps},
         }
-    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_json_atomic(out / "stats.json", stats)
     return stats
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from experiments.flywheel.data import read_jsonl
+from remit.common.atomic import write_json_atomic
 
 _EQ = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)\.")
 
@@ -72,12 +73,12 @@ def _char_spans(text: str, noise: str) -> list[tuple[int, int, str]]:
         else:
             cat = "result, correct step after a wrong one" if wrong_seen else "result, correct step"
         spans.append((sol_start + m.start(4), sol_start + m.end(4), cat))
-    m = re.search(r"The answer is (\d+)\.", sol)
-    if m:
+    final = re.search(r"The answer is (\d+)\.", sol)
+    if final:
         cat = {"answer": "final answer, wrong number", "step": "final answer after a wrong step"}.get(
             noise, "final answer, right"
         )
-        spans.append((sol_start + m.start(1), sol_start + m.end(1), cat))
+        spans.append((sol_start + final.start(1), sol_start + final.end(1), cat))
     return spans
 
 
@@ -115,13 +116,13 @@ def weight_by_token_kind(out: Path) -> dict[str, dict[str, float]]:
             acc[cat].append((float(v["weight"][i]), float(v["d"][i])))
     table = {}
     for cat, vals in sorted(acc.items()):
-        a = np.asarray(vals)
+        pairs = np.asarray(vals)
         table[cat] = {
-            "tokens": len(a),
-            "mean_weight": float(a[:, 0].mean()),
-            "share_at_0.8": float((a[:, 0] <= 0.8 + 1e-6).mean()),
-            "share_at_1.2": float((a[:, 0] >= 1.2 - 1e-6).mean()),
-            "mean_logp_rl_minus_base": float(a[:, 1].mean()),
+            "tokens": len(pairs),
+            "mean_weight": float(pairs[:, 0].mean()),
+            "share_at_0.8": float((pairs[:, 0] <= 0.8 + 1e-6).mean()),
+            "share_at_1.2": float((pairs[:, 0] >= 1.2 - 1e-6).mean()),
+            "mean_logp_rl_minus_base": float(pairs[:, 1].mean()),
         }
     return table
 
@@ -140,10 +141,9 @@ def markdown(table: dict[str, dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
-    import json
     import sys
 
     out = Path(sys.argv[1])
     t = weight_by_token_kind(out)
-    (out / "weights_by_token_kind.json").write_text(json.dumps(t, indent=1) + "\n")
+    write_json_atomic(out / "weights_by_token_kind.json", t)
     print(markdown(t))

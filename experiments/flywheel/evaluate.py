@@ -13,14 +13,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from experiments.flywheel.data import parse_answer, read_jsonl
+from remit.common.atomic import write_json_atomic
 
 EVAL_SPLITS = ("dev", "heldout", "heldout_templates")
 
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     # Export every run first: the exporter installs remit's CPU layer for Megatron, removed before decoding.
     exported = {run: export_iterations(run, run / "hf_steps") for run in args.run}
-    targets: list[tuple[str, list[tuple[int | None, Path]]]] = [(m.name, [(None, m)]) for m in args.model]
+    targets: list[tuple[str, Sequence[tuple[int | None, Path]]]] = [(m.name, [(None, m)]) for m in args.model]
     targets += [(run.name, exported[run]) for run in args.run]
     for name, items in targets:
         t0 = time.perf_counter()
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = ", ".join(f"{s} {res[s]['accuracy']:.3f} (loss {res[s]['loss']:.3f})" for s in these)
             print(f"eval {folder}: {summary}", flush=True)
         results["seconds"] = time.perf_counter() - t0
-        (args.out_dir / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+        write_json_atomic(args.out_dir / f"{name}.json", results)
     return 0
 
 

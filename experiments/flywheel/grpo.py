@@ -33,6 +33,7 @@ import torch
 
 from experiments.flywheel.data import parse_answer, read_jsonl
 from experiments.flywheel.evaluate import generate, load
+from remit.common.atomic import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ def train_grpo(model_dir: Path, data: Path, out: Path, cfg: GRPOConfig, log_ever
         if f.name.startswith(("tokenizer", "special_tokens")) or f.name in ("vocab.json", "merges.txt"):
             shutil.copy2(f, out / f.name)
     summary = {"config": asdict(cfg), "from": str(model_dir), "history": history, "seconds": time.perf_counter() - t0}
-    (out / "grpo.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json_atomic(out / "grpo.json", summary)
     return summary
 
 

@@ -21,6 +21,8 @@ import torch
 
 from experiments.flywheel.data import parse_answer, read_jsonl
 from experiments.flywheel.grpo import GRPOConfig
+from remit.common.atomic import write_text_atomic
+from remit.common.requires import require
 
 
 def exact_answer_reward(completions: list[str], answer: list[int], **_: object) -> list[float]:
@@ -28,13 +30,11 @@ def exact_answer_reward(completions: list[str], answer: list[int], **_: object) 
 
 
 def train_grpo_trl(model_dir: Path, data: Path, out: Path, cfg: GRPOConfig) -> dict:
-    try:
+    with require("flywheel-trl", "--rl-engine trl"):
         from datasets import Dataset
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from trl import GRPOConfig as TRLConfig
         from trl import GRPOTrainer
-    except ImportError as e:
-        raise SystemExit(f"--rl-engine trl needs TRL: pip install -e .[flywheel-trl] ({e})") from None
 
     rows = read_jsonl(data / "rl.jsonl")
     ds = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows])
@@ -84,7 +84,7 @@ def train_grpo_trl(model_dir: Path, data: Path, out: Path, cfg: GRPOConfig) -> d
         "history": trainer.state.log_history,
         "seconds": time.perf_counter() - t0,
     }
-    (out / "grpo.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    write_text_atomic(out / "grpo.json", json.dumps(summary, indent=1, default=str) + "\n")
     return summary
 
 

@@ -8,9 +8,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from remit.common.atomic import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def write_config(shape: ModelShape, vocab_size: int, out: Path) -> Path:
         "dtype": "float32",
     }
     path = out / "config.json"
-    path.write_text(json.dumps(cfg, indent=2) + "\n")
+    write_json_atomic(path, cfg)
     return path
 
 

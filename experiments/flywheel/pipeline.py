@@ -17,11 +17,13 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from experiments.flywheel.config import ARMS, ExperimentConfig, TrainRecipe
+from remit.common.atomic import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,7 +81,7 @@ class Pipeline:
 
     def finish(self, stage: str, t0: float, **info: Any) -> None:
         seconds = time.perf_counter() - t0
-        self.marker(stage).write_text(json.dumps({"stage": stage, "seconds": seconds, **info}, indent=1) + "\n")
+        write_json_atomic(self.marker(stage), {"stage": stage, "seconds": seconds, **info})
         print(f"== {stage}: done in {seconds:.0f} s", flush=True)
 
     def run(self, stage: str, cmd: list[str]) -> None:
@@ -155,7 +157,7 @@ class Pipeline:
             "--out", str(out), "--config", json.dumps(cfg),
         )  # fmt: skip
 
-    def _evaluate(self, stage: str, out_dir: Path, models: list[Path] = (), runs: list[Path] = ()) -> None:
+    def _evaluate(self, stage: str, out_dir: Path, models: Sequence[Path] = (), runs: Sequence[Path] = ()) -> None:
         """One evaluation process for all of them (start-up costs more than a tiny model's decoding).
 
         A run's intermediate checkpoints (the curves) are evaluated on the first held-out split only
@@ -213,7 +215,7 @@ class Pipeline:
             return
         t0 = time.perf_counter()
         table = weight_by_token_kind(self.out)
-        (self.out / "weights_by_token_kind.json").write_text(json.dumps(table, indent=1) + "\n")
+        write_json_atomic(self.out / "weights_by_token_kind.json", table)
         print(markdown(table), flush=True)
         self.finish("diagnose", t0)
 

@@ -18,17 +18,16 @@ against `none` (95% t over seeds). Then, over all folders:
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from experiments.flywheel.__main__ import arm_list, int_list
-from experiments.flywheel.config import config_differences
+from experiments.flywheel.config import CONFIG_FILE, config_differences, recorded
 from experiments.flywheel.evaluate import EVAL_SPLITS
 from experiments.flywheel.report import collect, format_ci, format_pm, mean_std, paired_bootstrap, paired_t
+from remit.common.errors import run_command
 
 
 def pool(outs: list[Path], arms: tuple[str, ...], split: str, seeds: tuple[int, ...] = ()) -> dict[str, Any]:
@@ -38,10 +37,7 @@ def pool(outs: list[Path], arms: tuple[str, ...], split: str, seeds: tuple[int, 
     first = None
     for out in outs:
         res = collect(out, (split,))
-        try:
-            cfg = json.loads((out / "config.json").read_text())["config"]
-        except (ValueError, KeyError) as e:
-            raise ValueError(f"{out / 'config.json'}: not a config.json the experiment wrote ({e!r})") from None
+        cfg = recorded(out)["config"]
         first = first or cfg
         differs = [k for k in config_differences(first, cfg) if k != "base_seed"]
         mid = res["mid"]
@@ -189,17 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--split", default="heldout", choices=EVAL_SPLITS, help="evaluation split (default heldout)")
     args = ap.parse_args(argv)
-    for out in args.outs:
-        if not (out / "config.json").is_file():
-            print(f"replicates: error: {out}: no config.json; give output folders of the experiment", file=sys.stderr)
-            return 2
-    try:
-        p = pool(args.outs, args.arms, args.split, args.seeds)
-    except ValueError as e:
-        print(f"replicates: error: {e}", file=sys.stderr)
-        return 2
-    print(markdown(p, args.arms), end="")
-    return 0
+
+    def run() -> None:
+        for out in args.outs:
+            if not (out / CONFIG_FILE).is_file():
+                raise ValueError(f"{out}: no {CONFIG_FILE}; give output folders of the experiment")
+        print(markdown(pool(args.outs, args.arms, args.split, args.seeds), args.arms), end="")
+
+    return run_command("replicates", run)
 
 
 if __name__ == "__main__":

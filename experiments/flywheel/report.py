@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from remit.common.atomic import write_text_atomic
+
 #: Two-sided 95% quantiles of Student's t (df 1..30); beyond that the normal 1.96.
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
@@ -316,10 +318,10 @@ def write_report(out: Path, cfg: Any, splits: tuple[str, ...]) -> dict[str, Any]
         kinds = json.loads((out / "weights_by_token_kind.json").read_text())
         md += "\n### Where the annotation put its weights\n\n" + kinds_markdown(kinds) + "\n"
     plots = plot(res, splits, out / "plots") if res["curves"] else []
-    (out / "results.md").write_text(md + "\n")
+    write_text_atomic(out / "results.md", md + "\n")
     payload = {"summary": summ, "stages": res["stages"], "plots": [str(p) for p in plots], "weights_by_kind": kinds}
     payload["base"] = {sp: res["base"][sp]["accuracy"] for sp in splits} if "base" in res else None
     payload["rl"] = {sp: res["rl"][sp]["accuracy"] for sp in splits} if "rl" in res else None
-    (out / "results.json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
+    write_text_atomic(out / "results.json", json.dumps(payload, indent=1, default=float) + "\n")
     print(md, flush=True)
     return payload

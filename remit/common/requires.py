@@ -22,6 +22,7 @@ INSTALL = {
         "the CPU torch and break `import vllm`)"
     ),
     "transformer-engine": "pip install 'transformer-engine[pytorch]' (on a CUDA machine)",
+    "flywheel-trl": "pip install -e '.[flywheel-trl]' (in the repository)",
 }
 
 

@@ -17,7 +17,7 @@ pytest.importorskip("duckdb")
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory) -> Path:
-    from tests.synthetic import make_output
+    from remit.shards.synthetic import make_output
 
     return make_output(tmp_path_factory.mktemp("altered") / "clean", n_docs=40, seq_len=48, rows_per_shard=6, seed=9)
 

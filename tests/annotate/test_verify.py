@@ -12,9 +12,8 @@ import pytest
 from remit.annotate.engines import EngineSettings
 from remit.annotate.engines.hf import HfScorer
 from remit.annotate.models import model_info
-from remit.annotate.packing import Document
 from remit.annotate.verify import add_arguments, run, sample_rows, verify_output
-from tests.synthetic import write_output
+from remit.shards.synthetic import Document, write_output
 
 SEQ_LEN = 48
 

@@ -267,7 +267,7 @@ def test_an_output_made_with_another_configuration_is_refused(tmp_path, capsys):
     # a data stage that cannot be built is one line, not a traceback
     fresh = tmp_path / "fresh"
     sizes = ["--set", "data.heldout=2000", "--set", "data.heldout_templates=2000", "--set", "data.steps=[2,3]"]
-    assert main(["--out", str(fresh), *sizes]) == 1
+    assert main(["--out", str(fresh), *sizes]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "stage data: heldout_templates:" in err and "free 2-step" in err, err
 

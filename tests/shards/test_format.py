@@ -9,7 +9,7 @@ import pytest
 
 from remit.shards import SCHEMA, ShardError, open_output, read_shard
 from remit.shards.checksum import token_checksum
-from tests.synthetic import make_output
+from remit.shards.synthetic import make_output
 
 
 @pytest.fixture(scope="module")

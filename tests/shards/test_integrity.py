@@ -18,8 +18,9 @@ import pytest
 from remit.shards import SCHEMA, ShardError, open_output
 from remit.shards.checksum import column_checksum, column_checksums, file_sha256
 from remit.shards.integrity import first_inconsistent_row
+from remit.shards.synthetic import make_output
 from remit.shards.validate import validate_output
-from tests.synthetic import alter_shard, make_output
+from tests.altered import alter_shard
 
 FILE = "shard-00001.parquet"
 

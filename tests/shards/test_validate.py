@@ -20,9 +20,9 @@ import pytest
 
 from remit.annotate.cli import main
 from remit.shards.checksum import column_checksums, file_sha256
+from remit.shards.synthetic import make_output
 from remit.shards.validate import Problem, validate_output
 from remit.shards.writer import write_table
-from tests.synthetic import make_output
 
 SHARD = "shard-00001.parquet"
 

@@ -8,8 +8,8 @@ import pytest
 
 duckdb = pytest.importorskip("duckdb")
 
+from remit.shards.synthetic import make_output  # noqa: E402
 from remit.shards.views import connect  # noqa: E402
-from tests.synthetic import make_output  # noqa: E402
 
 LIMIT_MB = 64
 

@@ -59,8 +59,8 @@ def random_tied_llama(tmp_path_factory, model_pair):
 @pytest.fixture(scope="session")
 def data(tmp_path_factory, model_pair):
     """A synthetic annotation output (8 shards of 6 rows, 32-token rows) for the fixture's tokenizer."""
+    from remit.shards.synthetic import make_output
     from remit.train.preflight import tokenizer_sha256
-    from tests.synthetic import make_output
 
     return make_output(
         tmp_path_factory.mktemp("data") / "out",

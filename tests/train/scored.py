@@ -1,7 +1,7 @@
 """An annotation output scored by real models (HF forward per segment), without the annotation engine.
 
 Each segment is scored as its own prompt, from its first token, as the annotation does; the weights
-come from the real rule and the shards and manifest from the shared builder (tests/synthetic.py).
+come from the real rule and the shards and manifest from the shared builder (remit/shards/synthetic.py).
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from remit.annotate.packing import Document, PackedRow
-from tests.synthetic import write_output
+from remit.shards.synthetic import Document, PackedRow, write_output
 
 
 @torch.no_grad()

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from remit.shards import ShardError
+from remit.shards.synthetic import make_output
 from remit.train.dataset import RemitDataset, attention_mask, make_sample
 from remit.train.sampler import SampleOrder, micro_batches, rank_sample_ids
-from tests.synthetic import make_output
 
 SEQ = 32
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from remit.shards.synthetic import make_output
 from remit.shards.weights import remit_weights
 from remit.train.dataset import RemitDataset
 from remit.train.loss import online_weights, remit_loss, summarize
-from tests.synthetic import make_output
 
 
 def _batch(seed: int = 0, b: int = 3, s: int = 16, v: int = 11):

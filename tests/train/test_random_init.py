@@ -189,8 +189,8 @@ def test_random_init_without_a_tokenizer_anywhere_is_refused(packed, tmp_path):
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory, model_pair) -> Path:
+    from remit.shards.synthetic import make_output
     from remit.train.preflight import tokenizer_sha256
-    from tests.synthetic import make_output
 
     return make_output(
         tmp_path_factory.mktemp("scored") / "out",

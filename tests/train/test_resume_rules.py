@@ -239,7 +239,7 @@ def test_an_unwritable_save_folder_is_refused_before_the_model_is_built(data, ra
 def test_a_checksum_failure_on_one_rank_stops_every_rank(data, random_llama, tmp_path):
     from remit.train.dataset import RemitDataset
     from remit.train.sampler import SampleOrder, rank_sample_ids
-    from tests.synthetic import alter_shard
+    from tests.altered import alter_shard
 
     ds = RemitDataset(data)
     order = SampleOrder(ds.shard_rows, seed=7, shuffle_shards=2)

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from remit.shards.synthetic import make_output
 from remit.train.dataset import RemitDataset
 from remit.train.sampler import SampleOrder, micro_batches, rank_sample_ids
-from tests.synthetic import make_output
 
 SEQ = 16
 WINDOW = 8

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.synthetic import rerecord_shard
+from tests.altered import rerecord_shard
 from tests.train import runs
 from tests.train.runs import ok as _ok
 from tests.train.runs import run as _run

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.synthetic import random_logprobs, write_output
+from remit.shards.synthetic import random_logprobs, write_output
 
 EVIL_TEXT = "<script>alert(\"x & y')</script> Tom & Jerry say \"hi\" & 'bye' <b>bold?</b>\n"
 EVIL_DOC_ID = "doc<script>\"&'1"
@@ -27,7 +27,7 @@ def make_text_output(
     import numpy as np
     from transformers import AutoTokenizer
 
-    from remit.annotate.packing import Document
+    from remit.shards.synthetic import Document
     from remit.shards.tokenizer_hash import tokenizer_hash
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)

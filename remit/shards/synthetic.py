@@ -1,29 +1,80 @@
-"""The one builder of annotation outputs for tests and benchmarks that need shards without the pipeline.
+"""Synthetic annotation outputs, built from the format alone: for tests and benchmarks that need shards
+without the annotation pipeline.
 
-- `write_output`: documents -> rows (the real packer) -> log-probs from a callback, one call per shard
-  -> weights (the real rule) -> shards (the real writer) -> a manifest of the real structure, whose
-  run fields a caller may replace (models, tokenizer, engine, ...).
+- `pack_documents`: documents -> rows of ``seq_len + 1`` tokens cut into segments, as the format lays
+  them out (the annotator's packer produces the same rows; a test holds the two together).
+- `write_output`: rows -> log-probs from a callback, one call per shard -> weights (the real rule) ->
+  shards (the real writer) -> a manifest of the real structure, whose run fields a caller may replace
+  (models, tokenizer, engine, ...).
 - `random_logprobs`: plausible random log-probs: NaN at segment starts, never positive.
-- `make_output`: random documents with random log-probs, for tests that need shards but no model.
+- `make_output`: random documents with random log-probs, for callers that need shards but no model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from remit import __version__
-from remit.annotate.packing import Document, PackedRow, pack
 from remit.common.atomic import write_json_atomic
-from remit.shards import Rows, build_table, remit_weights, write_shard
 from remit.shards.manifest import MANIFEST_NAME, assemble_manifest
-from remit.shards.weights import RULE
+from remit.shards.weights import RULE, Center, remit_weights
+from remit.shards.writer import Rows, build_table, write_shard
+
+
+@dataclass
+class Document:
+    doc_id: str
+    source: str
+    tokens: np.ndarray  # int32, BOS/EOS already applied
+
+
+@dataclass
+class PackedRow:
+    tokens: np.ndarray  # int32 [<= seq_len + 1]
+    segment_starts: list[int]
+    segment_doc_ids: list[str]
+    segment_doc_offsets: list[int]
+    source: str
+
+    def segments(self) -> Iterator[tuple[int, int]]:
+        """(start, end) of each segment inside the row."""
+        bounds = [*self.segment_starts, len(self.tokens)]
+        return zip(bounds[:-1], bounds[1:])
+
 
 #: rows of one shard -> their (logp_base, logp_rl), flat, NaN at every segment's first token.
 LogProbs = Callable[[list[PackedRow]], tuple[np.ndarray, np.ndarray]]
+
+
+def pack_documents(documents: Sequence[Document], seq_len: int) -> list[PackedRow]:
+    """Concatenate the documents' tokens in order and cut them into rows of ``seq_len + 1`` tokens (the
+    last one may be shorter); a segment is the part of one document inside one row."""
+    documents = [d for d in documents if len(d.tokens)]
+    width = seq_len + 1
+    lengths = np.array([len(d.tokens) for d in documents], np.int64)
+    doc_ends = np.cumsum(lengths)
+    doc_starts = doc_ends - lengths
+    tokens = np.concatenate([d.tokens for d in documents]).astype(np.int32, copy=False)
+    rows = []
+    for row_start in range(0, len(tokens), width):
+        row_end = min(row_start + width, len(tokens))
+        # The documents that overlap [row_start, row_end).
+        inside = range(int(np.searchsorted(doc_ends, row_start, "right")), int(np.searchsorted(doc_starts, row_end)))
+        rows.append(
+            PackedRow(
+                tokens=tokens[row_start:row_end],
+                segment_starts=[max(int(doc_starts[i]) - row_start, 0) for i in inside],
+                segment_doc_ids=[documents[i].doc_id for i in inside],
+                segment_doc_offsets=[max(row_start - int(doc_starts[i]), 0) for i in inside],
+                source=documents[inside[0]].source,
+            )
+        )
+    return rows
 
 
 def segment_starts_mask(rows: Sequence[PackedRow]) -> np.ndarray:
@@ -57,14 +108,14 @@ def write_output(
     seq_len: int = 64,
     rows_per_shard: int | None = None,
     eps: float = 0.2,
-    center: str = "row",
+    center: Center = "row",
     run: dict[str, Any] | None = None,
 ) -> Path:
     """Pack `documents`, score them with `logprobs`, write shards of `rows_per_shard` rows (None: one
     shard) and the manifest. `run` replaces fields of the manifest's run description."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    rows = list(pack(documents, seq_len))
+    rows = pack_documents(documents, seq_len)
     per_shard = rows_per_shard or len(rows)
     shards = []
     for first in range(0, len(rows), per_shard):
@@ -120,7 +171,7 @@ def make_output(
     seq_len: int = 64,
     vocab: int = 512,
     eps: float = 0.2,
-    center: str = "row",
+    center: Center = "row",
     rows_per_shard: int = 8,
     doc_len: tuple[int, int] = (3, 150),
     seed: int = 0,
@@ -156,43 +207,4 @@ def make_output(
     )
 
 
-def alter_shard(root: str | Path, file: str, column: str, row: int, edit: Callable[[list], None]) -> Path:
-    """Rewrite shard `file` of the output `root` as a valid Parquet file (the project's writer settings)
-    with `edit` applied to the Python list of `column`'s value in `row`; the manifest is left as it was."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from remit.shards.writer import write_table
-
-    path = Path(root) / file
-    table = pq.read_table(path)
-    values = table.column(column).to_pylist()
-    edit(values[row])
-    i = table.schema.get_field_index(column)
-    table = table.set_column(i, table.schema.field(i), pa.array(values, type=table.schema.field(i).type))
-    write_table(table, path)
-    return path
-
-
-def rerecord_shard(root: str | Path, file: str) -> None:
-    """Record shard `file`'s current content in the manifest of `root` (checksums, hash, size), as if the
-    writer had produced it: for tests of what the trainer does with values that pass the checksums."""
-    import json
-
-    import pyarrow.parquet as pq
-
-    from remit.shards.checksum import column_checksums, file_sha256
-    from remit.shards.reader import table_token_checksum
-
-    path = Path(root) / file
-    manifest = Path(root) / "manifest.json"
-    data = json.loads(manifest.read_text())
-    entry = next(e for e in data["shards"] if e["file"] == file)
-    table = pq.read_table(path)
-    entry.update(
-        column_checksums=column_checksums(table),
-        token_checksum=table_token_checksum(table),
-        file_sha256=file_sha256(path),
-        bytes=path.stat().st_size,
-    )
-    manifest.write_text(json.dumps(data, indent=1))
+__all__ = ["Document", "LogProbs", "PackedRow", "make_output", "pack_documents", "random_logprobs", "write_output"]

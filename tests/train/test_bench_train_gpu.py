@@ -1,4 +1,4 @@
-"""benchmarks/bench_train.py's GPU part: its FLOP count against torch's own counter, a clean skip without
+"""benchmarks/bench_train_gpu.py: its FLOP count against torch's own counter, a clean skip without
 CUDA, and (on a GPU) one short run of the whole measurement on a small model."""
 
 from __future__ import annotations
@@ -12,18 +12,19 @@ import pytest
 
 from tests.train.runs import REPO, env
 
-SCRIPT = REPO / "benchmarks" / "bench_train.py"
+SCRIPT = REPO / "benchmarks" / "bench_train_gpu.py"
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_train", SCRIPT)
+def _bench(monkeypatch):
+    monkeypatch.syspath_prepend(SCRIPT.parent)  # the script imports its sibling `child`, as when run
+    spec = importlib.util.spec_from_file_location("bench_train_gpu", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 @pytest.mark.parametrize("tie", [False, True])
-def test_train_flops_equals_torch_flop_counter(tie):
+def test_train_flops_equals_torch_flop_counter(tie, monkeypatch):
     """The MFU numerator, checked against torch's FlopCounterMode on a Hugging Face Llama forward pass
     (eager attention: QK^T and PV as plain matmuls over the full S x S), times 3 for training."""
     import torch
@@ -46,11 +47,11 @@ def test_train_flops_equals_torch_flop_counter(tie):
     ids = torch.randint(0, shape["vocab"], (batch, seq))
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(ids)
-    assert _bench().train_flops(shape, seq, batch) == 3 * counter.get_total_flops()
+    assert _bench(monkeypatch).train_flops(shape, seq, batch) == 3 * counter.get_total_flops()
 
 
-def test_peak_table_picks_the_right_part():
-    bench = _bench()
+def test_peak_table_picks_the_right_part(monkeypatch):
+    bench = _bench(monkeypatch)
     assert bench.peak_tflops("NVIDIA H100 PCIe") == 756.5
     assert bench.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
     assert bench.peak_tflops("NVIDIA H200") == 989.4
@@ -68,9 +69,9 @@ def test_gpu_benchmark_skips_cleanly_without_cuda():
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: the GPU test below runs the benchmark")
-    proc = _run("--gpu")
+    proc = _run()
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "bench_train --gpu: skipped, no CUDA device (nothing measured)"
+    assert proc.stdout.strip() == "bench_train_gpu: skipped, no CUDA device (nothing measured)"
 
 
 @pytest.mark.gpu
@@ -78,7 +79,7 @@ def test_gpu_benchmark_skips_cleanly_without_cuda():
 def test_gpu_benchmark_runs_end_to_end(tmp_path):
     out = tmp_path / "result.json"
     proc = _run(
-        "--gpu", "--gpu-shape", "256,2,4,2,512,1024", "--gpu-seq-len", "512", "--gpu-fit-seq-len", "1024",
+        "--gpu-shape", "256,2,4,2,512,1024", "--gpu-seq-len", "512", "--gpu-fit-seq-len", "1024",
         "--gpu-steps", "4", "--gpu-global-batch", "2", "--peak-tflops", "100", "--work", str(tmp_path / "w"),
         "--json", str(out),
     )  # fmt: skip
