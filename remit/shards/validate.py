@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from remit.shards.checksum import column_checksums, file_sha256
 from remit.shards.integrity import recorded_checksums
-from remit.shards.manifest import Passes, ShardError, read_manifest, repair_command
+from remit.shards.manifest import Passes, ShardError, confined, read_manifest, repair_command
 from remit.shards.reader import list_length_mismatches, table_token_checksum
 from remit.shards.schema import schema_mismatch
 from remit.shards.weights import Center, remit_weights
@@ -90,7 +90,7 @@ def validate_output(root: str | Path) -> list[Problem]:
     next_id = 0
     cursor = _DocCursor()
     for i, entry in enumerate(manifest.shards):
-        path = root / entry["file"]
+        path = confined(root, entry["file"], index=i)  # read_manifest checked every entry already
         is_last_shard = i == len(manifest.shards) - 1
         if entry["first_sample_id"] != next_id:
             problems.append(
