@@ -140,6 +140,19 @@ class Manifest:
         return int(self.data["totals"]["tokens"])
 
 
+def is_output_folder(folder: str | Path) -> bool:
+    """Whether `folder` is (or is becoming) an output of remit-annotate: it holds the ownership marker, a
+    run's work folder, or a remit manifest."""
+    folder = Path(folder)
+    if (folder / OWNERSHIP_MARKER).exists() or (folder / WORK_FOLDER / "run.json").exists():
+        return True
+    try:
+        data = json.loads((folder / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT_NAME
+
+
 def read_manifest(root: str | Path) -> Manifest:
     path = Path(root) / MANIFEST_NAME
     if not path.exists():
