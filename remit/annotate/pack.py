@@ -37,6 +37,7 @@ from remit.annotate.inputs import (
     check_columns,
     check_inside,
     fingerprint,
+    no_usable_documents,
     read_inputs,
     scan_inputs,
 )
@@ -217,10 +218,7 @@ def pack_output(cfg: PackConfig) -> dict[str, Any]:
     if pending:
         flush()
     if not shards:
-        raise ValueError(
-            f"no usable documents in the inputs ({sum(stats.skipped.values())} records skipped: {stats.skipped}); "
-            "check --text-field / --token-field"
-        )
+        raise ValueError(no_usable_documents(stats.skipped, stats.skip_examples))
     progress.close()
     work.remove_other_shards({s["file"] for s in shards})  # from an earlier, longer unfinished run
     run["input"].update(
