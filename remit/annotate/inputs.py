@@ -151,8 +151,8 @@ class InputScan:
     """DatasetDict folder -> the splits read from it."""
 
     def not_read(self, path: Path) -> str:
-        """`path` (an entry of `ignored`) and why it is not read."""
-        return f"{path}: {self.reasons.get(path, 'no known input type')}"
+        """`path` (an entry of `ignored`), with why it is not read unless it is a file of no known input type."""
+        return f"{path}: {self.reasons[path]}" if path in self.reasons else str(path)
 
 
 @dataclass

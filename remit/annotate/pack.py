@@ -186,9 +186,11 @@ def pack_output(cfg: PackConfig) -> dict[str, Any]:
     finished = work.finished_output(run)
     if finished is not None:
         return finished
-    stats = PlanStats(ignored_files=len(scan.ignored), ignored_examples=[str(p) for p in scan.ignored[:IGNORED_SHOWN]])
+    stats = PlanStats(
+        ignored_files=len(scan.ignored), ignored_examples=[scan.not_read(p) for p in scan.ignored[:IGNORED_SHOWN]]
+    )
     for p in scan.ignored[:IGNORED_SHOWN]:
-        print(f"[pack] not an input file, not read: {p}", file=sys.stderr, flush=True)
+        print(f"[pack] not an input file, not read: {scan.not_read(p)}", file=sys.stderr, flush=True)
     progress = Progress("pack", unit="tok", every_s=cfg.progress_every_s)
 
     def documents() -> Iterator[Document]:

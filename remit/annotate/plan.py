@@ -177,11 +177,12 @@ def _plan_units(
     """Tokenize and pack the whole corpus into units; write the rows of each unit for which `write` says so."""
     work = WorkDir(cfg.output)
     stats = PlanStats(
-        ignored_files=len(setup.scan.ignored), ignored_examples=[str(p) for p in setup.scan.ignored[:IGNORED_SHOWN]]
+        ignored_files=len(setup.scan.ignored),
+        ignored_examples=[setup.scan.not_read(p) for p in setup.scan.ignored[:IGNORED_SHOWN]],
     )
     if not quiet:
         for p in setup.scan.ignored[:IGNORED_SHOWN]:
-            print(f"[plan] not an input file, not read: {p}", file=sys.stderr, flush=True)
+            print(f"[plan] not an input file, not read: {setup.scan.not_read(p)}", file=sys.stderr, flush=True)
         if len(setup.scan.ignored) > IGNORED_SHOWN:
             print(f"[plan] ... and {len(setup.scan.ignored) - IGNORED_SHOWN} more files not read", file=sys.stderr)
     fields = Fields(text=cfg.text_field, id=cfg.id_field, tokens=cfg.token_field)

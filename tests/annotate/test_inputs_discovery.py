@@ -56,7 +56,7 @@ def test_every_entry_is_read_or_listed_with_its_reason(tmp_path):
     assert scan.sources == [corpus / "a.jsonl", corpus / "linked" / "b.jsonl"]
     reasons = {p.relative_to(corpus).as_posix(): scan.not_read(p) for p in scan.ignored}
     assert set(reasons) == {"weights.bin", "gone.jsonl", "pipe.jsonl", "linked-again", "sub/loop"}
-    assert "no known input type" in reasons["weights.bin"]
+    assert reasons["weights.bin"] == str(corpus / "weights.bin")  # no input type: the path alone
     assert "broken symlink" in reasons["gone.jsonl"]
     assert "not a regular file" in reasons["pipe.jsonl"]
     assert "the same folder as" in reasons["linked-again"] and "linked" in reasons["linked-again"]
@@ -171,10 +171,16 @@ def test_split_flag_reaches_the_scan(dataset_dict, model_pair, tmp_path, capsys)
     argv = ["plan", "--base", str(base), "--rl", str(rl), "--input", str(path), "--seq-len", "8", "--engine", "hf"]
     assert main([*argv, "--output", str(tmp_path / "o1")]) == 2
     assert "name the ones to read with --split" in capsys.readouterr().err
-    assert main([*argv, "--output", str(tmp_path / "o2"), "--split", "test", "--split", "train"]) == 0
-    run = json.loads((tmp_path / "o2" / "_work" / "run.json").read_text())
-    assert run["config"]["split"] == ["test", "train"]
-    assert run["input"]["paths"][0]["splits"] == {".": ["train", "test"]}
+    assert main([*argv, "--output", str(tmp_path / "o2"), "--split", "test", "--split", "validation"]) == 0
+    work = tmp_path / "o2" / "_work"
+    run = json.loads((work / "run.json").read_text())
+    assert run["config"]["split"] == ["test", "validation"]
+    assert run["input"]["paths"][0]["splits"] == {".": ["test"]}
+    totals = json.loads((work / "plan.json").read_text())["totals"]
+    assert totals["documents"] == 1 and totals["ignored_files"] == 1
+    assert totals["ignored_examples"] == [
+        f"{path / 'train'}: split 'train' of the DatasetDict {path}, not chosen with --split"
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------
