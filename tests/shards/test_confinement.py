@@ -65,6 +65,24 @@ def test_parent_path_that_exists_is_refused_everywhere(out, tmp_path, capsys):
     assert err.count("\n") == 1 and "shard entry 0" in err
 
 
+def test_the_commands_refuse_it_in_one_line(out, tmp_path, capsys):
+    pytest.importorskip("duckdb")
+    from remit.annotate.cli import main
+    from remit.annotate.verify import main as verify_main
+
+    moved = tmp_path / SHARD
+    shutil.move(str(out / SHARD), moved)
+    set_entry(out, 0, str(moved))
+    page = tmp_path / "page.html"
+    for argv in (["validate", str(out)], ["stats", str(out)], ["show", str(out), "-o", str(page)]):
+        assert main(argv) != 0, argv
+        err = capsys.readouterr().err
+        assert "shard entry 0" in err and str(moved) in err, argv
+    assert verify_main([str(out)]) == 2
+    assert "shard entry 0" in capsys.readouterr().err
+    assert not page.exists()
+
+
 def test_absolute_path_is_refused_everywhere(out, tmp_path):
     moved = tmp_path / SHARD
     shutil.move(str(out / SHARD), moved)
