@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -480,7 +481,9 @@ def check_page_target(out: Path) -> None:
     """Refuse an `-o` that would overwrite what `show` did not make: a folder, a file inside an annotation
     output folder, or an existing file that is not a page `show` wrote (it carries `PAGE_MARKER`)."""
     if out.is_dir():
-        raise ValueError(f"-o {out}: is a folder; give the file name of the page, e.g. {out / 'weights.html'}")
+        raise ValueError(
+            f"-o {out}: is a folder; give the file name of the page, e.g. -o {shlex.quote(str(out / 'weights.html'))}"
+        )
     for folder in Path(os.path.abspath(out)).parents:
         if is_output_folder(folder):
             raise ValueError(
