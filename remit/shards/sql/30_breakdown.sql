@@ -60,9 +60,13 @@ FROM (
 GROUP BY doc_id, start_token;
 
 -- Document ids that more than one document carries, with how many documents carry each (empty when
--- every id is unique). Reads the per-segment lists only.
+-- every id is unique). A document is counted at its first segment (document offset 0); only the
+-- per-segment id and offset lists are read.
 CREATE OR REPLACE VIEW remit_duplicate_doc_ids AS
 SELECT doc_id, count(*) AS documents
-FROM remit_by_document
+FROM (
+    SELECT unnest(segment_doc_ids) AS doc_id, unnest(segment_doc_offsets) AS doc_offset FROM remit_rows
+)
+WHERE doc_offset = 0
 GROUP BY doc_id
 HAVING count(*) > 1;

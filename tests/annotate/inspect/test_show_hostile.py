@@ -168,5 +168,12 @@ def test_views_count_documents_not_ids(dup_output):
     rows = con.execute("SELECT doc_id, tokens FROM remit_by_document ORDER BY start_token").fetchall()
     assert rows == [("twin", 50), ("other", 30), ("solo", 20), ("twin", 70), ("last", 10)]
     assert con.execute("FROM remit_duplicate_doc_ids").fetchall() == [("twin", 2)]
+    assert con.execute("SELECT documents, duplicate_doc_ids FROM remit_summary").fetchone() == (5, 1)
+    from remit.annotate.inspect.stats import collect
+
+    result = collect(dup_output)
+    assert (result["summary"]["documents"], result["summary"]["duplicate_doc_ids"]) == (5, 1)
+    twins = [d for d in result["top_up_documents"] if d["doc_id"] == "twin"]
+    assert sorted(d["tokens"] for d in twins) == [50, 70]
     manifest = json.loads((dup_output / "manifest.json").read_text())
     assert manifest["totals"]["tokens"] == 180
