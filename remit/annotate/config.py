@@ -55,6 +55,12 @@ class AnnotateConfig:
         None, help="pre-tokenized input: field with token ids, used as they are (default: off)", group=_DATA
     )
     """Set for pre-tokenized input: the field with token ids (used as they are, no tokenizer run)."""
+    split: list[str] = option(
+        default_factory=list,
+        help="split of a DatasetDict input to read (repeatable; needed when it has several)",
+        group=_DATA,
+    )
+    """Splits to read from a `datasets` DatasetDict folder; one with a single split is read without it."""
     strict: bool = option(
         False, help="fail on the first unusable record instead of skipping it", group=_DATA, run_local=True
     )

@@ -27,7 +27,7 @@ import lzma
 import os
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -115,6 +115,21 @@ def is_datasets_folder(path: Path) -> bool:
     return path.is_dir() and any((path / n).exists() for n in ("state.json", "dataset_dict.json"))
 
 
+def dataset_splits(path: Path) -> list[str] | None:
+    """The split names a `DatasetDict` folder (save_to_disk, with dataset_dict.json) records, in its order;
+    None for a plain `Dataset` folder."""
+    listing = path / "dataset_dict.json"
+    if not listing.exists():
+        return None
+    try:
+        splits = json.loads(listing.read_text()).get("splits")
+    except (OSError, ValueError, AttributeError) as e:
+        raise InputError(f"input {listing}: unreadable ({type(e).__name__}: {e}); save the DatasetDict again") from e
+    if not isinstance(splits, list) or not splits or not all(isinstance(n, str) and n for n in splits):
+        raise InputError(f"input {listing}: 'splits' is not a list of split names; save the DatasetDict again")
+    return splits
+
+
 # -- scanning the input paths ----------------------------------------------------------------------------
 
 
@@ -124,32 +139,112 @@ class InputScan:
 
     sources: list[Path]
     groups: list[tuple[Path, list[Path]]]
-    """Each input path as given, with the sources found under it (a file: itself)."""
+    """Each input path as given, with the sources found under it (a file: itself; a DatasetDict: the
+    folder of each split read)."""
     ignored: list[Path]
-    """Files inside input folders that are no known input type: listed in the summary, never read."""
+    """Everything under the input folders that is not read: files of no known input type, and the entries
+    `reasons` names (a broken symlink, a special file, an unreadable folder, a folder reached twice through
+    symlinks, a split not chosen with --split)."""
+    reasons: dict[Path, str] = field(default_factory=dict)
+    """Why an entry of `ignored` is not read, where it is not simply a file of no known input type."""
+    splits: dict[Path, list[str]] = field(default_factory=dict)
+    """DatasetDict folder -> the splits read from it."""
+
+    def not_read(self, path: Path) -> str:
+        """`path` (an entry of `ignored`), with why it is not read unless it is a file of no known input type."""
+        return f"{path}: {self.reasons[path]}" if path in self.reasons else str(path)
 
 
-def _walk(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(sources, ignored) under `folder`; a `datasets` folder inside is one source."""
-    sources: list[Path] = []
-    ignored: list[Path] = []
-    for root, dirs, files in os.walk(folder):
+@dataclass
+class _Found:
+    sources: list[Path] = field(default_factory=list)
+    ignored: list[Path] = field(default_factory=list)
+    reasons: dict[Path, str] = field(default_factory=dict)
+    splits: dict[Path, list[str]] = field(default_factory=dict)
+
+    def skip(self, path: Path, reason: str | None = None) -> None:
+        self.ignored.append(path)
+        if reason is not None:
+            self.reasons[path] = reason
+
+    def add_datasets(self, path: Path, wanted: Sequence[str]) -> None:
+        """A `datasets` folder: one source, or one per split read of a DatasetDict (see `choose_splits`)."""
+        names = dataset_splits(path)
+        if names is None:
+            self.sources.append(path)
+            return
+        chosen = choose_splits(path, names, wanted)
+        self.splits[path] = chosen
+        for name in names:
+            if name in chosen:
+                self.sources.append(path / name)
+            else:
+                self.skip(path / name, f"split {name!r} of the DatasetDict {path}, not chosen with --split")
+
+
+def choose_splits(path: Path, names: list[str], wanted: Sequence[str]) -> list[str]:
+    """The splits of the DatasetDict at `path` to read: its only split, or those named by --split; refuse
+    a DatasetDict with several splits and no --split, and one that holds none of the splits named."""
+    listed = ", ".join(names)
+    if not wanted:
+        if len(names) == 1:
+            return names
+        raise InputError(
+            f"input {path}: a DatasetDict with {len(names)} splits ({listed}); name the ones to read with --split "
+            f"(repeatable), e.g. --split {names[0]}"
+        )
+    chosen = [n for n in names if n in wanted]
+    if not chosen:
+        raise InputError(
+            f"input {path}: holds none of the splits given by --split ({', '.join(wanted)}); its splits: {listed}"
+        )
+    return chosen
+
+
+def _walk(folder: Path, splits: Sequence[str] = ()) -> _Found:
+    """Every entry under `folder`: sources (a `datasets` folder inside is one, or one per split read) and
+    what is not read, with why. Symlinked folders are followed, each real folder once."""
+    found = _Found()
+    seen: dict[tuple[int, int], Path] = {}
+
+    def unreadable(e: OSError) -> None:
+        found.skip(Path(e.filename), f"folder cannot be read ({e.strerror})")
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
         here = Path(root)
-        for d in list(dirs):
+        dirs.sort()  # a fixed order, so that which of two links to one folder is read does not vary
+        st = os.stat(here)
+        if (st.st_dev, st.st_ino) in seen:  # reached again through a symlink: read once, listed here
+            found.skip(here, f"the same folder as {seen[(st.st_dev, st.st_ino)]} (a symlink loop or a second link)")
+            dirs.clear()
+            continue
+        seen[(st.st_dev, st.st_ino)] = here
+        for d in sorted(dirs):
             if is_datasets_folder(here / d):
-                sources.append(here / d)
+                found.add_datasets(here / d, splits)
                 dirs.remove(d)
         for f in files:
             p = here / f
-            (sources if input_kind(p) is not None else ignored).append(p)
-    return sorted(sources), sorted(ignored)
+            if p.is_symlink() and not p.exists():
+                found.skip(p, f"a broken symlink (to {os.readlink(p)})")
+            elif not p.is_file():
+                found.skip(p, "not a regular file (a pipe, socket or device)")
+            elif input_kind(p) is not None:
+                found.sources.append(p)
+            else:
+                found.skip(p)
+    found.sources.sort()
+    found.ignored.sort()
+    return found
 
 
-def scan_inputs(paths: Sequence[str | Path]) -> InputScan:
-    """Resolve the input paths into sources; raise InputError on a path that cannot be used at all."""
+def scan_inputs(paths: Sequence[str | Path], splits: Sequence[str] = ()) -> InputScan:
+    """Resolve the input paths into sources; raise InputError on a path that cannot be used at all.
+
+    `splits` (--split) chooses the splits read from a DatasetDict folder with several."""
     sources: list[Path] = []
     groups: list[tuple[Path, list[Path]]] = []
-    ignored: list[Path] = []
+    total = _Found()
     for p in map(Path, paths):
         if not p.exists():
             raise InputError(f"input {p}: no such file or folder")
@@ -158,19 +253,34 @@ def scan_inputs(paths: Sequence[str | Path]) -> InputScan:
                 raise InputError(f"input {p}: unknown file type; expected one of {known_types()}")
             found = [p]
         elif is_datasets_folder(p):
-            found = [p]
-        else:
-            found, left = _walk(p)
+            one = _Found()
+            one.add_datasets(p, splits)
+            found = one.sources
+            total.ignored += one.ignored
+            total.reasons.update(one.reasons)
+            total.splits.update(one.splits)
+        elif p.is_dir():
+            walked = _walk(p, splits)
+            found = walked.sources
             if not found:
-                listed = f" (it holds {len(left)} other files, e.g. {left[0].name})" if left else ""
+                left = walked.ignored
+                listed = f" (it holds {len(left)} other entries, e.g. {walked_reason(walked, left[0])})" if left else ""
                 raise InputError(
                     f"input {p}: folder holds no input files{listed}: expected {known_types()} files or a "
                     "`datasets` folder saved with save_to_disk"
                 )
-            ignored += left
+            total.ignored += walked.ignored
+            total.reasons.update(walked.reasons)
+            total.splits.update(walked.splits)
+        else:
+            raise InputError(f"input {p}: not a regular file or folder (a pipe, socket or device)")
         sources += found
         groups.append((p, found))
-    return InputScan(sources, groups, ignored)
+    return InputScan(sources, groups, total.ignored, total.reasons, total.splits)
+
+
+def walked_reason(found: _Found, path: Path) -> str:
+    return f"{path.name} ({found.reasons[path]})" if path in found.reasons else path.name
 
 
 def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
@@ -266,6 +376,36 @@ def _record(obj: object, source: str, index: int, fields: Fields) -> Item:
             "unpaired surrogate",
         )
     return Record(doc_id, source, index, text=text)
+
+
+#: Skip kinds that stand for a whole file (or the rest of one) that could not be read.
+FILE_KINDS = ("corrupt file", "unreadable file", "truncated file", "corrupt row group")
+#: Skip kinds that point at the flag naming the text or token field, and at --id-field.
+_FIELD_KINDS = {"missing field": "text", "not a string": "text", "not token ids": "text", "bad id": "id"}
+
+
+def no_usable_documents(skipped: dict[str, int], examples: Sequence[str]) -> str:
+    """The error for inputs that gave no document: how many records were skipped and why, the first few
+    skipped records or files (a damaged file by name), and the fix their kinds point at."""
+    total = sum(skipped.values())
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
+    message = (
+        f"no usable documents in the inputs ({total} records skipped: {counts})"
+        if skipped
+        else ("no usable documents in the inputs: they hold no records (empty files)")
+    )
+    if examples:
+        message += "; " + "; ".join(examples[:3]) + (f"; ... {len(examples) - 3} more" if len(examples) > 3 else "")
+    fixes = []
+    if any(_FIELD_KINDS.get(k) == "text" for k in skipped):
+        fixes.append("check --text-field / --token-field (the field that holds each document)")
+    if "bad id" in skipped:
+        fixes.append("check --id-field: it must name a string or integer field (or a field the records lack)")
+    if any(k in FILE_KINDS for k in skipped):
+        fixes.append("repair or re-create the damaged file(s) named above")
+    if any(k not in _FIELD_KINDS and k not in FILE_KINDS for k in skipped):
+        fixes.append("fix the records named above")
+    return message + (". Fix: " + "; ".join(fixes) if fixes else "")
 
 
 # -- byte streams ----------------------------------------------------------------------------------------
@@ -478,6 +618,13 @@ def _load_datasets(path: Path) -> list[tuple[str, Any]]:
     return [(name, ds[name]) for name in sorted(ds)] if isinstance(ds, DatasetDict) else [("", ds)]
 
 
+def _label(path: Path, name: str) -> str:
+    """How records of a `datasets` source are named: ``FOLDER[split]`` for a split of a DatasetDict."""
+    if not name and (path.parent / "dataset_dict.json").exists():
+        path, name = path.parent, path.name
+    return f"{path}[{name}]" if name else str(path)
+
+
 def _read_datasets(path: Path, fields: Fields) -> Iterator[Item]:
     try:
         splits = _load_datasets(path)
@@ -487,7 +634,7 @@ def _read_datasets(path: Path, fields: Fields) -> Iterator[Item]:
         )
         return
     for name, split in splits:
-        source = f"{path}[{name}]" if name else str(path)
+        source = _label(path, name)
         cols = _columns(split.column_names, fields, source)
         index = 0
         try:
@@ -539,7 +686,7 @@ def check_columns(paths: list[Path], fields: Fields) -> None:
             except Exception:
                 continue
             for name, split in splits:
-                _columns(split.column_names, fields, f"{path}[{name}]" if name else str(path))
+                _columns(split.column_names, fields, _label(path, name))
         elif input_kind(path) == "parquet":
             try:
                 names = pq.read_schema(path).names
@@ -573,6 +720,14 @@ def fingerprint(scan: InputScan | list[Path]) -> list[dict[str, Any]]:
             size += f.stat().st_size
             rel = f.relative_to(given) if f != given else Path(f.name)
             lines.append(f"{rel.as_posix()}\0{cache.sha256(f)}\n")
-        out.append({"path": str(root), "bytes": size, "files": len(files), "sha256": combine(lines)})
+        entry: dict[str, Any] = {"path": str(root), "bytes": size, "files": len(files), "sha256": combine(lines)}
+        splits = {
+            (d.relative_to(given).as_posix() if d != given else "."): names
+            for d, names in (scan.splits.items() if isinstance(scan, InputScan) else [])
+            if d == given or given in d.parents
+        }
+        if splits:  # DatasetDict folder (relative to the input path) -> the splits read from it
+            entry["splits"] = splits
+        out.append(entry)
     cache.flush()
     return out

@@ -37,6 +37,7 @@ from remit.annotate.inputs import (
     check_columns,
     check_inside,
     fingerprint,
+    no_usable_documents,
     read_inputs,
     scan_inputs,
 )
@@ -185,9 +186,11 @@ def pack_output(cfg: PackConfig) -> dict[str, Any]:
     finished = work.finished_output(run)
     if finished is not None:
         return finished
-    stats = PlanStats(ignored_files=len(scan.ignored), ignored_examples=[str(p) for p in scan.ignored[:IGNORED_SHOWN]])
+    stats = PlanStats(
+        ignored_files=len(scan.ignored), ignored_examples=[scan.not_read(p) for p in scan.ignored[:IGNORED_SHOWN]]
+    )
     for p in scan.ignored[:IGNORED_SHOWN]:
-        print(f"[pack] not an input file, not read: {p}", file=sys.stderr, flush=True)
+        print(f"[pack] not an input file, not read: {scan.not_read(p)}", file=sys.stderr, flush=True)
     progress = Progress("pack", unit="tok", every_s=cfg.progress_every_s)
 
     def documents() -> Iterator[Document]:
@@ -217,10 +220,7 @@ def pack_output(cfg: PackConfig) -> dict[str, Any]:
     if pending:
         flush()
     if not shards:
-        raise ValueError(
-            f"no usable documents in the inputs ({sum(stats.skipped.values())} records skipped: {stats.skipped}); "
-            "check --text-field / --token-field"
-        )
+        raise ValueError(no_usable_documents(stats.skipped, stats.skip_examples))
     progress.close()
     work.remove_other_shards({s["file"] for s in shards})  # from an earlier, longer unfinished run
     run["input"].update(

@@ -31,6 +31,7 @@ from remit.annotate.inputs import (
     check_columns,
     check_inside,
     fingerprint,
+    no_usable_documents,
     read_inputs,
     scan_inputs,
 )
@@ -79,7 +80,7 @@ def describe_run(cfg: AnnotateConfig) -> RunSetup:
     positions), a bad input path or a tokenizer mismatch.
     """
     cfg.check_paths()
-    scan = scan_inputs(cfg.inputs)
+    scan = scan_inputs(cfg.inputs, cfg.split)
     check_inside(cfg.inputs, cfg.output)
     check_columns(scan.sources, Fields(text=cfg.text_field, id=cfg.id_field, tokens=cfg.token_field))
     tok_base, tok_rl = load_tokenizer(cfg.base), load_tokenizer(cfg.rl)
@@ -176,11 +177,12 @@ def _plan_units(
     """Tokenize and pack the whole corpus into units; write the rows of each unit for which `write` says so."""
     work = WorkDir(cfg.output)
     stats = PlanStats(
-        ignored_files=len(setup.scan.ignored), ignored_examples=[str(p) for p in setup.scan.ignored[:IGNORED_SHOWN]]
+        ignored_files=len(setup.scan.ignored),
+        ignored_examples=[setup.scan.not_read(p) for p in setup.scan.ignored[:IGNORED_SHOWN]],
     )
     if not quiet:
         for p in setup.scan.ignored[:IGNORED_SHOWN]:
-            print(f"[plan] not an input file, not read: {p}", file=sys.stderr, flush=True)
+            print(f"[plan] not an input file, not read: {setup.scan.not_read(p)}", file=sys.stderr, flush=True)
         if len(setup.scan.ignored) > IGNORED_SHOWN:
             print(f"[plan] ... and {len(setup.scan.ignored) - IGNORED_SHOWN} more files not read", file=sys.stderr)
     fields = Fields(text=cfg.text_field, id=cfg.id_field, tokens=cfg.token_field)
@@ -214,10 +216,7 @@ def _plan_units(
     if pending:
         flush()
     if not units:
-        raise ValueError(
-            f"no usable documents in the inputs ({sum(stats.skipped.values())} records skipped: {stats.skipped}); "
-            "check --text-field / --token-field"
-        )
+        raise ValueError(no_usable_documents(stats.skipped, stats.skip_examples))
     stats.units = len(units)
     progress.close()
     return units, stats

@@ -87,7 +87,7 @@ class Flag:
         if value is None:
             return []
         if self.kind == "list":
-            return [self.flag, *map(str, value)]
+            return [self.flag, *map(str, value)] if value else []
         return [self.flag, str(value)]
 
 
@@ -137,7 +137,11 @@ def flags(cls: type) -> list[Flag]:
                 type=type_,
                 choices=literal_choices(hint),
                 required=required,
-                default=None if no_default else f.default,
+                default=None
+                if no_default
+                else f.default_factory()
+                if f.default_factory is not dataclasses.MISSING
+                else f.default,
             )
         )
     return out
@@ -161,7 +165,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: Collec
             g.add_argument(fl.flag, dest=fl.name, action="store_true", help=fl.help)
             continue
         metavar = None if fl.choices else fl.flag.lstrip("-").replace("-", "_").upper()
-        kwargs: dict[str, Any] = {"nargs": "+"} if fl.kind == "list" else {"default": fl.default}
+        kwargs: dict[str, Any] = (
+            {"nargs": "+", "action": "extend", "default": fl.default} if fl.kind == "list" else {"default": fl.default}
+        )
         g.add_argument(
             fl.flag,
             dest=fl.name,

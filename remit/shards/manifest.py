@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Literal, cast, get_args
 
 from remit.shards.schema import FORMAT_NAME, FORMAT_VERSION
@@ -51,6 +51,30 @@ def redo_shard(root: str | Path) -> str:
 class ShardError(ValueError):
     """A shard or output folder is unreadable, inconsistent, or from another run. The message says which
     file (and row, where known) and what to do."""
+
+
+def confined(root: str | Path, name: object, *, index: int | None = None) -> Path:
+    """The path of the shard file `name` that the manifest of the output folder `root` lists, after checking
+    that it stays inside the folder: a plain file name (no folder part, no ``..``, not absolute) that is not a
+    symlink leading out of the folder (the folder itself may be a symlink). Every reader of a manifest's shard
+    list goes through here; a manifest that names anything else is refused in one line."""
+    root = Path(root)
+    entry = f"shard entry {index} " if index is not None else "a shard entry "
+    where = f"{root / MANIFEST_NAME}: {entry}names {name!r}"
+    fix = (
+        f"shard entries name files in the output folder itself (shard-NNNNN.parquet); the manifest was altered "
+        f"or written by another program. Fix: run `{repair_command(root)}` to write it again from the folder's shards."
+    )
+    if not isinstance(name, str) or not name:
+        raise ShardError(f"{where}, which is not a file name; {fix}")
+    if "\0" in name or "/" in name or "\\" in name or name in (".", "..") or PureWindowsPath(name).drive:
+        raise ShardError(f"{where}, a path that leads outside the output folder or into a subfolder; {fix}")
+    path = root / name
+    if path.is_symlink():
+        target = path.resolve()
+        if root.resolve() not in target.parents:
+            raise ShardError(f"{where}, a symlink to {target}, outside the output folder; {fix}")
+    return path
 
 
 @dataclass
@@ -116,6 +140,19 @@ class Manifest:
         return int(self.data["totals"]["tokens"])
 
 
+def is_output_folder(folder: str | Path) -> bool:
+    """Whether `folder` is (or is becoming) an output of remit-annotate: it holds the ownership marker, a
+    run's work folder, or a remit manifest."""
+    folder = Path(folder)
+    if (folder / OWNERSHIP_MARKER).exists() or (folder / WORK_FOLDER / "run.json").exists():
+        return True
+    try:
+        data = json.loads((folder / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT_NAME
+
+
 def read_manifest(root: str | Path) -> Manifest:
     path = Path(root) / MANIFEST_NAME
     if not path.exists():
@@ -150,6 +187,11 @@ def read_manifest(root: str | Path) -> Manifest:
     for key in ("run_id", "shards", "packing", "weights", "tokenizer", "totals"):
         if key not in data:
             raise ShardError(f"{path}: key {key!r} missing. Run `{repair_command(root)}` to write the manifest again.")
+    shards = data["shards"]
+    if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
+        raise ShardError(f"{path}: 'shards' is not a list of objects. Run `{repair_command(root)}` to write it again.")
+    for i, entry in enumerate(shards):
+        confined(root, entry.get("file"), index=i)
     return Manifest(data)
 
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from remit.shards.checksum import column_checksum, token_checksum
 from remit.shards.integrity import check_table, verify_file
-from remit.shards.manifest import Manifest, ShardError, read_manifest, redo_shard
+from remit.shards.manifest import Manifest, ShardError, confined, read_manifest, redo_shard
 from remit.shards.schema import (
     SCHEMA,
     list_length_mismatches,
@@ -81,7 +81,8 @@ class Output:
     manifest: Manifest
 
     def path(self, index: int) -> Path:
-        return self.root / self.manifest.shards[index]["file"]
+        """Shard `index`'s file, checked to lie inside the output folder (`confined`)."""
+        return confined(self.root, self.manifest.shards[index].get("file"), index=index)
 
     def read(self, index: int, columns: list[str] | None = None, verify: bool = True) -> pa.Table:
         """Shard `index` (all columns, or `columns`), with every column read checked against the

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from remit.shards.checksum import column_checksums, file_sha256
 from remit.shards.integrity import recorded_checksums
-from remit.shards.manifest import Manifest, Passes, ShardError, read_manifest, repair_command
+from remit.shards.manifest import Manifest, Passes, ShardError, confined, read_manifest, repair_command
 from remit.shards.reader import list_length_mismatches, table_token_checksum
 from remit.shards.schema import schema_mismatch
 from remit.shards.weights import Center, remit_weights
@@ -82,7 +82,7 @@ def validate_output(root: str | Path) -> list[Problem]:
     cursor = _DocCursor()
     found_in_shards: list[Problem] = []
     for i, entry in enumerate(manifest.shards):
-        path = root / entry["file"]
+        path = confined(root, entry["file"], index=i)  # read_manifest checked every entry already
         is_last_shard = i == len(manifest.shards) - 1
         found = _check_shard(path, entry, width, is_last_shard, manifest.eps, manifest.center, cursor, manifest.passes)
         if found:
@@ -305,9 +305,9 @@ def validate_listing(root: str | Path) -> list[Problem]:
         for extra in sorted(p.name for p in root.glob("*.parquet") if p.name not in listed)
     ]
     next_id = 0
-    for entry in manifest.shards:
+    for index, entry in enumerate(manifest.shards):
         if entry["first_sample_id"] != next_id:
-            path = str(root / entry["file"])
+            path = str(confined(root, entry["file"], index=index))
             problems.append(
                 Problem(path, None, f"first sample id {entry['first_sample_id']}, expected {next_id}", _REFINALIZE)
             )
@@ -332,7 +332,7 @@ def validate_shard(root: str | Path, manifest: Manifest, index: int) -> list[Pro
     root = Path(root)
     entry = manifest.shards[index]
     found = _check_shard(
-        root / entry["file"],
+        confined(root, entry["file"], index=index),
         entry,
         manifest.seq_len + 1,
         index == len(manifest.shards) - 1,

@@ -31,6 +31,8 @@ OUTPUT_VARIABLE = "remit_output"
 #: Optional knobs the views read (with their defaults in the SQL): histogram bins, top-list length and
 #: the minimum count of a token id in the top lists.
 KNOBS = ("remit_bins", "remit_top_k", "remit_min_count")
+#: Characters DuckDB's file globbing gives a meaning (a backslash escapes the next character).
+GLOB_CHARACTERS = "*?[]{}\\"
 _VIEW_RE = re.compile(r"^CREATE OR REPLACE VIEW (\w+)", re.MULTILINE)
 
 
@@ -48,8 +50,34 @@ def view_names() -> list[str]:
 
 
 def sql_literal(value: str) -> str:
-    """`value` as a SQL string literal (single quotes doubled)."""
-    return "'" + value.replace("'", "''") + "'"
+    """`value` as a SQL string expression that holds it exactly and spans one line.
+
+    Single quotes are doubled; every control character (a newline, a carriage return, ...) is written as
+    ``chr(N)`` joined with ``||`` instead of raw, so no line of a generated script ends inside the value
+    (the duckdb shell reads a line that starts with ``.`` as one of its own commands). NUL, which no path
+    or DuckDB string can hold, is refused.
+    """
+    if "\0" in value:
+        raise ValueError(f"{value!r}: holds a NUL character, which no SQL string can hold")
+    parts: list[str] = []
+    plain = ""
+    for ch in value:
+        if ch.isprintable() or ch == " ":
+            plain += ch
+            continue
+        if plain:
+            parts.append("'" + plain.replace("'", "''") + "'")
+            plain = ""
+        parts.append(f"chr({ord(ch)})")
+    if plain or not parts:
+        parts.append("'" + plain.replace("'", "''") + "'")
+    return parts[0] if len(parts) == 1 else "(" + " || ".join(parts) + ")"
+
+
+def sql_comment(value: str) -> str:
+    """`value` for a ``--`` comment line: every character that could end the line (or hide text) is shown
+    as an escape (``\\n``, ``\\x1b``, ``\\u2028``), so the comment cannot end early and run the rest."""
+    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in value)
 
 
 def check_output(root: str | Path, *, verify: bool = False) -> Path:
@@ -64,9 +92,16 @@ def check_output(root: str | Path, *, verify: bool = False) -> Path:
     if not root.is_dir():
         raise ShardError(f"{root}: no such output folder. Pass the folder that holds manifest.json and the shards.")
     manifest = read_manifest(root)  # its error names the fix (repair, which finishes the run)
-    if any(ch in str(root) for ch in "*?[]{}"):
+    try:
+        str(root).encode("utf-8")
+    except UnicodeEncodeError:
         raise ShardError(
-            f"{root}: the path contains a glob character, which DuckDB's read_parquet would expand; "
+            f"{str(root)!a}: the path is not valid UTF-8, which DuckDB cannot open; rename the folder."
+        ) from None
+    if any(ch in str(root) for ch in GLOB_CHARACTERS):
+        raise ShardError(
+            f"{root}: the path contains a glob character ({GLOB_CHARACTERS}), which DuckDB's read_parquet would "
+            "expand or read as an escape; "
             "rename or symlink the folder to a plain path."
         )
     listed = {s["file"] for s in manifest.shards}
@@ -104,7 +139,7 @@ def setup_sql(root: str | Path, knobs: dict[str, Any] | None = None) -> str:
 def script(root: str | Path, knobs: dict[str, Any] | None = None) -> str:
     """A complete script for the duckdb shell: the variables, then every SQL file."""
     root = check_output(root)
-    parts = [f"-- remit views over {root}\n", setup_sql(root, knobs)]
+    parts = [f"-- remit views over {sql_comment(str(root))}\n", setup_sql(root, knobs)]
     parts += [f"\n-- {f.name}\n{f.read_text()}" for f in sql_files()]
     return "".join(parts)
 

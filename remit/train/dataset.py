@@ -159,7 +159,7 @@ class RemitDataset:
 
     def _check_shards(self, read_footers: bool) -> None:
         for i, entry in enumerate(self.output.manifest.shards):
-            path = self.output.root / entry["file"]
+            path = self.output.path(i)
             if int(entry["first_sample_id"]) != int(self.shard_first[i]):
                 raise ShardError(
                     f"{path}: first_sample_id {entry['first_sample_id']} in the manifest, expected "
@@ -207,7 +207,7 @@ class RemitDataset:
         # whose data was changed is refused whole (also with --skip-validate), at ~1/3 more reading.
         table = self.output.read(index, verify=True).select(TRAIN_COLUMNS)
         self.shard_reads.append(index)
-        path = self.output.root / self.output.manifest.shards[index]["file"]
+        path = self.output.path(index)
         first = int(self.shard_first[index])
         ids = table.column("sample_id").to_numpy()
         if not np.array_equal(ids, np.arange(first, first + len(ids))):

@@ -41,6 +41,7 @@ JOB_FLAGS = [
     "--rows-per-shard",
     "--score",
     "--seq-len",
+    "--split",
     "--strict",
     "--tensor-parallel-size",
     "--text-field",
@@ -102,6 +103,8 @@ def _off_default(hint: Any, default: Any) -> Any:
         return round(default / 2 + 0.01, 4)
     if isinstance(default, str):
         return default + "_x"
+    if isinstance(default, list):
+        return ["validation", "test"]
     raise AssertionError(f"no off-default value for {hint} (default {default!r}); extend _off_default")
 
 
@@ -115,8 +118,9 @@ def _every_field_off_default(tmp_path: Path) -> AnnotateConfig:
     }
     for f in dataclasses.fields(AnnotateConfig):
         if f.name not in values:
-            values[f.name] = _off_default(hints[f.name], f.default)
-            assert values[f.name] != f.default, f.name
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            values[f.name] = _off_default(hints[f.name], default)
+            assert values[f.name] != default, f.name
     return AnnotateConfig(**values)
 
 

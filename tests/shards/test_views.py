@@ -78,6 +78,7 @@ def test_summary(case) -> None:
     assert row["eps"] == f.eps
     assert row["rows"] == len(f.row_lengths)
     assert row["segments"] == len(f.seg_doc_ids)
+    assert row["documents"] == len(set(f.seg_doc_ids)) and row["duplicate_doc_ids"] == 0  # ids are unique here
     assert row["tokens"] == int(f.row_lengths.sum())
     assert row["scored_tokens"] == int(s.sum())
     assert row["mean_weight"] == pytest.approx(w.mean(), rel=1e-12)

@@ -4,8 +4,12 @@
   above; a tooltip gives the token, both log-probs and the weight).
 - The distribution plots as embedded PNG images, and the run's manifest as a table.
 - Nothing is loaded from the network (no scripts, fonts or CDN): the page opens offline.
-- Every text that comes from the data (token texts, document ids, sources, manifest values) goes
-  through `html.escape`, so a document that contains markup shows as text.
+- Every text that comes from the data (token texts, document ids, sources, manifest values, the folder's
+  path) goes through `html.escape`, with control characters shown as visible marks: a document that
+  contains markup (``</script>``, ``<!--``) shows as text. The page holds no script element at all.
+- `-o` writes only a page of its own: it refuses a target inside an annotation output folder and an
+  existing file without `PAGE_MARKER`.
+- `--doc ID` shows every document that carries ID, each apart, with where it starts (ids may repeat).
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import html
 import io
 import json
 import math
+import os
+import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +31,11 @@ from typing import Any
 from remit.annotate.inspect.guard import pack_only_note, require_weights, run_with_duckdb
 from remit.annotate.inspect.tokens import load_tokenizer, token_texts
 from remit.common.atomic import write_text_atomic
+from remit.shards.manifest import is_output_folder
 
 DEFAULT_ROWS = 5
+#: Every page `show` writes carries this tag; `-o` overwrites an existing file only when it carries it.
+PAGE_MARKER = '<meta name="generator" content="remit-annotate show">'
 PLOT_SAMPLE_TOKENS = 50_000
 #: Colour at weight 1 - eps and at 1 + eps; in between, a straight blend with white. Light enough that
 #: black text stays readable on the strongest colour.
@@ -93,6 +103,7 @@ class Segment:
     logp_base: list[float]
     logp_rl: list[float]
     weight: list[float]
+    row_offset: int = 0  # where the segment starts inside its row
 
 
 @dataclass
@@ -153,26 +164,62 @@ def read_segments(con: Any, sample_ids: Sequence[int]) -> dict[int, list[Segment
     for sid, source, tok, lb, lr, w, starts, docs, offsets in rows:
         ends = [*starts[1:], len(tok)]
         out[sid] = [
-            Segment(sid, d, off, source if a == 0 else None, tok[a:b], lb[a:b], lr[a:b], w[a:b])
+            Segment(sid, d, off, source if a == 0 else None, tok[a:b], lb[a:b], lr[a:b], w[a:b], a)
             for a, b, d, off in zip(starts, ends, docs, offsets)
         ]
     return out
+
+
+def documents_with_id(con: Any, doc_id: str) -> list[list[Segment]]:
+    """Every document whose id is `doc_id`, in corpus order, each as its segments. Ids need not be unique
+    (a corpus may repeat one): a segment at document offset 0 starts a new document, any other continues
+    the one before it, so two documents that share an id are kept apart."""
+    rows = read_segments(con, doc_sample_ids(con, doc_id))
+    documents: list[list[Segment]] = []
+    for sid in sorted(rows):
+        for seg in rows[sid]:
+            if seg.doc_id != doc_id:
+                continue
+            if seg.doc_offset == 0 or not documents:
+                documents.append([seg])
+            else:
+                documents[-1].append(seg)
+    return documents
+
+
+def where_document(segments: list[Segment]) -> str:
+    """Where a document starts: its row, the token in the row, and its input file where the shards record it
+    (a row records the input file of its first segment only)."""
+    first = segments[0]
+    source = f", from {first.source}" if first.source is not None else ""
+    return f"row {first.sample_id} token {first.row_offset}{source}"
 
 
 def choose_items(con: Any, manifest: dict[str, Any], args: argparse.Namespace) -> tuple[list[Item], str]:
     """The blocks to render and a sentence saying how they were chosen."""
     if args.doc:
         items = []
+        shared = []
         for doc in args.doc:
-            ids = doc_sample_ids(con, doc)
-            if not ids:
+            documents = documents_with_id(con, doc)
+            if not documents:
                 raise ValueError(
                     f"document id {doc!r} is not in this output (ids are the segment_doc_ids; "
                     "`remit-annotate stats` lists some)"
                 )
-            segs = [s for sid in ids for s in read_segments(con, [sid])[sid] if s.doc_id == doc]
-            items.append(Item(f"document {doc}", sorted(segs, key=lambda s: s.doc_offset)))
-        return items, f"documents {', '.join(args.doc)}"
+            if len(documents) == 1:
+                items.append(Item(f"document {doc}", documents[0]))
+                continue
+            shared.append(
+                f"{len(documents)} documents have id {doc!r}: "
+                + "; ".join(f"#{k} at {where_document(d)}" for k, d in enumerate(documents, 1))
+            )
+            items += [
+                Item(f"document {doc} (#{k} of {len(documents)} with this id, at {where_document(d)})", d)
+                for k, d in enumerate(documents, 1)
+            ]
+        how = f"documents {', '.join(args.doc)}"
+        return items, how + (f" ({'; '.join(shared)})" if shared else "")
     if args.top is not None:
         _check_count("--top", args.top)
         ids, how = top_sample_ids(con, args.top), f"the {args.top} rows with the highest mean weight"
@@ -203,13 +250,32 @@ def weight_colour(weight: float, eps: float) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
+def visible(text: str) -> str:
+    """`text` with the control characters an HTML parser drops or rewrites (NUL, a lone carriage return, form
+    feed, ESC, DEL, C1 controls) shown as their Unicode control pictures or as an escape; newline and tab
+    stay as they are."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if code < 0x20 and ch not in "\n\t":
+            out.append(chr(0x2400 + code))
+        elif code == 0x7F:
+            out.append("\u2421")
+        elif 0x80 <= code < 0xA0 or 0xD800 <= code < 0xE000:  # C1 controls, unpaired surrogates
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    """Text from the data as HTML text or attribute value: markup escaped, control characters shown."""
+    return html.escape(visible(str(value)), quote=True)
 
 
 def _shown(text: str) -> str:
     # Keep line breaks visible as a mark, and keep the break itself (the container is pre-wrap).
-    return text.replace("\r\n", "\u21b5\n").replace("\n", "\u21b5\n").replace("\t", "\u21e5\t")
+    return re.sub(r"\r?\n", "\u21b5\n", text).replace("\t", "\u21e5\t")
 
 
 def token_spans(seg: Segment, texts: Sequence[str], eps: float, sep: str = "") -> str:
@@ -323,6 +389,7 @@ def build_page(
     )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
+{PAGE_MARKER}
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
 <title>remit: {_esc(manifest.get("run_id", ""))}</title><style>{CSS}</style></head>
 <body>
@@ -410,14 +477,38 @@ def make_plots(con: Any, eps: float, sample_tokens: int, seed: int) -> list[tupl
 # Command
 
 
+def check_page_target(out: Path) -> None:
+    """Refuse an `-o` that would overwrite what `show` did not make: a folder, a file inside an annotation
+    output folder, or an existing file that is not a page `show` wrote (it carries `PAGE_MARKER`)."""
+    if out.is_dir():
+        raise ValueError(
+            f"-o {out}: is a folder; give the file name of the page, e.g. -o {shlex.quote(str(out / 'weights.html'))}"
+        )
+    for folder in Path(os.path.abspath(out)).parents:
+        if is_output_folder(folder):
+            raise ValueError(
+                f"-o {out}: lies inside the annotation output folder {folder}, whose files remit-annotate owns; "
+                "write the page outside it, e.g. -o weights.html"
+            )
+    if out.exists() or out.is_symlink():
+        try:
+            with open(out, "rb") as f:
+                head = f.read(4096)
+        except OSError as e:
+            raise ValueError(f"-o {out}: exists and cannot be read ({e.strerror}); choose another file name") from None
+        if PAGE_MARKER.encode() not in head:
+            raise ValueError(
+                f"-o {out}: exists and is not a page remit-annotate show wrote; remove it or choose another file name"
+            )
+
+
 def write_page(args: argparse.Namespace) -> Path:
     """Build the page for `args` and write it atomically; returns its path."""
     from remit.shards.manifest import read_manifest
     from remit.shards.views import check_output, connect
 
     out = Path(args.html)
-    if out.is_dir():
-        raise ValueError(f"-o {out}: is a folder; give the file name of the page, e.g. {out / 'weights.html'}")
+    check_page_target(out)
     root = check_output(args.output, verify=True)  # no figure from a shard whose data was altered
     note = pack_only_note(root)
     if note is not None:

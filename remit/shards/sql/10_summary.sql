@@ -4,9 +4,24 @@
 -- segment sums are float64), over scored tokens only. Quantiles come from remit_token_stats' grids:
 -- the value of the first grid cell whose running count reaches q * n, i.e. numpy's "inverted_cdf"
 -- on the values rounded to the grid (weights 1e-4, discrepancy 1e-3 nats). Levels 0 and 1 give the
--- minimum and the maximum.
+-- minimum and the maximum. A document is counted at its first segment (document offset 0), so documents
+-- that share an id (a corpus may repeat one) count apart; duplicate_doc_ids is the number of ids that
+-- more than one document carries (its aggregate grows with the corpus and spills under a memory limit).
 CREATE OR REPLACE VIEW remit_summary AS
-WITH per_row AS (
+WITH first_segments AS (
+    SELECT doc_id
+    FROM (
+        SELECT unnest(segment_doc_ids) AS doc_id, unnest(segment_doc_offsets) AS doc_offset FROM remit_rows
+    )
+    WHERE doc_offset = 0
+),
+documents AS (
+    SELECT
+        coalesce(sum(n), 0)::BIGINT AS documents,
+        count(*) FILTER (WHERE n > 1) AS duplicate_doc_ids
+    FROM (SELECT doc_id, count(*) AS n FROM first_segments GROUP BY doc_id)
+),
+per_row AS (
     SELECT
         count(*) AS rows,
         sum(len(segment_starts)) AS segments,
@@ -45,6 +60,8 @@ SELECT
     m.center,
     r.rows,
     r.segments,
+    docs.documents,
+    docs.duplicate_doc_ids,
     r.tokens,
     r.scored_tokens,
     r.sum_weight / nullif(r.scored_tokens, 0) AS mean_weight,
@@ -56,4 +73,4 @@ SELECT
     [0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0]::DOUBLE[] AS quantile_levels,
     q.weight_quantiles,
     q.discrepancy_quantiles
-FROM per_row AS r, quantiles AS q, remit_manifest AS m;
+FROM per_row AS r, quantiles AS q, remit_manifest AS m, documents AS docs;
