@@ -86,7 +86,8 @@ def check_run_folder(save: Path, init_hf: Path | None) -> None:
     """Refuse a --save folder remit may not write into (see the module docstring)."""
     _refuse_common(save, "--save", init_hf)
     names = _entries(save)
-    if not names or RUN_MARKER in names or any(n in names for n in _LEGACY_RUN_FILES):
+    # A lease alone: another job is claiming the folder right now (the lease refuses or takes it over next).
+    if not names or RUN_MARKER in names or LEASE_FILE in names or any(n in names for n in _LEGACY_RUN_FILES):
         return
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     raise FolderError(
