@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 from remit.shards import ShardError, open_output, read_manifest
 from remit.shards.manifest import confined
+from remit.shards.synthetic import make_output
 from remit.shards.validate import validate_output
 from remit.shards.views import check_output
 from remit.shards.views import main as views_main
-from tests.synthetic import make_output
 
 SHARD = "shard-00000.parquet"
 

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 duckdb = pytest.importorskip("duckdb")
 
 from remit.shards import ShardError  # noqa: E402
+from remit.shards.synthetic import make_output  # noqa: E402
 from remit.shards.views import GLOB_CHARACTERS, script, sql_comment, sql_literal  # noqa: E402
-from tests.synthetic import make_output  # noqa: E402
 
 _VENV_SHELL = Path(sys.executable).parent / "duckdb"
 SHELL = shutil.which("duckdb") or (str(_VENV_SHELL) if _VENV_SHELL.exists() else None)

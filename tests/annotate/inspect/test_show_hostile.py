@@ -24,9 +24,9 @@ pytest.importorskip("duckdb")
 
 from remit.annotate.inspect import show
 from remit.annotate.packing import Document
+from remit.shards.synthetic import random_logprobs, write_output
 from remit.shards.views import connect
 from tests.annotate.inspect.pagetools import Page
-from tests.synthetic import random_logprobs, write_output
 
 HOSTILE = st.lists(
     st.sampled_from(
