@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from remit.common.errors import with_path
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -70,8 +72,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        named = with_path(e, path)  # a writer's "No space left on device" names no file: name the target
+        if named is not e:
+            raise named from e
         raise
     fsync_dir(path.parent)
 

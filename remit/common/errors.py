@@ -36,6 +36,46 @@ def debug() -> bool:
     return os.environ.get("REMIT_DEBUG", "") not in ("", "0")
 
 
+#: Messages that name an operating-system error where the exception carries no errno (pyarrow's IO errors,
+#: torch's checkpoint writer, errors passed on as text from a helper process).
+_OS_MESSAGES = {
+    "No space left on device": errno.ENOSPC,
+    "Disk quota exceeded": errno.EDQUOT,
+    "Read-only file system": errno.EROFS,
+    "Permission denied": errno.EACCES,
+}
+
+
+def os_error_in(e: BaseException, depth: int = 0) -> OSError | None:
+    """The operating-system error behind `e`, if any: `e` itself, its cause or context, the errors a
+    wrapper keeps (torch's CheckpointException keeps each rank's in `failures`), or an error known by its
+    message alone. An OSError without an errno gets the one its message names."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return e
+    text = " ".join(str(e).split())
+    for message, code in _OS_MESSAGES.items():
+        if message in text:
+            return OSError(code, message, getattr(e, "filename", None))
+    if depth > 8:
+        return None
+    failures = [f[0] if isinstance(f, tuple) else f for f in dict(getattr(e, "failures", {}) or {}).values()]
+    for inner in (e.__cause__, e.__context__, *failures, *getattr(e, "args", ())):
+        if isinstance(inner, BaseException):
+            found = os_error_in(inner, depth + 1)
+            if found is not None:
+                return found
+    return e if isinstance(e, OSError) else None
+
+
+def with_path(e: BaseException, path: str | os.PathLike[str]) -> BaseException:
+    """`e` as an OSError naming `path` when it is an operating-system error that names no file (pyarrow's
+    and torch's writers raise such errors); else `e` unchanged."""
+    cause = os_error_in(e)
+    if cause is None or cause.filename is not None:
+        return e
+    return OSError(cause.errno, cause.strerror or str(cause), os.fspath(path))
+
+
 def describe_os_error(e: OSError) -> str:
     """One line for an operating-system error: the file, the cause and what to do."""
     where = e.filename if e.filename is not None else "(no file named)"
@@ -64,11 +104,15 @@ def run_command(prog: str, fn: Callable[[], int | None], user_errors: tuple[type
     except OSError as e:
         if debug():
             raise
-        print(f"{prog}: error: {describe_os_error(e)}", file=sys.stderr, flush=True)
+        print(f"{prog}: error: {describe_os_error(os_error_in(e) or e)}", file=sys.stderr, flush=True)
         return 1
     except Exception as e:
         if debug():
             raise
+        cause = os_error_in(e)
+        if cause is not None:  # an OS error wrapped by a library (a full disk inside a writer)
+            print(f"{prog}: error: {describe_os_error(cause)}", file=sys.stderr, flush=True)
+            return 1
         detail = " ".join(str(e).split())[:300]
         print(
             f"{prog}: internal error: {type(e).__name__}: {detail} (run again with REMIT_DEBUG=1 for the traceback, "

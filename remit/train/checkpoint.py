@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 
 from remit.common.atomic import write_json_atomic, write_text_atomic
+from remit.common.errors import os_error_in
 from remit.train.config import TRACKER_FILE
 
 #: In each iter_* folder remit wrote: the sha256 of every other file of the checkpoint.
@@ -196,7 +196,7 @@ def _saving_errors(target: Path) -> Any:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:  # torch's CheckpointException derives from BaseException
-            cause = _os_error_in(e)
+            cause = os_error_in(e)
             if cause is None:
                 if isinstance(e, Exception):
                     raise
@@ -302,40 +302,6 @@ class AsyncSaver:
     def wait(self) -> None:
         with _saving_errors(self.pending[0] if self.pending else self.root):
             self._queue.maybe_finalize_async_calls(blocking=True)
-
-
-def _os_error_in(e: BaseException, depth: int = 0) -> OSError | None:
-    """The operating-system error behind a failed save (a full disk, a read-only folder), if any: torch's
-    CheckpointException keeps each rank's error in `failures`, as (exception, traceback)."""
-    if isinstance(e, OSError):
-        return e
-    if depth > 8:
-        return None
-    failures = [f[0] if isinstance(f, tuple) else f for f in dict(getattr(e, "failures", {}) or {}).values()]
-    nested = [e.__cause__, e.__context__, *failures, *getattr(e, "args", ())]
-    for inner in nested:
-        if isinstance(inner, BaseException):
-            found = _os_error_in(inner, depth + 1)
-            if found is not None:
-                return found
-    # The ranks' failures travel between processes pickled, which drops their cause: only its text is left.
-    for text in (str(e), *map(str, failures)):
-        match = re.search(r"\[Errno (\d+)\]", text)
-        if match:
-            code = int(match.group(1))
-            return OSError(code, os.strerror(code))
-    return None
-
-
-# Without Apex or Transformer Engine, mcore 0.16.1's DistributedOptimizer runs torch's Adam, which
-# keeps a `step` per parameter; two of its checkpoint paths do not expect that (Megatron-LM runs with
-# Apex or TE, whose Adam keeps the step in the parameter group):
-# - building the sharded state dict for loading first reads every parameter's `step`, which a fresh
-#   optimizer does not have yet (AssertionError): `_allocate_torch_adam_state` gives it zeros, which
-#   the load overwrites;
-# - the per-parameter `step` is not among the tensors the load fills, so it would stay 0 (wrong bias
-#   correction, a resumed curve that drifts): `_restore_torch_adam_steps` takes it from the parameter
-#   group, where mcore's load_state_dict puts the saved step.
 
 
 def _torch_adams(optimizer):
