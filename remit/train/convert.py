@@ -528,7 +528,7 @@ def _fill(
                     f"{source}: {name} has shape {tuple(part.shape)} for this rank, the model "
                     f"expects {tuple(param.shape)}"
                 )
-            param.copy_(part.to(param.dtype))
+            param.copy_(part)  # converts to the parameter's dtype as it copies: no temporary of its size
 
 
 def gather_full_state(model: torch.nn.Module, tp_group) -> dict[str, torch.Tensor]:

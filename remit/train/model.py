@@ -183,7 +183,8 @@ def build_gpt_model(
     pre_process: bool = True,
     post_process: bool = True,
 ):
-    """A GPTModel for `arch` (randomly initialised; `remit.train.convert.load_hf_into` fills it).
+    """A GPTModel for `arch`, randomly initialised by Megatron, or only allocated where `config` has
+    ``perform_initialization=False`` (`remit.train.convert.load_hf_into` then fills every weight).
 
     Under pipeline parallelism each stage builds its own part: `pre_process` (the first stage) holds
     the embedding, `post_process` (the last stage) the final norm and the output layer, and mcore gives
