@@ -220,5 +220,58 @@ def test_a_tied_checkpoint_whose_lm_head_differs_is_refused_on_the_slices(mcore,
     model = build_gpt_model(arch, transformer_config(arch, perform_initialization=False), 32)
     with pytest.raises(ArchitectureError, match="lm_head.weight differs"):
         load_hf_into(model, bad, arch, 0, 1)
-    save_file({**weights, "lm_head.weight": weights["model.embed_tokens.weight"].clone()}, str(bad / "model.safetensors"))
+    save_file(
+        {**weights, "lm_head.weight": weights["model.embed_tokens.weight"].clone()}, str(bad / "model.safetensors")
+    )
     load_hf_into(model, bad, arch, 0, 1)
+
+
+def test_a_stale_rope_buffer_is_refused_by_the_sliced_load(mcore, models, tmp_path):
+    """Saved RoPE buffers are still compared with the config's frequencies when loading by slices."""
+    from safetensors.torch import load_file, save_file
+
+    from remit.train.architecture import ArchitectureError, read_architecture
+    from remit.train.convert import load_hf_into
+    from remit.train.model import build_gpt_model, transformer_config
+
+    src = models["llama2"]
+    arch = read_architecture(src)
+    weights = load_file(str(src / "model.safetensors"))
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "config.json").write_text((src / "config.json").read_text())
+    model = build_gpt_model(arch, transformer_config(arch, perform_initialization=False), 32)
+    for inv_freq, ok in ((arch.inv_freq(), True), (arch.inv_freq() * 2, False)):
+        save_file(
+            {**weights, "model.layers.0.self_attn.rotary_emb.inv_freq": inv_freq}, str(stale / "model.safetensors")
+        )
+        if ok:
+            load_hf_into(model, stale, arch, 0, 1)
+        else:
+            with pytest.raises(ArchitectureError, match="differs from the RoPE frequencies"):
+                load_hf_into(model, stale, arch, 0, 1)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "te"])
+def test_a_model_built_without_initialisation_carries_the_same_parameter_attributes(mcore, models, attention):
+    """Megatron sets the tensor-parallel attributes of a weight inside its initialisation; a model built
+    without it must carry the same ones (the gradient norm and the checkpoint read them)."""
+    if attention == "te":
+        pytest.importorskip("transformer_engine")
+    from remit.train.architecture import read_architecture
+    from remit.train.model import build_gpt_model, transformer_config
+
+    for name in ("qwen2-gqa", "llama2"):
+        arch = read_architecture(models[name])
+        built = {
+            init: build_gpt_model(
+                arch, transformer_config(arch, attention=attention, perform_initialization=init), 32, attention
+            )
+            for init in (True, False)
+        }
+        with_init, without = (dict(built[i].named_parameters()) for i in (True, False))
+        assert set(with_init) == set(without)
+        for key, p in with_init.items():
+            assert vars(p) == vars(without[key]), (name, key)
+            if p.ndim == 2:  # every matrix is split (embedding, output, qkv, proj, fc1, fc2)
+                assert without[key].tensor_model_parallel, (name, key)
