@@ -81,8 +81,9 @@ def build_engine(
             f"{cfg.tensor_model_parallel_size}; choose a TP size that divides it, or drop --sequence-parallel."
         )
     # Weights about to be filled are not initialised first: Megatron would build each full matrix
-    # in fp32 and split it, on every rank. Transformer Engine's layers keep Megatron's initialisation:
-    # that their parallel attributes are set without it is not checked on this path (no TE on the CPU).
+    # in fp32 and split it, on every rank. Models with Transformer Engine layers keep the
+    # initialisation: that those layers carry their tensor-parallel attributes without it is checked
+    # only where TE is installed (tests/train/test_convert.py).
     filled = init_hf is not None or init_state is not None
     tcfg = run_transformer_config(cfg, arch, attention, initialise=not filled or attention == "te")
     layout = Layout.current(tcfg)
