@@ -15,6 +15,11 @@ Strictness: `check_hf_checkpoint` reads only the safetensors headers and refuses
 checkpoint with a tensor the architecture does not use (a Qwen2 relabelled as Llama has q/k/v biases
 left over), a missing tensor or a wrong shape. `load_hf_into` then fills every Megatron parameter.
 
+Loading reads slices, never the whole checkpoint (`HFTensors`, safetensors ``get_slice``): each rank
+reads the rows or columns of its own parameters, its stage's layers only. For qkv that is the q, k
+and v rows of its KV groups; for fc1 its rows of gate and of up. `hf_to_mcore` + `tp_slice` is the
+full-tensor reference the sliced reads are tested against.
+
 Tensor parallelism splits the output dimension of column-parallel tensors (qkv weight and bias, fc1,
 embeddings, output layer) and the input dimension of row-parallel ones (proj, fc2). The fused fc1 is
 split per half, so rank r holds [gate_r; up_r]. The per-group qkv layout keeps whole groups on one rank.
@@ -23,10 +28,13 @@ split per half, so rank r holds [gate_r; up_r]. The per-group qkv layout keeps w
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,6 +49,7 @@ _COLUMN = (
     "linear_fc1.weight",
 )
 _ROW = ("linear_proj.weight", "linear_fc2.weight")
+_LAYER_PARAM = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
 #: local-spec name -> Transformer Engine spec name (norms fused into the next linear layer).
 _TE_NAMES = {
     "input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
@@ -164,21 +173,30 @@ def check_tensors(shapes: dict[str, tuple[int, ...]], arch: Architecture, source
             )
 
 
-def hf_to_mcore(hf: dict[str, torch.Tensor], arch: Architecture, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Full (TP=1) mcore tensors from an HF state dict; every HF tensor is consumed or refused."""
-    check_tensors({k: tuple(v.shape) for k, v in hf.items()}, arch, source)
-    for name in (n for n in hf if _is_rope_buffer(n)):
-        if not _same_rope(hf[name], arch):
-            raise ArchitectureError(
-                f"{source}: {name} differs from the RoPE frequencies config.json implies; the config's rope "
-                "settings are not the ones the model was trained with"
-            )
-    emb = hf["model.embed_tokens.weight"]
-    if arch.tie_embeddings and "lm_head.weight" in hf and not torch.equal(hf["lm_head.weight"], emb):
+def _check_rope(name: str, saved: torch.Tensor, arch: Architecture, source: str) -> None:
+    if not _same_rope(saved, arch):
+        raise ArchitectureError(
+            f"{source}: {name} differs from the RoPE frequencies config.json implies; the config's rope "
+            "settings are not the ones the model was trained with"
+        )
+
+
+def _check_tied(lm_head: torch.Tensor, embedding: torch.Tensor, source: str) -> None:
+    if not torch.equal(lm_head, embedding):
         raise ArchitectureError(
             f"{source}: config.json says tie_word_embeddings=true, but lm_head.weight differs from the embedding; "
             "set tie_word_embeddings false if the output layer is its own"
         )
+
+
+def hf_to_mcore(hf: dict[str, torch.Tensor], arch: Architecture, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Full (TP=1) mcore tensors from an HF state dict; every HF tensor is consumed or refused."""
+    check_tensors({k: tuple(v.shape) for k, v in hf.items()}, arch, source)
+    for name in (n for n in hf if _is_rope_buffer(n)):
+        _check_rope(name, hf[name], arch, source)
+    emb = hf["model.embed_tokens.weight"]
+    if arch.tie_embeddings and "lm_head.weight" in hf:
+        _check_tied(hf["lm_head.weight"], emb, source)
     out = {"embedding.word_embeddings.weight": emb, "decoder.final_layernorm.weight": hf["model.norm.weight"]}
     if not arch.tie_embeddings:
         out["output_layer.weight"] = hf["lm_head.weight"]
@@ -244,15 +262,17 @@ def to_model_names(full: dict[str, torch.Tensor], model_names: set[str]) -> dict
     return out
 
 
+def _local_name(name: str) -> str:
+    """The local-spec name of a parameter of either spec."""
+    for local, te in _TE_NAMES.items():
+        if name.endswith("." + te):
+            name = name[: -len(te)] + local
+    return name
+
+
 def from_model_names(full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of `to_model_names`."""
-    out = {}
-    for name, t in full.items():
-        for local, te in _TE_NAMES.items():
-            if name.endswith("." + te):
-                name = name[: -len(te)] + local
-        out[name] = t
-    return out
+    return {_local_name(name): t for name, t in full.items()}
 
 
 def _split_dim(name: str) -> int | None:
@@ -324,16 +344,48 @@ def _reading(path: Path) -> Iterator[None]:
         ) from None
 
 
+class HFTensors:
+    """The tensors of an HF checkpoint, read a slice at a time: `HFTensors.open` maps each safetensors
+    file (headers only); `read` copies just the rows or columns asked for. Built on an in-memory
+    state dict (``HFTensors(weights, source)``) it answers the same calls, so random initialisation
+    loads through the same code."""
+
+    def __init__(self, tensors: Mapping[str, Any], source: str, files: Mapping[str, Path] | None = None) -> None:
+        # name -> a safetensors slice handle or a torch.Tensor: both are indexed as tensors are.
+        self._tensors = tensors
+        self._files = dict(files or {})
+        self.source = source
+        self.shapes: dict[str, tuple[int, ...]] = {
+            n: tuple(t.get_shape()) if hasattr(t, "get_shape") else tuple(t.shape) for n, t in tensors.items()
+        }
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, hf_dir: str | Path) -> Iterator[HFTensors]:
+        """The checkpoint in `hf_dir` (one file or sharded), its files open for the duration."""
+        from safetensors import safe_open
+
+        tensors: dict[str, Any] = {}
+        files: dict[str, Path] = {}
+        with contextlib.ExitStack() as stack:
+            for path in _weight_files(Path(hf_dir)):
+                with _reading(path):
+                    f = stack.enter_context(safe_open(str(path), framework="pt"))
+                    for name in f.keys():  # noqa: SIM118 (a safetensors handle is not a dict)
+                        tensors[name], files[name] = f.get_slice(name), path
+            yield cls(tensors, str(hf_dir), files)
+
+    def read(self, name: str, rows: slice | None = None, cols: slice | None = None) -> torch.Tensor:
+        """``name[rows, cols]`` (all of a dimension where None) in the stored dtype: only those bytes are read."""
+        index = (slice(None) if rows is None else rows,) + (() if cols is None else (cols,))
+        with _reading(self._files[name]) if name in self._files else contextlib.nullcontext():
+            return self._tensors[name][index]
+
+
 def read_hf_shapes(hf_dir: str | Path) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor of an HF checkpoint, from the safetensors headers alone."""
-    from safetensors import safe_open
-
-    out: dict[str, tuple[int, ...]] = {}
-    for path in _weight_files(Path(hf_dir)):
-        with _reading(path), safe_open(str(path), framework="pt") as f:
-            for name in f.keys():  # noqa: SIM118 (a safetensors handle is not a dict)
-                out[name] = tuple(f.get_slice(name).get_shape())
-    return out
+    with HFTensors.open(hf_dir) as src:
+        return dict(src.shapes)
 
 
 def check_hf_checkpoint(hf_dir: str | Path, arch: Architecture) -> None:
@@ -352,6 +404,68 @@ def read_hf_weights(hf_dir: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def _part(n: int, rank: int, size: int) -> slice:
+    """Rank `rank`'s share of `n` rows (or columns) split evenly over `size` ranks."""
+    k = n // size
+    return slice(rank * k, (rank + 1) * k)
+
+
+@functools.cache
+def _direct_names(arch: Architecture) -> dict[str, str]:
+    """Full-model mcore name -> HF name, for every parameter that is one HF tensor or a slice of one."""
+    out = {
+        "embedding.word_embeddings.weight": "model.embed_tokens.weight",
+        "decoder.final_layernorm.weight": "model.norm.weight",
+        # Tied: only a last pipeline stage that is not also the first has an output layer, its own copy
+        # of the embedding.
+        "output_layer.weight": "model.embed_tokens.weight" if arch.tie_embeddings else "lm_head.weight",
+    }
+    for i in range(arch.num_layers):
+        out.update((mc, hf) for hf, mc in _layer_pairs(i, arch))
+    return out
+
+
+@functools.cache
+def _fused_names(arch: Architecture) -> frozenset[str]:
+    """Full-model mcore names of the parameters fused from several HF tensors (qkv, fc1)."""
+    out = set()
+    for i in range(arch.num_layers):
+        out |= {f"decoder.layers.{i}.self_attention.linear_qkv.weight", f"decoder.layers.{i}.mlp.linear_fc1.weight"}
+        if arch.qkv_bias:
+            out.add(f"decoder.layers.{i}.self_attention.linear_qkv.bias")
+    return frozenset(out)
+
+
+def read_part(src: HFTensors, name: str, arch: Architecture, tp_rank: int, tp_size: int) -> torch.Tensor:
+    """Rank `tp_rank`'s part of the full model's parameter `name` (local-spec name), reading only that
+    part: equal to ``tp_slice(name, hf_to_mcore(all tensors)[name], tp_rank, tp_size)``."""
+    direct = _direct_names(arch)
+    if name in direct:
+        hf = direct[name]
+        dim = _split_dim(name)
+        if dim is None or tp_size == 1:
+            return src.read(hf)
+        if dim == 0:
+            return src.read(hf, _part(src.shapes[hf][0], tp_rank, tp_size))
+        return src.read(hf, None, _part(src.shapes[hf][1], tp_rank, tp_size))
+    m = _LAYER_PARAM.fullmatch(name)
+    if m is None or name not in _fused_names(arch):
+        raise KeyError(name)
+    hf = f"model.layers.{m[1]}."
+    if m[2] == "mlp.linear_fc1.weight":
+        rows = _part(arch.ffn_hidden_size, tp_rank, tp_size)
+        return torch.cat([src.read(hf + "mlp.gate_proj.weight", rows), src.read(hf + "mlp.up_proj.weight", rows)], 0)
+    # qkv: this rank's KV groups, each [its q heads; k; v] (the layout `hf_to_mcore` builds for all groups).
+    kind = m[2].rsplit(".", 1)[1]  # weight or bias
+    nh, nkv, hd = arch.num_heads, arch.num_kv_heads, arch.head_dim
+    per_group, groups = nh // nkv, _part(nkv, tp_rank, tp_size)
+    q = src.read(f"{hf}self_attn.q_proj.{kind}", slice(groups.start * per_group * hd, groups.stop * per_group * hd))
+    k, v = (src.read(f"{hf}self_attn.{x}_proj.{kind}", slice(groups.start * hd, groups.stop * hd)) for x in "kv")
+    n, tail = groups.stop - groups.start, tuple(q.shape[1:])
+    parts = [q.reshape(n, per_group, hd, *tail), k.reshape(n, 1, hd, *tail), v.reshape(n, 1, hd, *tail)]
+    return torch.cat(parts, 1).reshape(-1, *tail)
+
+
 def load_hf_into(
     model: torch.nn.Module,
     hf_dir: str | Path,
@@ -359,36 +473,62 @@ def load_hf_into(
     tp_rank: int,
     tp_size: int,
     *,
-    stage: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    global_names: Callable[[str], str] | None = None,
     weights: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Copy an HF checkpoint's weights into this rank's part of a GPTModel; every parameter is filled.
 
-    `stage` (pipeline parallelism) maps the full model's tensors to those of this rank's stage, under
-    the stage's names (`remit.train.parallel.stage_state`). `weights`, when given, is the full HF state
-    dict to load instead of reading `hf_dir`'s files (random initialisation); `hf_dir` then only names
-    the source in messages."""
+    Each parameter's part is read on its own (`read_part`): no rank reads more than it holds, apart
+    from the RoPE buffers of old checkpoints and, for a tied model whose checkpoint also holds
+    ``lm_head.weight``, the rows of it that this rank's embedding holds (compared with them).
+    `global_names` (pipeline parallelism) maps a parameter name of this rank's stage to the full
+    model's (`remit.train.parallel.global_name`); without it the model is the whole model, and every
+    tensor of the checkpoint must find a parameter. `weights`, when given, is the full HF state dict
+    to load instead of reading `hf_dir`'s files (random initialisation); `hf_dir` then only names the
+    source in messages."""
+    opened = HFTensors.open(hf_dir) if weights is None else contextlib.nullcontext(HFTensors(weights, str(hf_dir)))
+    with opened as src:
+        _fill(model, src, arch, tp_rank, tp_size, global_names)
+
+
+def _fill(
+    model: torch.nn.Module,
+    src: HFTensors,
+    arch: Architecture,
+    tp_rank: int,
+    tp_size: int,
+    global_names: Callable[[str], str] | None,
+) -> None:
+    source = src.source
+    check_tensors(src.shapes, arch, source)  # headers: refused before any weight is read
+    for name in (n for n in src.shapes if _is_rope_buffer(n)):
+        _check_rope(name, src.read(name), arch, source)
     params = dict(model.named_parameters())
-    full = hf_to_mcore(read_hf_weights(hf_dir) if weights is None else weights, arch, str(hf_dir))
-    if stage is not None:
-        full = stage(full)
-    full = to_model_names(full, set(params))
-    missing = sorted(set(params) - set(full))
-    unexpected = sorted(set(full) - set(params))
+    names = {n: _local_name(global_names(n) if global_names is not None else n) for n in params}
+    known = set(_direct_names(arch)) | _fused_names(arch)
+    missing = sorted(n for n, full in names.items() if full not in known)
+    unexpected: list[str] = []
+    if global_names is None:
+        whole = known - ({"output_layer.weight"} if arch.tie_embeddings else set())
+        unexpected = sorted(whole - set(names.values()))
     if missing or unexpected:
         raise ArchitectureError(
-            f"{hf_dir}: weights do not fit the model (parameters left unfilled {missing[:4]}, tensors with no "
+            f"{source}: weights do not fit the model (parameters left unfilled {missing[:4]}, tensors with no "
             f"parameter {unexpected[:4]})"
         )
+    check_tied = arch.tie_embeddings and "lm_head.weight" in src.shapes
     with torch.no_grad():
         for name, param in params.items():
-            part = tp_slice(name, full[name], tp_rank, tp_size)
+            part = read_part(src, names[name], arch, tp_rank, tp_size)
+            if check_tied and names[name] in ("embedding.word_embeddings.weight", "output_layer.weight"):
+                rows = _part(arch.vocab_size, tp_rank, tp_size)
+                _check_tied(src.read("lm_head.weight", rows), part, source)
             if part.shape != param.shape:
                 raise ArchitectureError(
-                    f"{hf_dir}: {name} has shape {tuple(part.shape)} for this rank, the model "
+                    f"{source}: {name} has shape {tuple(part.shape)} for this rank, the model "
                     f"expects {tuple(param.shape)}"
                 )
-            param.copy_(part.to(param.dtype))
+            param.copy_(part)  # converts to the parameter's dtype as it copies: no temporary of its size
 
 
 def gather_full_state(model: torch.nn.Module, tp_group) -> dict[str, torch.Tensor]:

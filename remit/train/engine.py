@@ -25,7 +25,7 @@ from remit.train import cpu_compat
 from remit.train.architecture import Architecture
 from remit.train.config import TrainConfig
 from remit.train.model import build_gpt_model, transformer_config
-from remit.train.parallel import Layout, stage_state
+from remit.train.parallel import Layout, global_name
 from remit.train.schedule import build_scheduler
 
 
@@ -40,8 +40,9 @@ class Engine:
     scheduler: Any
 
 
-def run_transformer_config(cfg: TrainConfig, arch: Architecture, attention: str):
-    """The TransformerConfig for `cfg`: precision, parallelism and recompute from the flags."""
+def run_transformer_config(cfg: TrainConfig, arch: Architecture, attention: str, *, initialise: bool = True):
+    """The TransformerConfig for `cfg`: precision, parallelism and recompute from the flags. With
+    `initialise` False, Megatron allocates the weights without initialising them (to be filled)."""
     return transformer_config(
         arch,
         tp=cfg.tensor_model_parallel_size,
@@ -52,6 +53,7 @@ def run_transformer_config(cfg: TrainConfig, arch: Architecture, attention: str)
         recompute_granularity=cfg.recompute_granularity,
         recompute_method=cfg.recompute_method,
         recompute_num_layers=cfg.recompute_num_layers,
+        perform_initialization=initialise,
     )
 
 
@@ -78,7 +80,12 @@ def build_engine(
             f"sequence_parallel: the sequence length {seq_len} is not divisible by tensor_model_parallel_size "
             f"{cfg.tensor_model_parallel_size}; choose a TP size that divides it, or drop --sequence-parallel."
         )
-    tcfg = run_transformer_config(cfg, arch, attention)
+    # Weights about to be filled are not initialised first: Megatron would build each full matrix
+    # in fp32 and split it, on every rank. Models with Transformer Engine layers keep the
+    # initialisation: that those layers carry their tensor-parallel attributes without it is checked
+    # only where TE is installed (tests/train/test_convert.py).
+    filled = init_hf is not None or init_state is not None
+    tcfg = run_transformer_config(cfg, arch, attention, initialise=not filled or attention == "te")
     layout = Layout.current(tcfg)
     model = build_gpt_model(
         arch,
@@ -88,14 +95,14 @@ def build_engine(
         pre_process=layout.first_stage,
         post_process=layout.last_stage,
     ).to(cpu_compat.device())
-    if init_hf is not None or init_state is not None:
+    if filled:
         load_hf_into(
             model,
             init_hf if init_hf is not None else "--init-config (random weights)",
             arch,
             layout.tp_rank,
             layout.tp_size,
-            stage=partial(stage_state, layout=layout, tied=arch.tie_embeddings),
+            global_names=partial(global_name, layer_offset=layout.layer_offset),
             weights=init_state,
         )
     if cfg.bf16:

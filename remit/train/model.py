@@ -176,6 +176,35 @@ def _te_env_untouched() -> Iterator[None]:
         os.environ.update(saved)
 
 
+def _mark_tensor_parallel(model: torch.nn.Module, config) -> None:
+    """Mark the tensor-parallel weights as Megatron's initialisation does (``tensor_model_parallel``,
+    ``partition_dim``, ``partition_stride``). mcore 0.16.1 sets these attributes only inside its weight
+    initialisation, and without them the gradient norm counts a split weight as a copy held by every
+    TP rank (only rank 0's part)."""
+    from megatron.core.tensor_parallel.layers import (
+        ColumnParallelLinear,
+        RowParallelLinear,
+        VocabParallelEmbedding,
+        set_tensor_model_parallel_attributes,
+    )
+
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.nn.Parameter) or hasattr(weight, "tensor_model_parallel"):
+            continue
+        if isinstance(module, VocabParallelEmbedding):
+            dim, stride = 0, 1
+        elif isinstance(module, ColumnParallelLinear):
+            # mcore's MLP builds a gated fc1 with stride 2 (each rank holds [gate_r; up_r]).
+            gated = name.endswith("mlp.linear_fc1") and config.gated_linear_unit and not config.use_kitchen
+            dim, stride = 0, 2 if gated else 1
+        elif isinstance(module, RowParallelLinear):
+            dim, stride = 1, 1
+        else:
+            continue
+        set_tensor_model_parallel_attributes(weight, True, dim, stride)
+
+
 def build_gpt_model(
     arch: Architecture,
     config,
@@ -185,7 +214,8 @@ def build_gpt_model(
     pre_process: bool = True,
     post_process: bool = True,
 ):
-    """A GPTModel for `arch` (randomly initialised; `remit.train.convert.load_hf_into` fills it).
+    """A GPTModel for `arch`, randomly initialised by Megatron, or only allocated where `config` has
+    ``perform_initialization=False`` (`remit.train.convert.load_hf_into` then fills every weight).
 
     Under pipeline parallelism each stage builds its own part: `pre_process` (the first stage) holds
     the embedding, `post_process` (the last stage) the final norm and the output layer, and mcore gives
@@ -207,6 +237,8 @@ def build_gpt_model(
             position_embedding_type="rope" if arch.uses_rope else "none",
             rotary_percent=1.0,
         )
+    if not config.perform_initialization:
+        _mark_tensor_parallel(model, config)
     if arch.uses_rope:
         rope = _document_rope_class()(kv_channels=arch.head_dim, rotary_percent=1.0, use_cpu_initialization=True)
         rope.inv_freq = arch.inv_freq()
