@@ -65,10 +65,11 @@ def build_engine(
     init_hf: Path | None,
     *,
     init_state: dict[str, torch.Tensor] | None = None,
+    resuming: bool = False,
 ) -> Engine:
     """Build this rank's model, DDP, optimizer and schedule; fill the weights from `init_hf` if given, or
-    from `init_state` (a full HF state dict: random initialisation). A resumed run passes neither and
-    loads them from its checkpoint instead. Megatron's groups must be initialised."""
+    from `init_state` (a full HF state dict: random initialisation). A resumed run (`resuming`) passes
+    neither and loads them from its checkpoint instead. Megatron's groups must be initialised."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.transformer.module import Float16Module
@@ -84,7 +85,7 @@ def build_engine(
     # in fp32 and split it, on every rank. Models with Transformer Engine layers keep the
     # initialisation: that those layers carry their tensor-parallel attributes without it is checked
     # only where TE is installed (tests/train/test_convert.py).
-    filled = init_hf is not None or init_state is not None
+    filled = init_hf is not None or init_state is not None or resuming
     tcfg = run_transformer_config(cfg, arch, attention, initialise=not filled or attention == "te")
     layout = Layout.current(tcfg)
     model = build_gpt_model(

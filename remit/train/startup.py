@@ -296,7 +296,9 @@ def _prepare(cfg: TrainConfig, rank: int, device: torch.device, lease: Leases[st
     cpu_compat.seed_rng(cfg.seed)
     init_state = random_hf_state(template, arch, cfg.seed) if random_init else None
     init_hf = template if resume_it is None and not random_init else None
-    engine = build_engine(cfg, arch, attention, dataset.seq_len, init_hf, init_state=init_state)
+    engine = build_engine(
+        cfg, arch, attention, dataset.seq_len, init_hf, init_state=init_state, resuming=resume_it is not None
+    )
     layout = engine.layout
     layout_of_optimizer = optimizer_layout(cfg.use_distributed_optimizer, layout.tp_size, layout.pp_size)
     iteration, consumed, tokens = (
