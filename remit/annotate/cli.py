@@ -71,6 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     import json
 
+    from remit.annotate.claim import claim
     from remit.annotate.config import AnnotateConfig
     from remit.annotate.plan import describe_run, ensure_plan
     from remit.annotate.workdir import WorkDir
@@ -78,7 +79,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(AnnotateConfig, args)
     setup = describe_run(cfg)
-    if not WorkDir(cfg.output).claim(setup.run, cfg.score):
+    if not claim(WorkDir(cfg.output), setup.run, cfg.score).complete:
         plan = ensure_plan(cfg, setup, rank=0)
         print(json.dumps(plan.totals.to_dict(), indent=2))
     return 0

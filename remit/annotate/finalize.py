@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from remit.annotate.claim import check_shards
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.records import Plan
 from remit.annotate.workdir import WorkDir
@@ -123,7 +124,7 @@ def check_units(work: WorkDir, run_id: str, plan: Plan) -> UnitCheck:
 def _check_finished(work: WorkDir) -> dict[str, Any]:
     """A finished output's manifest, after checking every shard against it; refuse a missing or damaged one."""
     manifest = read_manifest(work.output)
-    damaged = work.check_shards(manifest.shards)
+    damaged = check_shards(work, manifest.shards)
     if damaged:
         listed = "; ".join(f"unit {n}: {why}" for n, why in sorted(damaged.items())[:_SHOWN])
         raise IncompleteOutput(

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from remit.annotate.claim import claim_folder
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.workdir import WorkDir
 from remit.common.flags import add_arguments as add_config_arguments
@@ -284,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be >= 1 (got {args.workers}; {len(gpus)} GPUs at tensor parallel {tp})")
     specs = worker_specs(n, gpus, tp, pin=not args.no_pin)
     work = WorkDir(output)
-    work.claim_folder()  # before the logs go into it: a folder that is not remit's is refused untouched
+    claim_folder(work)  # before the logs go into it: a folder that is not remit's is refused untouched
     log_dir = Path(args.log_dir) if args.log_dir else work.logs_dir
     log_dir.mkdir(parents=True, exist_ok=True)
     python = [sys.executable, "-m", "remit.annotate.cli"]

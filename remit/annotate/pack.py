@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from remit import __version__
+from remit.annotate.claim import finished_output
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.inputs import (
     Fields,
@@ -182,7 +183,7 @@ def pack_output(cfg: PackConfig) -> dict[str, Any]:
     special = SpecialTokens.resolve(tokenizer, cfg.bos, cfg.eos)
     run = _describe(cfg, tokenizer, special, scan)
     work = WorkDir(cfg.output)
-    finished = work.finished_output(run)
+    finished = finished_output(work, run)
     if finished is not None:
         return finished
     stats = PlanStats(ignored_files=len(scan.ignored), ignored_examples=[str(p) for p in scan.ignored[:IGNORED_SHOWN]])

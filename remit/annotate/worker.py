@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from remit.annotate.claim import claim
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.engines import Scorer, open_scorer
 from remit.annotate.lease import Leases
@@ -347,7 +348,7 @@ def run_worker(cfg: AnnotateConfig, rank: int = 0, world_size: int = 1) -> tuple
     work = WorkDir(cfg.output)
     with _Timer(stats, "prepare"):
         setup = describe_run(cfg)
-        complete = work.claim(setup.run, cfg.score)
+        complete = claim(work, setup.run, cfg.score).complete
     if complete:
         return stats, None
     with _Timer(stats, "plan"):
