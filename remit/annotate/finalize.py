@@ -25,7 +25,6 @@ from remit.annotate.claim import check_shards
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.records import Plan
 from remit.annotate.workdir import WorkDir
-from remit.common.atomic import write_json_atomic
 from remit.common.flags import to_argv
 from remit.shards.checksum import file_sha256
 from remit.shards.manifest import Passes, ShardError, assemble_manifest, read_manifest, repair_command
@@ -178,7 +177,7 @@ def finalize(output: str | Path, *, keep_work: bool = False) -> dict[str, Any]:
     # A Slurm finalize step and a user may finalize at once (same bytes either way); the other one may
     # sweep our temporary file away below, and then its manifest is already in place.
     try:
-        write_json_atomic(work.manifest_path, manifest)
+        work.write_manifest(manifest)
     except FileNotFoundError:
         if not work.manifest_path.exists():
             raise

@@ -295,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
     # Plan (and claim) once, in one process: workers then find plan.json and never wait on each other; a
     # finished output with damaged shards is reopened there, once. On a resume the plan exists and this
     # step only checks the run; each worker still checks that the plan belongs to its run.
-    plan_log = log_dir / "plan.log"
+    plan_log = work.plan_log_path(log_dir)
     proc, fh = _start([*python, "plan", *flags], {**specs[0].env, "CUDA_VISIBLE_DEVICES": ""}, plan_log, None)
     rc = proc.wait()
     fh.close()
@@ -307,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
     old_term = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         for spec in specs:
-            log = log_dir / f"worker-{spec.rank}.log"
+            log = work.worker_log_path(spec.rank, log_dir)
             cmd = [*python, "run", *flags, "--rank", str(spec.rank), "--world-size", str(n)]
             proc, fh = _start(cmd, spec.env, log, spec.cpus)
             procs[spec.rank] = (proc, fh, log)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +34,8 @@ def recorded_config(output: Path) -> tuple[dict[str, Any], str, str]:
             f"{output}: not an output of remit-annotate (no {work.marker_path.name}, manifest.json or _work/); "
             "nothing to repair"
         )
-    for path in (work.manifest_path, work.run_path, work.marker_path):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and isinstance(data.get("config"), dict):
+    for path, data in work.recorded_settings():
+        if isinstance(data.get("config"), dict):
             passes = data.get("passes", "both") if path == work.manifest_path else _passes_of_records(work)
             return data["config"], str(path), passes
     raise ValueError(
@@ -51,13 +46,7 @@ def recorded_config(output: Path) -> tuple[dict[str, Any], str, str]:
 
 def _passes_of_records(work: WorkDir) -> str:
     """rl when every completion record holds the RL pass only (the run was started with --score rl)."""
-    found = set()
-    for p in work.done_dir.glob("unit-*.json") if work.done_dir.is_dir() else []:
-        try:
-            found.add(json.loads(p.read_text()).get("passes", "both"))
-        except (OSError, ValueError, AttributeError):
-            continue
-    return "rl" if found == {"rl"} else "both"
+    return "rl" if work.record_passes() == {"rl"} else "both"
 
 
 def config_from_identity(identity: dict[str, Any], **local: Any) -> AnnotateConfig:

@@ -15,7 +15,7 @@ import pytest
 from remit.annotate.claim import claim
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.records import CompletionRecord, Plan, PlannedUnit, PlanTotals, RunDescription
-from remit.annotate.workdir import WorkDir, shard_name
+from remit.annotate.workdir import MARKER, WorkDir, shard_name
 from remit.annotate.worker import run_worker
 from remit.common.atomic import temporary_path
 from remit.shards.manifest import ShardError
@@ -182,6 +182,27 @@ def test_a_record_is_trusted_only_when_everything_agrees(tmp_path):
     assert work.trusted_record(unit, run.run_id)[1] == "its completion record is unreadable"
     work.drop_record(3)
     assert not work.record_path(3).exists() and work.count_records() == 0
+
+
+def test_the_passes_of_the_records_and_the_files_that_record_the_settings(tmp_path):
+    work = WorkDir(tmp_path / "out")
+    run = run_description()
+    claim(work, run)
+    assert work.record_passes() == set()
+    for n, passes in ((0, "rl"), (1, "rl")):
+        record = record_for(work, planned_unit(n), run.run_id)
+        work.write_record(CompletionRecord(**{**record.__dict__, "passes": passes, "engine_base": None}))
+    work.record_path(2).write_text("[]")  # not a record: left out
+    assert work.record_passes() == {"rl"}
+    assert [p.name for p, _ in work.recorded_settings()] == ["run.json", MARKER]  # no manifest yet
+    work.write_manifest({"config": {"seq_len": 48}})
+    assert [(p.name, d.get("config")) for p, d in work.recorded_settings()][0] == ("manifest.json", {"seq_len": 48})
+
+
+def test_the_launchers_logs_are_named_here(tmp_path):
+    work = WorkDir(tmp_path / "out")
+    assert work.plan_log_path() == work.logs_dir / "plan.log"
+    assert work.worker_log_path(3, tmp_path / "logs") == tmp_path / "logs" / "worker-3.log"
 
 
 # -- base log-probs ---------------------------------------------------------------------------------------
