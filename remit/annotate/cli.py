@@ -79,8 +79,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(AnnotateConfig, args)
     setup = describe_run(cfg)
-    if not claim(WorkDir(cfg.output), setup.run, cfg.score).complete:
-        plan = ensure_plan(cfg, setup, rank=0)
+    work = WorkDir(cfg.output)
+    if not claim(work, setup.run, cfg.score).complete:
+        plan = ensure_plan(cfg, setup, work, rank=0)
         print(json.dumps(plan.totals.to_dict(), indent=2))
     return 0
 

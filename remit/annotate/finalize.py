@@ -134,9 +134,9 @@ def _check_finished(work: WorkDir) -> dict[str, Any]:
     return manifest.data
 
 
-def finalize(output: str | Path, *, keep_work: bool = False) -> dict[str, Any]:
+def finalize(output: str | Path | WorkDir, *, keep_work: bool = False) -> dict[str, Any]:
     """Write the manifest of a finished run (or check and return the one already written)."""
-    work = WorkDir(output)
+    work = output if isinstance(output, WorkDir) else WorkDir(output)
     out = work.output
     if work.manifest_path.exists():
         return _check_finished(work)

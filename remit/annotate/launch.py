@@ -335,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    manifest = finalize(output, keep_work=args.keep_work)
+    manifest = finalize(work, keep_work=args.keep_work)
     t = manifest["totals"]
     print(
         f"[launch] {n} workers, {time.perf_counter() - t0:.1f} s; {output}: {t['shards']} shards, {t['rows']:,} rows, "

@@ -171,10 +171,9 @@ def _planned(unit: int, rows: list[PackedRow], first_sample_id: int) -> PlannedU
 
 
 def _plan_units(
-    cfg: AnnotateConfig, setup: RunSetup, write: Callable[[PlannedUnit], bool], quiet: bool = False
+    cfg: AnnotateConfig, setup: RunSetup, work: WorkDir, write: Callable[[PlannedUnit], bool], quiet: bool = False
 ) -> tuple[list[PlannedUnit], PlanStats]:
     """Tokenize and pack the whole corpus into units; write the rows of each unit for which `write` says so."""
-    work = WorkDir(cfg.output)
     stats = PlanStats(
         ignored_files=len(setup.scan.ignored), ignored_examples=[str(p) for p in setup.scan.ignored[:IGNORED_SHOWN]]
     )
@@ -223,16 +222,15 @@ def _plan_units(
     return units, stats
 
 
-def build_plan(cfg: AnnotateConfig, setup: RunSetup) -> Plan:
+def build_plan(cfg: AnnotateConfig, setup: RunSetup, work: WorkDir) -> Plan:
     """Tokenize and pack the whole corpus into units; write plan.json last. Returns the plan.
 
     The rows of a unit whose shard is already complete (a trusted completion record, as after a repair
     reopened a finished output) are not written: only units still to score need them."""
-    work = WorkDir(cfg.output)
     work.start_plan()
     run_id = setup.run.run_id
     t0 = time.perf_counter()
-    units, stats = _plan_units(cfg, setup, lambda u: work.trusted_record(u, run_id)[0] is None)
+    units, stats = _plan_units(cfg, setup, work, lambda u: work.trusted_record(u, run_id)[0] is None)
     plan = Plan(
         run_id=run_id,
         units=tuple(units),
@@ -243,10 +241,11 @@ def build_plan(cfg: AnnotateConfig, setup: RunSetup) -> Plan:
     return plan
 
 
-def ensure_planned_units(cfg: AnnotateConfig, setup: RunSetup, plan: Plan, units: list[PlannedUnit]) -> None:
+def ensure_planned_units(
+    cfg: AnnotateConfig, setup: RunSetup, work: WorkDir, plan: Plan, units: list[PlannedUnit]
+) -> None:
     """Write the rows of `units` where planning left them out (their shards were complete then, and are
     not now): the corpus is planned again, deterministically, and checked against plan.json."""
-    work = WorkDir(cfg.output)
     missing = {u.unit for u in units if not work.has_planned_unit(u.unit)}
     if not missing:
         return
@@ -255,7 +254,7 @@ def ensure_planned_units(cfg: AnnotateConfig, setup: RunSetup, plan: Plan, units
         if not missing:
             return
         print(f"[plan] writing the rows of {len(missing)} units again", file=sys.stderr, flush=True)
-        again, _ = _plan_units(cfg, setup, lambda u: u.unit in missing, quiet=True)
+        again, _ = _plan_units(cfg, setup, work, lambda u: u.unit in missing, quiet=True)
     if tuple(again) != plan.units:
         raise ShardError(
             f"{work.plan_path}: planning the inputs again gives other units than the plan; the inputs changed "
@@ -263,13 +262,12 @@ def ensure_planned_units(cfg: AnnotateConfig, setup: RunSetup, plan: Plan, units
         )
 
 
-def ensure_plan(cfg: AnnotateConfig, setup: RunSetup, rank: int) -> Plan:
+def ensure_plan(cfg: AnnotateConfig, setup: RunSetup, work: WorkDir, rank: int) -> Plan:
     """Rank 0 plans when no plan exists; other ranks wait for it.
 
     Readers trust only plan.json, which build_plan writes last: a plan folder without it (rank 0 was
     killed while planning) is rebuilt from scratch by the next rank 0, and no rank reads it before.
     """
-    work = WorkDir(cfg.output)
     run_id = setup.run.run_id
     plan = work.read_plan(run_id)
     if plan is not None:
@@ -277,7 +275,7 @@ def ensure_plan(cfg: AnnotateConfig, setup: RunSetup, rank: int) -> Plan:
     if rank == 0:
         with work.plan_lock():
             plan = work.read_plan(run_id)  # another planner may have finished while we waited
-            return plan if plan is not None else build_plan(cfg, setup)
+            return plan if plan is not None else build_plan(cfg, setup, work)
     deadline = time.monotonic() + cfg.plan_timeout_s
     print(f"[rank {rank}] waiting for rank 0 to write the plan in {work.root}", file=sys.stderr, flush=True)
     while time.monotonic() < deadline:

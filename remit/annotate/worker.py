@@ -339,20 +339,23 @@ def _second_pass(ctx: _Context, jobs: list[_Job], fresh: set[int], rl: _LazyScor
     return redo
 
 
-def run_worker(cfg: AnnotateConfig, rank: int = 0, world_size: int = 1) -> tuple[WorkerStats, Plan | None]:
-    """Score this rank's pending units (those with ``unit % world_size == rank``).
+def run_worker(
+    cfg: AnnotateConfig, rank: int = 0, world_size: int = 1, work: WorkDir | None = None
+) -> tuple[WorkerStats, Plan | None]:
+    """Score this rank's pending units (those with ``unit % world_size == rank``) in `work` (default: the
+    work folder of ``cfg.output``).
 
     Returns the stats and the plan (None when the output was already complete)."""
     stats = WorkerStats()
     t_start = time.perf_counter()
-    work = WorkDir(cfg.output)
+    work = WorkDir(cfg.output) if work is None else work
     with _Timer(stats, "prepare"):
         setup = describe_run(cfg)
         complete = claim(work, setup.run, cfg.score).complete
     if complete:
         return stats, None
     with _Timer(stats, "plan"):
-        plan = ensure_plan(cfg, setup, rank)
+        plan = ensure_plan(cfg, setup, work, rank)
     mine = [u for u in plan.units if u.unit % world_size == rank]
     run_id = setup.run.run_id
     with Leases(work, rank, cfg.lease_heartbeat_s, cfg.lease_stale_s) as leases:
@@ -365,7 +368,7 @@ def run_worker(cfg: AnnotateConfig, rank: int = 0, world_size: int = 1) -> tuple
             work.sweep_leftovers(sorted({j.unit.unit for j in jobs} | both), both)
         fresh_units = [j.unit for j in jobs if j.rl_record is None]
         if fresh_units:
-            ensure_planned_units(cfg, setup, plan, fresh_units)
+            ensure_planned_units(cfg, setup, work, plan, fresh_units)
 
         def read_layout(job: _Job) -> pa.Table:
             return work.read_planned_unit(job.unit) if job.rl_record is None else _stored_rl(ctx, job)[0]
@@ -392,7 +395,7 @@ def run_worker(cfg: AnnotateConfig, rank: int = 0, world_size: int = 1) -> tuple
                     _base_pass(ctx, need_base, read_layout)
                 redo = _second_pass(ctx, jobs, {j.unit.unit for j in need_base}, rl)
                 if any(j.rl_record is None for j in redo):
-                    ensure_planned_units(cfg, setup, plan, [j.unit for j in redo if j.rl_record is None])
+                    ensure_planned_units(cfg, setup, work, plan, [j.unit for j in redo if j.rl_record is None])
                 jobs = redo
         finally:
             rl.close()

@@ -92,8 +92,9 @@ def resume(kwargs: dict[str, Any], world: int = 1) -> dict[str, Any]:
 def plan_only(kwargs: dict[str, Any]) -> None:
     cfg = AnnotateConfig(**kwargs)
     setup = describe_run(cfg)
-    claim(WorkDir(cfg.output), setup.run)
-    ensure_plan(cfg, setup, rank=0)
+    work = WorkDir(cfg.output)
+    claim(work, setup.run)
+    ensure_plan(cfg, setup, work, rank=0)
 
 
 def final_files(out: Path) -> dict[str, bytes]:

@@ -196,7 +196,8 @@ def test_the_passes_of_the_records_and_the_files_that_record_the_settings(tmp_pa
     assert work.record_passes() == {"rl"}
     assert [p.name for p, _ in work.recorded_settings()] == ["run.json", MARKER]  # no manifest yet
     work.write_manifest({"config": {"seq_len": 48}})
-    assert [(p.name, d.get("config")) for p, d in work.recorded_settings()][0] == ("manifest.json", {"seq_len": 48})
+    path, data = next(work.recorded_settings())
+    assert path == work.manifest_path and data["config"] == {"seq_len": 48}
 
 
 def test_the_launchers_logs_are_named_here(tmp_path):
