@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,20 +29,11 @@ import numpy as np
 from remit import __version__
 from remit.annotate.claim import finished_output
 from remit.annotate.config import AnnotateConfig
-from remit.annotate.inputs import (
-    Fields,
-    InputScan,
-    Skip,
-    check_columns,
-    check_inside,
-    fingerprint,
-    read_inputs,
-    scan_inputs,
-)
-from remit.annotate.packing import Document, PackedRow, pack
-from remit.annotate.plan import IGNORED_SHOWN, PlanStats
+from remit.annotate.inputs import Fields, InputScan
+from remit.annotate.packing import PackedRow
 from remit.annotate.progress import Progress
-from remit.annotate.tokenize import BosPolicy, EosPolicy, SpecialTokens, load_tokenizer, tokenize_records
+from remit.annotate.tokenize import BosPolicy, EosPolicy, SpecialTokens, load_tokenizer
+from remit.annotate.units import CorpusStats, corpus_units, input_description, open_corpus, packing_description
 from remit.annotate.workdir import WorkDir
 from remit.common.flags import add_arguments as add_config_arguments
 from remit.common.flags import check_choices, config_from_args, option, run_local_fields
@@ -142,7 +131,9 @@ def _unscored_rows(rows: list[PackedRow], first_sample_id: int) -> Rows:
     )
 
 
-def _describe(cfg: PackConfig, tokenizer: Any, special: SpecialTokens, inputs: InputScan) -> dict[str, Any]:
+def _describe(
+    cfg: PackConfig, tokenizer: Any, special: SpecialTokens, inputs: InputScan, fields: Fields
+) -> dict[str, Any]:
     """The manifest's fields known before packing; ``run_id`` hashes them."""
     from remit.shards.tokenizer_hash import tokenizer_hash
 
@@ -153,20 +144,9 @@ def _describe(cfg: PackConfig, tokenizer: Any, special: SpecialTokens, inputs: I
         "models": {},
         "engine": None,
         "tokenizer": {"sha256": tokenizer_hash(tokenizer), "path": str(cfg.tokenizer.resolve()), **special.to_dict()},
-        "packing": {
-            "seq_len": cfg.seq_len,
-            "row_tokens": cfg.seq_len + 1,
-            "rows_per_shard": cfg.rows_per_shard,
-            "rows": "consecutive, non-overlapping windows of seq_len + 1 tokens of the EOS-joined corpus; "
-            "the last row may be shorter",
-            "first_token_logp": "not scored: every log-prob is NaN",
-            "segment_context": "each segment is its own document part (document-masked attention in training)",
-        },
+        "packing": packing_description(cfg.seq_len, cfg.rows_per_shard, scored=False),
         "weights": {"eps": 0.0, "center": "row", "rule": PACK_RULE},
-        "input": {
-            "paths": fingerprint(inputs),
-            "fields": {"text": cfg.text_field, "id": cfg.id_field, "tokens": cfg.token_field},
-        },
+        "input": input_description(inputs, fields),
     }
     run["run_id"] = bytes_sha256(json.dumps(run, sort_keys=True).encode())
     return run
@@ -174,55 +154,31 @@ def _describe(cfg: PackConfig, tokenizer: Any, special: SpecialTokens, inputs: I
 
 def pack_output(cfg: PackConfig) -> dict[str, Any]:
     """Tokenize, pack and write a pack-only output; return its manifest (written last)."""
-    scan = scan_inputs(cfg.inputs)
-    check_inside(cfg.inputs, cfg.output)
-    inputs = scan.sources
     fields = Fields(text=cfg.text_field, id=cfg.id_field, tokens=cfg.token_field)
-    check_columns(inputs, fields)
+    scan = open_corpus(cfg.inputs, cfg.output, fields)
     tokenizer = load_tokenizer(cfg.tokenizer)
     special = SpecialTokens.resolve(tokenizer, cfg.bos, cfg.eos)
-    run = _describe(cfg, tokenizer, special, scan)
+    run = _describe(cfg, tokenizer, special, scan, fields)
     work = WorkDir(cfg.output)
     finished = finished_output(work, run)
     if finished is not None:
         return finished
-    stats = PlanStats(ignored_files=len(scan.ignored), ignored_examples=[str(p) for p in scan.ignored[:IGNORED_SHOWN]])
-    for p in scan.ignored[:IGNORED_SHOWN]:
-        print(f"[pack] not an input file, not read: {p}", file=sys.stderr, flush=True)
-    progress = Progress("pack", unit="tok", every_s=cfg.progress_every_s)
-
-    def documents() -> Iterator[Document]:
-        for item in tokenize_records(read_inputs(inputs, fields), tokenizer, special):
-            if isinstance(item, Skip):
-                stats.skip(item, cfg.strict)
-                continue
-            stats.documents += 1
-            stats.tokens += len(item.tokens)
-            progress.update(len(item.tokens))
-            yield item
-
+    stats = CorpusStats()
     shards: list[dict[str, Any]] = []
-    pending: list[PackedRow] = []
-
-    def flush() -> None:
-        rows = _unscored_rows(pending, stats.rows - len(pending))
-        shards.append(write_shard(build_table(rows, 0.0), work.shard_path(len(shards))).to_dict())
-        pending.clear()
-
-    for row in pack(documents(), cfg.seq_len):
-        pending.append(row)
-        stats.rows += 1
-        stats.last_row_tokens = len(row.tokens)
-        if len(pending) == cfg.rows_per_shard:
-            flush()
-    if pending:
-        flush()
-    if not shards:
-        raise ValueError(
-            f"no usable documents in the inputs ({sum(stats.skipped.values())} records skipped: {stats.skipped}); "
-            "check --text-field / --token-field"
-        )
-    progress.close()
+    for got in corpus_units(
+        scan,
+        fields,
+        tokenizer,
+        special,
+        seq_len=cfg.seq_len,
+        rows_per_shard=cfg.rows_per_shard,
+        strict=cfg.strict,
+        stats=stats,
+        progress=Progress("pack", unit="tok", every_s=cfg.progress_every_s),
+        label="pack",
+    ):
+        rows = _unscored_rows(got.rows, got.first_sample_id)
+        shards.append(write_shard(build_table(rows, 0.0), work.shard_path(got.unit)).to_dict())
     work.remove_other_shards({s["file"] for s in shards})  # from an earlier, longer unfinished run
     run["input"].update(
         documents=stats.documents,

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -24,29 +24,19 @@ import pyarrow as pa
 from remit import __version__
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.hashcache import HashCache
-from remit.annotate.inputs import (
-    Fields,
-    InputScan,
-    Skip,
-    check_columns,
-    check_inside,
-    fingerprint,
-    read_inputs,
-    scan_inputs,
-)
+from remit.annotate.inputs import Fields, InputScan
 from remit.annotate.models import allow_long_vllm_rows, check_pair, check_positions, inspect_model, model_info
-from remit.annotate.packing import Document, PackedRow, pack
+from remit.annotate.packing import PackedRow
 from remit.annotate.progress import Progress
 from remit.annotate.records import Plan, PlannedUnit, PlanTotals, RunDescription
-from remit.annotate.tokenize import SpecialTokens, check_same_tokenizer, load_tokenizer, tokenize_records
+from remit.annotate.tokenize import SpecialTokens, check_same_tokenizer, load_tokenizer
+from remit.annotate.units import CorpusStats, corpus_units, input_description, open_corpus, packing_description
 from remit.annotate.workdir import WorkDir, shard_name
 from remit.shards.checksum import token_checksum
 from remit.shards.manifest import ShardError
 from remit.shards.schema import SCHEMA
 from remit.shards.weights import RULE
 
-#: Files inside input folders that are not read, listed by name in the manifest (the rest are counted).
-IGNORED_SHOWN = 20
 #: The planned units hold the token-level layout of the final shards: the same columns, the same types.
 PLAN_SCHEMA = pa.schema(
     [
@@ -54,10 +44,6 @@ PLAN_SCHEMA = pa.schema(
         for n in ("sample_id", "token_ids", "segment_starts", "segment_doc_ids", "segment_doc_offsets", "source")
     ]
 )
-
-
-class StrictInputError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -72,6 +58,10 @@ class RunSetup:
     """The inputs' sources in reading order, and the files of input folders that are not read."""
 
 
+def _fields(cfg: AnnotateConfig) -> Fields:
+    return Fields(text=cfg.text_field, id=cfg.id_field, tokens=cfg.token_field)
+
+
 def describe_run(cfg: AnnotateConfig) -> RunSetup:
     """The run description (manifest fields known before scoring), the tokenizer and the BOS/EOS policy.
 
@@ -79,9 +69,7 @@ def describe_run(cfg: AnnotateConfig) -> RunSetup:
     positions), a bad input path or a tokenizer mismatch.
     """
     cfg.check_paths()
-    scan = scan_inputs(cfg.inputs)
-    check_inside(cfg.inputs, cfg.output)
-    check_columns(scan.sources, Fields(text=cfg.text_field, id=cfg.id_field, tokens=cfg.token_field))
+    scan = open_corpus(cfg.inputs, cfg.output, _fields(cfg))
     tok_base, tok_rl = load_tokenizer(cfg.base), load_tokenizer(cfg.rl)
     tok_hash = check_same_tokenizer(tok_base, tok_rl, cfg.base, cfg.rl)
     special = SpecialTokens.resolve(tok_base, cfg.bos, cfg.eos)
@@ -99,43 +87,12 @@ def describe_run(cfg: AnnotateConfig) -> RunSetup:
         config=cfg.identity(),
         models=models,
         tokenizer={"sha256": tok_hash, "path": str(cfg.base.resolve()), **special.to_dict()},
-        packing={
-            "seq_len": cfg.seq_len,
-            "row_tokens": cfg.seq_len + 1,
-            "rows_per_shard": cfg.rows_per_shard,
-            "rows": "consecutive, non-overlapping windows of seq_len + 1 tokens of the EOS-joined corpus; "
-            "the last row may be shorter",
-            "first_token_logp": "NaN at the first token of every segment (no context); weight 1.0 there",
-            "segment_context": "each segment scored as an independent prompt from its own first token",
-        },
+        packing=packing_description(cfg.seq_len, cfg.rows_per_shard, scored=True),
         weights={"eps": cfg.eps, "center": cfg.center, "rule": RULE},
         engine_request={"name": cfg.engine, **cfg.engine_settings().to_dict()},
-        input={
-            "paths": fingerprint(scan),
-            "fields": {"text": cfg.text_field, "id": cfg.id_field, "tokens": cfg.token_field},
-        },
+        input=input_description(scan, _fields(cfg)),
     )
     return RunSetup(run, tok_base, special, scan)
-
-
-@dataclass
-class PlanStats:
-    documents: int = 0
-    tokens: int = 0
-    rows: int = 0
-    units: int = 0
-    last_row_tokens: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    skip_examples: list[str] = field(default_factory=list)
-    ignored_files: int = 0
-    ignored_examples: list[str] = field(default_factory=list)
-
-    def skip(self, s: Skip, strict: bool) -> None:
-        if strict:
-            raise StrictInputError(f"{s.where()}: {s.reason} (--strict; drop --strict to skip and count such records)")
-        self.skipped[s.kind] = self.skipped.get(s.kind, 0) + s.records
-        if len(self.skip_examples) < 20:
-            self.skip_examples.append(f"{s.where()}: {s.reason}")
 
 
 def _unit_table(rows: list[PackedRow], first_sample_id: int) -> pa.Table:
@@ -172,53 +129,26 @@ def _planned(unit: int, rows: list[PackedRow], first_sample_id: int) -> PlannedU
 
 def _plan_units(
     cfg: AnnotateConfig, setup: RunSetup, work: WorkDir, write: Callable[[PlannedUnit], bool], quiet: bool = False
-) -> tuple[list[PlannedUnit], PlanStats]:
+) -> tuple[list[PlannedUnit], CorpusStats]:
     """Tokenize and pack the whole corpus into units; write the rows of each unit for which `write` says so."""
-    stats = PlanStats(
-        ignored_files=len(setup.scan.ignored), ignored_examples=[str(p) for p in setup.scan.ignored[:IGNORED_SHOWN]]
-    )
-    if not quiet:
-        for p in setup.scan.ignored[:IGNORED_SHOWN]:
-            print(f"[plan] not an input file, not read: {p}", file=sys.stderr, flush=True)
-        if len(setup.scan.ignored) > IGNORED_SHOWN:
-            print(f"[plan] ... and {len(setup.scan.ignored) - IGNORED_SHOWN} more files not read", file=sys.stderr)
-    fields = Fields(text=cfg.text_field, id=cfg.id_field, tokens=cfg.token_field)
-    progress = Progress("plan", unit="tok", every_s=cfg.progress_every_s)
+    stats = CorpusStats()
     units: list[PlannedUnit] = []
-    pending: list[PackedRow] = []
-
-    def documents() -> Iterator[Document]:
-        for item in tokenize_records(read_inputs(setup.scan.sources, fields), setup.tokenizer, setup.special):
-            if isinstance(item, Skip):
-                stats.skip(item, cfg.strict)
-                continue
-            stats.documents += 1
-            stats.tokens += len(item.tokens)
-            progress.update(len(item.tokens))
-            yield item
-
-    def flush() -> None:
-        unit = _planned(len(units), pending, stats.rows - len(pending))
+    for got in corpus_units(
+        setup.scan,
+        _fields(cfg),
+        setup.tokenizer,
+        setup.special,
+        seq_len=cfg.seq_len,
+        rows_per_shard=cfg.rows_per_shard,
+        strict=cfg.strict,
+        stats=stats,
+        progress=Progress("plan", unit="tok", every_s=cfg.progress_every_s),
+        label=None if quiet else "plan",
+    ):
+        unit = _planned(got.unit, got.rows, got.first_sample_id)
         if write(unit):
-            work.write_planned_unit(unit.unit, _unit_table(pending, unit.first_sample_id))
+            work.write_planned_unit(unit.unit, _unit_table(got.rows, unit.first_sample_id))
         units.append(unit)
-
-    for row in pack(documents(), cfg.seq_len):
-        pending.append(row)
-        stats.rows += 1
-        stats.last_row_tokens = len(row.tokens)
-        if len(pending) == cfg.rows_per_shard:
-            flush()
-            pending = []
-    if pending:
-        flush()
-    if not units:
-        raise ValueError(
-            f"no usable documents in the inputs ({sum(stats.skipped.values())} records skipped: {stats.skipped}); "
-            "check --text-field / --token-field"
-        )
-    stats.units = len(units)
-    progress.close()
     return units, stats
 
 
