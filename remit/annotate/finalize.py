@@ -25,7 +25,7 @@ from remit.annotate.claim import check_shards
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.records import Plan
 from remit.annotate.workdir import WorkDir
-from remit.common.flags import to_argv
+from remit.common.flags import option, option_of, to_argv
 from remit.shards.checksum import file_sha256
 from remit.shards.manifest import Passes, ShardError, assemble_manifest, read_manifest, repair_command
 
@@ -36,6 +36,16 @@ _ALWAYS_SHOWN = ("engine", "seq_len", "rows_per_shard")
 
 class IncompleteOutput(ShardError):
     pass
+
+
+@dataclass(frozen=True)
+class FinalizeFlags:
+    """The flags of `remit-annotate finalize`; --keep-work is `AnnotateConfig`'s."""
+
+    output: Path = option(positional=True, help="annotation output folder", group="finalize")
+    """The output whose units are all scored."""
+    keep_work: bool = option_of(AnnotateConfig, "keep_work", group="finalize")
+    """Keep _work/ after the manifest is written."""
 
 
 def resume_command(config: dict[str, Any], output: Path, command: str = "run", score: str = "both") -> str:
@@ -185,4 +195,4 @@ def finalize(output: str | Path | WorkDir, *, keep_work: bool = False) -> dict[s
     return manifest
 
 
-__all__ = ["IncompleteOutput", "UnitCheck", "check_units", "finalize", "resume_command"]
+__all__ = ["FinalizeFlags", "IncompleteOutput", "UnitCheck", "check_units", "finalize", "resume_command"]

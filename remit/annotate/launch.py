@@ -30,32 +30,42 @@ from remit.annotate.claim import claim_folder
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.workdir import WorkDir
 from remit.common.flags import add_arguments as add_config_arguments
-from remit.common.flags import option, to_argv
+from remit.common.flags import config_from_args, option, to_argv
+
+_LAUNCH = "launch"
+
+
+@dataclass(frozen=True)
+class LaunchFlags:
+    """The launcher's own flags; the job's flags (`AnnotateConfig`) come with it and go to every worker."""
+
+    workers: int = option(
+        0,
+        help="worker processes (default 0: one per --tensor-parallel-size GPUs; 1 without GPUs)",
+        group=_LAUNCH,
+    )
+    """Worker processes; 0: one per --tensor-parallel-size visible GPUs, or 1 without GPUs."""
+    gpus: str | None = option(
+        None,
+        help="comma-separated GPU ids to use (default: CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi "
+        "lists); 'none' runs on the CPU",
+        group=_LAUNCH,
+    )
+    """GPU ids to hand out, comma-separated; None: CUDA_VISIBLE_DEVICES or nvidia-smi's list."""
+    no_pin: bool = option(False, help="do not pin CPU workers to disjoint sets of cores", group=_LAUNCH)
+    """Leave CPU workers unpinned (by default each gets a disjoint set of the allowed cores)."""
+    log_dir: Path | None = option(
+        None,
+        help="folder for plan.log and worker-R.log (default OUTPUT/_work/logs, removed with _work/ "
+        "after a successful finalize unless --keep-work)",
+        group=_LAUNCH,
+    )
+    """Where the logs go; None: the work folder's logs/ (removed with it)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, AnnotateConfig)
-    g = parser.add_argument_group("launch")
-    g.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="worker processes (default 0: one per --tensor-parallel-size GPUs; 1 without GPUs)",
-    )
-    g.add_argument(
-        "--gpus",
-        default=None,
-        help="comma-separated GPU ids to use (default: CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi "
-        "lists); 'none' runs on the CPU",
-    )
-    g.add_argument("--no-pin", action="store_true", help="do not pin CPU workers to disjoint sets of cores")
-    g.add_argument(
-        "--log-dir",
-        type=Path,
-        default=None,
-        help="folder for plan.log and worker-R.log (default OUTPUT/_work/logs, removed with _work/ "
-        "after a successful finalize unless --keep-work)",
-    )
+    add_config_arguments(parser, LaunchFlags)
 
 
 # -- rank and world size -------------------------------------------------------------------------------
@@ -277,16 +287,18 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from remit.annotate.finalize import finalize
 
-    output = Path(args.output)
-    tp = int(args.tensor_parallel_size)
-    gpus = visible_gpus(args.gpus)
-    n = args.workers or (len(gpus) // tp if gpus else 1)
+    cfg = config_from_args(AnnotateConfig, args)
+    launch = config_from_args(LaunchFlags, args)
+    output = cfg.output
+    tp = cfg.tensor_parallel_size
+    gpus = visible_gpus(launch.gpus)
+    n = launch.workers or (len(gpus) // tp if gpus else 1)
     if n < 1:
-        raise ValueError(f"--workers must be >= 1 (got {args.workers}; {len(gpus)} GPUs at tensor parallel {tp})")
-    specs = worker_specs(n, gpus, tp, pin=not args.no_pin)
+        raise ValueError(f"--workers must be >= 1 (got {launch.workers}; {len(gpus)} GPUs at tensor parallel {tp})")
+    specs = worker_specs(n, gpus, tp, pin=not launch.no_pin)
     work = WorkDir(output)
     claim_folder(work)  # before the logs go into it: a folder that is not remit's is refused untouched
-    log_dir = Path(args.log_dir) if args.log_dir else work.logs_dir
+    log_dir = launch.log_dir or work.logs_dir
     log_dir.mkdir(parents=True, exist_ok=True)
     python = [sys.executable, "-m", "remit.annotate.cli"]
     flags = job_flags(args)
@@ -312,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
             proc, fh = _start(cmd, spec.env, log, spec.cpus)
             procs[spec.rank] = (proc, fh, log)
             print(f"[launch] worker {spec.rank}/{n} pid {proc.pid} ({spec.describe()}), log {log}", flush=True)
-        failed = _wait(procs, work, args.progress_every_s)
+        failed = _wait(procs, work, cfg.progress_every_s)
     except (KeyboardInterrupt, _Terminated):
         for proc, _, _ in procs.values():
             if proc.poll() is None:
@@ -335,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    manifest = finalize(work, keep_work=args.keep_work)
+    manifest = finalize(work, keep_work=cfg.keep_work)
     t = manifest["totals"]
     print(
         f"[launch] {n} workers, {time.perf_counter() - t0:.1f} s; {output}: {t['shards']} shards, {t['rows']:,} rows, "

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -36,24 +35,13 @@ from remit.annotate.tokenize import BosPolicy, EosPolicy, SpecialTokens, load_to
 from remit.annotate.units import CorpusStats, corpus_units, input_description, open_corpus, packing_description
 from remit.annotate.workdir import WorkDir
 from remit.common.flags import add_arguments as add_config_arguments
-from remit.common.flags import check_choices, config_from_args, option, run_local_fields
+from remit.common.flags import check_choices, config_from_args, option, option_of, run_local_fields
 from remit.shards.checksum import bytes_sha256
 from remit.shards.manifest import assemble_manifest
 from remit.shards.writer import Rows, build_table, write_shard
 
 #: The manifest's weight rule for a pack-only output.
 PACK_RULE = "none: pack-only output, not scored; every log-prob is NaN and every weight 1.0"
-
-
-def _as_annotate(name: str, **override: Any) -> Any:
-    """The field `name` declared as `AnnotateConfig` declares it (flag, help, group, default), so that the
-    flags the two commands share are spelled and documented once."""
-    f = next(f for f in dataclasses.fields(AnnotateConfig) if f.name == name)
-    meta = {k: f.metadata[k] for k in ("help", "group", "flag", "run_local")}
-    meta.update(override)
-    if f.default_factory is not dataclasses.MISSING:
-        return option(default_factory=f.default_factory, **meta)
-    return option(f.default, **meta)
 
 
 @dataclass
@@ -64,28 +52,30 @@ class PackConfig:
         group="tokenizer and data",
     )
     """Folder holding the tokenizer files; the manifest records it and its hash."""
-    inputs: list[Path] = _as_annotate("inputs", group="tokenizer and data")
+    inputs: list[Path] = option_of(AnnotateConfig, "inputs", group="tokenizer and data")
     """Corpus: JSONL (plain/gzip), Parquet, folders of .txt, or `datasets` save_to_disk folders."""
-    output: Path = _as_annotate("output", group="tokenizer and data")
+    output: Path = option_of(AnnotateConfig, "output", group="tokenizer and data")
     """Output folder: manifest.json + shard-NNNNN.parquet."""
-    text_field: str = _as_annotate("text_field", group="tokenizer and data")
+    text_field: str = option_of(AnnotateConfig, "text_field", group="tokenizer and data")
     """Field (JSONL) or column (Parquet, `datasets`) holding a document's text."""
-    id_field: str = _as_annotate("id_field", group="tokenizer and data")
+    id_field: str = option_of(AnnotateConfig, "id_field", group="tokenizer and data")
     """Field holding the document id; a record without it gets '<file>:<record number>'."""
-    token_field: str | None = _as_annotate("token_field", group="tokenizer and data")
+    token_field: str | None = option_of(AnnotateConfig, "token_field", group="tokenizer and data")
     """Set for pre-tokenized input: the field with token ids (used as they are)."""
-    strict: bool = _as_annotate("strict", group="tokenizer and data")
+    strict: bool = option_of(AnnotateConfig, "strict", group="tokenizer and data")
     """Fail on the first unusable record instead of skipping and counting it."""
     # --- packing ---
-    seq_len: int = _as_annotate("seq_len", group="packing")
+    seq_len: int = option_of(AnnotateConfig, "seq_len", group="packing")
     """Training sequence length; rows hold seq_len + 1 tokens."""
-    bos: BosPolicy = _as_annotate("bos", group="packing")
+    bos: BosPolicy = option_of(AnnotateConfig, "bos", group="packing")
     """Prepend BOS to each document: always, never, or auto (when the tokenizer's template does)."""
-    eos: EosPolicy = _as_annotate("eos", group="packing")
+    eos: EosPolicy = option_of(AnnotateConfig, "eos", group="packing")
     """Append EOS to each document."""
-    rows_per_shard: int = _as_annotate("rows_per_shard", group="packing", help="rows per shard (default 2048)")
+    rows_per_shard: int = option_of(
+        AnnotateConfig, "rows_per_shard", group="packing", help="rows per shard (default 2048)"
+    )
     """Rows per shard."""
-    progress_every_s: float = _as_annotate("progress_every_s", group="packing")
+    progress_every_s: float = option_of(AnnotateConfig, "progress_every_s", group="packing")
     """Seconds between progress lines."""
 
     def __post_init__(self) -> None:
