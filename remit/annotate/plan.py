@@ -1,10 +1,11 @@
 """Planning: the run's identity, and the corpus cut into deterministic work units.
 
 - `describe_run`: the run description (whose hash is the run id), checked before any work starts.
-- `build_plan`: reads the inputs once, tokenizes them, packs the rows and writes them,
-  ``rows_per_shard`` rows per unit, into the work folder; ``plan.json`` is written last, so a plan
+- `build_plan`: the corpus read, tokenized and packed once (`remit.annotate.units`), written
+  ``rows_per_shard`` rows per unit into the work folder; ``plan.json`` is written last, so a plan
   without it is incomplete and is redone from scratch.
 - `ensure_plan`: rank 0 plans (under a lock) when there is no plan yet; the other ranks wait for it.
+- Each function takes the job's `WorkDir`; none builds its own.
 
 Sample ids and unit boundaries depend only on the inputs and the settings, never on the number of
 workers, so any worker can score any unit and a resume with another world size gives the same output.
