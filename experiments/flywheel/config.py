@@ -245,7 +245,7 @@ def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
     A field that one of them lacks (it was written before the field existed) counts as its default
     value, which is what that run used."""
-    from remit.annotate.workdir import differences  # "key: old -> new" lines
+    from remit.annotate.claim import differences  # "key: old -> new" lines
 
     defaults = json.loads(json.dumps(ExperimentConfig().to_dict()))
     a, b = (

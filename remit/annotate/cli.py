@@ -71,6 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     import json
 
+    from remit.annotate.claim import claim
     from remit.annotate.config import AnnotateConfig
     from remit.annotate.plan import describe_run, ensure_plan
     from remit.annotate.workdir import WorkDir
@@ -78,8 +79,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(AnnotateConfig, args)
     setup = describe_run(cfg)
-    if not WorkDir(cfg.output).claim(setup.run, cfg.score):
-        plan = ensure_plan(cfg, setup, rank=0)
+    work = WorkDir(cfg.output)
+    if not claim(work, setup.run, cfg.score).complete:
+        plan = ensure_plan(cfg, setup, work, rank=0)
         print(json.dumps(plan.totals.to_dict(), indent=2))
     return 0
 
@@ -92,16 +94,20 @@ def _add_output_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_finalize_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_output_argument(parser)
-    parser.add_argument("--keep-work", action="store_true", help="keep _work/ after writing the manifest")
+    from remit.annotate.finalize import FinalizeFlags
+    from remit.common.flags import add_arguments
+
+    add_arguments(parser, FinalizeFlags)
 
 
 def cmd_finalize(args: argparse.Namespace) -> int:
-    from remit.annotate.finalize import finalize
+    from remit.annotate.finalize import FinalizeFlags, finalize
+    from remit.common.flags import config_from_args
 
-    manifest = finalize(args.output, keep_work=args.keep_work)
+    flags = config_from_args(FinalizeFlags, args)
+    manifest = finalize(flags.output, keep_work=flags.keep_work)
     t = manifest["totals"]
-    print(f"{args.output}: {t['shards']} shards, {t['rows']:,} rows, {t['tokens']:,} tokens; manifest.json written")
+    print(f"{flags.output}: {t['shards']} shards, {t['rows']:,} rows, {t['tokens']:,} tokens; manifest.json written")
     return 0
 
 

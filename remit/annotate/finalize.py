@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from remit.annotate.claim import check_shards
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.records import Plan
 from remit.annotate.workdir import WorkDir
-from remit.common.atomic import write_json_atomic
-from remit.common.flags import to_argv
+from remit.common.flags import option, option_of, to_argv
 from remit.shards.checksum import file_sha256
 from remit.shards.manifest import Passes, ShardError, assemble_manifest, read_manifest, repair_command
 
@@ -36,6 +36,16 @@ _ALWAYS_SHOWN = ("engine", "seq_len", "rows_per_shard")
 
 class IncompleteOutput(ShardError):
     pass
+
+
+@dataclass(frozen=True)
+class FinalizeFlags:
+    """The flags of `remit-annotate finalize`; --keep-work is `AnnotateConfig`'s."""
+
+    output: Path = option(positional=True, help="annotation output folder", group="finalize")
+    """The output whose units are all scored."""
+    keep_work: bool = option_of(AnnotateConfig, "keep_work", group="finalize")
+    """Keep _work/ after the manifest is written."""
 
 
 def resume_command(config: dict[str, Any], output: Path, command: str = "run", score: str = "both") -> str:
@@ -123,7 +133,7 @@ def check_units(work: WorkDir, run_id: str, plan: Plan) -> UnitCheck:
 def _check_finished(work: WorkDir) -> dict[str, Any]:
     """A finished output's manifest, after checking every shard against it; refuse a missing or damaged one."""
     manifest = read_manifest(work.output)
-    damaged = work.check_shards(manifest.shards)
+    damaged = check_shards(work, manifest.shards)
     if damaged:
         listed = "; ".join(f"unit {n}: {why}" for n, why in sorted(damaged.items())[:_SHOWN])
         raise IncompleteOutput(
@@ -134,9 +144,9 @@ def _check_finished(work: WorkDir) -> dict[str, Any]:
     return manifest.data
 
 
-def finalize(output: str | Path, *, keep_work: bool = False) -> dict[str, Any]:
+def finalize(output: str | Path | WorkDir, *, keep_work: bool = False) -> dict[str, Any]:
     """Write the manifest of a finished run (or check and return the one already written)."""
-    work = WorkDir(output)
+    work = output if isinstance(output, WorkDir) else WorkDir(output)
     out = work.output
     if work.manifest_path.exists():
         return _check_finished(work)
@@ -177,7 +187,7 @@ def finalize(output: str | Path, *, keep_work: bool = False) -> dict[str, Any]:
     # A Slurm finalize step and a user may finalize at once (same bytes either way); the other one may
     # sweep our temporary file away below, and then its manifest is already in place.
     try:
-        write_json_atomic(work.manifest_path, manifest)
+        work.write_manifest(manifest)
     except FileNotFoundError:
         if not work.manifest_path.exists():
             raise
@@ -185,4 +195,4 @@ def finalize(output: str | Path, *, keep_work: bool = False) -> dict[str, Any]:
     return manifest
 
 
-__all__ = ["IncompleteOutput", "UnitCheck", "check_units", "finalize", "resume_command"]
+__all__ = ["FinalizeFlags", "IncompleteOutput", "UnitCheck", "check_units", "finalize", "resume_command"]

@@ -62,11 +62,13 @@ def print_summary(manifest: dict[str, Any] | None, stats: Any, seconds: float) -
 def run_job(cfg: AnnotateConfig, rank: int, world: int) -> int:
     """Score this rank's units; finalize when this is the only worker."""
     from remit.annotate.finalize import finalize
+    from remit.annotate.workdir import WorkDir
     from remit.annotate.worker import run_worker
     from remit.shards.manifest import read_manifest
 
     t0 = time.perf_counter()
-    stats, plan = run_worker(cfg, rank, world)
+    work = WorkDir(cfg.output)  # the job's one view of its folder, handed to every step
+    stats, plan = run_worker(cfg, rank, world, work)
     if stats.busy:
         print_summary(None, stats, time.perf_counter() - t0)
         raise UnitsBusy(
@@ -78,7 +80,7 @@ def run_job(cfg: AnnotateConfig, rank: int, world: int) -> int:
     if plan is None:  # complete already, every shard checked against the manifest
         manifest: dict[str, Any] | None = read_manifest(cfg.output).data
     else:
-        manifest = finalize(cfg.output, keep_work=cfg.keep_work) if world == 1 else None
+        manifest = finalize(work, keep_work=cfg.keep_work) if world == 1 else None
     print_summary(manifest, stats, time.perf_counter() - t0)
     if manifest is None:
         print(f"rank {rank}/{world} done; when all ranks are done: remit-annotate finalize {cfg.output}")

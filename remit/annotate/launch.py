@@ -26,35 +26,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from remit.annotate.claim import claim_folder
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.workdir import WorkDir
 from remit.common.flags import add_arguments as add_config_arguments
-from remit.common.flags import option, to_argv
+from remit.common.flags import config_from_args, option, to_argv
+
+_LAUNCH = "launch"
+
+
+@dataclass(frozen=True)
+class LaunchFlags:
+    """The launcher's own flags; the job's flags (`AnnotateConfig`) come with it and go to every worker."""
+
+    workers: int = option(
+        0,
+        help="worker processes (default 0: one per --tensor-parallel-size GPUs; 1 without GPUs)",
+        group=_LAUNCH,
+    )
+    """Worker processes; 0: one per --tensor-parallel-size visible GPUs, or 1 without GPUs."""
+    gpus: str | None = option(
+        None,
+        help="comma-separated GPU ids to use (default: CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi "
+        "lists); 'none' runs on the CPU",
+        group=_LAUNCH,
+    )
+    """GPU ids to hand out, comma-separated; None: CUDA_VISIBLE_DEVICES or nvidia-smi's list."""
+    no_pin: bool = option(False, help="do not pin CPU workers to disjoint sets of cores", group=_LAUNCH)
+    """Leave CPU workers unpinned (by default each gets a disjoint set of the allowed cores)."""
+    log_dir: Path | None = option(
+        None,
+        help="folder for plan.log and worker-R.log (default OUTPUT/_work/logs, removed with _work/ "
+        "after a successful finalize unless --keep-work)",
+        group=_LAUNCH,
+    )
+    """Where the logs go; None: the work folder's logs/ (removed with it)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, AnnotateConfig)
-    g = parser.add_argument_group("launch")
-    g.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="worker processes (default 0: one per --tensor-parallel-size GPUs; 1 without GPUs)",
-    )
-    g.add_argument(
-        "--gpus",
-        default=None,
-        help="comma-separated GPU ids to use (default: CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi "
-        "lists); 'none' runs on the CPU",
-    )
-    g.add_argument("--no-pin", action="store_true", help="do not pin CPU workers to disjoint sets of cores")
-    g.add_argument(
-        "--log-dir",
-        type=Path,
-        default=None,
-        help="folder for plan.log and worker-R.log (default OUTPUT/_work/logs, removed with _work/ "
-        "after a successful finalize unless --keep-work)",
-    )
+    add_config_arguments(parser, LaunchFlags)
 
 
 # -- rank and world size -------------------------------------------------------------------------------
@@ -276,16 +287,18 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from remit.annotate.finalize import finalize
 
-    output = Path(args.output)
-    tp = int(args.tensor_parallel_size)
-    gpus = visible_gpus(args.gpus)
-    n = args.workers or (len(gpus) // tp if gpus else 1)
+    cfg = config_from_args(AnnotateConfig, args)
+    launch = config_from_args(LaunchFlags, args)
+    output = cfg.output
+    tp = cfg.tensor_parallel_size
+    gpus = visible_gpus(launch.gpus)
+    n = launch.workers or (len(gpus) // tp if gpus else 1)
     if n < 1:
-        raise ValueError(f"--workers must be >= 1 (got {args.workers}; {len(gpus)} GPUs at tensor parallel {tp})")
-    specs = worker_specs(n, gpus, tp, pin=not args.no_pin)
+        raise ValueError(f"--workers must be >= 1 (got {launch.workers}; {len(gpus)} GPUs at tensor parallel {tp})")
+    specs = worker_specs(n, gpus, tp, pin=not launch.no_pin)
     work = WorkDir(output)
-    work.claim_folder()  # before the logs go into it: a folder that is not remit's is refused untouched
-    log_dir = Path(args.log_dir) if args.log_dir else work.logs_dir
+    claim_folder(work)  # before the logs go into it: a folder that is not remit's is refused untouched
+    log_dir = launch.log_dir or work.logs_dir
     log_dir.mkdir(parents=True, exist_ok=True)
     python = [sys.executable, "-m", "remit.annotate.cli"]
     flags = job_flags(args)
@@ -294,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
     # Plan (and claim) once, in one process: workers then find plan.json and never wait on each other; a
     # finished output with damaged shards is reopened there, once. On a resume the plan exists and this
     # step only checks the run; each worker still checks that the plan belongs to its run.
-    plan_log = log_dir / "plan.log"
+    plan_log = work.plan_log_path(log_dir)
     proc, fh = _start([*python, "plan", *flags], {**specs[0].env, "CUDA_VISIBLE_DEVICES": ""}, plan_log, None)
     rc = proc.wait()
     fh.close()
@@ -306,12 +319,12 @@ def run(args: argparse.Namespace) -> int:
     old_term = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         for spec in specs:
-            log = log_dir / f"worker-{spec.rank}.log"
+            log = work.worker_log_path(spec.rank, log_dir)
             cmd = [*python, "run", *flags, "--rank", str(spec.rank), "--world-size", str(n)]
             proc, fh = _start(cmd, spec.env, log, spec.cpus)
             procs[spec.rank] = (proc, fh, log)
             print(f"[launch] worker {spec.rank}/{n} pid {proc.pid} ({spec.describe()}), log {log}", flush=True)
-        failed = _wait(procs, work, args.progress_every_s)
+        failed = _wait(procs, work, cfg.progress_every_s)
     except (KeyboardInterrupt, _Terminated):
         for proc, _, _ in procs.values():
             if proc.poll() is None:
@@ -334,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    manifest = finalize(output, keep_work=args.keep_work)
+    manifest = finalize(work, keep_work=cfg.keep_work)
     t = manifest["totals"]
     print(
         f"[launch] {n} workers, {time.perf_counter() - t0:.1f} s; {output}: {t['shards']} shards, {t['rows']:,} rows, "

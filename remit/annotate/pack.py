@@ -17,11 +17,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,42 +26,22 @@ from typing import Any
 import numpy as np
 
 from remit import __version__
+from remit.annotate.claim import finished_output
 from remit.annotate.config import AnnotateConfig
-from remit.annotate.inputs import (
-    Fields,
-    InputScan,
-    Skip,
-    check_columns,
-    check_inside,
-    fingerprint,
-    no_usable_documents,
-    read_inputs,
-    scan_inputs,
-)
-from remit.annotate.packing import Document, PackedRow, pack
-from remit.annotate.plan import IGNORED_SHOWN, PlanStats
+from remit.annotate.inputs import Fields, InputScan
+from remit.annotate.packing import PackedRow
 from remit.annotate.progress import Progress
-from remit.annotate.tokenize import BosPolicy, EosPolicy, SpecialTokens, load_tokenizer, tokenize_records
+from remit.annotate.tokenize import BosPolicy, EosPolicy, SpecialTokens, load_tokenizer
+from remit.annotate.units import CorpusStats, corpus_units, input_description, open_corpus, packing_description
 from remit.annotate.workdir import WorkDir
 from remit.common.flags import add_arguments as add_config_arguments
-from remit.common.flags import check_choices, config_from_args, option, run_local_fields
+from remit.common.flags import check_choices, config_from_args, option, option_of, run_local_fields
 from remit.shards.checksum import bytes_sha256
 from remit.shards.manifest import assemble_manifest
 from remit.shards.writer import Rows, build_table, write_shard
 
 #: The manifest's weight rule for a pack-only output.
 PACK_RULE = "none: pack-only output, not scored; every log-prob is NaN and every weight 1.0"
-
-
-def _as_annotate(name: str, **override: Any) -> Any:
-    """The field `name` declared as `AnnotateConfig` declares it (flag, help, group, default), so that the
-    flags the two commands share are spelled and documented once."""
-    f = next(f for f in dataclasses.fields(AnnotateConfig) if f.name == name)
-    meta = {k: f.metadata[k] for k in ("help", "group", "flag", "run_local")}
-    meta.update(override)
-    if f.default_factory is not dataclasses.MISSING:
-        return option(default_factory=f.default_factory, **meta)
-    return option(f.default, **meta)
 
 
 @dataclass
@@ -75,28 +52,32 @@ class PackConfig:
         group="tokenizer and data",
     )
     """Folder holding the tokenizer files; the manifest records it and its hash."""
-    inputs: list[Path] = _as_annotate("inputs", group="tokenizer and data")
+    inputs: list[Path] = option_of(AnnotateConfig, "inputs", group="tokenizer and data")
     """Corpus: JSONL (plain/gzip), Parquet, folders of .txt, or `datasets` save_to_disk folders."""
-    output: Path = _as_annotate("output", group="tokenizer and data")
+    output: Path = option_of(AnnotateConfig, "output", group="tokenizer and data")
     """Output folder: manifest.json + shard-NNNNN.parquet."""
-    text_field: str = _as_annotate("text_field", group="tokenizer and data")
+    text_field: str = option_of(AnnotateConfig, "text_field", group="tokenizer and data")
     """Field (JSONL) or column (Parquet, `datasets`) holding a document's text."""
-    id_field: str = _as_annotate("id_field", group="tokenizer and data")
+    id_field: str = option_of(AnnotateConfig, "id_field", group="tokenizer and data")
     """Field holding the document id; a record without it gets '<file>:<record number>'."""
-    token_field: str | None = _as_annotate("token_field", group="tokenizer and data")
+    token_field: str | None = option_of(AnnotateConfig, "token_field", group="tokenizer and data")
     """Set for pre-tokenized input: the field with token ids (used as they are)."""
-    strict: bool = _as_annotate("strict", group="tokenizer and data")
+    split: list[str] = option_of(AnnotateConfig, "split", group="tokenizer and data")
+    """The splits of a `datasets` DatasetDict to read (needed when it has several)."""
+    strict: bool = option_of(AnnotateConfig, "strict", group="tokenizer and data")
     """Fail on the first unusable record instead of skipping and counting it."""
     # --- packing ---
-    seq_len: int = _as_annotate("seq_len", group="packing")
+    seq_len: int = option_of(AnnotateConfig, "seq_len", group="packing")
     """Training sequence length; rows hold seq_len + 1 tokens."""
-    bos: BosPolicy = _as_annotate("bos", group="packing")
+    bos: BosPolicy = option_of(AnnotateConfig, "bos", group="packing")
     """Prepend BOS to each document: always, never, or auto (when the tokenizer's template does)."""
-    eos: EosPolicy = _as_annotate("eos", group="packing")
+    eos: EosPolicy = option_of(AnnotateConfig, "eos", group="packing")
     """Append EOS to each document."""
-    rows_per_shard: int = _as_annotate("rows_per_shard", group="packing", help="rows per shard (default 2048)")
+    rows_per_shard: int = option_of(
+        AnnotateConfig, "rows_per_shard", group="packing", help="rows per shard (default 2048)"
+    )
     """Rows per shard."""
-    progress_every_s: float = _as_annotate("progress_every_s", group="packing")
+    progress_every_s: float = option_of(AnnotateConfig, "progress_every_s", group="packing")
     """Seconds between progress lines."""
 
     def __post_init__(self) -> None:
@@ -142,7 +123,9 @@ def _unscored_rows(rows: list[PackedRow], first_sample_id: int) -> Rows:
     )
 
 
-def _describe(cfg: PackConfig, tokenizer: Any, special: SpecialTokens, inputs: InputScan) -> dict[str, Any]:
+def _describe(
+    cfg: PackConfig, tokenizer: Any, special: SpecialTokens, inputs: InputScan, fields: Fields
+) -> dict[str, Any]:
     """The manifest's fields known before packing; ``run_id`` hashes them."""
     from remit.shards.tokenizer_hash import tokenizer_hash
 
@@ -153,20 +136,9 @@ def _describe(cfg: PackConfig, tokenizer: Any, special: SpecialTokens, inputs: I
         "models": {},
         "engine": None,
         "tokenizer": {"sha256": tokenizer_hash(tokenizer), "path": str(cfg.tokenizer.resolve()), **special.to_dict()},
-        "packing": {
-            "seq_len": cfg.seq_len,
-            "row_tokens": cfg.seq_len + 1,
-            "rows_per_shard": cfg.rows_per_shard,
-            "rows": "consecutive, non-overlapping windows of seq_len + 1 tokens of the EOS-joined corpus; "
-            "the last row may be shorter",
-            "first_token_logp": "not scored: every log-prob is NaN",
-            "segment_context": "each segment is its own document part (document-masked attention in training)",
-        },
+        "packing": packing_description(cfg.seq_len, cfg.rows_per_shard, scored=False),
         "weights": {"eps": 0.0, "center": "row", "rule": PACK_RULE},
-        "input": {
-            "paths": fingerprint(inputs),
-            "fields": {"text": cfg.text_field, "id": cfg.id_field, "tokens": cfg.token_field},
-        },
+        "input": input_description(inputs, fields),
     }
     run["run_id"] = bytes_sha256(json.dumps(run, sort_keys=True).encode())
     return run
@@ -174,54 +146,31 @@ def _describe(cfg: PackConfig, tokenizer: Any, special: SpecialTokens, inputs: I
 
 def pack_output(cfg: PackConfig) -> dict[str, Any]:
     """Tokenize, pack and write a pack-only output; return its manifest (written last)."""
-    scan = scan_inputs(cfg.inputs)
-    check_inside(cfg.inputs, cfg.output)
-    inputs = scan.sources
     fields = Fields(text=cfg.text_field, id=cfg.id_field, tokens=cfg.token_field)
-    check_columns(inputs, fields)
+    scan = open_corpus(cfg.inputs, cfg.output, fields, cfg.split)
     tokenizer = load_tokenizer(cfg.tokenizer)
     special = SpecialTokens.resolve(tokenizer, cfg.bos, cfg.eos)
-    run = _describe(cfg, tokenizer, special, scan)
+    run = _describe(cfg, tokenizer, special, scan, fields)
     work = WorkDir(cfg.output)
-    finished = work.finished_output(run)
+    finished = finished_output(work, run)
     if finished is not None:
         return finished
-    stats = PlanStats(
-        ignored_files=len(scan.ignored), ignored_examples=[scan.not_read(p) for p in scan.ignored[:IGNORED_SHOWN]]
-    )
-    for p in scan.ignored[:IGNORED_SHOWN]:
-        print(f"[pack] not an input file, not read: {scan.not_read(p)}", file=sys.stderr, flush=True)
-    progress = Progress("pack", unit="tok", every_s=cfg.progress_every_s)
-
-    def documents() -> Iterator[Document]:
-        for item in tokenize_records(read_inputs(inputs, fields), tokenizer, special):
-            if isinstance(item, Skip):
-                stats.skip(item, cfg.strict)
-                continue
-            stats.documents += 1
-            stats.tokens += len(item.tokens)
-            progress.update(len(item.tokens))
-            yield item
-
+    stats = CorpusStats()
     shards: list[dict[str, Any]] = []
-    pending: list[PackedRow] = []
-
-    def flush() -> None:
-        rows = _unscored_rows(pending, stats.rows - len(pending))
-        shards.append(write_shard(build_table(rows, 0.0), work.shard_path(len(shards))).to_dict())
-        pending.clear()
-
-    for row in pack(documents(), cfg.seq_len):
-        pending.append(row)
-        stats.rows += 1
-        stats.last_row_tokens = len(row.tokens)
-        if len(pending) == cfg.rows_per_shard:
-            flush()
-    if pending:
-        flush()
-    if not shards:
-        raise ValueError(no_usable_documents(stats.skipped, stats.skip_examples))
-    progress.close()
+    for got in corpus_units(
+        scan,
+        fields,
+        tokenizer,
+        special,
+        seq_len=cfg.seq_len,
+        rows_per_shard=cfg.rows_per_shard,
+        strict=cfg.strict,
+        stats=stats,
+        progress=Progress("pack", unit="tok", every_s=cfg.progress_every_s),
+        label="pack",
+    ):
+        rows = _unscored_rows(got.rows, got.first_sample_id)
+        shards.append(write_shard(build_table(rows, 0.0), work.shard_path(got.unit)).to_dict())
     work.remove_other_shards({s["file"] for s in shards})  # from an earlier, longer unfinished run
     run["input"].update(
         documents=stats.documents,

@@ -1,10 +1,11 @@
 """Planning: the run's identity, and the corpus cut into deterministic work units.
 
 - `describe_run`: the run description (whose hash is the run id), checked before any work starts.
-- `build_plan`: reads the inputs once, tokenizes them, packs the rows and writes them,
-  ``rows_per_shard`` rows per unit, into the work folder; ``plan.json`` is written last, so a plan
+- `build_plan`: the corpus read, tokenized and packed once (`remit.annotate.units`), written
+  ``rows_per_shard`` rows per unit into the work folder; ``plan.json`` is written last, so a plan
   without it is incomplete and is redone from scratch.
 - `ensure_plan`: rank 0 plans (under a lock) when there is no plan yet; the other ranks wait for it.
+- Each function takes the job's `WorkDir`; none builds its own.
 
 Sample ids and unit boundaries depend only on the inputs and the settings, never on the number of
 workers, so any worker can score any unit and a resume with another world size gives the same output.
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -24,30 +25,19 @@ import pyarrow as pa
 from remit import __version__
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.hashcache import HashCache
-from remit.annotate.inputs import (
-    Fields,
-    InputScan,
-    Skip,
-    check_columns,
-    check_inside,
-    fingerprint,
-    no_usable_documents,
-    read_inputs,
-    scan_inputs,
-)
+from remit.annotate.inputs import Fields, InputScan
 from remit.annotate.models import allow_long_vllm_rows, check_pair, check_positions, inspect_model, model_info
-from remit.annotate.packing import Document, PackedRow, pack
+from remit.annotate.packing import PackedRow
 from remit.annotate.progress import Progress
 from remit.annotate.records import Plan, PlannedUnit, PlanTotals, RunDescription
-from remit.annotate.tokenize import SpecialTokens, check_same_tokenizer, load_tokenizer, tokenize_records
+from remit.annotate.tokenize import SpecialTokens, check_same_tokenizer, load_tokenizer
+from remit.annotate.units import CorpusStats, corpus_units, input_description, open_corpus, packing_description
 from remit.annotate.workdir import WorkDir, shard_name
 from remit.shards.checksum import token_checksum
 from remit.shards.manifest import ShardError
 from remit.shards.schema import SCHEMA
 from remit.shards.weights import RULE
 
-#: Files inside input folders that are not read, listed by name in the manifest (the rest are counted).
-IGNORED_SHOWN = 20
 #: The planned units hold the token-level layout of the final shards: the same columns, the same types.
 PLAN_SCHEMA = pa.schema(
     [
@@ -55,10 +45,6 @@ PLAN_SCHEMA = pa.schema(
         for n in ("sample_id", "token_ids", "segment_starts", "segment_doc_ids", "segment_doc_offsets", "source")
     ]
 )
-
-
-class StrictInputError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -73,6 +59,10 @@ class RunSetup:
     """The inputs' sources in reading order, and the files of input folders that are not read."""
 
 
+def _fields(cfg: AnnotateConfig) -> Fields:
+    return Fields(text=cfg.text_field, id=cfg.id_field, tokens=cfg.token_field)
+
+
 def describe_run(cfg: AnnotateConfig) -> RunSetup:
     """The run description (manifest fields known before scoring), the tokenizer and the BOS/EOS policy.
 
@@ -80,9 +70,7 @@ def describe_run(cfg: AnnotateConfig) -> RunSetup:
     positions), a bad input path or a tokenizer mismatch.
     """
     cfg.check_paths()
-    scan = scan_inputs(cfg.inputs, cfg.split)
-    check_inside(cfg.inputs, cfg.output)
-    check_columns(scan.sources, Fields(text=cfg.text_field, id=cfg.id_field, tokens=cfg.token_field))
+    scan = open_corpus(cfg.inputs, cfg.output, _fields(cfg), cfg.split)
     tok_base, tok_rl = load_tokenizer(cfg.base), load_tokenizer(cfg.rl)
     tok_hash = check_same_tokenizer(tok_base, tok_rl, cfg.base, cfg.rl)
     special = SpecialTokens.resolve(tok_base, cfg.bos, cfg.eos)
@@ -100,43 +88,12 @@ def describe_run(cfg: AnnotateConfig) -> RunSetup:
         config=cfg.identity(),
         models=models,
         tokenizer={"sha256": tok_hash, "path": str(cfg.base.resolve()), **special.to_dict()},
-        packing={
-            "seq_len": cfg.seq_len,
-            "row_tokens": cfg.seq_len + 1,
-            "rows_per_shard": cfg.rows_per_shard,
-            "rows": "consecutive, non-overlapping windows of seq_len + 1 tokens of the EOS-joined corpus; "
-            "the last row may be shorter",
-            "first_token_logp": "NaN at the first token of every segment (no context); weight 1.0 there",
-            "segment_context": "each segment scored as an independent prompt from its own first token",
-        },
+        packing=packing_description(cfg.seq_len, cfg.rows_per_shard, scored=True),
         weights={"eps": cfg.eps, "center": cfg.center, "rule": RULE},
         engine_request={"name": cfg.engine, **cfg.engine_settings().to_dict()},
-        input={
-            "paths": fingerprint(scan),
-            "fields": {"text": cfg.text_field, "id": cfg.id_field, "tokens": cfg.token_field},
-        },
+        input=input_description(scan, _fields(cfg)),
     )
     return RunSetup(run, tok_base, special, scan)
-
-
-@dataclass
-class PlanStats:
-    documents: int = 0
-    tokens: int = 0
-    rows: int = 0
-    units: int = 0
-    last_row_tokens: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    skip_examples: list[str] = field(default_factory=list)
-    ignored_files: int = 0
-    ignored_examples: list[str] = field(default_factory=list)
-
-    def skip(self, s: Skip, strict: bool) -> None:
-        if strict:
-            raise StrictInputError(f"{s.where()}: {s.reason} (--strict; drop --strict to skip and count such records)")
-        self.skipped[s.kind] = self.skipped.get(s.kind, 0) + s.records
-        if len(self.skip_examples) < 20:
-            self.skip_examples.append(f"{s.where()}: {s.reason}")
 
 
 def _unit_table(rows: list[PackedRow], first_sample_id: int) -> pa.Table:
@@ -172,66 +129,39 @@ def _planned(unit: int, rows: list[PackedRow], first_sample_id: int) -> PlannedU
 
 
 def _plan_units(
-    cfg: AnnotateConfig, setup: RunSetup, write: Callable[[PlannedUnit], bool], quiet: bool = False
-) -> tuple[list[PlannedUnit], PlanStats]:
+    cfg: AnnotateConfig, setup: RunSetup, work: WorkDir, write: Callable[[PlannedUnit], bool], quiet: bool = False
+) -> tuple[list[PlannedUnit], CorpusStats]:
     """Tokenize and pack the whole corpus into units; write the rows of each unit for which `write` says so."""
-    work = WorkDir(cfg.output)
-    stats = PlanStats(
-        ignored_files=len(setup.scan.ignored),
-        ignored_examples=[setup.scan.not_read(p) for p in setup.scan.ignored[:IGNORED_SHOWN]],
-    )
-    if not quiet:
-        for p in setup.scan.ignored[:IGNORED_SHOWN]:
-            print(f"[plan] not an input file, not read: {setup.scan.not_read(p)}", file=sys.stderr, flush=True)
-        if len(setup.scan.ignored) > IGNORED_SHOWN:
-            print(f"[plan] ... and {len(setup.scan.ignored) - IGNORED_SHOWN} more files not read", file=sys.stderr)
-    fields = Fields(text=cfg.text_field, id=cfg.id_field, tokens=cfg.token_field)
-    progress = Progress("plan", unit="tok", every_s=cfg.progress_every_s)
+    stats = CorpusStats()
     units: list[PlannedUnit] = []
-    pending: list[PackedRow] = []
-
-    def documents() -> Iterator[Document]:
-        for item in tokenize_records(read_inputs(setup.scan.sources, fields), setup.tokenizer, setup.special):
-            if isinstance(item, Skip):
-                stats.skip(item, cfg.strict)
-                continue
-            stats.documents += 1
-            stats.tokens += len(item.tokens)
-            progress.update(len(item.tokens))
-            yield item
-
-    def flush() -> None:
-        unit = _planned(len(units), pending, stats.rows - len(pending))
+    for got in corpus_units(
+        setup.scan,
+        _fields(cfg),
+        setup.tokenizer,
+        setup.special,
+        seq_len=cfg.seq_len,
+        rows_per_shard=cfg.rows_per_shard,
+        strict=cfg.strict,
+        stats=stats,
+        progress=Progress("plan", unit="tok", every_s=cfg.progress_every_s),
+        label=None if quiet else "plan",
+    ):
+        unit = _planned(got.unit, got.rows, got.first_sample_id)
         if write(unit):
-            work.write_planned_unit(unit.unit, _unit_table(pending, unit.first_sample_id))
+            work.write_planned_unit(unit.unit, _unit_table(got.rows, unit.first_sample_id))
         units.append(unit)
-
-    for row in pack(documents(), cfg.seq_len):
-        pending.append(row)
-        stats.rows += 1
-        stats.last_row_tokens = len(row.tokens)
-        if len(pending) == cfg.rows_per_shard:
-            flush()
-            pending = []
-    if pending:
-        flush()
-    if not units:
-        raise ValueError(no_usable_documents(stats.skipped, stats.skip_examples))
-    stats.units = len(units)
-    progress.close()
     return units, stats
 
 
-def build_plan(cfg: AnnotateConfig, setup: RunSetup) -> Plan:
+def build_plan(cfg: AnnotateConfig, setup: RunSetup, work: WorkDir) -> Plan:
     """Tokenize and pack the whole corpus into units; write plan.json last. Returns the plan.
 
     The rows of a unit whose shard is already complete (a trusted completion record, as after a repair
     reopened a finished output) are not written: only units still to score need them."""
-    work = WorkDir(cfg.output)
     work.start_plan()
     run_id = setup.run.run_id
     t0 = time.perf_counter()
-    units, stats = _plan_units(cfg, setup, lambda u: work.trusted_record(u, run_id)[0] is None)
+    units, stats = _plan_units(cfg, setup, work, lambda u: work.trusted_record(u, run_id)[0] is None)
     plan = Plan(
         run_id=run_id,
         units=tuple(units),
@@ -242,10 +172,11 @@ def build_plan(cfg: AnnotateConfig, setup: RunSetup) -> Plan:
     return plan
 
 
-def ensure_planned_units(cfg: AnnotateConfig, setup: RunSetup, plan: Plan, units: list[PlannedUnit]) -> None:
+def ensure_planned_units(
+    cfg: AnnotateConfig, setup: RunSetup, work: WorkDir, plan: Plan, units: list[PlannedUnit]
+) -> None:
     """Write the rows of `units` where planning left them out (their shards were complete then, and are
     not now): the corpus is planned again, deterministically, and checked against plan.json."""
-    work = WorkDir(cfg.output)
     missing = {u.unit for u in units if not work.has_planned_unit(u.unit)}
     if not missing:
         return
@@ -254,7 +185,7 @@ def ensure_planned_units(cfg: AnnotateConfig, setup: RunSetup, plan: Plan, units
         if not missing:
             return
         print(f"[plan] writing the rows of {len(missing)} units again", file=sys.stderr, flush=True)
-        again, _ = _plan_units(cfg, setup, lambda u: u.unit in missing, quiet=True)
+        again, _ = _plan_units(cfg, setup, work, lambda u: u.unit in missing, quiet=True)
     if tuple(again) != plan.units:
         raise ShardError(
             f"{work.plan_path}: planning the inputs again gives other units than the plan; the inputs changed "
@@ -262,13 +193,12 @@ def ensure_planned_units(cfg: AnnotateConfig, setup: RunSetup, plan: Plan, units
         )
 
 
-def ensure_plan(cfg: AnnotateConfig, setup: RunSetup, rank: int) -> Plan:
+def ensure_plan(cfg: AnnotateConfig, setup: RunSetup, work: WorkDir, rank: int) -> Plan:
     """Rank 0 plans when no plan exists; other ranks wait for it.
 
     Readers trust only plan.json, which build_plan writes last: a plan folder without it (rank 0 was
     killed while planning) is rebuilt from scratch by the next rank 0, and no rank reads it before.
     """
-    work = WorkDir(cfg.output)
     run_id = setup.run.run_id
     plan = work.read_plan(run_id)
     if plan is not None:
@@ -276,7 +206,7 @@ def ensure_plan(cfg: AnnotateConfig, setup: RunSetup, rank: int) -> Plan:
     if rank == 0:
         with work.plan_lock():
             plan = work.read_plan(run_id)  # another planner may have finished while we waited
-            return plan if plan is not None else build_plan(cfg, setup)
+            return plan if plan is not None else build_plan(cfg, setup, work)
     deadline = time.monotonic() + cfg.plan_timeout_s
     print(f"[rank {rank}] waiting for rank 0 to write the plan in {work.root}", file=sys.stderr, flush=True)
     while time.monotonic() < deadline:

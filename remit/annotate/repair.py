@@ -17,12 +17,45 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from remit.annotate.config import RUN_LOCAL_FIELDS, AnnotateConfig
+from remit.annotate.config import RUN_LOCAL_FIELDS, AnnotateConfig, Score
 from remit.annotate.workdir import WorkDir
+from remit.common.flags import add_arguments as add_config_arguments
+from remit.common.flags import config_from_args, option, option_of
+
+_REPAIR = "repair"
+
+
+@dataclass(frozen=True)
+class RepairFlags:
+    """The flags of `remit-annotate repair`; those it shares with the job are `AnnotateConfig`'s."""
+
+    output: Path = option(positional=True, help="annotation output folder", group=_REPAIR)
+    """The output to finish or repair; its settings are read from it."""
+    score: Score | None = option_of(
+        AnnotateConfig,
+        "score",
+        default=None,
+        help="passes the output must hold (default: what it holds; both completes an RL-only output)",
+        group=_REPAIR,
+    )
+    """The passes to make; None: the passes the output holds (or was started for)."""
+    keep_work: bool = option_of(AnnotateConfig, "keep_work", group=_REPAIR)
+    """Keep _work/ after the manifest is written."""
+    progress_every_s: float = option_of(AnnotateConfig, "progress_every_s", group=_REPAIR)
+    """Seconds between progress lines."""
+    verbose: bool = option_of(AnnotateConfig, "verbose", group=_REPAIR)
+    """Let the engines' and libraries' own log lines through."""
+    print_command: bool = option(
+        False,
+        flag="--print",
+        help="print the `remit-annotate run` command for many workers instead",
+        group=_REPAIR,
+    )
+    """Print the equivalent `remit-annotate run` command instead of running it."""
 
 
 def recorded_config(output: Path) -> tuple[dict[str, Any], str, str]:
@@ -35,12 +68,8 @@ def recorded_config(output: Path) -> tuple[dict[str, Any], str, str]:
             f"{output}: not an output of remit-annotate (no {work.marker_path.name}, manifest.json or _work/); "
             "nothing to repair"
         )
-    for path in (work.manifest_path, work.run_path, work.marker_path):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and isinstance(data.get("config"), dict):
+    for path, data in work.recorded_settings():
+        if isinstance(data.get("config"), dict):
             passes = data.get("passes", "both") if path == work.manifest_path else _passes_of_records(work)
             return data["config"], str(path), passes
     raise ValueError(
@@ -51,13 +80,7 @@ def recorded_config(output: Path) -> tuple[dict[str, Any], str, str]:
 
 def _passes_of_records(work: WorkDir) -> str:
     """rl when every completion record holds the RL pass only (the run was started with --score rl)."""
-    found = set()
-    for p in work.done_dir.glob("unit-*.json") if work.done_dir.is_dir() else []:
-        try:
-            found.add(json.loads(p.read_text()).get("passes", "both"))
-        except (OSError, ValueError, AttributeError):
-            continue
-    return "rl" if found == {"rl"} else "both"
+    return "rl" if work.record_passes() == {"rl"} else "both"
 
 
 def config_from_identity(identity: dict[str, Any], **local: Any) -> AnnotateConfig:
@@ -73,37 +96,26 @@ def config_from_identity(identity: dict[str, Any], **local: Any) -> AnnotateConf
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("output", type=Path, help="annotation output folder")
-    parser.add_argument(
-        "--score",
-        choices=("both", "rl"),
-        default=None,
-        help="passes the output must hold (default: what it holds; both completes an RL-only output)",
-    )
-    parser.add_argument("--keep-work", action="store_true", help="keep _work/ after writing the manifest")
-    parser.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
-    parser.add_argument("--verbose", action="store_true", help="show the engines' and libraries' own log lines")
-    parser.add_argument(
-        "--print", action="store_true", help="print the `remit-annotate run` command for many workers instead"
-    )
+    add_config_arguments(parser, RepairFlags)
 
 
 def run(args: argparse.Namespace) -> int:
     from remit.annotate.finalize import resume_command
     from remit.annotate.job import run_job
 
-    identity, source, held = recorded_config(args.output)
-    score = args.score or ("rl" if held == "rl" else "both")
-    if args.print:
-        print(resume_command(identity, args.output, score=score))
+    flags = config_from_args(RepairFlags, args)
+    identity, source, held = recorded_config(flags.output)
+    score = flags.score or ("rl" if held == "rl" else "both")
+    if flags.print_command:
+        print(resume_command(identity, flags.output, score=score))
         return 0
     cfg = config_from_identity(
         identity,
-        output=args.output,
+        output=flags.output,
         score=score,
-        keep_work=args.keep_work,
-        progress_every_s=args.progress_every,
-        verbose=args.verbose,
+        keep_work=flags.keep_work,
+        progress_every_s=flags.progress_every_s,
+        verbose=flags.verbose,
     )
-    print(f"repair: {args.output} with the settings recorded in {source}", flush=True)
+    print(f"repair: {flags.output} with the settings recorded in {source}", flush=True)
     return run_job(cfg, 0, 1)

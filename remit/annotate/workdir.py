@@ -14,17 +14,16 @@
         leases/unit-NNNNN.json    the worker scoring a unit now (`remit.annotate.lease`)
         logs/                     the local launcher's logs
 
-`WorkDir` owns all of it:
-- the ownership marker: an output folder is empty (then claimed) or remit's (it carries the marker), or
-  refused; remit deletes and overwrites only files it creates, by their exact names;
-- claiming the folder for a run, refusing another run's folder, and reopening a finished output whose
-  shards are missing or damaged, or whose RL-only shards get their base pass (the repair path);
+`WorkDir` owns the names, and reads and writes the files by them:
+- the ownership marker, and which entries of the folder are not remit's (whether a run may use the
+  folder is `remit.annotate.claim`'s decision);
+- the run description, the manifest, and the files that record a job's settings;
 - the plan lock, and reading and writing the plan and its units;
 - completion records, and whether one can be trusted;
 - saved base log-probs;
-- sweeping what a killed worker left, and removing the work folder after finalize;
-- for an output written in one go (`remit-annotate pack`, no work folder): the finished-output check,
-  stale shards and the manifest.
+- the local launcher's log files;
+- sweeping what a killed worker left, and removing the work folder after finalize (only files remit
+  creates, by their exact names).
 
 Every file is written with `remit.common.atomic`; nothing else in the package spells these paths.
 """
@@ -37,7 +36,6 @@ import json
 import re
 import sys
 from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +44,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from remit import __version__
-from remit.annotate.records import CompletionRecord, Plan, PlannedUnit, RunDescription, covers
+from remit.annotate.records import CompletionRecord, Plan, PlannedUnit, RunDescription
 from remit.common.atomic import atomic_path, leftovers, write_json_atomic
-from remit.shards.checksum import file_sha256
-from remit.shards.manifest import MANIFEST_NAME, OWNERSHIP_MARKER, WORK_FOLDER, Passes, ShardError
+from remit.shards.manifest import MANIFEST_NAME, OWNERSHIP_MARKER, WORK_FOLDER, ShardError
 from remit.shards.schema import FORMAT_NAME
-from remit.shards.writer import ShardInfo
 
 WORK_DIR = WORK_FOLDER
 RUN_FILE = "run.json"
@@ -71,7 +67,7 @@ _WORK_FILES = {
 _SHARD = re.compile(r"shard-\d{5,}\.parquet")
 
 
-_UNREADABLE_RUN = (
+UNREADABLE_RUN = (
     "unreadable (empty or not JSON, e.g. after a machine crash). Delete it and rerun: this run's description "
     "is written again, and finished units are kept."
 )
@@ -90,33 +86,6 @@ def _is_ours(name: str, pattern: re.Pattern[str]) -> bool:
     """`name` is a file remit creates in that folder, or a temporary file of one."""
     base = re.sub(r"(\.\d+-[0-9a-f]{8})?\.tmp$", "", name)
     return pattern.fullmatch(base) is not None
-
-
-def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ, with both values (shortened), e.g. "config.eps: 0.2 -> 0.1"."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new)):
-            out += differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
-        return out
-    if old == new:
-        return []
-
-    def short(v: Any) -> str:
-        text = json.dumps(v, sort_keys=True)
-        return text if len(text) <= 80 else text[:77] + "..."
-
-    return [f"{prefix}: {short(old)} -> {short(new)}"]
-
-
-@dataclass(frozen=True)
-class Reopened:
-    """What `claim` found wrong with a finished output, now reopened so that a worker finishes it again."""
-
-    damaged: dict[int, str]
-    """Unit -> why its shard cannot be trusted (missing, size, sha256)."""
-    base_pass: bool
-    """The output held only the RL pass and the base pass was asked for."""
 
 
 def _unit_name(unit: int, suffix: str) -> str:
@@ -147,8 +116,6 @@ class WorkDir:
         self.base_dir = self.root / "base"
         self.leases_dir = self.root / "leases"
         self.logs_dir = self.root / "logs"
-        self.reopened: Reopened | None = None
-        """Set by `claim` when it reopened a finished output."""
 
     # -- paths -----------------------------------------------------------------------------------------
 
@@ -167,6 +134,14 @@ class WorkDir:
     def lease_path(self, unit: int) -> Path:
         return self.leases_dir / _unit_name(unit, ".json")
 
+    def plan_log_path(self, folder: Path | None = None) -> Path:
+        """The local launcher's log of the planning step, in `folder` (default: the work folder's logs/)."""
+        return (self.logs_dir if folder is None else folder) / "plan.log"
+
+    def worker_log_path(self, rank: int, folder: Path | None = None) -> Path:
+        """The local launcher's log of worker `rank`, in `folder` (default: the work folder's logs/)."""
+        return (self.logs_dir if folder is None else folder) / f"worker-{rank}.log"
+
     # -- ownership -------------------------------------------------------------------------------------
 
     def read_marker(self) -> dict[str, Any] | None:
@@ -174,49 +149,22 @@ class WorkDir:
         data = _read_json(self.marker_path)
         return data if data is not None and data.get("created_by") == MARKER_OWNER else None
 
-    def _legacy_output(self) -> bool:
+    def legacy_output(self) -> bool:
         """A folder written before the marker existed: a remit manifest or run description."""
         manifest = _read_json(self.manifest_path)
         return (manifest is not None and manifest.get("format") == FORMAT_NAME) or self.read_run_data() is not None
 
     def owned(self) -> bool:
         """The folder is remit's: it carries the marker (or is an output of a remit without markers)."""
-        return self.read_marker() is not None or self._legacy_output()
+        return self.read_marker() is not None or self.legacy_output()
 
-    def _foreign_entries(self) -> list[str]:
+    def foreign_entries(self) -> list[str]:
+        """The folder's entries but the marker (and its temporary files), folders with a trailing slash."""
         mine = {self.marker_path.name, *(p.name for p in leftovers(self.marker_path))}
         return sorted(p.name + ("/" if p.is_dir() else "") for p in self.output.iterdir() if p.name not in mine)
 
-    def claim_folder(self) -> None:
-        """Make the output folder remit's, or refuse it: remit writes only into an empty folder (or a new
-        one) or one that carries its marker, so that it never deletes or overwrites a file it did not create."""
-        out = self.output
-        if out.exists() and not out.is_dir():
-            raise ShardError(f"--output {out}: exists and is not a folder; choose a folder")
-        if out.is_dir():
-            # Listed before the marker is read: remit writes the marker before anything else and never removes
-            # it, so entries listed while no marker existed are not remit's, whereas a worker started at the same
-            # moment may claim the folder and create _work/ between these two reads.
-            foreign = self._foreign_entries()
-            if self.read_marker() is not None:
-                return
-            if self.marker_path.exists() and self.read_marker() is None:  # read again: it may have just appeared
-                raise ShardError(
-                    f"{self.marker_path}: not remit's ownership marker, so {out} is not remit's folder. Choose a new "
-                    "--output folder."
-                )
-            if foreign and not self._legacy_output():
-                shown = ", ".join(foreign[:5]) + (f" ... ({len(foreign)} entries)" if len(foreign) > 5 else "")
-                raise ShardError(
-                    f"--output {out}: the folder holds files remit did not create ({shown}); remit writes only into "
-                    "an empty folder or one it created, so that it never deletes or overwrites your files. Choose a "
-                    "new --output folder (it is created), or empty this one."
-                )
-        out.mkdir(parents=True, exist_ok=True)
-        if self.read_marker() is None:  # another worker may have written it (with its run) meanwhile
-            self._write_marker(None)
-
-    def _write_marker(self, run: RunDescription | None) -> None:
+    def write_marker(self, run: RunDescription | None) -> None:
+        """Write the ownership marker, naming `run` (None keeps the run a previous marker named)."""
         data: dict[str, Any] = {
             "created_by": MARKER_OWNER,
             "remit_version": __version__,
@@ -230,84 +178,10 @@ class WorkDir:
             run_part = {"run_id": run.run_id, "config": run.config} if run is not None else {}
         write_json_atomic(self.marker_path, {**data, **run_part})
 
-    # -- claiming the folder ---------------------------------------------------------------------------
-
-    def claim(self, run: RunDescription, passes: Passes = "both") -> bool:
-        """Claim the output folder for `run`, to hold `passes`. Returns True when the output is complete.
-
-        A finished output is checked shard by shard (existence, size, sha256 against the manifest). When a
-        shard is missing or damaged, or the output holds only the RL pass and `passes` asks for both, it
-        is reopened (`self.reopened` says why): its intact shards get completion records again and the
-        manifest is removed, so that the worker scores just what is missing and finalize writes it again.
-
-        Raises ShardError when the folder is not remit's, or holds another run's output or unfinished work.
-        """
-        self.claim_folder()
-        manifest = _read_json(self.manifest_path)
-        if manifest is not None and (
-            manifest.get("format") != FORMAT_NAME or not isinstance(manifest.get("shards"), list)
-        ):
-            manifest = None
-        if manifest is None and self.manifest_path.exists():
-            print(
-                f"note: {self.manifest_path} is unreadable; it is removed and written again when the run is complete",
-                file=sys.stderr,
-                flush=True,
-            )
-            self.manifest_path.unlink(missing_ok=True)
-        if manifest is not None:
-            self._refuse_other_run(manifest, run, "the finished output")
-            damaged = self.check_shards(manifest["shards"])
-            have = manifest.get("passes", "both")
-            if not damaged and covers(have, passes):
-                return True
-            self.root.mkdir(exist_ok=True)
-            # Workers started together (a Slurm array) all find the damage; one reopens the output, the others
-            # then find no manifest and resume like any unfinished run.
-            with self.plan_lock():
-                if self.manifest_path.exists():
-                    self._reopen(manifest, run, damaged, base_pass=not covers(have, passes))
-        self.done_dir.mkdir(parents=True, exist_ok=True)
-        self.base_dir.mkdir(exist_ok=True)
-        stored = self.read_run_data()
-        if stored is None:
-            write_json_atomic(self.run_path, run.to_dict())
-            self._write_marker(run)
-        elif stored.get("run_id") != run.run_id:
-            self._accept_model_change(stored, run)
-        # Another run's worker may have raced us to an empty folder: whoever renamed last holds run.json.
-        self._refuse_other_run(self.read_run_data() or {}, run, "the unfinished work")
-        return False
+    # -- the run description and the manifest ----------------------------------------------------------
 
     def read_run_data(self) -> dict[str, Any] | None:
         return _read_json(self.run_path) if self.run_path.exists() else None
-
-    def finished_output(self, run: dict[str, Any]) -> dict[str, Any] | None:
-        """For an output written in one go (`remit-annotate pack`, whose run description is `run`): claim the
-        folder (the ownership marker), and return its manifest when it already holds this run's finished
-        output, None when there is none yet. Raises ShardError when the folder is not remit's, or holds another
-        run's finished output or an annotation's unfinished work."""
-        self.claim_folder()
-        if self.manifest_path.exists():
-            self._refuse_other_run(_read_json(self.manifest_path) or {}, run, "the finished output")
-            return _read_json(self.manifest_path)
-        if self.run_path.exists():
-            raise ShardError(
-                f"{self.run_path}: this output folder holds the unfinished work of an annotation run. Use a new "
-                "--output folder, or delete this one to start over."
-            )
-        return None
-
-    def remove_other_shards(self, keep: Collection[str]) -> None:
-        """Remove shard files not named in `keep` (left by an earlier, longer unfinished run of the folder,
-        which `finished_output` claimed as remit's)."""
-        for stale in sorted(self.output.glob("shard-*.parquet")):
-            if _SHARD.fullmatch(stale.name) and stale.name not in keep:
-                stale.unlink()
-
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        """Write the manifest: the output is complete."""
-        write_json_atomic(self.manifest_path, manifest)
 
     def read_run(self) -> RunDescription | None:
         """The run this folder was claimed for, or None when it holds no run.json."""
@@ -316,108 +190,33 @@ class WorkDir:
         try:
             return RunDescription.from_dict(_read_json(self.run_path) or {})
         except (TypeError, ValueError):
-            raise ShardError(f"{self.run_path}: {_UNREADABLE_RUN}") from None
+            raise ShardError(f"{self.run_path}: {UNREADABLE_RUN}") from None
 
-    def _refuse_other_run(self, data: dict[str, Any], run: RunDescription | dict[str, Any], what: str) -> None:
-        if not data:
-            raise ShardError(f"{self.run_path}: {_UNREADABLE_RUN}")
-        mine = run.to_dict() if isinstance(run, RunDescription) else run
-        if data.get("run_id") == mine["run_id"]:
-            return
-        keys = ("config", "models", "tokenizer", "packing", "weights", "remit_version")
-        changed = differences({k: data.get(k) for k in keys}, {k: mine.get(k) for k in keys})
-        old_input = data.get("input") or {}
-        changed += differences(
-            {"input": {k: old_input.get(k) for k in ("paths", "fields")}},
-            {"input": {k: mine["input"].get(k) for k in ("paths", "fields")}},
-        )
-        shown = "; ".join(changed[:4]) + (f"; ... ({len(changed)} in all)" if len(changed) > 4 else "")
-        raise ShardError(
-            f"{self.output}: this output folder holds {what} of a different run (run id {data.get('run_id')}, this "
-            f"run's is {mine['run_id']}). What differs: {shown or 'the run description'}. Give the settings of that run, "
-            "or use a new --output folder."
-        )
-
-    def _accept_model_change(self, stored: dict[str, Any], run: RunDescription) -> None:
-        """A run whose only change is a model nothing was scored with yet stays this run: e.g. an RL model
-        repaired after it failed to load keeps the base pass already made. Anything else is left for
-        `_refuse_other_run`."""
-        mine = run.to_dict()
-        changed = differences(
-            {k: v for k, v in stored.items() if k != "run_id"}, {k: v for k, v in mine.items() if k != "run_id"}
-        )
-        model_keys = ("config.base", "config.rl", "models.base", "models.rl")
-        if not changed or not all(c.startswith(model_keys) for c in changed):
-            return
-        base_changed = any(c.startswith(("config.base", "models.base")) for c in changed)
-        saved_base = any(self.base_dir.glob("unit-*.npz")) if self.base_dir.is_dir() else False
-        if self.count_records() or (base_changed and saved_base):
-            return  # scored work depends on the old model: refused, naming the change
-        plan = self.read_plan()
-        write_json_atomic(self.run_path, mine)
-        if plan is not None:
-            self.write_plan(Plan(run.run_id, plan.units, plan.totals, plan.seconds))
-        self._write_marker(run)
-        print(
-            f"note: {self.output}: the {'base' if base_changed else 'RL'} model changed since this run started "
-            "and nothing was scored with the old one yet; continuing with the new one"
-            + ("" if base_changed or not saved_base else " (the saved base pass is kept)"),
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def check_shards(self, entries: list[dict[str, Any]]) -> dict[int, str]:
-        """Unit -> what is wrong with its shard (missing, size, sha256 against its manifest entry)."""
-        damaged: dict[int, str] = {}
-        fields = set(ShardInfo.__dataclass_fields__)
-        for i, entry in enumerate(entries):
-            path = self.output / str(entry.get("file"))
-            if not fields <= set(entry):  # e.g. an entry of format version 1 (no column checksums)
-                damaged[i] = f"its manifest entry lacks {', '.join(sorted(fields - set(entry)))}"
-            elif entry.get("file") != shard_name(i):
-                damaged[i] = f"the manifest lists {entry.get('file')!r} where {shard_name(i)} belongs"
-            elif not path.exists():
-                damaged[i] = f"{path.name} is missing"
-            elif path.stat().st_size != entry.get("bytes"):
-                damaged[i] = f"{path.name} has {path.stat().st_size} bytes, the manifest says {entry.get('bytes')}"
-            elif file_sha256(path) != entry.get("file_sha256"):
-                damaged[i] = f"{path.name} differs from what was written (sha256 mismatch)"
-        return damaged
-
-    def _reopen(self, manifest: dict[str, Any], run: RunDescription, damaged: dict[int, str], base_pass: bool) -> None:
-        have = manifest.get("passes", "both")
-        self.done_dir.mkdir(parents=True, exist_ok=True)
-        self.base_dir.mkdir(exist_ok=True)
+    def write_run(self, run: RunDescription) -> None:
         write_json_atomic(self.run_path, run.to_dict())
-        self._write_marker(run)
-        fields = {f for f in ShardInfo.__dataclass_fields__}
-        for i, entry in enumerate(manifest["shards"]):
-            if i in damaged:
-                self.drop_record(i)
-                continue
-            shard = ShardInfo(**{k: entry[k] for k in fields})
-            engine = manifest.get("engine") or {}
-            self.write_record(
-                CompletionRecord(
-                    unit=i,
-                    run_id=run.run_id,
-                    shard=shard,
-                    engine=engine,
-                    engine_base=engine if have == "both" else None,
-                    passes=have,
-                )
-            )
-        # Removed last: until now a rerun finds the manifest and checks again; from now on, it resumes.
-        self.manifest_path.unlink(missing_ok=True)
-        self.reopened = Reopened(damaged, base_pass)
-        for unit, why in sorted(damaged.items())[:20]:
-            print(f"repair: unit {unit}: {why}; scoring it again", file=sys.stderr, flush=True)
-        if base_pass:
-            print(
-                f"{self.output}: holds the RL pass only; scoring the base pass of its units and rewriting the shards",
-                file=sys.stderr,
-                flush=True,
-            )
+
+    def read_manifest_data(self) -> dict[str, Any] | None:
+        """The manifest's JSON object, or None when it is missing or unreadable (no format check)."""
+        return _read_json(self.manifest_path)
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        """Write the manifest: the output is complete."""
+        write_json_atomic(self.manifest_path, manifest)
+
+    def recorded_settings(self) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """The files that may record the job's settings, most complete first (the manifest, run.json, the
+        ownership marker), with their JSON objects; missing or unreadable ones are left out."""
+        for path in (self.manifest_path, self.run_path, self.marker_path):
+            data = _read_json(path)
+            if data is not None:
+                yield path, data
+
+    def remove_other_shards(self, keep: Collection[str]) -> None:
+        """Remove shard files not named in `keep` (left by an earlier, longer unfinished run of the folder,
+        which `remit.annotate.claim.finished_output` claimed as remit's)."""
+        for stale in sorted(self.output.glob("shard-*.parquet")):
+            if _SHARD.fullmatch(stale.name) and stale.name not in keep:
+                stale.unlink()
 
     # -- the plan --------------------------------------------------------------------------------------
 
@@ -536,6 +335,15 @@ class WorkDir:
     def count_records(self) -> int:
         return len(list(self.done_dir.glob("unit-*.json"))) if self.done_dir.is_dir() else 0
 
+    def record_passes(self) -> set[str]:
+        """The passes the completion records hold (both, rl), unreadable records left out."""
+        found = set()
+        for p in self.done_dir.glob("unit-*.json") if self.done_dir.is_dir() else []:
+            data = _read_json(p)
+            if data is not None:
+                found.add(data.get("passes", "both"))
+        return found
+
     # -- saved base log-probs --------------------------------------------------------------------------
 
     def save_base(self, unit: int, logp: np.ndarray, engine: str, model: str) -> None:
@@ -559,6 +367,10 @@ class WorkDir:
 
     def drop_base(self, unit: int) -> None:
         self.base_path(unit).unlink(missing_ok=True)
+
+    def has_saved_base(self) -> bool:
+        """Any unit's base log-probs are saved."""
+        return any(self.base_dir.glob("unit-*.npz")) if self.base_dir.is_dir() else False
 
     # -- leftovers -------------------------------------------------------------------------------------
 
@@ -617,4 +429,4 @@ class WorkDir:
                 p.unlink(missing_ok=True)
 
 
-__all__ = ["MARKER", "PLAN_FILE", "RUN_FILE", "WORK_DIR", "Reopened", "WorkDir", "differences", "shard_name", "unit_of"]
+__all__ = ["MARKER", "PLAN_FILE", "RUN_FILE", "UNREADABLE_RUN", "WORK_DIR", "WorkDir", "shard_name", "unit_of"]

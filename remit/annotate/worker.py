@@ -23,10 +23,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from remit.annotate.claim import claim
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.engines import Scorer, open_scorer
 from remit.annotate.lease import Leases
@@ -245,6 +247,7 @@ def _second_pass(ctx: _Context, jobs: list[_Job], fresh: set[int], rl: _LazyScor
     redo: list[_Job] = []
     for job in jobs:
         u = job.unit
+        stored_rl: np.ndarray | None = None
         if job.rl_record is not None:
             try:
                 with _Timer(stats, "io"):
@@ -260,98 +263,126 @@ def _second_pass(ctx: _Context, jobs: list[_Job], fresh: set[int], rl: _LazyScor
         else:
             with _Timer(stats, "io"):
                 table = work.read_planned_unit(u)
-            stored_rl = None
             describe_rl = rl.get().describe()
         layout = unit_prompts(table)
-        saved = None
-        if both:
-            with _Timer(stats, "bookkeeping"):
-                saved = work.load_base(u.unit, u.tokens, ctx.base_model)
-            if saved is not None and saved[1] != describe_rl and u.unit in fresh:
-                raise ShardError(
-                    f"the base and RL passes use different engine set-ups (base: {saved[1]}; RL: {describe_rl}). "
-                    "Their log-prob difference would mix two numerics; give both models the same dtype, "
-                    "vocabulary size and engine settings"
-                    + (
-                        ", and complete an RL-only output with the engine version and settings it was scored with."
-                        if job.rl_record is not None
-                        else "."
-                    )
-                )
-            if saved is None or saved[1] != describe_rl:
-                # Unreadable, or scored earlier by another engine version or set-up (a resume on other machines):
-                # weights from two set-ups are not comparable, so the base pass is redone for this unit.
-                why = "unreadable" if saved is None else f"from another engine set-up ({saved[1]})"
-                _log(f"unit {u.unit}: saved base log-probs {why}; scoring the base pass again")
-                work.drop_base(u.unit)
-                stats.units_rescored += 1
-                redo.append(job)
-                continue
+        saved = _saved_base(ctx, job, describe_rl, u.unit in fresh) if both else None
+        if both and saved is None:
+            redo.append(job)
+            continue
         if stored_rl is not None:
             logp_rl = stored_rl
         else:
             with _Timer(stats, "score_rl"):
                 logp_rl = score_flat(rl.get(), layout.prompts, u.tokens)
             stats.tokens_rl += u.tokens
-        with _Timer(stats, "weights"):
-            if saved is not None:
-                logp_base, describe_base = saved
-                weight = remit_weights(
-                    logp_rl, logp_base, layout.lengths, layout.starts, eps=cfg.eps, center=cfg.center
-                )
-            else:
-                # RL pass only: no base log-probs and no weights yet (validate and the trainer know the layout).
-                logp_base, describe_base = np.full(u.tokens, np.nan, np.float32), None
-                weight = np.ones(u.tokens, np.float32)
-            shard = build_table(_rows(table, layout, logp_base, logp_rl, weight), cfg.eps)
-        failpoint("before-shard")
-        if not ctx.leases.holds(u.unit):
-            _log(f"unit {u.unit}: its lease was taken over by another worker; leaving the unit to it")
-            stats.busy.append(f"unit {u.unit}: lease taken over by another worker")
-            continue
-        with _Timer(stats, "write"):
-            info = write_shard(shard, work.shard_path(u.unit))
-        if info.token_checksum != u.token_checksum:
-            raise ShardError(
-                f"{work.output / info.file}: token checksum differs from the plan's; the plan was altered. "
-                f"Delete {work.plan_path} and rerun."
-            )
-        failpoint("after-shard")
-        with _Timer(stats, "bookkeeping"):
-            work.write_record(
-                CompletionRecord(
-                    unit=u.unit,
-                    run_id=ctx.run_id,
-                    shard=info,
-                    engine=describe_rl,
-                    engine_base=describe_base,
-                    passes="both" if both else "rl",
-                )
-            )
-            failpoint("after-done")
-            work.drop_base(u.unit)
-            ctx.leases.release(u.unit)
-        stats.units_scored += 1
-        stats.tokens += u.tokens
-        progress.update(u.tokens)
+        if _finish_unit(ctx, u, table, layout, logp_rl, describe_rl, saved):
+            progress.update(u.tokens)
     progress.close()
     return redo
 
 
-def run_worker(cfg: AnnotateConfig, rank: int = 0, world_size: int = 1) -> tuple[WorkerStats, Plan | None]:
-    """Score this rank's pending units (those with ``unit % world_size == rank``).
+def _saved_base(
+    ctx: _Context, job: _Job, describe_rl: dict[str, Any], fresh: bool
+) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """The unit's saved base log-probs if they can be paired with this RL pass, else None: then they are
+    deleted and the unit's base pass is to be redone. `fresh`: the base pass ran in this process, so a
+    different engine set-up is a configuration error, not an old file."""
+    u = job.unit
+    with _Timer(ctx.stats, "bookkeeping"):
+        saved = ctx.work.load_base(u.unit, u.tokens, ctx.base_model)
+    if saved is not None and saved[1] != describe_rl and fresh:
+        raise ShardError(
+            f"the base and RL passes use different engine set-ups (base: {saved[1]}; RL: {describe_rl}). "
+            "Their log-prob difference would mix two numerics; give both models the same dtype, "
+            "vocabulary size and engine settings"
+            + (
+                ", and complete an RL-only output with the engine version and settings it was scored with."
+                if job.rl_record is not None
+                else "."
+            )
+        )
+    if saved is None or saved[1] != describe_rl:
+        # Unreadable, or scored earlier by another engine version or set-up (a resume on other machines):
+        # weights from two set-ups are not comparable, so the base pass is redone for this unit.
+        why = "unreadable" if saved is None else f"from another engine set-up ({saved[1]})"
+        _log(f"unit {u.unit}: saved base log-probs {why}; scoring the base pass again")
+        ctx.work.drop_base(u.unit)
+        ctx.stats.units_rescored += 1
+        return None
+    return saved
+
+
+def _finish_unit(
+    ctx: _Context,
+    u: PlannedUnit,
+    table: pa.Table,
+    layout: UnitPrompts,
+    logp_rl: np.ndarray,
+    describe_rl: dict[str, Any],
+    saved: tuple[np.ndarray, dict[str, Any]] | None,
+) -> bool:
+    """Compute the unit's weights (with `saved` base log-probs; without, an RL-only shard), write its shard
+    and then its completion record. Returns False when its lease was lost to another worker (nothing
+    written)."""
+    cfg, work, stats = ctx.cfg, ctx.work, ctx.stats
+    with _Timer(stats, "weights"):
+        if saved is not None:
+            logp_base, describe_base = saved
+            weight = remit_weights(logp_rl, logp_base, layout.lengths, layout.starts, eps=cfg.eps, center=cfg.center)
+        else:
+            # RL pass only: no base log-probs and no weights yet (validate and the trainer know the layout).
+            logp_base, describe_base = np.full(u.tokens, np.nan, np.float32), None
+            weight = np.ones(u.tokens, np.float32)
+        shard = build_table(_rows(table, layout, logp_base, logp_rl, weight), cfg.eps)
+    failpoint("before-shard")
+    if not ctx.leases.holds(u.unit):
+        _log(f"unit {u.unit}: its lease was taken over by another worker; leaving the unit to it")
+        stats.busy.append(f"unit {u.unit}: lease taken over by another worker")
+        return False
+    with _Timer(stats, "write"):
+        info = write_shard(shard, work.shard_path(u.unit))
+    if info.token_checksum != u.token_checksum:
+        raise ShardError(
+            f"{work.output / info.file}: token checksum differs from the plan's; the plan was altered. "
+            f"Delete {work.plan_path} and rerun."
+        )
+    failpoint("after-shard")
+    with _Timer(stats, "bookkeeping"):
+        work.write_record(
+            CompletionRecord(
+                unit=u.unit,
+                run_id=ctx.run_id,
+                shard=info,
+                engine=describe_rl,
+                engine_base=describe_base,
+                passes="both" if saved is not None else "rl",
+            )
+        )
+        failpoint("after-done")
+        work.drop_base(u.unit)
+        ctx.leases.release(u.unit)
+    stats.units_scored += 1
+    stats.tokens += u.tokens
+    return True
+
+
+def run_worker(
+    cfg: AnnotateConfig, rank: int = 0, world_size: int = 1, work: WorkDir | None = None
+) -> tuple[WorkerStats, Plan | None]:
+    """Score this rank's pending units (those with ``unit % world_size == rank``) in `work` (default: the
+    work folder of ``cfg.output``).
 
     Returns the stats and the plan (None when the output was already complete)."""
     stats = WorkerStats()
     t_start = time.perf_counter()
-    work = WorkDir(cfg.output)
+    work = WorkDir(cfg.output) if work is None else work
     with _Timer(stats, "prepare"):
         setup = describe_run(cfg)
-        complete = work.claim(setup.run, cfg.score)
+        complete = claim(work, setup.run, cfg.score).complete
     if complete:
         return stats, None
     with _Timer(stats, "plan"):
-        plan = ensure_plan(cfg, setup, rank)
+        plan = ensure_plan(cfg, setup, work, rank)
     mine = [u for u in plan.units if u.unit % world_size == rank]
     run_id = setup.run.run_id
     with Leases(work, rank, cfg.lease_heartbeat_s, cfg.lease_stale_s) as leases:
@@ -364,7 +395,7 @@ def run_worker(cfg: AnnotateConfig, rank: int = 0, world_size: int = 1) -> tuple
             work.sweep_leftovers(sorted({j.unit.unit for j in jobs} | both), both)
         fresh_units = [j.unit for j in jobs if j.rl_record is None]
         if fresh_units:
-            ensure_planned_units(cfg, setup, plan, fresh_units)
+            ensure_planned_units(cfg, setup, work, plan, fresh_units)
 
         def read_layout(job: _Job) -> pa.Table:
             return work.read_planned_unit(job.unit) if job.rl_record is None else _stored_rl(ctx, job)[0]
@@ -391,7 +422,7 @@ def run_worker(cfg: AnnotateConfig, rank: int = 0, world_size: int = 1) -> tuple
                     _base_pass(ctx, need_base, read_layout)
                 redo = _second_pass(ctx, jobs, {j.unit.unit for j in need_base}, rl)
                 if any(j.rl_record is None for j in redo):
-                    ensure_planned_units(cfg, setup, plan, [j.unit for j in redo if j.rl_record is None])
+                    ensure_planned_units(cfg, setup, work, plan, [j.unit for j in redo if j.rl_record is None])
                 jobs = redo
         finally:
             rl.close()

@@ -2,7 +2,10 @@
 
 A field declared with `option(...)` carries its flag, help text and argparse group; its type gives
 the rest: `bool` is a switch, `list[...]` takes one or more values, `X | None` may be left unset, and a
-`Literal[...]` type lists the choices. From that one declaration:
+`Literal[...]` type lists the choices. `option(..., positional=True)` is a positional argument (a
+command's OUTPUT folder). A command that shares a flag with another config declares its field with
+`option_of(OtherConfig, "name")`, so the help, default and choices are written once. From that one
+declaration:
 
 - `add_arguments` adds the flags to a parser (any dataclass: a new command with its own config uses
   the same machinery);
@@ -31,30 +34,40 @@ def option(
     flag: str | None = None,
     run_local: bool = False,
     required: bool = False,
+    positional: bool = False,
     default_factory: Any = dataclasses.MISSING,
 ) -> Any:
     """A config field with a flag. `flag` defaults to the field name with dashes (``seq_len`` ->
     ``--seq-len``); `run_local` marks a field that does not change the output (left out of the run's
     identity, so it may differ between the workers of one run); `required` makes the command line ask
-    for a field that has a default for library callers."""
-    metadata = {"help": help, "group": group, "flag": flag, "run_local": run_local, "required": required}
+    for a field that has a default for library callers; `positional` makes it a positional argument
+    named after the field."""
+    metadata = {
+        "help": help,
+        "group": group,
+        "flag": flag,
+        "run_local": run_local,
+        "required": required,
+        "positional": positional,
+    }
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def same_as(cls: type, name: str, **changes: Any) -> Any:
-    """A field declared like `cls`'s field `name` (flag, help, group, default), for a smaller command's
-    config that takes one of another config's flags: nothing of the flag is written twice. `changes`
-    replaces parts of the declaration (e.g. ``required=True``)."""
+def option_of(cls: type, name: str, **override: Any) -> Any:
+    """Field `name` of dataclass `cls` declared again, for a config that shares its flag: the same flag,
+    help, group, default and run-locality unless `override` gives another (e.g. ``group=...``)."""
     f = next((f for f in dataclasses.fields(cls) if f.name == name), None)
-    if f is None:
-        raise TypeError(f"{cls.__name__} has no field {name!r}")
-    meta = {**f.metadata, **{k: v for k, v in changes.items() if k != "default"}}
-    default = changes.get("default", f.default)
-    if f.default_factory is not dataclasses.MISSING and "default" not in changes:
-        return dataclasses.field(default_factory=f.default_factory, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+    if f is None or "help" not in f.metadata:
+        raise ValueError(f"{cls.__name__} has no field {name!r} with a flag")
+    kwargs: dict[str, Any] = {k: f.metadata[k] for k in ("help", "group", "flag", "run_local")}
+    if f.default_factory is not dataclasses.MISSING:
+        kwargs["default_factory"] = f.default_factory
+    elif f.default is not dataclasses.MISSING:
+        kwargs["default"] = f.default
+    kwargs.update(override)
+    return option(**kwargs)
 
 
 def library_only(
@@ -75,7 +88,7 @@ class Flag:
     flag: str
     help: str
     group: str
-    kind: Literal["switch", "list", "value"]
+    kind: Literal["switch", "list", "value", "positional"]
     type: type
     choices: tuple[str, ...] | None
     required: bool
@@ -86,6 +99,8 @@ class Flag:
             return [self.flag] if value else []
         if value is None:
             return []
+        if self.kind == "positional":
+            return [str(value)]
         if self.kind == "list":
             return [self.flag, *map(str, value)] if value else []
         return [self.flag, str(value)]
@@ -115,9 +130,11 @@ def flags(cls: type) -> list[Flag]:
             continue
         hint, _ = _unwrap(hints[f.name])
         origin = typing.get_origin(hint)
-        kind: Literal["switch", "list", "value"]
+        kind: Literal["switch", "list", "value", "positional"]
         type_: Any
-        if hint is bool:
+        if meta.get("positional"):
+            kind, type_ = "positional", hint
+        elif hint is bool:
             kind, type_ = "switch", bool
         elif origin is list:
             kind, type_ = "list", typing.get_args(hint)[0]
@@ -130,7 +147,7 @@ def flags(cls: type) -> list[Flag]:
         out.append(
             Flag(
                 name=f.name,
-                flag=meta["flag"] or "--" + f.name.replace("_", "-"),
+                flag=f.name if meta.get("positional") else meta["flag"] or "--" + f.name.replace("_", "-"),
                 help=meta["help"],
                 group=meta["group"],
                 kind=kind,
@@ -153,10 +170,15 @@ def run_local_fields(cls: type) -> tuple[str, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: Collection[str] = ()) -> None:
-    """Add the flags of `cls` (but those named in `exclude`) to `parser`, one argument group per `group`."""
+    """Add the flags of `cls` (but those named in `exclude`) to `parser`, one argument group per `group`;
+    positional arguments go on the parser itself, where argparse lists them first."""
     groups: dict[str, Any] = {}
     for fl in flags(cls):
         if fl.name in exclude:
+            continue
+        if fl.kind == "positional":
+            optional: dict[str, Any] = {} if fl.required else {"nargs": "?", "default": fl.default}
+            parser.add_argument(fl.name, type=fl.type, help=fl.help, **optional)
             continue
         if fl.group not in groups:
             groups[fl.group] = parser.add_argument_group(fl.group)
@@ -228,7 +250,7 @@ __all__ = [
     "library_only",
     "literal_choices",
     "option",
+    "option_of",
     "run_local_fields",
-    "same_as",
     "to_argv",
 ]

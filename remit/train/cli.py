@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from remit.common.errors import run_command
-from remit.common.flags import add_arguments, config_from_args, option, same_as
+from remit.common.flags import add_arguments, config_from_args, option, option_of
 from remit.common.quiet import quiet_libraries
 from remit.train.config import TrainConfig
 
@@ -28,7 +28,7 @@ class ExportConfig:
     load: Path = option(help="the run folder (--save of the training run)", group="export")
     out: Path = option(help="output folder for the HF checkpoint", group="export")
     iteration: int | None = option(None, help="which iter_* to export (default: the latest)", group="export")
-    trust_checkpoint: bool = same_as(TrainConfig, "trust_checkpoint", group="export")
+    trust_checkpoint: bool = option_of(TrainConfig, "trust_checkpoint", group="export")
 
 
 def train_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from remit.annotate.claim import claim
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.finalize import finalize
 from remit.annotate.plan import describe_run, ensure_plan
@@ -91,8 +92,9 @@ def resume(kwargs: dict[str, Any], world: int = 1) -> dict[str, Any]:
 def plan_only(kwargs: dict[str, Any]) -> None:
     cfg = AnnotateConfig(**kwargs)
     setup = describe_run(cfg)
-    WorkDir(cfg.output).claim(setup.run)
-    ensure_plan(cfg, setup, rank=0)
+    work = WorkDir(cfg.output)
+    claim(work, setup.run)
+    ensure_plan(cfg, setup, work, rank=0)
 
 
 def final_files(out: Path) -> dict[str, bytes]:

@@ -1,4 +1,7 @@
-"""`AnnotateConfig` is the job surface: frozen flags, and every flag generated from it round-trips."""
+"""`AnnotateConfig` is the job surface: frozen flags, and every flag generated from it round-trips.
+
+The flags of repair, finalize and launch are small dataclasses of their own; where they share a flag with
+the job they point to `AnnotateConfig`'s declaration, which is checked here too."""
 
 from __future__ import annotations
 
@@ -15,9 +18,10 @@ import pytest
 from remit.annotate.cli import build_parser
 from remit.annotate.config import RUN_LOCAL_FIELDS, AnnotateConfig
 from remit.annotate.engines.base import EngineSettings
-from remit.annotate.finalize import resume_command
-from remit.annotate.launch import job_flags
-from remit.common.flags import config_from_args, flags, literal_choices
+from remit.annotate.finalize import FinalizeFlags, resume_command
+from remit.annotate.launch import LaunchFlags, job_flags
+from remit.annotate.repair import RepairFlags
+from remit.common.flags import config_from_args, flags, literal_choices, to_argv
 
 #: Frozen: adding or renaming a flag must be a deliberate change here (and in the docs). `stats` and
 #: `show` freeze theirs in tests/annotate/inspect.
@@ -181,7 +185,50 @@ def test_a_bad_value_names_the_field(change, message):
         AnnotateConfig(**kwargs)
 
 
-@pytest.mark.parametrize("cls", [AnnotateConfig, EngineSettings])
+#: The commands' own flag dataclasses: their command, their fields, and those declared by `AnnotateConfig`.
+COMMAND_CONFIGS = {
+    RepairFlags: ("repair", ["output", "score", "keep_work", "progress_every_s", "verbose", "print_command"]),
+    FinalizeFlags: ("finalize", ["output", "keep_work"]),
+    LaunchFlags: ("launch", ["workers", "gpus", "no_pin", "log_dir"]),
+}
+SHARED = {RepairFlags: {"score", "keep_work", "progress_every_s", "verbose"}, FinalizeFlags: {"keep_work"}}
+
+
+@pytest.mark.parametrize("cls", list(COMMAND_CONFIGS), ids=lambda c: c.__name__)
+def test_command_flags_are_frozen_and_share_the_job_declarations(cls):
+    _, fields = COMMAND_CONFIGS[cls]
+    assert [f.name for f in dataclasses.fields(cls)] == fields
+    job = {fl.name: fl for fl in flags(AnnotateConfig)}
+    for fl in flags(cls):
+        if fl.name not in SHARED.get(cls, set()):
+            assert fl.name not in job or fl.flag != job[fl.name].flag, f"{fl.flag}: declare it with option_of"
+            continue
+        mine, theirs = fl, job[fl.name]
+        assert (mine.flag, mine.kind, mine.type) == (theirs.flag, theirs.kind, theirs.type)
+        if fl.name != "score":  # repair's --score defaults to what the output holds
+            assert (mine.help, mine.default, mine.choices) == (theirs.help, theirs.default, theirs.choices)
+        else:
+            assert mine.choices == theirs.choices and mine.default is None
+
+
+@pytest.mark.parametrize("cls", list(COMMAND_CONFIGS), ids=lambda c: c.__name__)
+def test_command_flags_round_trip(cls, tmp_path):
+    """Every field off its default -> command line -> parsed -> the same flags."""
+    command, _ = COMMAND_CONFIGS[cls]
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is dataclasses.MISSING or hints[f.name] in (Path, Path | None):
+            values[f.name] = tmp_path / f.name
+        else:
+            values[f.name] = _off_default(hints[f.name], f.default)
+    want = cls(**values)
+    job = ["--base", "b", "--rl", "r", "--input", "c", "--output", "o"] if cls is LaunchFlags else []
+    parsed = build_parser(command).parse_args(job + to_argv(cls, vars(want)))
+    assert config_from_args(cls, parsed) == want
+
+
+@pytest.mark.parametrize("cls", [AnnotateConfig, EngineSettings, *COMMAND_CONFIGS])
 def test_every_config_field_has_a_docstring(cls):
     """A string right after each field's declaration, as the style asks for config dataclasses."""
     source = ast.parse(inspect.getsource(cls))

@@ -129,6 +129,7 @@ def test_a_folder_with_an_annotations_unfinished_work_is_refused(packed, model_p
 
 
 def test_a_rerun_over_an_unfinished_longer_output_removes_its_extra_shards(packed, model_pair, tmp_path):
+    from remit.annotate.claim import claim_folder
     from remit.annotate.workdir import WorkDir
 
     # A shard in a folder remit does not own is someone else's file: refused, untouched.
@@ -139,7 +140,7 @@ def test_a_rerun_over_an_unfinished_longer_output_removes_its_extra_shards(packe
     assert [p.name for p in foreign.iterdir()] == ["shard-00999.parquet"]
     # In remit's own folder (the marker of an earlier, longer unfinished run) it is removed.
     out = tmp_path / "out"
-    WorkDir(out).claim_folder()
+    claim_folder(WorkDir(out))
     (out / "shard-00999.parquet").write_bytes(b"left by an earlier run")
     assert _pack(model_pair[0], [packed / "c.jsonl"], out) == 0
     assert not (out / "shard-00999.parquet").exists()

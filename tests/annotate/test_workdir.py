@@ -1,27 +1,26 @@
-"""The work folder: claiming an output, the plan, completion records, base log-probs, leftovers, cleanup.
+"""The work folder: its records, the plan, completion records, base log-probs, leftovers, cleanup.
 
-The unit tests use hand-made records and files (no model); two tests run real workers on the shared plan.
+The unit tests use hand-made records and files (no model); one test runs real workers on the shared plan.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 from typing import Any
 
 import numpy as np
 import pytest
 
+from remit.annotate.claim import claim
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.records import CompletionRecord, Plan, PlannedUnit, PlanTotals, RunDescription
-from remit.annotate.workdir import MARKER, WorkDir, differences, shard_name
+from remit.annotate.workdir import MARKER, WorkDir, shard_name
 from remit.annotate.worker import run_worker
 from remit.common.atomic import temporary_path
-from remit.shards.checksum import file_sha256
 from remit.shards.manifest import ShardError
 from remit.shards.writer import ShardInfo
-from tests.annotate.runs import SEQ_LEN, assert_same_output, fresh_copy, job, start_worker
+from tests.annotate.runs import fresh_copy, job, start_worker
 
 
 def run_description(seed: int = 0) -> RunDescription:
@@ -86,137 +85,13 @@ def test_records_read_back_what_they_wrote_and_refuse_malformed_ones(tmp_path):
         Plan.from_dict({"run_id": "x", "totals": {}, "seconds": 0})
 
 
-# -- claiming the output folder ---------------------------------------------------------------------------
-
-
-def finished(work: WorkDir, run: RunDescription, units: int = 3, passes: str = "both") -> list[dict]:
-    """A hand-made finished output of `run`: `units` shards of random bytes and their manifest."""
-    rng = np.random.default_rng(len(work.output.name))
-    entries = []
-    for n in range(units):
-        work.shard_path(n).write_bytes(rng.bytes(100 + n))
-        entries.append(
-            {
-                "file": shard_name(n),
-                "rows": 4,
-                "tokens": 196,
-                "first_sample_id": 4 * n,
-                "token_checksum": f"blake2b128:{n}",
-                "column_checksums": {"token_ids": f"blake2b128:{n}"},
-                "file_sha256": file_sha256(work.shard_path(n)),
-                "bytes": 100 + n,
-            }
-        )
-    manifest = {
-        "format": "remit-shards",
-        "run_id": run.run_id,
-        **{k: v for k, v in run.to_dict().items() if k not in ("run_id", "engine_request")},
-        "engine": {"name": "hf"},
-        "passes": passes,
-        "shards": entries,
-    }
-    work.manifest_path.write_text(json.dumps(manifest))
-    return entries
-
-
-def test_a_folder_is_claimed_by_one_run(tmp_path):
-    work = WorkDir(tmp_path / "out")
-    run, other = run_description(), run_description(1)
-    assert work.claim(run) is False
-    assert work.read_run() == run
-    assert work.claim(run) is False  # the same run again: fine
-    with pytest.raises(ShardError, match=r"unfinished work of a different run.* config\.seq_len: 48 -> 49"):
-        work.claim(other)
-    shutil.rmtree(work.root)
-    finished(work, run)
-    assert work.claim(run) is True  # complete
-    with pytest.raises(ShardError, match="holds the finished output of a different run"):
-        work.claim(other)
-
-
-# -- ownership --------------------------------------------------------------------------------------------
-
-
-def test_an_empty_or_new_folder_becomes_remits_and_a_foreign_one_is_refused_untouched(tmp_path):
-    new = WorkDir(tmp_path / "new" / "out")
-    new.claim_folder()
-    assert new.read_marker()["created_by"] == "remit-annotate" and new.owned()
-    (tmp_path / "empty").mkdir()
-    WorkDir(tmp_path / "empty").claim_folder()
-    assert WorkDir(tmp_path / "empty").owned()
-
-    foreign = tmp_path / "mine"
-    foreign.mkdir()
-    files = {
-        "notes.txt": b"my notes",
-        "a.tmp": b"my temporary file",
-        "shard-00000.parquet": b"my own parquet",
-        "_work/keep.bin": b"x",
-    }
-    for name, data in files.items():
-        (foreign / name).parent.mkdir(parents=True, exist_ok=True)
-        (foreign / name).write_bytes(data)
-    with pytest.raises(ShardError, match=r"holds files remit did not create \(_work/, a\.tmp, notes\.txt"):
-        WorkDir(foreign).claim(run_description())
-    assert sorted(str(p.relative_to(foreign)) for p in foreign.rglob("*") if p.is_file()) == sorted(files)
-    assert all((foreign / n).read_bytes() == d for n, d in files.items())
-    (foreign / MARKER).write_text("{}")  # a file of that name that is not remit's marker
-    with pytest.raises(ShardError, match="not remit's ownership marker"):
-        WorkDir(foreign).claim_folder()
-
-
-@pytest.mark.parametrize("moment", ["before-listing", "after-marker-read"])
-def test_a_worker_claiming_the_folder_between_our_reads_is_not_mistaken_for_a_stranger(tmp_path, monkeypatch, moment):
-    """Two workers start together on an empty folder. The other one claims it (marker, then run.json and
-    _work/) while this one is between its reads: just before it lists the folder, or just after it first
-    reads the (still missing) marker. Either way both hold the folder and nothing is refused."""
-    out = tmp_path / "out"
-    out.mkdir()
-    run = run_description()
-    other_went = []
-
-    def other_worker_claims() -> None:
-        if not other_went:
-            other_went.append(True)
-            WorkDir(out).claim(run)
-
-    if moment == "before-listing":
-        original = WorkDir._foreign_entries
-
-        def listing(self):
-            other_worker_claims()
-            return original(self)
-
-        monkeypatch.setattr(WorkDir, "_foreign_entries", listing)
-    else:
-        original_read = WorkDir.read_marker
-
-        def read(self):
-            found = original_read(self)
-            if found is None:
-                other_worker_claims()
-            return found
-
-        monkeypatch.setattr(WorkDir, "read_marker", read)
-    assert WorkDir(out).claim(run) is False
-    monkeypatch.undo()
-    assert other_went and WorkDir(out).read_run() == run and WorkDir(out).read_marker()["run_id"] == run.run_id
-
-
-def test_an_output_of_a_remit_without_markers_is_adopted(tmp_path):
-    work = WorkDir(tmp_path / "out")
-    work.output.mkdir()
-    run = run_description()
-    finished(work, run)
-    assert work.owned() and work.read_marker() is None
-    assert work.claim(run) is True
-    assert work.read_marker() is not None
+# -- removing only what remit created ---------------------------------------------------------------------
 
 
 def test_finish_removes_only_what_remit_created(tmp_path):
     work = WorkDir(tmp_path / "out")
     run = run_description()
-    work.claim(run)
+    claim(work, run)
     ours = [
         temporary_path(work.manifest_path),
         temporary_path(work.shard_path(3)),
@@ -245,7 +120,7 @@ def test_finish_removes_only_what_remit_created(tmp_path):
 
 def test_planning_again_removes_only_planned_units(tmp_path):
     work = WorkDir(tmp_path / "out")
-    work.claim(run_description())
+    claim(work, run_description())
     work.start_plan()
     (work.plan_dir / "unit-00000.parquet").write_bytes(b"a killed planner's unit")
     (work.plan_dir / "my-notes.parquet").write_bytes(b"x")
@@ -253,92 +128,25 @@ def test_planning_again_removes_only_planned_units(tmp_path):
     assert sorted(p.name for p in work.plan_dir.iterdir()) == ["my-notes.parquet"]
 
 
-# -- repair: a finished output reopened --------------------------------------------------------------------
-
-
-def test_a_finished_output_with_a_missing_or_damaged_shard_is_reopened(tmp_path, capsys):
-    work = WorkDir(tmp_path / "out")
-    run = run_description()
-    work.claim_folder()
-    entries = finished(work, run, units=4)
-    work.shard_path(1).unlink()
-    data = bytearray(work.shard_path(2).read_bytes())
-    data[7] ^= 1  # same size, other content: only the hash notices
-    work.shard_path(2).write_bytes(bytes(data))
-    assert work.check_shards(entries) == {
-        1: "shard-00001.parquet is missing",
-        2: "shard-00002.parquet differs from what was written (sha256 mismatch)",
-    }
-    assert work.claim(run) is False
-    assert work.reopened is not None and sorted(work.reopened.damaged) == [1, 2]
-    assert not work.manifest_path.exists() and work.read_run() == run
-    # The intact shards are complete units again; the damaged ones have no record and are scored again.
-    assert sorted(p.name for p in work.done_dir.iterdir()) == ["unit-00000.json", "unit-00003.json"]
-    record = CompletionRecord.from_dict(json.loads(work.record_path(3).read_text()))
-    assert record.shard.to_dict() == entries[3] and record.passes == "both"
-    assert "repair: unit 1: shard-00001.parquet is missing" in capsys.readouterr().err
-
-
-def test_an_rl_only_output_is_reopened_for_its_base_pass(tmp_path):
-    work = WorkDir(tmp_path / "out")
-    run = run_description()
-    work.claim_folder()
-    finished(work, run, units=2, passes="rl")
-    assert work.claim(run, "rl") is True  # it holds what is asked
-    assert work.claim(run, "both") is False
-    assert work.reopened is not None and work.reopened.base_pass and not work.reopened.damaged
-    record = CompletionRecord.from_dict(json.loads(work.record_path(1).read_text()))
-    assert record.passes == "rl" and record.engine_base is None
-
-
-def test_a_model_nothing_was_scored_with_may_change(tmp_path):
-    work = WorkDir(tmp_path / "out")
-    parts: dict[str, Any] = {k: {} for k in ("tokenizer", "packing", "weights", "engine_request", "input")}
-
-    def run_with(rl_hash: str, base_hash: str = "sha256:b") -> RunDescription:
-        models = {"base": {"weights_sha256": base_hash}, "rl": {"weights_sha256": rl_hash}}
-        return RunDescription.create(remit_version="test", config={"seq_len": 48}, models=models, **parts)
-
-    broken, repaired = run_with("sha256:broken"), run_with("sha256:repaired")
-    work.claim(broken)
-    work.write_plan(Plan(broken.run_id, (planned_unit(0),), PlanTotals(1, 196, 4, 1, 49, {}, [], 0, []), 0.1))
-    work.save_base(0, np.zeros(196, np.float32), json.dumps({"name": "hf"}), "sha256:b")
-    # Only the base pass ran with the broken RL model: the repaired one continues this run, base pass kept.
-    assert work.claim(repaired) is False
-    assert work.read_run() == repaired and work.read_plan(repaired.run_id).run_id == repaired.run_id
-    assert work.load_base(0, 196, "sha256:b") is not None
-    # A changed base model would lose that base pass: refused, naming the change.
-    with pytest.raises(ShardError, match=r"models\.base\.weights_sha256: \"sha256:b\" -> \"sha256:c\""):
-        work.claim(run_with("sha256:repaired", "sha256:c"))
-    # Once a unit is finished with the RL model, changing it is refused too.
-    unit = planned_unit(0)
-    work.write_record(record_for(work, unit, repaired.run_id))
-    with pytest.raises(ShardError, match=r"models\.rl\.weights_sha256"):
-        work.claim(run_with("sha256:other"))
-
-
-def test_differences_name_the_settings():
-    assert differences({"a": {"b": 1, "c": [1]}, "d": "x"}, {"a": {"b": 2, "c": [1]}, "e": "y"}) == [
-        "a.b: 1 -> 2",
-        'd: "x" -> null',
-        'e: null -> "y"',
-    ]
+# -- the run description and the plan -------------------------------------------------------------------
 
 
 def test_an_unreadable_run_description_names_the_file_and_the_fix(tmp_path):
     work = WorkDir(tmp_path / "out")
-    work.claim(run_description())
+    claim(work, run_description())
     work.run_path.write_text("")  # a node crash can leave an empty file
     with pytest.raises(ShardError, match=r"run\.json: unreadable .* Delete it and rerun"):
         work.read_run()
-    assert work.claim(run_description()) is False  # written again: an unreadable description is no description
+    assert (
+        claim(work, run_description()).complete is False
+    )  # written again: an unreadable description is no description
     assert work.read_run() == run_description()
 
 
 def test_a_plan_of_another_run_or_a_broken_one_is_refused(tmp_path):
     work = WorkDir(tmp_path / "out")
     run = run_description()
-    work.claim(run)
+    claim(work, run)
     assert work.read_plan(run.run_id) is None
     plan = Plan(run.run_id, (planned_unit(0),), PlanTotals(1, 196, 4, 1, 49, {}, [], 0, []), 0.1)
     work.write_plan(plan)
@@ -356,7 +164,7 @@ def test_a_plan_of_another_run_or_a_broken_one_is_refused(tmp_path):
 def test_a_record_is_trusted_only_when_everything_agrees(tmp_path):
     work = WorkDir(tmp_path / "out")
     run = run_description()
-    work.claim(run)
+    claim(work, run)
     unit = planned_unit(3)
     assert work.trusted_record(unit, run.run_id) == (None, "")  # no record: nothing to say
     record = record_for(work, unit, run.run_id)
@@ -376,12 +184,34 @@ def test_a_record_is_trusted_only_when_everything_agrees(tmp_path):
     assert not work.record_path(3).exists() and work.count_records() == 0
 
 
+def test_the_passes_of_the_records_and_the_files_that_record_the_settings(tmp_path):
+    work = WorkDir(tmp_path / "out")
+    run = run_description()
+    claim(work, run)
+    assert work.record_passes() == set()
+    for n, passes in ((0, "rl"), (1, "rl")):
+        record = record_for(work, planned_unit(n), run.run_id)
+        work.write_record(CompletionRecord(**{**record.__dict__, "passes": passes, "engine_base": None}))
+    work.record_path(2).write_text("[]")  # not a record: left out
+    assert work.record_passes() == {"rl"}
+    assert [p.name for p, _ in work.recorded_settings()] == ["run.json", MARKER]  # no manifest yet
+    work.write_manifest({"config": {"seq_len": 48}})
+    path, data = next(work.recorded_settings())
+    assert path == work.manifest_path and data["config"] == {"seq_len": 48}
+
+
+def test_the_launchers_logs_are_named_here(tmp_path):
+    work = WorkDir(tmp_path / "out")
+    assert work.plan_log_path() == work.logs_dir / "plan.log"
+    assert work.worker_log_path(3, tmp_path / "logs") == tmp_path / "logs" / "worker-3.log"
+
+
 # -- base log-probs ---------------------------------------------------------------------------------------
 
 
 def test_saved_base_logprobs_come_back_or_not_at_all(tmp_path):
     work = WorkDir(tmp_path / "out")
-    work.claim(run_description())
+    claim(work, run_description())
     logp = np.random.default_rng(0).normal(-2.0, 1.0, 50).astype(np.float32)
     logp[0] = np.nan
     work.save_base(7, logp, json.dumps({"name": "hf", "dtype": "float32"}), "sha256:base")
@@ -400,7 +230,7 @@ def test_saved_base_logprobs_come_back_or_not_at_all(tmp_path):
 
 def test_sweeping_touches_only_the_given_units(tmp_path):
     work = WorkDir(tmp_path / "out")
-    work.claim(run_description())
+    claim(work, run_description())
     mine = [temporary_path(work.shard_path(1)), temporary_path(work.record_path(1)), temporary_path(work.base_path(1))]
     mine += [work.output / "shard-00001.parquet.tmp", work.base_path(2)]  # a plain NAME.tmp; a done unit's base
     others = [temporary_path(work.shard_path(3)), work.base_path(1), work.base_path(3)]
@@ -414,7 +244,7 @@ def test_sweeping_touches_only_the_given_units(tmp_path):
 @pytest.mark.parametrize("keep_work", [False, True])
 def test_finish_removes_the_work_folder_or_only_orphans(tmp_path, keep_work):
     work = WorkDir(tmp_path / "out")
-    work.claim(run_description())
+    claim(work, run_description())
     stray = temporary_path(work.manifest_path)
     for p in (stray, work.base_path(0), work.record_path(0)):
         p.write_bytes(b"x")
@@ -425,23 +255,6 @@ def test_finish_removes_the_work_folder_or_only_orphans(tmp_path, keep_work):
 
 
 # -- with real workers ------------------------------------------------------------------------------------
-
-
-@pytest.mark.usefixtures("one_thread")
-def test_a_different_runs_output_is_refused(planned, model_pair, corpus, tmp_path, reference):
-    unfinished = fresh_copy(planned, tmp_path / "unfinished")
-    with pytest.raises(ShardError, match="different run"):
-        run_worker(AnnotateConfig(**job(model_pair, corpus, unfinished, eps=0.1)))
-    finished = tmp_path / "finished"
-    finished.mkdir()
-    for name, data in reference.items():
-        (finished / name).write_bytes(data)
-    with pytest.raises(ShardError, match="different run"):
-        run_worker(AnnotateConfig(**job(model_pair, corpus, finished, seq_len=SEQ_LEN + 1)))
-    # The same run on its finished output is a no-op.
-    stats, _ = run_worker(AnnotateConfig(**job(model_pair, corpus, finished)))
-    assert stats.units_scored == 0
-    assert_same_output(finished, reference)
 
 
 def test_leftovers_of_a_killed_worker_are_cleaned(planned, model_pair, corpus, tmp_path, spawner):
@@ -458,12 +271,3 @@ def test_leftovers_of_a_killed_worker_are_cleaned(planned, model_pair, corpus, t
     run_worker(AnnotateConfig(**kwargs))
     assert not list(out.glob("*.tmp")) and not list((out / "_work").rglob("*.tmp"))
     assert not list((out / "_work" / "base").iterdir())
-
-
-def test_a_manifest_entry_without_column_checksums_counts_as_damaged(tmp_path):
-    work = WorkDir(tmp_path / "out")
-    run = run_description()
-    work.claim(run)
-    entries = finished(work, run)
-    del entries[1]["column_checksums"]  # an entry of format version 1
-    assert work.check_shards(entries) == {1: "its manifest entry lacks column_checksums"}

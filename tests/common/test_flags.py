@@ -9,7 +9,16 @@ from typing import Literal
 
 import pytest
 
-from remit.common.flags import add_arguments, check_choices, config_from_args, flags, library_only, option, to_argv
+from remit.common.flags import (
+    add_arguments,
+    check_choices,
+    config_from_args,
+    flags,
+    library_only,
+    option,
+    option_of,
+    to_argv,
+)
 
 Mode = Literal["fast", "exact"]
 
@@ -98,3 +107,33 @@ def test_exclude_leaves_flags_out_of_a_parser():
 def test_a_value_outside_its_choices_names_the_field():
     with pytest.raises(ValueError, match=r"^mode must be one of \('fast', 'exact'\); got 'slow'$"):
         Toy(Path("m"), [], "slow")
+
+
+@dataclass(frozen=True)
+class Borrower:
+    """A command that shares two of Toy's flags and has an OUTPUT positional."""
+
+    output: Path = option(positional=True, help="output folder", group="mine")
+    mode: Mode = option_of(Toy, "mode")
+    steps: int = option_of(Toy, "steps", group="mine", default=4)
+
+
+def test_a_shared_flag_is_declared_once_and_a_positional_comes_first():
+    mine = {f.name: f for f in flags(Borrower)}
+    toy = {f.name: f for f in flags(Toy)}
+    assert (mine["mode"].help, mine["mode"].choices, mine["mode"].default, mine["mode"].group) == (
+        toy["mode"].help,
+        toy["mode"].choices,
+        toy["mode"].default,
+        "knobs",
+    )
+    assert (mine["steps"].help, mine["steps"].default, mine["steps"].group) == ("steps", 4, "mine")
+    p = argparse.ArgumentParser()
+    add_arguments(p, Borrower)
+    assert [a.dest for a in p._positionals._group_actions if a.dest != "help"] == ["output"]
+    got = config_from_args(Borrower, p.parse_args(["--mode", "fast", "out"]))
+    assert got == Borrower(Path("out"), "fast", 4)
+    assert to_argv(Borrower, vars(got)) == ["out", "--mode", "fast", "--steps", "4"]
+    assert config_from_args(Borrower, p.parse_args(to_argv(Borrower, vars(got)))) == got
+    with pytest.raises(ValueError, match="Toy has no field 'secret' with a flag"):
+        option_of(Toy, "secret")

@@ -202,15 +202,9 @@ def _shown_token(row: dict[str, Any]) -> str:
     return repr(row["text"]) if row.get("text") is not None else f"<id {row['token_id']}>"
 
 
-def render_text(result: dict[str, Any], note: str = "") -> str:
+def _summary_sections(result: dict[str, Any]) -> list[str]:
+    """The summary table and the quantiles."""
     s = result["summary"]
-    parts = [
-        f"remit stats: {result['output']}",
-        f"run {s['run_id']}  eps {s['eps']}  centre {s['center']}",
-        "All weight and discrepancy statistics are over scored tokens (those with a log-prob).",
-    ]
-    if note:
-        parts.append(note)
     overview = [
         ("rows", s["rows"]),
         ("segments", s["segments"]),
@@ -223,64 +217,68 @@ def render_text(result: dict[str, Any], note: str = "") -> str:
         ("tokens at high clip (1+eps)", s["tokens_at_high"]),
         ("share at high clip %", _pct(s["share_at_high"])),
     ]
-    parts.append(format_table(["summary", "value"], overview, "\n## Summary"))
     levels = list(s["weight_quantiles"])
-    parts.append(
+    return [
+        format_table(["summary", "value"], overview, "\n## Summary"),
         format_table(
             ["quantile", "weight", "discrepancy"],
             [(k, s["weight_quantiles"][k], s["discrepancy_quantiles"][k]) for k in levels],
             "\n## Quantiles (weights to 1e-4, discrepancy to 1e-3)",
-        )
-    )
+        ),
+    ]
+
+
+def _histogram_section(result: dict[str, Any]) -> str:
     hist = result["weight_histogram"]
     peak = max((b["tokens"] for b in hist), default=0) or 1
-    parts.append(
-        format_table(
-            ["lower", "upper", "tokens", "share %", ""],
-            [
-                (b["lower"], b["upper"], b["tokens"], _pct(b["share"]), "#" * round(30 * b["tokens"] / peak))
-                for b in hist
-            ],
-            "\n## Weight histogram",
-        )
+    return format_table(
+        ["lower", "upper", "tokens", "share %", ""],
+        [(b["lower"], b["upper"], b["tokens"], _pct(b["share"]), "#" * round(30 * b["tokens"] / peak)) for b in hist],
+        "\n## Weight histogram",
     )
-    parts.append(
-        format_table(
-            ["source", "rows", "tokens", "scored", "mean weight", "mean discrepancy", "at low %", "at high %"],
-            [
-                (
-                    r["source"],
-                    r["rows"],
-                    r["tokens"],
-                    r["scored_tokens"],
-                    r["mean_weight"],
-                    r["mean_discrepancy"],
-                    _pct(r["share_at_low"]),
-                    _pct(r["share_at_high"]),
-                )
-                for r in result["by_source"]
-            ],
-            "\n## By source (a row counts under the source of its first segment)",
-        )
+
+
+def _breakdown_sections(result: dict[str, Any]) -> list[str]:
+    """Weights by source and by position inside the segment."""
+    by_source = format_table(
+        ["source", "rows", "tokens", "scored", "mean weight", "mean discrepancy", "at low %", "at high %"],
+        [
+            (
+                r["source"],
+                r["rows"],
+                r["tokens"],
+                r["scored_tokens"],
+                r["mean_weight"],
+                r["mean_discrepancy"],
+                _pct(r["share_at_low"]),
+                _pct(r["share_at_high"]),
+            )
+            for r in result["by_source"]
+        ],
+        "\n## By source (a row counts under the source of its first segment)",
     )
-    parts.append(
-        format_table(
-            ["positions", "tokens", "mean weight", "mean discrepancy", "at low %", "at high %"],
-            [
-                (
-                    f"{r['pos_from']}-{r['pos_to']}",
-                    r["tokens"],
-                    r["mean_weight"],
-                    r["mean_discrepancy"],
-                    _pct(r["share_at_low"]),
-                    _pct(r["share_at_high"]),
-                )
-                for r in result["by_position"]
-            ],
-            "\n## Weight by position inside the segment",
-        )
+    by_position = format_table(
+        ["positions", "tokens", "mean weight", "mean discrepancy", "at low %", "at high %"],
+        [
+            (
+                f"{r['pos_from']}-{r['pos_to']}",
+                r["tokens"],
+                r["mean_weight"],
+                r["mean_discrepancy"],
+                _pct(r["share_at_low"]),
+                _pct(r["share_at_high"]),
+            )
+            for r in result["by_position"]
+        ],
+        "\n## Weight by position inside the segment",
     )
+    return [by_source, by_position]
+
+
+def _top_sections(result: dict[str, Any]) -> list[str]:
+    """The most up- and down-weighted token ids, then documents."""
     k, m = result["settings"]["top_k"], result["settings"]["min_count"]
+    parts = []
     for key, title in (("top_up_tokens", "up-weighted"), ("top_down_tokens", "down-weighted")):
         parts.append(
             format_table(
@@ -310,6 +308,23 @@ def render_text(result: dict[str, Any], note: str = "") -> str:
                 f"\n## Top {k} {title} documents (>= {m} scored tokens)",
             )
         )
+    return parts
+
+
+def render_text(result: dict[str, Any], note: str = "") -> str:
+    """The statistics as text: a header, then one table per section."""
+    s = result["summary"]
+    parts = [
+        f"remit stats: {result['output']}",
+        f"run {s['run_id']}  eps {s['eps']}  centre {s['center']}",
+        "All weight and discrepancy statistics are over scored tokens (those with a log-prob).",
+    ]
+    if note:
+        parts.append(note)
+    parts += _summary_sections(result)
+    parts.append(_histogram_section(result))
+    parts += _breakdown_sections(result)
+    parts += _top_sections(result)
     return "\n".join(parts) + "\n"
 
 

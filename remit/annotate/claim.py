@@ -1,0 +1,281 @@
+"""Whether a run may continue in an output folder: the continuation policy over `WorkDir`'s files.
+
+- `claim_folder`: a folder is new or empty (then it becomes remit's), carries remit's ownership
+  marker, or is refused untouched: remit never deletes or overwrites a file it did not create.
+- `claim`: the folder for one run. Another run's output or unfinished work is refused, naming what
+  differs; a changed model that nothing was scored with yet is accepted; a finished output whose
+  shards are missing or damaged, or that holds only the RL pass when both are asked for, is reopened.
+  The answer is a `Claim`.
+- `check_shards`: a finished output's shards against its manifest (existence, size, sha256).
+- `finished_output`: the same questions for an output written in one go (`remit-annotate pack`).
+
+Workers started together (a Slurm array) claim at the same moment: the reads below are ordered so
+that a folder another worker is claiming is never mistaken for a stranger's.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from remit.annotate.records import CompletionRecord, Plan, RunDescription, covers
+from remit.annotate.workdir import UNREADABLE_RUN, WorkDir, shard_name
+from remit.shards.checksum import file_sha256
+from remit.shards.manifest import Passes, ShardError
+from remit.shards.schema import FORMAT_NAME
+from remit.shards.writer import ShardInfo
+
+#: Parts of a run description that name its models: a change there alone may be accepted.
+_MODEL_KEYS = ("config.base", "config.rl", "models.base", "models.rl")
+#: Parts compared when another run's output is refused (the input by its paths and fields only).
+_COMPARED = ("config", "models", "tokenizer", "packing", "weights", "remit_version")
+
+
+@dataclass(frozen=True)
+class Reopened:
+    """What `claim` found wrong with a finished output, now reopened so that a worker finishes it again."""
+
+    damaged: dict[int, str]
+    """Unit -> why its shard cannot be trusted (missing, size, sha256)."""
+    base_pass: bool
+    """The output held only the RL pass and the base pass was asked for."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer of `claim`."""
+
+    complete: bool
+    """The output already holds what was asked (every shard checked against the manifest)."""
+    reopened: Reopened | None = field(default=None)
+    """Set when a finished output was reopened here."""
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ, with both values (shortened), e.g. "config.eps: 0.2 -> 0.1"."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    if old == new:
+        return []
+
+    def short(v: Any) -> str:
+        text = json.dumps(v, sort_keys=True)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    return [f"{prefix}: {short(old)} -> {short(new)}"]
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- the folder --------------------------------------------------------------------------------------------
+
+
+def claim_folder(work: WorkDir) -> None:
+    """Make the output folder remit's, or refuse it: remit writes only into an empty folder (or a new
+    one) or one that carries its marker, so that it never deletes or overwrites a file it did not create."""
+    out = work.output
+    if out.exists() and not out.is_dir():
+        raise ShardError(f"--output {out}: exists and is not a folder; choose a folder")
+    if out.is_dir():
+        # Listed before the marker is read: remit writes the marker before anything else and never removes
+        # it, so entries listed while no marker existed are not remit's, whereas a worker started at the same
+        # moment may claim the folder and create _work/ between these two reads.
+        foreign = work.foreign_entries()
+        if work.read_marker() is not None:
+            return
+        if work.marker_path.exists() and work.read_marker() is None:  # read again: it may have just appeared
+            raise ShardError(
+                f"{work.marker_path}: not remit's ownership marker, so {out} is not remit's folder. Choose a new "
+                "--output folder."
+            )
+        if foreign and not work.legacy_output():
+            shown = ", ".join(foreign[:5]) + (f" ... ({len(foreign)} entries)" if len(foreign) > 5 else "")
+            raise ShardError(
+                f"--output {out}: the folder holds files remit did not create ({shown}); remit writes only into "
+                "an empty folder or one it created, so that it never deletes or overwrites your files. Choose a "
+                "new --output folder (it is created), or empty this one."
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    if work.read_marker() is None:  # another worker may have written it (with its run) meanwhile
+        work.write_marker(None)
+
+
+# -- the folder for one run --------------------------------------------------------------------------------
+
+
+def claim(work: WorkDir, run: RunDescription, passes: Passes = "both") -> Claim:
+    """Claim the output folder for `run`, to hold `passes`.
+
+    A finished output is checked shard by shard (existence, size, sha256 against the manifest). When a
+    shard is missing or damaged, or the output holds only the RL pass and `passes` asks for both, it
+    is reopened (`Claim.reopened` says why): its intact shards get completion records again and the
+    manifest is removed, so that the worker scores just what is missing and finalize writes it again.
+
+    Raises ShardError when the folder is not remit's, or holds another run's output or unfinished work.
+    """
+    claim_folder(work)
+    manifest = _finished_manifest(work)
+    reopened = None
+    if manifest is not None:
+        _refuse_other_run(work, manifest, run, "the finished output")
+        damaged = check_shards(work, manifest["shards"])
+        have = manifest.get("passes", "both")
+        if not damaged and covers(have, passes):
+            return Claim(complete=True)
+        work.root.mkdir(exist_ok=True)
+        # Workers started together (a Slurm array) all find the damage; one reopens the output, the others
+        # then find no manifest and resume like any unfinished run.
+        with work.plan_lock():
+            if work.manifest_path.exists():
+                reopened = _reopen(work, manifest, run, damaged, base_pass=not covers(have, passes))
+    work.done_dir.mkdir(parents=True, exist_ok=True)
+    work.base_dir.mkdir(exist_ok=True)
+    stored = work.read_run_data()
+    if stored is None:
+        work.write_run(run)
+        work.write_marker(run)
+    elif stored.get("run_id") != run.run_id:
+        _accept_model_change(work, stored, run)
+    # Another run's worker may have raced us to an empty folder: whoever renamed last holds run.json.
+    _refuse_other_run(work, work.read_run_data() or {}, run, "the unfinished work")
+    return Claim(complete=False, reopened=reopened)
+
+
+def _finished_manifest(work: WorkDir) -> dict[str, Any] | None:
+    """The manifest of a finished output, or None; an unreadable one is removed (finalize writes it again)."""
+    manifest = work.read_manifest_data()
+    if manifest is not None and (manifest.get("format") != FORMAT_NAME or not isinstance(manifest.get("shards"), list)):
+        manifest = None
+    if manifest is None and work.manifest_path.exists():
+        _note(f"note: {work.manifest_path} is unreadable; it is removed and written again when the run is complete")
+        work.manifest_path.unlink(missing_ok=True)
+    return manifest
+
+
+def finished_output(work: WorkDir, run: dict[str, Any]) -> dict[str, Any] | None:
+    """For an output written in one go (`remit-annotate pack`, whose run description is `run`): claim the
+    folder (the ownership marker), and return its manifest when it already holds this run's finished
+    output, None when there is none yet. Raises ShardError when the folder is not remit's, or holds another
+    run's finished output or an annotation's unfinished work."""
+    claim_folder(work)
+    if work.manifest_path.exists():
+        _refuse_other_run(work, work.read_manifest_data() or {}, run, "the finished output")
+        return work.read_manifest_data()
+    if work.run_path.exists():
+        raise ShardError(
+            f"{work.run_path}: this output folder holds the unfinished work of an annotation run. Use a new "
+            "--output folder, or delete this one to start over."
+        )
+    return None
+
+
+def _refuse_other_run(work: WorkDir, data: dict[str, Any], run: RunDescription | dict[str, Any], what: str) -> None:
+    if not data:
+        raise ShardError(f"{work.run_path}: {UNREADABLE_RUN}")
+    mine = run.to_dict() if isinstance(run, RunDescription) else run
+    if data.get("run_id") == mine["run_id"]:
+        return
+    changed = differences({k: data.get(k) for k in _COMPARED}, {k: mine.get(k) for k in _COMPARED})
+    old_input = data.get("input") or {}
+    changed += differences(
+        {"input": {k: old_input.get(k) for k in ("paths", "fields")}},
+        {"input": {k: mine["input"].get(k) for k in ("paths", "fields")}},
+    )
+    shown = "; ".join(changed[:4]) + (f"; ... ({len(changed)} in all)" if len(changed) > 4 else "")
+    raise ShardError(
+        f"{work.output}: this output folder holds {what} of a different run (run id {data.get('run_id')}, this "
+        f"run's is {mine['run_id']}). What differs: {shown or 'the run description'}. Give the settings of that run, "
+        "or use a new --output folder."
+    )
+
+
+def _accept_model_change(work: WorkDir, stored: dict[str, Any], run: RunDescription) -> None:
+    """A run whose only change is a model nothing was scored with yet stays this run: e.g. an RL model
+    repaired after it failed to load keeps the base pass already made. Anything else is left for
+    `_refuse_other_run`."""
+    mine = run.to_dict()
+    changed = differences(
+        {k: v for k, v in stored.items() if k != "run_id"}, {k: v for k, v in mine.items() if k != "run_id"}
+    )
+    if not changed or not all(c.startswith(_MODEL_KEYS) for c in changed):
+        return
+    base_changed = any(c.startswith(("config.base", "models.base")) for c in changed)
+    saved_base = work.has_saved_base()
+    if work.count_records() or (base_changed and saved_base):
+        return  # scored work depends on the old model: refused, naming the change
+    plan = work.read_plan()
+    work.write_run(run)
+    if plan is not None:
+        work.write_plan(Plan(run.run_id, plan.units, plan.totals, plan.seconds))
+    work.write_marker(run)
+    _note(
+        f"note: {work.output}: the {'base' if base_changed else 'RL'} model changed since this run started "
+        "and nothing was scored with the old one yet; continuing with the new one"
+        + ("" if base_changed or not saved_base else " (the saved base pass is kept)")
+    )
+
+
+# -- a finished output, checked and reopened ---------------------------------------------------------------
+
+
+def check_shards(work: WorkDir, entries: list[dict[str, Any]]) -> dict[int, str]:
+    """Unit -> what is wrong with its shard (missing, size, sha256 against its manifest entry)."""
+    damaged: dict[int, str] = {}
+    fields = set(ShardInfo.__dataclass_fields__)
+    for i, entry in enumerate(entries):
+        path = work.output / str(entry.get("file"))
+        if not fields <= set(entry):  # e.g. an entry of format version 1 (no column checksums)
+            damaged[i] = f"its manifest entry lacks {', '.join(sorted(fields - set(entry)))}"
+        elif entry.get("file") != shard_name(i):
+            damaged[i] = f"the manifest lists {entry.get('file')!r} where {shard_name(i)} belongs"
+        elif not path.exists():
+            damaged[i] = f"{path.name} is missing"
+        elif path.stat().st_size != entry.get("bytes"):
+            damaged[i] = f"{path.name} has {path.stat().st_size} bytes, the manifest says {entry.get('bytes')}"
+        elif file_sha256(path) != entry.get("file_sha256"):
+            damaged[i] = f"{path.name} differs from what was written (sha256 mismatch)"
+    return damaged
+
+
+def _reopen(
+    work: WorkDir, manifest: dict[str, Any], run: RunDescription, damaged: dict[int, str], base_pass: bool
+) -> Reopened:
+    have = manifest.get("passes", "both")
+    work.done_dir.mkdir(parents=True, exist_ok=True)
+    work.base_dir.mkdir(exist_ok=True)
+    work.write_run(run)
+    work.write_marker(run)
+    fields = set(ShardInfo.__dataclass_fields__)
+    engine = manifest.get("engine") or {}
+    for i, entry in enumerate(manifest["shards"]):
+        if i in damaged:
+            work.drop_record(i)
+            continue
+        shard = ShardInfo(**{k: entry[k] for k in fields})
+        work.write_record(
+            CompletionRecord(
+                unit=i,
+                run_id=run.run_id,
+                shard=shard,
+                engine=engine,
+                engine_base=engine if have == "both" else None,
+                passes=have,
+            )
+        )
+    # Removed last: until now a rerun finds the manifest and checks again; from now on, it resumes.
+    work.manifest_path.unlink(missing_ok=True)
+    for unit, why in sorted(damaged.items())[:20]:
+        _note(f"repair: unit {unit}: {why}; scoring it again")
+    if base_pass:
+        _note(f"{work.output}: holds the RL pass only; scoring the base pass of its units and rewriting the shards")
+    return Reopened(damaged, base_pass)
+
+
+__all__ = ["Claim", "Reopened", "check_shards", "claim", "claim_folder", "differences", "finished_output"]
