@@ -179,7 +179,7 @@ def finalize(output: str | Path | WorkDir, *, keep_work: bool = False) -> dict[s
             lines += [
                 "Finish them with any number of workers (unit u goes to --rank u % W of --world-size W), e.g.:",
                 f"  {resume_command(run.config, out, score=score)}",
-                f"or `remit-annotate launch` / the Slurm array with the same flags; then `remit-annotate finalize {out}`.",
+                f"or `remit-annotate launch` / the Slurm array with the same flags; then `remit-annotate finalize {shlex.quote(str(out))}`.",
             ]
         raise IncompleteOutput("\n".join(lines))
     passes: Passes = "rl" if "rl" in check.passes else "both"

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from typing import Any
 
@@ -83,7 +84,9 @@ def run_job(cfg: AnnotateConfig, rank: int, world: int) -> int:
         manifest = finalize(work, keep_work=cfg.keep_work) if world == 1 else None
     print_summary(manifest, stats, time.perf_counter() - t0)
     if manifest is None:
-        print(f"rank {rank}/{world} done; when all ranks are done: remit-annotate finalize {cfg.output}")
+        print(
+            f"rank {rank}/{world} done; when all ranks are done: remit-annotate finalize {shlex.quote(str(cfg.output))}"
+        )
     return 0
 
 
