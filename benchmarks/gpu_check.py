@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,7 @@ def child_main(spec: dict[str, Any]) -> None:
     try:
         result = train_child(spec) if kind == "train" else score_child(spec)
     except Exception as e:
+        traceback.print_exc()  # into the step's log
         result = {"ok": False, "error": f"{type(e).__name__}: {' '.join(str(e).split())[:500]}", **_peak_memory()}
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -334,6 +336,19 @@ def score_summary(r: dict[str, Any], arch: Any, peak: float | None) -> dict[str,
         "tflops": flops / seconds / 1e12,
         "mfu": mfu(flops, seconds, peak),
     }
+
+
+def te_imports() -> bool:
+    """Whether transformer_engine.pytorch imports (in a child: a broken install may abort the process)."""
+    if importlib.util.find_spec("transformer_engine") is None:
+        return False
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", "import transformer_engine.pytorch"], capture_output=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return proc.returncode == 0
 
 
 def environment() -> dict[str, Any]:
@@ -525,8 +540,8 @@ def main() -> None:
             result = gpu_tests(limits["gpu-tests"], logs)
         elif name in ("train-sdpa", "train-te"):
             backend = name.split("-")[1]
-            if backend == "te" and importlib.util.find_spec("transformer_engine") is None:
-                record(name, {"skipped": "Transformer Engine is not installed"})
+            if backend == "te" and not te_imports():
+                record(name, {"skipped": "Transformer Engine does not import here"})
                 continue
             spec = {
                 **train_spec,
