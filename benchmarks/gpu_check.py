@@ -305,7 +305,7 @@ def train_summary(r: dict[str, Any], arch: Any, docs: list[list[int]], seq: int,
 
     timed = r.get("steps", [])[UNTIMED_STEPS:]
     if not r.get("ok") or not timed:
-        return r
+        return {**{k: v for k, v in r.items() if k != "steps"}, "steps_done": len(r.get("steps", []))}
     seconds = sum(s["seconds"] for s in timed)
     flops = sum(step_flops(arch, [n for i in s["sample_ids"] for n in docs[i]]) for s in timed)
     tokens = sum(len(s["sample_ids"]) * seq for s in timed)

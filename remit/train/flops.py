@@ -21,11 +21,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from remit.train.architecture import Architecture
+
+if TYPE_CHECKING:
+    import torch
 
 #: Segment id of padding positions (remit.train.dataset.make_sample).
 PADDING_SEGMENT = -1
@@ -83,12 +86,13 @@ def step_flops(arch: Architecture, doc_lengths: Sequence[int] | np.ndarray) -> f
     return 3.0 * forward_flops(arch, doc_lengths)
 
 
-def doc_lengths_from_segments(segment_ids: Any) -> np.ndarray:
+def doc_lengths_from_segments(segment_ids: np.ndarray | torch.Tensor) -> np.ndarray:
     """Lengths of the documents of a [b, S] (or [S]) array or tensor of segment ids, row by row: each
     maximal run of equal id within a row is a document; runs of `PADDING_SEGMENT` are left out."""
-    if hasattr(segment_ids, "detach"):  # a torch tensor, wherever it lives
-        segment_ids = segment_ids.detach().cpu().numpy()
-    seg = np.asarray(segment_ids)
+    if isinstance(segment_ids, np.ndarray):
+        seg = segment_ids
+    else:  # a torch tensor, wherever it lives (a device tensor costs a copy to the host)
+        seg = segment_ids.detach().cpu().numpy()
     if seg.ndim == 1:
         seg = seg[None]
     if seg.ndim != 2:
@@ -117,6 +121,7 @@ PEAKS: tuple[tuple[str, float | None, float | None], ...] = (
     ("H200", 989.4, 66.9),  # also GH200
     ("A100", 312.0, 19.5),  # SXM and PCIe
     ("L40S", 362.1, 91.6),
+    ("L40", 181.0, 90.5),
     ("L4", 121.0, 30.3),
     ("A10G", None, None),
     ("A10", 125.0, 31.2),

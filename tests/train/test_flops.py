@@ -135,6 +135,7 @@ def test_llama_3_2_1b_shape_counts_every_weight_but_the_norms():
         ([[3, 3], [3, 3]], [2, 2]),  # ... even with the same id at the boundary
         ([[-1, -1]], []),
         ([0, 0, 5], [2, 1]),  # one row, [S]
+        ([[7], [-1]], [1]),
     ],
 )
 def test_doc_lengths_from_segments(segments, lengths):
@@ -160,6 +161,7 @@ def test_peaks():
     assert peak_tflops("NVIDIA H200") == peak_tflops("NVIDIA GH200 480GB") == 989.4
     assert peak_tflops("NVIDIA A100-SXM4-80GB") == peak_tflops("NVIDIA A100 80GB PCIe") == 312.0
     assert peak_tflops("NVIDIA L40S") == 362.1
+    assert peak_tflops("NVIDIA L40") == 181.0
     assert peak_tflops("NVIDIA L4") == 121.0
     assert peak_tflops("NVIDIA A10") == 125.0
     assert peak_tflops("NVIDIA A10G") is None  # not an A10; no datasheet figure
