@@ -6,6 +6,8 @@
 #
 #   benchmarks/gpu_check.sh [--tiny] [gpu_check.py flags]    # results in $OUT, else benchmarks/out/
 #   benchmarks/gpu_check.sh --probe                          # only list the modules this Python lacks
+#   benchmarks/gpu_check.sh --setup                          # only install what benchmarks/wheels/ holds (the
+#                                                            # venv stays: wheels can come in several lots)
 #
 # Environment: PYTHON (default python3), VENV (default benchmarks/.gpu-venv), WHEELS (default benchmarks/wheels).
 set -euo pipefail
@@ -69,15 +71,20 @@ PY="$VENV/bin/python"
 "$PY" -c 'import torch' || { echo "gpu_check: $PYTHON has no torch; run it with a Python that has (PYTHON=...)" >&2; exit 1; }
 
 mapfile -t missing < <(missing_in "$PY")
+for req in "${missing[@]}"; do
+    # One at a time, dependencies resolved against what is installed (those still missing come from the
+    # folder too), so that a wheel that is not there fails alone.
+    echo "gpu_check: installing $req from $WHEELS"
+    "$PY" -m pip install --quiet --no-index --find-links "$WHEELS" "$req" 2>&1 | grep -v "dependency\|requires" || true
+done
+# setuptools only serves the editable install, which PYTHONPATH replaces when it fails
+mapfile -t missing < <(missing_in "$PY" | grep -v '^setuptools')
 if ((${#missing[@]})); then
-    echo "gpu_check: installing from $WHEELS: ${missing[*]}"
-    # Dependencies are resolved against what is installed; those still missing come from the folder too.
-    "$PY" -m pip install --quiet --no-index --find-links "$WHEELS" "${missing[@]}" || {
-        echo "gpu_check: could not install ${missing[*]} from $WHEELS; fetch them with benchmarks/fetch_gpu_wheels.sh" >&2
-        exit 1
-    }
+    echo "gpu_check: still missing: ${missing[*]}; fetch their wheels with benchmarks/fetch_gpu_wheels.sh" >&2
+    [[ "${1:-}" == "--setup" ]] || exit 1
 fi
 "$PY" -m pip install --quiet --no-index --no-deps --no-build-isolation -e "$REPO" >/dev/null 2>&1 ||
     echo "gpu_check: editable install of remit failed; using PYTHONPATH=$REPO instead"
+[[ "${1:-}" == "--setup" ]] && exit 0
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PY" "$REPO/benchmarks/gpu_check.py" "$@"
