@@ -444,7 +444,7 @@ def main() -> None:
     p.add_argument(
         "--limits",
         default=None,
-        help="seconds per step kind (default: train=90,fit=60,score=50,gpu-tests=60; tiny: 4 times as long, for a "
+        help="seconds per step kind (default: train=150,fit=90,score=60,gpu-tests=60; tiny: 4 times as long, for a "
         "loaded CPU)",
     )
     p.add_argument(
@@ -469,7 +469,7 @@ def main() -> None:
     out = args.out or Path(os.environ.get("OUT") or REPO / "benchmarks" / "out")
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
-    limits_given = args.limits or "train=90,fit=60,score=50,gpu-tests=60"
+    limits_given = args.limits or "train=150,fit=90,score=60,gpu-tests=60"
     limit_of = {
         k: float(v) * (4 if args.tiny and not args.limits else 1)
         for k, v in (kv.split("=") for kv in limits_given.split(","))
