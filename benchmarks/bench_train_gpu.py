@@ -3,7 +3,8 @@
 - The model: a randomly initialised Llama-3.2-1B-shaped model (hidden 2048, 16 layers, 32 heads, 8 KV
   heads, FFN 8192, vocabulary 128256, tied embeddings; 1.24B parameters), trained with the default
   attention path at 4096 tokens per sequence, micro-batch 1.
-- Per weight mode: tokens/s, MFU (model FLOPs, see `train_flops`, over the GPU's dense bf16 peak) and
+- Per weight mode: tokens/s, MFU (the trainer's model FLOPs, `remit.train.flops`: causal attention per
+  document, over the GPU's dense bf16 peak) and
   peak memory; the weights' overhead over `none`; then whether the same model fits at 8192 tokens
   (and, if not, with --recompute-granularity selective).
 - Each measurement is its own child process (a clean CUDA context, an out-of-memory error stays
@@ -30,40 +31,6 @@ import child
 
 #: Llama-3.2-1B's shape (hidden, layers, heads, kv_heads, ffn, vocab); plain RoPE with theta 500000.
 LLAMA_1B = {"hidden": 2048, "layers": 16, "heads": 32, "kv_heads": 8, "ffn": 8192, "vocab": 128256}
-#: Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, by a substring of the device name, first match.
-PEAK_BF16_TFLOPS = (
-    ("H200", 989.4),
-    ("GH200", 989.4),
-    ("H100 PCIe", 756.5),
-    ("H100 NVL", 835.5),
-    ("H100", 989.4),  # SXM ("NVIDIA H100 80GB HBM3")
-    ("H800", 989.4),
-    ("A100", 312.0),
-    ("L40S", 362.1),
-)
-
-
-def train_flops(shape: dict, seq_len: int, sequences: int) -> float:
-    """Model FLOPs of one training step (forward + backward = 3 x forward; recomputation not counted).
-
-    Per token and forward pass: 2 x the weights of every matrix multiply (q, k, v, o, gate, up, down in
-    each layer, and the output layer, tied or not), plus 2 x 2 x seq_len x heads x head_dim per layer
-    for QK^T and PV over the full S x S (what the dense attention computes; with a causal or document
-    mask the useful work is less). The embedding lookup is not a multiply."""
-    h, layers, heads, kv_heads, ffn, vocab = (
-        shape[k] for k in ("hidden", "layers", "heads", "kv_heads", "ffn", "vocab")
-    )
-    head_dim = h // heads
-    per_layer = h * heads * head_dim + 2 * h * kv_heads * head_dim + heads * head_dim * h + 3 * h * ffn
-    forward_per_token = 2 * (layers * per_layer + vocab * h) + layers * 4 * seq_len * heads * head_dim
-    return 3.0 * forward_per_token * seq_len * sequences
-
-
-def peak_tflops(device_name: str) -> float | None:
-    for key, value in PEAK_BF16_TFLOPS:
-        if key in device_name:
-            return value
-    return None
 
 
 def make_gpu_model(path: Path, shape: dict) -> Path:
@@ -122,8 +89,8 @@ def measure(spec: dict) -> None:
     times: list[float] = []
     torch.cuda.reset_peak_memory_stats()
     try:
-        trainer.train(cfg, observer=lambda step, ids, rec: times.append(rec["step_time_s"]))
-        out = {"ok": True, "step_times": times}
+        trainer.train(cfg, observer=lambda step, ids, rec: times.append((rec["step_time_s"], rec["tflops"])))
+        out = {"ok": True, "step_times": [t for t, _ in times], "step_tflops": [f for _, f in times]}
     except torch.cuda.OutOfMemoryError as e:
         out = {"ok": False, "oom": True, "error": str(e).splitlines()[0][:300]}
     out.update(
@@ -156,7 +123,9 @@ def benchmark(args: argparse.Namespace) -> None:
     values = [int(v) for v in args.gpu_shape.split(",")]
     shape = dict(zip(LLAMA_1B, values))
     device = torch.cuda.get_device_name()
-    peak = args.peak_tflops or peak_tflops(device)
+    from remit.train.flops import peak_tflops
+
+    peak = peak_tflops(device, "bf16", args.peak_tflops)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-train-gpu-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -189,7 +158,6 @@ def benchmark(args: argparse.Namespace) -> None:
         )
     )
     seq, gbs = args.gpu_seq_len, args.gpu_global_batch
-    flops = train_flops(shape, seq, gbs)
     result: dict = {
         "device": device,
         "peak_bf16_tflops": peak,
@@ -197,7 +165,6 @@ def benchmark(args: argparse.Namespace) -> None:
         "seq_len": seq,
         "micro_batch_size": 1,
         "global_batch_size": gbs,
-        "model_tflop_per_step": flops / 1e12,
         "modes": {},
     }
     for mode in ("none", "static", "online"):
@@ -206,10 +173,13 @@ def benchmark(args: argparse.Namespace) -> None:
         if r.get("ok"):
             timed = r["step_times"][2:]
             step = statistics.median(timed)
+            # The trainer's own count (remit.train.flops): causal attention per document of the packed rows.
+            tflops = statistics.median(r["step_tflops"][2:])
             r.update(
                 median_step_s=step,
                 tokens_per_s=gbs * seq / step,
-                mfu=(flops / step / (peak * 1e12)) if peak else None,
+                tflops=tflops,
+                mfu=(tflops / peak) if peak else None,
             )
         result["modes"][mode] = r
         print(f"{mode}: {json.dumps({k: v for k, v in r.items() if k != 'step_times'})}", flush=True)
@@ -278,7 +248,7 @@ def main() -> None:
         "--peak-tflops",
         type=float,
         default=None,
-        help="the GPU's dense bf16 peak in TFLOP/s for MFU (default: from the device name, see PEAK_BF16_TFLOPS)",
+        help="the GPU's dense bf16 peak in TFLOP/s for MFU (default: from the device name, see remit.train.flops.PEAKS)",
     )
     p.add_argument("--work", type=Path, default=None, help="folder for the model and data (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")

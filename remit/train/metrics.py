@@ -2,7 +2,8 @@
 
 Other tools read metrics.jsonl, so these keys are stable: step, loss (weighted), loss_unweighted,
 mean_weight, frac_at_low, frac_at_high, lr, grad_norm, tokens (cumulative valid label tokens),
-consumed_samples, step_time_s, tokens_per_s.
+consumed_samples, step_time_s, tokens_per_s, tflops (achieved model TFLOP/s per device); mfu where the
+device's peak is known; eval_loss, eval_loss_unweighted, eval_tokens after an evaluation.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ STABLE_KEYS = (
     "consumed_samples",
     "step_time_s",
     "tokens_per_s",
+    "tflops",
 )
 
 
@@ -80,6 +82,13 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def _rate(r: dict[str, Any]) -> str:
+    """Achieved TFLOP/s per device, with MFU where the peak is known."""
+    tflops = r.get("tflops", 0.0)
+    shown = f"{tflops:.1f}" if tflops >= 1 else f"{tflops:.3g}"
+    return f"{shown} TFLOP/s" + (f" ({100 * r['mfu']:.1f}% MFU)" if r.get("mfu") is not None else "")
+
+
 class Progress:
     """Periodic progress lines with rate and ETA, and a closing summary (printed by rank 0)."""
 
@@ -95,7 +104,8 @@ class Progress:
         print(
             f"step {r['step']}/{self.total} | loss {r['loss']:.4f} (unweighted {r['loss_unweighted']:.4f}) | "
             f"w {r['mean_weight']:.3f} [{100 * r['frac_at_low']:.1f}% low, {100 * r['frac_at_high']:.1f}% high] | "
-            f"lr {r['lr']:.2e} | {r['tokens_per_s'] / 1e3:.1f}k tok/s | eta {_duration(eta)}",
+            f"lr {r['lr']:.2e} | {r['tokens_per_s'] / 1e3:.1f}k tok/s | {_rate(r)} | eta {_duration(eta)}"
+            + (f" | eval {r['eval_loss']:.4f}" if "eval_loss" in r else ""),
             flush=True,
         )
 

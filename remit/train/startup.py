@@ -41,6 +41,7 @@ from remit.train.convert import check_hf_checkpoint
 from remit.train.dataset import RemitDataset
 from remit.train.engine import Engine, build_engine
 from remit.train.evaluate import EvalPlan, plan_eval
+from remit.train.flops import peak_tflops
 from remit.train.folders import (
     check_export_folder,
     check_run_folder,
@@ -214,6 +215,8 @@ class Run:
     eval_plan: EvalPlan | None
     saver: AsyncSaver | None
     lease: Leases[str] | None
+    peak_tflops: float | None
+    """One device's peak for MFU (--peak-tflops, or the GPU table); None: MFU is not reported."""
     iteration: int = 0
     consumed: int = 0
     tokens: int = 0
@@ -364,6 +367,7 @@ def _prepare(cfg: TrainConfig, rank: int, device: torch.device, lease: Leases[st
         eval_plan=eval_plan,
         saver=AsyncSaver(cfg.save, cfg.keep_last) if cfg.async_save else None,
         lease=lease,
+        peak_tflops=_device_peak(cfg),
         iteration=iteration,
         consumed=consumed,
         tokens=tokens,
@@ -434,6 +438,13 @@ def _open_eval(
         eval_iters=cfg.eval_iters,
     )
     return eval_set, plan
+
+
+def _device_peak(cfg: TrainConfig) -> float | None:
+    """--peak-tflops, else the table's figure for this GPU in the run's precision; None on a CPU."""
+    if cfg.peak_tflops is not None or not torch.cuda.is_available():
+        return cfg.peak_tflops
+    return peak_tflops(torch.cuda.get_device_name(), "bf16" if cfg.bf16 else "fp32")
 
 
 def _open_data(root: Path, tokenizer_hash: str | None, cfg: TrainConfig, seq_len: int | None = None) -> RemitDataset:

@@ -31,6 +31,7 @@ from remit.train.config import TrainConfig
 from remit.train.convert import save_hf
 from remit.train.engine import Engine
 from remit.train.evaluate import eval_batches, eval_record
+from remit.train.flops import doc_lengths_from_segments, step_flops
 from remit.train.folders import (
     claim_export_folder,
 )
@@ -196,6 +197,7 @@ def train_step(
         forward_only=False,
     )
     local_stats, stats = _reduce_stats(run, reports)
+    step_flops_ = _step_flops(run, batches)
     run.guard.check_loss(step, stats, local_stats, seen, records)
     summary = summarize(stats)
     if before_step is not None:
@@ -215,10 +217,31 @@ def train_step(
         "consumed_samples": run.consumed,
         "step_time_s": elapsed,
         "tokens_per_s": run.gbs * run.seq_len / elapsed,
+        **_throughput(run, step_flops_, elapsed),
     }
     if observer is not None:
         observer(step, np.concatenate(seen), record)
     return record
+
+
+def _step_flops(run: Run, batches: list[dict[str, torch.Tensor]]) -> float:
+    """Model FLOPs of the whole step (every data-parallel rank's micro-batches; causal attention counted per
+    document, see remit.train.flops)."""
+    from megatron.core import parallel_state
+
+    mine = sum(step_flops(run.arch, doc_lengths_from_segments(b["segment_ids"])) for b in batches)
+    total = torch.tensor([mine], dtype=torch.float64, device=run.device)
+    dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
+    return float(total.item())
+
+
+def _throughput(run: Run, flops: float, seconds: float) -> dict[str, float]:
+    """Achieved model TFLOP/s per device, and MFU where the device's peak is known."""
+    per_device = flops / seconds / dist.get_world_size() / 1e12
+    out = {"tflops": per_device}
+    if run.peak_tflops is not None:
+        out["mfu"] = per_device / run.peak_tflops
+    return out
 
 
 def evaluate(run: Run, step: int) -> dict[str, Any]:

@@ -369,3 +369,27 @@ def test_a_nonfinite_gradient_stops_the_run_before_the_update(data, random_llama
     assert out["weights_unchanged"] is True
     assert [r["step"] for r in _metrics(run)] == [1]
     assert (run / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
+
+
+def test_tflops_count_each_step_s_documents(baseline, data):
+    """metrics.jsonl's tflops x step time is the step's model FLOPs, with causal attention per document:
+    recomputed here from the shards' own segment starts and the samples each step trained on."""
+    import pyarrow.parquet as pq
+
+    from remit.train.architecture import read_architecture
+    from remit.train.flops import step_flops
+
+    arch = read_architecture(baseline / "run" / "hf_template")
+    rows = []
+    for shard in sorted(Path(data).glob("shard-*.parquet")):
+        rows += pq.read_table(shard, columns=["n_tokens", "segment_starts"]).to_pylist()
+    ids = runs.record(baseline / "rec", 0)["ids"]
+    for record in _metrics(baseline / "run"):
+        expected = 0.0
+        for sample in ids[str(record["step"])]:
+            n, starts = rows[sample]["n_tokens"], rows[sample]["segment_starts"]
+            bounds = [s for s in starts if s < n - 1] + [n - 1]  # n tokens: n - 1 input positions
+            expected += step_flops(arch, np.diff(bounds))
+        got = record["tflops"] * record["step_time_s"] * 1e12
+        assert got == pytest.approx(expected, rel=1e-9), record["step"]
+        assert "mfu" not in record  # no peak known for a CPU
