@@ -11,32 +11,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-
-@dataclass
-class Document:
-    doc_id: str
-    source: str
-    tokens: np.ndarray  # int32, BOS/EOS already applied
-
-
-@dataclass
-class PackedRow:
-    tokens: np.ndarray  # int32 [<= seq_len + 1]
-    segment_starts: list[int] = field(default_factory=list)
-    segment_doc_ids: list[str] = field(default_factory=list)
-    segment_doc_offsets: list[int] = field(default_factory=list)
-    source: str = ""
-
-    def segments(self) -> Iterator[tuple[int, int]]:
-        """(start, end) of each segment inside the row."""
-        bounds = [*self.segment_starts, len(self.tokens)]
-        return zip(bounds[:-1], bounds[1:])
+from remit.shards.rows import Document, PackedRow
 
 
 def pack(documents: Iterable[Document], seq_len: int) -> Iterator[PackedRow]:

@@ -12,8 +12,7 @@ without the annotation pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,30 +21,9 @@ import numpy as np
 from remit import __version__
 from remit.common.atomic import write_json_atomic
 from remit.shards.manifest import MANIFEST_NAME, assemble_manifest
+from remit.shards.rows import Document, PackedRow
 from remit.shards.weights import RULE, Center, remit_weights
 from remit.shards.writer import Rows, build_table, write_shard
-
-
-@dataclass
-class Document:
-    doc_id: str
-    source: str
-    tokens: np.ndarray  # int32, BOS/EOS already applied
-
-
-@dataclass
-class PackedRow:
-    tokens: np.ndarray  # int32 [<= seq_len + 1]
-    segment_starts: list[int]
-    segment_doc_ids: list[str]
-    segment_doc_offsets: list[int]
-    source: str
-
-    def segments(self) -> Iterator[tuple[int, int]]:
-        """(start, end) of each segment inside the row."""
-        bounds = [*self.segment_starts, len(self.tokens)]
-        return zip(bounds[:-1], bounds[1:])
-
 
 #: rows of one shard -> their (logp_base, logp_rl), flat, NaN at every segment's first token.
 LogProbs = Callable[[list[PackedRow]], tuple[np.ndarray, np.ndarray]]
