@@ -5,7 +5,9 @@ A dist_checkpointing folder holds pickles of two kinds:
   of `ALLOWED` (DCP's metadata records, ``torch.Size``, dtypes, ``OrderedDict``, a path) and refuses any other;
 - the non-tensor items of the ``.distcp`` files and ``common.pt`` (torch.save archives: the train and
   scheduler state, the optimizer's parameter groups, mcore's empty ``_extra_state``): read with torch's
-  weights-only unpickler (tensors and containers of numbers and strings).
+  weights-only unpickler (tensors and containers of numbers and strings, plus the plain data types
+  Megatron-Core registers with it when imported: argparse and simple namespaces, numpy arrays, its
+  config dataclasses and enums).
 
 `check_pickles` reads all of them before a load and names the first file that holds anything else
 (`UnsafeCheckpointError`, one line). `restricted_loading` holds torch's and Megatron-Core's own readers
