@@ -14,7 +14,12 @@ tracker) keeps its signature and behaviour over that range.
   gives the CPU a stream whose waits do nothing.
 - 0.19 logs deprecation notices about GPTModel (pointing at HybridModel), its own synchronous save and
   the common.pt of older checkpoints: `quiet_deprecation_notices` drops those, unless --verbose.
-- From 0.17 the wheels need Python 3.12 and, to import, triton (every release imports its MoE code).
+- ``ChainedOptimizer.step``, which `remit.train.guard.guarded_step` follows call for call, gains only what
+  remit never turns on: 0.18 skips the update above ``grad_norm_skip_threshold`` (default infinite),
+  0.19 clips parameters tagged with a separate grad-norm group by their own norm (remit tags none).
+  tests/train/test_guard.py compares the two steps on both ends of the range.
+- From 0.17 the wheels need Python 3.12; 0.19 also needs triton to import (its MoE code imports it; the
+  CUDA build of torch brings it).
 """
 
 from __future__ import annotations

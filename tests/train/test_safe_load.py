@@ -20,6 +20,10 @@ from remit.train.safe_load import UnsafeCheckpointError, check_pickles, restrict
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
+#: How pickle names the builtin `open` (io.open up to Python 3.11, _io.open from 3.12).
+OPEN = f"{open.__module__}.open"
+
+
 class Planted:
     """Unpickling this object creates `marker`: what a planted pickle can do."""
 
@@ -58,7 +62,7 @@ def test_a_planted_metadata_is_refused_and_never_run(tmp_path):
     with pytest.raises(UnsafeCheckpointError) as e:
         check_pickles(folder)
     msg = _one_line(e)
-    assert msg.startswith(f"{folder / '.metadata'}: holds a pickled reference to io.open"), msg
+    assert msg.startswith(f"{folder / '.metadata'}: holds a pickled reference to {OPEN}"), msg
     assert "--trust-checkpoint" in msg
     assert not marker.exists()
 
@@ -70,7 +74,7 @@ def test_a_planted_distcp_item_is_refused_and_never_run(tmp_path):
     with pytest.raises(UnsafeCheckpointError) as e:
         check_pickles(folder)
     msg = _one_line(e)
-    assert ".distcp (item extra): holds a pickled reference to io.open" in msg, msg
+    assert f".distcp (item extra): holds a pickled reference to {OPEN}" in msg, msg
     assert not marker.exists()
 
 
@@ -80,7 +84,7 @@ def test_a_planted_common_pt_is_refused_and_never_run(tmp_path):
     torch.save({"train_state": Planted(marker)}, folder / "common.pt")
     with pytest.raises(UnsafeCheckpointError) as e:
         check_pickles(folder)
-    assert _one_line(e).startswith(f"{folder / 'common.pt'}: holds a pickled reference to io.open")
+    assert _one_line(e).startswith(f"{folder / 'common.pt'}: holds a pickled reference to {OPEN}")
     assert not marker.exists()
 
 
@@ -115,7 +119,7 @@ def test_torch_reads_the_index_through_the_allow_list(tmp_path):
     (folder / ".metadata").write_bytes(pickle.dumps(Planted(marker)))
     with pytest.raises(CheckpointException), restricted_loading() as refusals:
         dcp.load({"weight": torch.zeros(2, 3)}, checkpoint_id=str(folder), no_dist=True)
-    assert str(refusals[0]).startswith(f"{folder / '.metadata'}: holds a pickled reference to io.open")
+    assert str(refusals[0]).startswith(f"{folder / '.metadata'}: holds a pickled reference to {OPEN}")
     assert not marker.exists()
 
 
@@ -125,7 +129,7 @@ def test_torch_reads_the_items_weights_only(tmp_path):
     # torch's planner reads non-tensor items with weights_only=False; under the context it may not
     with pytest.raises(CheckpointException), restricted_loading() as refusals:
         dcp.load({"extra": io.BytesIO()}, checkpoint_id=str(folder), no_dist=True)
-    assert "holds a pickled reference to io.open" in str(refusals[0])
+    assert f"holds a pickled reference to {OPEN}" in str(refusals[0])
     assert not marker.exists()
     # plain state still loads under the context, and the process is left as it was
     state = {"weight": torch.zeros(2, 3), "train_state": {"iteration": 0, "lr": None}}
@@ -159,5 +163,5 @@ def test_megatron_reads_the_common_state_through_the_allow_list(mcore, baseline,
         planted.write_bytes(pickle.dumps(Planted(marker)))
     with pytest.raises(UnsafeCheckpointError) as e:
         read_common_state(run, 6)
-    assert _one_line(e).startswith(f"{planted}: holds a pickled reference to io.open"), e.value
+    assert _one_line(e).startswith(f"{planted}: holds a pickled reference to {OPEN}"), e.value
     assert not marker.exists()
