@@ -185,11 +185,12 @@ def save_checkpoint(root: str | Path, iteration: int, model, optimizer, schedule
     sd["scheduler"] = scheduler.state_dict()
     sd["train_state"] = dict(state, iteration=iteration)
     try:
-        dist_checkpointing.save(sd, str(target))
+        with compat.writer_errors() as logged:
+            dist_checkpointing.save(sd, str(target))
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # torch's CheckpointException derives from BaseException
-        cause = _os_error_in(e)
+        cause = _os_error_in(e, logged=logged)
         if cause is None:
             if isinstance(e, Exception):
                 raise
@@ -208,9 +209,10 @@ def save_checkpoint(root: str | Path, iteration: int, model, optimizer, schedule
     return target
 
 
-def _os_error_in(e: BaseException, depth: int = 0) -> OSError | None:
+def _os_error_in(e: BaseException, depth: int = 0, logged: list[str] | None = None) -> OSError | None:
     """The operating-system error behind a failed save (a full disk, a read-only folder), if any: torch's
-    CheckpointException keeps each rank's error in `failures`, as (exception, traceback)."""
+    CheckpointException keeps each rank's error in `failures`, as (exception, traceback); from
+    megatron-core 0.17 the writer's own error is only in its log (`logged`, see remit.train.compat)."""
     if isinstance(e, OSError):
         return e
     if depth > 8:
@@ -223,7 +225,7 @@ def _os_error_in(e: BaseException, depth: int = 0) -> OSError | None:
             if found is not None:
                 return found
     # The ranks' failures travel between processes pickled, which drops their cause: only its text is left.
-    for text in (str(e), *map(str, failures)):
+    for text in (str(e), *map(str, failures), *(logged or [])):
         match = re.search(r"\[Errno (\d+)\]", text)
         if match:
             code = int(match.group(1))

@@ -14,6 +14,9 @@ tracker) keeps its signature and behaviour over that range.
   gives the CPU a stream whose waits do nothing.
 - 0.19 logs deprecation notices about GPTModel (pointing at HybridModel), its own synchronous save and
   the common.pt of older checkpoints: `quiet_deprecation_notices` drops those, unless --verbose.
+- From 0.17 the checkpoint writer's exception names only the type of a failed write ("An error is caught
+  while starting worker 0, error: <class 'OSError'>"); the error itself, with its errno, is only logged.
+  `writer_errors` collects those records during a save, so that a full disk is still named in one line.
 - ``ChainedOptimizer.step``, which `remit.train.guard.guarded_step` follows call for call, gains only what
   remit never turns on: 0.18 skips the update above ``grad_norm_skip_threshold`` (default infinite),
   0.19 clips parameters tagged with a separate grad-norm group by their own norm (remit tags none).
@@ -24,7 +27,9 @@ tracker) keeps its signature and behaviour over that range.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 #: The ``.distcp`` item that holds a 0.19 checkpoint's common state.
@@ -93,3 +98,33 @@ def quiet_deprecation_notices() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNotice) for f in logger.filters):
             logger.addFilter(_DropNotice(prefix))
+
+
+#: The checkpoint writer's logger (the same name in every release).
+_WRITER_LOGGER = "megatron.core.dist_checkpointing.strategies.filesystem_async"
+
+
+class _CollectErrors(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        self.messages.append(record.getMessage())
+        from remit.common.quiet import quiet_requested
+
+        return not quiet_requested()  # remit names the failure itself, in one line
+
+
+@contextlib.contextmanager
+def writer_errors() -> Iterator[list[str]]:
+    """The error records of the checkpoint writer during a save, in order (printed only with --verbose)."""
+    logger = logging.getLogger(_WRITER_LOGGER)
+    collect = _CollectErrors()
+    logger.addFilter(collect)
+    try:
+        yield collect.messages
+    finally:
+        logger.removeFilter(collect)

@@ -52,3 +52,17 @@ def test_deprecation_notices_are_dropped_only_when_quiet(monkeypatch, caplog, qu
     messages = [r.getMessage() for r in caplog.records]
     assert messages.count("something else") == 3
     assert len(messages) == (3 if quiet else 6)
+
+
+def test_the_writers_logged_errors_are_collected_during_a_save_and_kept_off_stderr(monkeypatch, caplog):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    logger = logging.getLogger(compat._WRITER_LOGGER)
+    with caplog.at_level(logging.DEBUG), compat.writer_errors() as logged:
+        logger.error("Local worker 0 encountered an error: [Errno 28] No space left on device")
+        logger.debug("FileSystemWriterAsync: collecting worker results...")
+    logger.error("after the save")
+    assert logged == ["Local worker 0 encountered an error: [Errno 28] No space left on device"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "FileSystemWriterAsync: collecting worker results...",
+        "after the save",
+    ]
