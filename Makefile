@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 TEST_ENV = VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: check lint format-check typecheck layering format test-fast test
+.PHONY: check lint format-check typecheck layering format test-fast test test-mcore-latest
 
 ## check: everything `.ci/run` requires before the tests (lint, formatting, types, layering)
 check: lint format-check typecheck layering
@@ -31,3 +31,9 @@ test-fast:
 ## test: the whole suite (GPU tests skip themselves where there is no GPU)
 test:
 	$(TEST_ENV) $(PY) -m pytest -q
+
+## test-mcore-latest: the Megatron tests on the other end of the train extra's range, megatron-core 0.19.x on
+## Python 3.12 (.venv-mcore019/, built by scripts/setup-env-mcore-latest.sh; about 6 GB)
+test-mcore-latest:
+	./scripts/setup-env-mcore-latest.sh
+	$(TEST_ENV) .venv-mcore019/bin/python -m pytest -q -m megatron tests/train

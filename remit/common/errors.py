@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -46,16 +47,29 @@ _OS_MESSAGES = {
 }
 
 
+def os_error_in_text(text: str) -> OSError | None:
+    """The operating-system error a message names (errors passed on as text lose their type): a known
+    message, or an ``[Errno N]`` tag."""
+    text = " ".join(text.split())
+    for message, code in _OS_MESSAGES.items():
+        if message in text:
+            return OSError(code, message)
+    match = re.search(r"\[Errno (\d+)\]", text)
+    if match:
+        code = int(match.group(1))
+        return OSError(code, os.strerror(code))
+    return None
+
+
 def os_error_in(e: BaseException, depth: int = 0) -> OSError | None:
     """The operating-system error behind `e`, if any: `e` itself, its cause or context, the errors a
     wrapper keeps (torch's CheckpointException keeps each rank's in `failures`), or an error known by its
     message alone. An OSError without an errno gets the one its message names."""
     if isinstance(e, OSError) and e.errno is not None:
         return e
-    text = " ".join(str(e).split())
-    for message, code in _OS_MESSAGES.items():
-        if message in text:
-            return OSError(code, message, getattr(e, "filename", None))
+    found = os_error_in_text(str(e))
+    if found is not None:
+        return OSError(found.errno, found.strerror, getattr(e, "filename", None))
     if depth > 8:
         return None
     failures = [f[0] if isinstance(f, tuple) else f for f in dict(getattr(e, "failures", {}) or {}).values()]

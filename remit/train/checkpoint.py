@@ -8,28 +8,35 @@ charge. dist_checkpointing reshards on load, so a run may resume with another TP
 Exact continuation: the model and Adam state are restored bit for bit, the LR schedule resumes at
 its step, and the data order is a pure function of the seed and the number of consumed samples.
 
-A checkpoint is code: torch's checkpoint reader unpickles its `.metadata`, its `common.pt` and the
-non-tensor items of its `.distcp` files. So every checkpoint remit writes carries `HASH_FILE`, the
-sha256 of each of its files, written after every rank has finished and before the tracker names it;
-`verify_checkpoint` refuses a folder whose files do not match (or that carries no hash file) before
-any of them is read, unless the user trusts it (--trust-checkpoint). The hashes detect a file planted
-or replaced after the save; they are not a signature (whoever can write the folder can rewrite them).
+Loading a checkpoint never runs code from it: torch's checkpoint reader unpickles its `.metadata`,
+its `common.pt` (0.16.1 to 0.18) and the non-tensor items of its `.distcp` files, and
+`remit.train.safe_load` holds every one of those reads to an allow-list of the types a remit checkpoint
+holds (`verify_checkpoint` checks them all first, so a refusal is one line). Every checkpoint remit
+writes also carries `HASH_FILE`, the sha256 of each of its files, written after every rank has finished
+and before the tracker names it; `verify_checkpoint` refuses a folder whose files do not match (or that
+carries no hash file) unless the user trusts it (--trust-checkpoint). The hashes detect a file
+damaged, planted or replaced after the save; they are not a signature (whoever can write the folder can
+rewrite them), and the allow-list is not lifted by --trust-checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from remit.common.atomic import write_json_atomic, write_text_atomic
-from remit.common.errors import os_error_in
+from remit.common.errors import os_error_in, os_error_in_text
+from remit.train import compat
 from remit.train.config import TRACKER_FILE
+from remit.train.safe_load import check_pickles, restricted_loading
 
 #: In each iter_* folder remit wrote: the sha256 of every other file of the checkpoint.
 HASH_FILE = "remit-checkpoint-sha256.json"
@@ -134,16 +141,22 @@ def remove_older(root: str | Path, keep: int) -> list[Path]:
 
 
 def verify_checkpoint(folder: str | Path, trust: bool = False) -> None:
-    """Refuse (UntrustedCheckpointError) a checkpoint folder whose files differ from the hashes remit
-    recorded, or that has none, unless `trust`. Nothing of the folder is unpickled here."""
+    """Refuse a checkpoint folder whose files differ from the hashes remit recorded, or that has none,
+    unless `trust` (UntrustedCheckpointError); then, trusted or not, one whose pickles hold anything
+    outside the allow-list (`remit.train.safe_load.UnsafeCheckpointError`) or that this megatron-core
+    cannot read (ValueError). Both are one line."""
     folder = Path(folder)
-    if trust:
-        return
+    if not trust:
+        _check_hashes(folder)
+    compat.check_checkpoint_format(folder, check_pickles(folder))
+
+
+def _check_hashes(folder: Path) -> None:
     path = folder / HASH_FILE
     if not path.exists():
         raise UntrustedCheckpointError(
-            f"{folder}: no {HASH_FILE}, so this checkpoint was not written by this remit or was changed. Loading it "
-            f"unpickles its files, which can run any code: pass {_TRUST} only if you trust its source."
+            f"{folder}: no {HASH_FILE}, so this checkpoint was not written by this remit or was changed; its weights "
+            f"and state would be loaded as they are: pass {_TRUST} only if you trust its source."
         )
     try:
         recorded = json.loads(path.read_text())["sha256"]
@@ -164,17 +177,30 @@ def verify_checkpoint(folder: str | Path, trust: bool = False) -> None:
         else:
             continue
         raise UntrustedCheckpointError(
-            f"{folder / name}: {problem} ({path}). Loading it unpickles files, which can run any code: restore "
-            f"the checkpoint from a copy, resume from an earlier iter_* folder, or pass {_TRUST} only if you "
-            "trust the change."
+            f"{folder / name}: {problem} ({path}): restore the checkpoint from a copy, resume from an earlier "
+            f"iter_* folder, or pass {_TRUST} only if you trust the change."
         )
+
+
+@contextlib.contextmanager
+def _restricted() -> Iterator[None]:
+    """Megatron-Core's checkpoint reads under the allow-list; its refusal comes out as itself, one line,
+    not wrapped in the reader's per-rank exceptions."""
+    with restricted_loading() as refusals:
+        try:
+            yield
+        except BaseException:  # torch's CheckpointException derives from BaseException
+            if refusals:
+                raise refusals[0] from None
+            raise
 
 
 def read_common_state(root: str | Path, iteration: int) -> dict[str, Any]:
     """The checkpoint's plain (non-tensor) state: train state and scheduler state. Verify it first."""
     from megatron.core import dist_checkpointing
 
-    return dict(dist_checkpointing.load_common_state_dict(str(iteration_dir(root, iteration))))
+    with _restricted():
+        return dict(dist_checkpointing.load_common_state_dict(str(iteration_dir(root, iteration))))
 
 
 def _sharded_state(model, optimizer, is_loading: bool) -> dict[str, Any]:
@@ -185,18 +211,18 @@ def _sharded_state(model, optimizer, is_loading: bool) -> dict[str, Any]:
     return sd
 
 
-def _saving_errors(target: Path) -> Any:
-    """A context that turns a failed save into one error naming the checkpoint folder."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def guard() -> Any:
+@contextlib.contextmanager
+def _saving_errors(target: Path) -> Iterator[None]:
+    """Turn a failed save into one error naming the checkpoint folder. The operating-system error behind
+    it is found in the exception chain, the ranks' failures, or (megatron-core 0.17 and later, whose
+    exception names only the error's type) the writer's own error records."""
+    with compat.writer_errors() as logged:
         try:
             yield
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:  # torch's CheckpointException derives from BaseException
-            cause = os_error_in(e)
+            cause = os_error_in(e) or next(filter(None, map(os_error_in_text, logged)), None)
             if cause is None:
                 if isinstance(e, Exception):
                     raise
@@ -207,8 +233,6 @@ def _saving_errors(target: Path) -> Any:
                 f"{cause.strerror or cause} while saving the checkpoint (the previous one stays the latest)",
                 str(target),
             ) from e
-
-    return guard()
 
 
 def _begin_save(root: Path, iteration: int, model, optimizer, scheduler, state: dict[str, Any]) -> tuple[Path, dict]:
@@ -385,7 +409,8 @@ def load_checkpoint(
     if optimizer is not None:
         _allocate_torch_adam_state(optimizer)
     sd = _sharded_state(model, optimizer, is_loading=True)
-    loaded = dist_checkpointing.load(sd, str(source))
+    with _restricted():
+        loaded = dist_checkpointing.load(sd, str(source))
     module = model.module if hasattr(model, "module") else model
     module.load_state_dict(loaded["model"], strict=True)
     if optimizer is not None:
@@ -408,7 +433,8 @@ def load_model_only(root: str | Path, model, iteration: int | None = None, trust
         raise FileNotFoundError(f"{iteration_dir(root, it)}: missing; pick an existing iter_* with --iteration.")
     verify_checkpoint(iteration_dir(root, it), trust=trust)
     sd = _sharded_state(model, None, is_loading=True)
-    loaded = dist_checkpointing.load(sd, str(iteration_dir(root, it)))
+    with _restricted():
+        loaded = dist_checkpointing.load(sd, str(iteration_dir(root, it)))
     module = model.module if hasattr(model, "module") else model
     module.load_state_dict(loaded["model"], strict=True)
     return it

@@ -134,12 +134,12 @@ class TrainConfig:
     already holds a checkpoint."""
     trust_checkpoint: bool = option(
         False,
-        help="load a checkpoint whose pickled metadata does not match the hash remit recorded (a checkpoint is "
-        "code: only for checkpoints from a trusted source)",
+        help="load a checkpoint whose files do not match the hashes remit recorded, or that has none (for a "
+        "checkpoint from elsewhere; its pickles still go through the allow-list)",
         group=_MODEL,
     )
-    """Load a checkpoint whose pickled metadata does not match the hash remit recorded when it saved it
-    (or that carries no such hash). A checkpoint is code: its pickles run when loaded."""
+    """Load a checkpoint whose files do not match the hashes remit recorded when it saved them (or that
+    carries no such hash file). Its pickles are still read through the allow-list (remit.train.safe_load)."""
     save_interval: int | None = option(
         None, help="save every N iterations; always at the end (default: only at the end)", group=_MODEL
     )

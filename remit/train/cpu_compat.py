@@ -17,6 +17,8 @@ backend) it needs:
    ``megatron.core.tensor_parallel.random`` returns an empty state and its setter does nothing. The
    CPU generator, which is the one that draws on the CPU (dropout included), is still saved and
    restored by mcore itself, so a recomputed forward draws the same numbers as the original one.
+6. ``torch.cuda.current_stream()`` answering a stream whose waits do nothing: from 0.19 mcore's DDP
+   waits on it at every gradient reduction (see `remit.train.compat`).
 
 `apply()` does nothing when CUDA is available, so the same training code runs unchanged on GPUs with
 NCCL. Nothing outside this module knows about any of it.
@@ -71,6 +73,16 @@ def _set_no_cuda_rng_state(*args, **kwargs) -> None:
     return None
 
 
+class _NoStream:
+    """The stream of a process without CUDA: everything already ran in order, so waiting is a no-op."""
+
+    def wait_event(self, event: object) -> None:
+        return None
+
+    def wait_stream(self, stream: object) -> None:
+        return None
+
+
 def cuda_absent() -> bool:
     return not torch.cuda.is_available()
 
@@ -87,11 +99,13 @@ def apply() -> bool:
     _saved.update(
         current_device=torch.cuda.current_device,
         synchronize=torch.cuda.synchronize,
+        current_stream=torch.cuda.current_stream,
         get_cuda_rng_state=mcore_random._get_cuda_rng_state,
         set_cuda_rng_state=mcore_random._set_cuda_rng_state,
     )
     torch.cuda.current_device = lambda: torch.device("cpu")  # type: ignore[assignment,return-value]
     torch.cuda.synchronize = lambda *args, **kwargs: None
+    torch.cuda.current_stream = lambda *args, **kwargs: _NoStream()  # type: ignore[assignment]
     mcore_random._get_cuda_rng_state = _no_cuda_rng_state
     mcore_random._set_cuda_rng_state = _set_no_cuda_rng_state
     _mode = _CudaToCpu()
@@ -113,6 +127,7 @@ def remove() -> None:
 
     torch.cuda.current_device = _saved["current_device"]  # type: ignore[assignment]
     torch.cuda.synchronize = _saved["synchronize"]  # type: ignore[assignment]
+    torch.cuda.current_stream = _saved["current_stream"]  # type: ignore[assignment]
     mcore_random._get_cuda_rng_state = _saved["get_cuda_rng_state"]
     mcore_random._set_cuda_rng_state = _saved["set_cuda_rng_state"]
     _applied, _mode = False, None

@@ -9,7 +9,7 @@ import socket
 import torch
 import torch.distributed as dist
 
-from remit.train import cpu_compat
+from remit.train import compat, cpu_compat
 
 
 def _free_port() -> int:
@@ -27,6 +27,7 @@ def init(tensor_parallel: int, pipeline_parallel: int = 1) -> bool:
     from megatron.core import parallel_state
 
     cpu_compat.apply()
+    compat.quiet_deprecation_notices()
     created = False
     if not dist.is_initialized():
         if torch.cuda.is_available():

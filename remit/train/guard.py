@@ -154,6 +154,7 @@ def guarded_step(optimizer, check_grad_norm: Callable[[float], None]) -> float:
 
     The calls are those of mcore's ``MegatronOptimizer.step`` / ``ChainedOptimizer.step``: prepare the
     main gradients, take the norm, clip by it, step. Only the check is added between norm and clip.
+    (What later releases add to that step, remit never turns on: see `remit.train.compat`.)
     """
     from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 

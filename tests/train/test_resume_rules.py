@@ -164,7 +164,7 @@ def test_seq_len_beyond_the_models_positions_is_refused_before_the_data_is_read(
 
 
 class _Planted:
-    """Unpickling this object creates `marker`: what a planted .metadata can do."""
+    """Unpickling this object creates `marker`: what a planted .metadata could do unrestricted."""
 
     def __init__(self, marker: Path) -> None:
         self.marker = str(marker)
@@ -173,20 +173,25 @@ class _Planted:
         return (open, (self.marker, "w"))
 
 
-def test_a_planted_checkpoint_file_is_refused_unless_trusted(baseline, data, tmp_path):
+def test_a_planted_checkpoint_file_is_refused_and_never_run(baseline, data, tmp_path):
     import pickle
+
+    from remit.train.checkpoint import write_hashes
 
     run = Path(shutil.copytree(baseline / "run", tmp_path / "run"))
     marker = tmp_path / "code-ran"
-    (run / "iter_0000006" / ".metadata").write_bytes(pickle.dumps(_Planted(marker)))
+    metadata = run / "iter_0000006" / ".metadata"
+    metadata.write_bytes(pickle.dumps(_Planted(marker)))
     msg = _error_line(_train(data, run, train_iters=6))
-    assert f"{run / 'iter_0000006' / '.metadata'}: differs from the hash" in msg and "--trust-checkpoint" in msg
-    msg = _error_line(runs.remit_train("export-hf", "--load", run, "--out", tmp_path / "hf"))
-    assert ".metadata: differs from the hash" in msg
+    assert f"{metadata}: differs from the hash" in msg and "--trust-checkpoint" in msg
+    # with the hashes rewritten to match (or --trust-checkpoint), the allow-list refuses it
+    write_hashes(metadata.parent)
+    for flags in [(), ("--trust-checkpoint",)]:
+        msg = _error_line(_train(data, run, *flags, train_iters=6))
+        assert f"{metadata}: holds a pickled reference to {open.__module__}.open" in msg, msg
+    msg = _error_line(runs.remit_train("export-hf", "--load", run, "--out", tmp_path / "hf", "--trust-checkpoint"))
+    assert f"{metadata}: holds a pickled reference to {open.__module__}.open" in msg, msg
     assert not marker.exists() and not (tmp_path / "hf").exists()
-    # the flag really hands the file to torch's reader, which runs it
-    proc = _train(data, run, "--trust-checkpoint", train_iters=6)
-    assert marker.exists(), proc.stderr[-2000:]
 
 
 def test_a_checkpoint_without_hashes_is_refused(baseline, data, tmp_path):
