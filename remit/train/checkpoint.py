@@ -306,7 +306,7 @@ class AsyncSaver:
 
         target, sd = _begin_save(self.root, iteration, model, optimizer, scheduler, state)
         with _saving_errors(target):
-            request = dist_checkpointing.save(sd, str(target), async_sharded_save=True)
+            request = dist_checkpointing.save(sd, str(target), async_sharded_save=True, **compat.async_save_options())
 
         def complete() -> None:
             _complete_save(self.root, target, iteration, self.keep_last)

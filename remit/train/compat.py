@@ -21,6 +21,8 @@ tracker) keeps its signature and behaviour over that range.
   remit never turns on: 0.18 skips the update above ``grad_norm_skip_threshold`` (default infinite),
   0.19 clips parameters tagged with a separate grad-norm group by their own norm (remit tags none).
   tests/train/test_guard.py compares the two steps on both ends of the range.
+- 0.19's asynchronous save defaults to NVIDIA's resiliency extension (``async_strategy="nvrx"``) and
+  refuses without it: `async_save_options` asks for Megatron-Core's own writer where it is absent.
 - From 0.17 the wheels need Python 3.12; 0.19 also needs triton to import (its MoE code imports it; the
   CUDA build of torch brings it).
 """
@@ -128,3 +130,20 @@ def writer_errors() -> Iterator[list[str]]:
         yield collect.messages
     finally:
         logger.removeFilter(collect)
+
+
+def async_save_options() -> dict[str, str]:
+    """The keyword that makes `dist_checkpointing.save(..., async_sharded_save=True)` use Megatron-Core's own
+    background writer. 0.16.1 to 0.18 have only that one; 0.19 adds `async_strategy` with NVIDIA's
+    resiliency extension as its default, which refuses to run where that package is not installed."""
+    import inspect
+
+    from megatron.core import dist_checkpointing
+
+    if "async_strategy" not in inspect.signature(dist_checkpointing.save).parameters:
+        return {}
+    try:
+        from megatron.core.dist_checkpointing.strategies.nvrx import has_nvrx_async_support
+    except ImportError:
+        return {"async_strategy": "mcore"}
+    return {} if has_nvrx_async_support() else {"async_strategy": "mcore"}

@@ -85,8 +85,8 @@ def build_engine(
     # in fp32 and split it, on every rank. Models with Transformer Engine layers keep the
     # initialisation: that those layers carry their tensor-parallel attributes without it is checked
     # only where TE is installed (tests/train/test_convert.py).
-    filled = init_hf is not None or init_state is not None or resuming
-    tcfg = run_transformer_config(cfg, arch, attention, initialise=not filled or attention == "te")
+    from_hf = init_hf is not None or init_state is not None
+    tcfg = run_transformer_config(cfg, arch, attention, initialise=not (from_hf or resuming) or attention == "te")
     layout = Layout.current(tcfg)
     model = build_gpt_model(
         arch,
@@ -96,7 +96,7 @@ def build_engine(
         pre_process=layout.first_stage,
         post_process=layout.last_stage,
     ).to(cpu_compat.device())
-    if filled:
+    if from_hf:
         load_hf_into(
             model,
             init_hf if init_hf is not None else "--init-config (random weights)",
