@@ -51,6 +51,9 @@ class Claim:
     """The output already holds what was asked (every shard checked against the manifest)."""
     reopened: Reopened | None = field(default=None)
     """Set when a finished output was reopened here."""
+    run: RunDescription | None = field(default=None)
+    """The run as this folder records it: the run claimed for, with the input spellings the folder's run
+    description or manifest holds (they name the records; see `RunDescription.with_names_of`)."""
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -122,13 +125,14 @@ def claim(work: WorkDir, run: RunDescription, passes: Passes = "both") -> Claim:
     """
     claim_folder(work)
     manifest = _finished_manifest(work)
+    run = run.with_names_of(manifest if manifest is not None else work.read_run_data())
     reopened = None
     if manifest is not None:
         _refuse_other_run(work, manifest, run, "the finished output")
         damaged = check_shards(work, manifest["shards"])
         have = manifest.get("passes", "both")
         if not damaged and covers(have, passes):
-            return Claim(complete=True)
+            return Claim(complete=True, run=run)
         work.root.mkdir(exist_ok=True)
         # Workers started together (a Slurm array) all find the damage; one reopens the output, the others
         # then find no manifest and resume like any unfinished run.
@@ -145,7 +149,7 @@ def claim(work: WorkDir, run: RunDescription, passes: Passes = "both") -> Claim:
         _accept_model_change(work, stored, run)
     # Another run's worker may have raced us to an empty folder: whoever renamed last holds run.json.
     _refuse_other_run(work, work.read_run_data() or {}, run, "the unfinished work")
-    return Claim(complete=False, reopened=reopened)
+    return Claim(complete=False, reopened=reopened, run=run)
 
 
 def _finished_manifest(work: WorkDir) -> dict[str, Any] | None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from remit.shards.checksum import bytes_sha256
@@ -45,6 +46,11 @@ def _take(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         raise ValueError(f"key {missing[0]!r} missing")
     return {f.name: data[f.name] for f in fields(cls)}
+
+
+def _unnamed(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """An input path's entry without its spelling."""
+    return {k: v for k, v in entry.items() if k != "given"}
 
 
 class _FlatRecord:
@@ -82,8 +88,34 @@ class RunDescription(_FlatRecord):
 
     @classmethod
     def create(cls, **parts: Any) -> RunDescription:
-        """A description with its run id computed from `parts` (every field but run_id)."""
-        return cls(**parts, run_id=bytes_sha256(json.dumps(parts, sort_keys=True).encode()))
+        """A description with its run id computed from `parts` (every field but run_id). How the input paths
+        were spelled (``input.paths[].given``) is left out: the same files are the same run, and the run
+        names its records as it recorded them (`with_names_of`)."""
+        hashed = dict(parts)
+        if isinstance(parts.get("input"), Mapping) and "paths" in parts["input"]:
+            hashed["input"] = {**parts["input"], "paths": [_unnamed(e) for e in parts["input"]["paths"]]}
+        return cls(**parts, run_id=bytes_sha256(json.dumps(hashed, sort_keys=True).encode()))
+
+    def with_names_of(self, recorded: Mapping[str, Any] | None) -> RunDescription:
+        """This run with the input spellings that `recorded` (the JSON of this folder's run description or
+        manifest) holds for the same resolved paths: a run continued or repaired from another working
+        folder, or with the inputs spelled otherwise, names its records as the run first did."""
+        theirs = (recorded or {}).get("input")
+        theirs = theirs.get("paths") if isinstance(theirs, Mapping) else None
+        mine = self.input.get("paths")
+        if not isinstance(theirs, list) or not isinstance(mine, list) or len(theirs) != len(mine):
+            return self
+        paths = []
+        for m, t in zip(mine, theirs, strict=True):
+            entry = _unnamed(m)
+            if isinstance(t, Mapping) and t.get("path") == m["path"] and isinstance(t.get("given"), str):
+                entry["given"] = t["given"]
+            paths.append(entry)
+        return replace(self, input={**self.input, "paths": paths})
+
+    def input_spellings(self) -> list[Path]:
+        """Each input path as the run spelled it, which names its records (the resolved path if the same)."""
+        return [Path(e.get("given", e["path"])) for e in self.input.get("paths", [])]
 
     def manifest_fields(self, engine: dict[str, Any] | None, totals: PlanTotals, passes: Passes) -> dict[str, Any]:
         """The run's part of the manifest: the engine as it described itself, the passes the shards hold,

@@ -378,7 +378,8 @@ def run_worker(
     work = WorkDir(cfg.output) if work is None else work
     with _Timer(stats, "prepare"):
         setup = describe_run(cfg)
-        complete = claim(work, setup.run, cfg.score).complete
+        claimed = claim(work, setup.run, cfg.score)
+        setup, complete = setup.named_as(claimed.run), claimed.complete
     if complete:
         return stats, None
     with _Timer(stats, "plan"):

@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from remit.annotate.cli import main
@@ -15,6 +16,7 @@ from remit.annotate.config import AnnotateConfig
 from remit.annotate.job import run_job
 from remit.annotate.workdir import MARKER
 from remit.common import atomic
+from remit.shards.checksum import file_sha256
 from tests.annotate.runs import assert_same_output, cli_flags, fresh_copy, job
 
 
@@ -146,3 +148,35 @@ def test_repair_refuses_a_folder_that_is_not_an_output(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("x")
     assert main(["repair", str(tmp_path)]) == 2
     assert "not an output of remit-annotate" in one_line(capsys.readouterr().err)
+
+
+def _digests(out: Path) -> dict[str, str]:
+    return {
+        p.name: file_sha256(p) for p in sorted(out.iterdir()) if p.name == "manifest.json" or p.suffix == ".parquet"
+    }
+
+
+def test_repair_names_records_as_the_run_did_whatever_the_working_folder(
+    model_pair, corpus, tmp_path, monkeypatch, one_thread
+):
+    first, other = tmp_path / "first", tmp_path / "other"
+    (first / "data").mkdir(parents=True)
+    other.mkdir()
+    shutil.copy(corpus, first / "data" / "corpus.jsonl")
+    out = tmp_path / "out"
+    monkeypatch.chdir(first)
+    flags = cli_flags(model_pair, Path("data/corpus.jsonl"), out)
+    assert main(flags) == 0
+    original = _digests(out)
+    sources = set(pq.read_table(out / "shard-00000.parquet", columns=["source"]).column("source").to_pylist())
+    assert sources == {"data/corpus.jsonl"}
+    (out / "shard-00001.parquet").unlink()
+    monkeypatch.chdir(other)
+    assert main(["repair", str(out), "--progress-every", "1000"]) == 0
+    assert _digests(out) == original
+    # The same input spelled otherwise, from another folder: the same run, named as it first was.
+    damaged = bytearray((out / "shard-00002.parquet").read_bytes())
+    damaged[100] ^= 0xFF
+    (out / "shard-00002.parquet").write_bytes(bytes(damaged))
+    assert main(cli_flags(model_pair, first / "data" / ".." / "data" / "corpus.jsonl", out)) == 0
+    assert _digests(out) == original
