@@ -18,13 +18,15 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from remit.annotate.records import CompletionRecord, Plan, RunDescription, covers
-from remit.annotate.workdir import UNREADABLE_RUN, WorkDir, shard_name
+from remit.annotate.workdir import UNREADABLE_RUN, WorkDir, shard_name, unit_of
 from remit.shards.checksum import file_sha256
 from remit.shards.manifest import Passes, ShardError
 from remit.shards.schema import FORMAT_NAME
+from remit.shards.validate import validate_output
 from remit.shards.writer import ShardInfo
 
 #: Parts of a run description that name its models: a change there alone may be accepted.
@@ -113,10 +115,12 @@ def claim_folder(work: WorkDir) -> None:
 # -- the folder for one run --------------------------------------------------------------------------------
 
 
-def claim(work: WorkDir, run: RunDescription, passes: Passes = "both") -> Claim:
+def claim(work: WorkDir, run: RunDescription, passes: Passes = "both", deep: bool = False) -> Claim:
     """Claim the output folder for `run`, to hold `passes`.
 
-    A finished output is checked shard by shard (existence, size, sha256 against the manifest). When a
+    A finished output is checked shard by shard (existence, size, sha256 against the manifest; with
+    `deep`, as `remit-annotate repair` asks, every check of `validate` too: a shard whose content the
+    manifest records but that breaks the format or the weight rule is damaged as well). When a
     shard is missing or damaged, or the output holds only the RL pass and `passes` asks for both, it
     is reopened (`Claim.reopened` says why): its intact shards get completion records again and the
     manifest is removed, so that the worker scores just what is missing and finalize writes it again.
@@ -130,8 +134,12 @@ def claim(work: WorkDir, run: RunDescription, passes: Passes = "both") -> Claim:
     if manifest is not None:
         _refuse_other_run(work, manifest, run, "the finished output")
         damaged = check_shards(work, manifest["shards"])
+        rewrite = False
+        if deep:
+            found, rewrite = check_content(work)
+            damaged = {**found, **damaged}
         have = manifest.get("passes", "both")
-        if not damaged and covers(have, passes):
+        if not damaged and not rewrite and covers(have, passes):
             return Claim(complete=True, run=run)
         work.root.mkdir(exist_ok=True)
         # Workers started together (a Slurm array) all find the damage; one reopens the output, the others
@@ -248,6 +256,23 @@ def check_shards(work: WorkDir, entries: list[dict[str, Any]]) -> dict[int, str]
     return damaged
 
 
+def check_content(work: WorkDir) -> tuple[dict[int, str], bool]:
+    """What `validate` finds in a finished output that the size and sha256 checks do not: unit -> the
+    first problem in its shard (one the manifest records, e.g. weights that do not follow from the
+    stored log-probs), and whether the manifest itself is inconsistent (then it is written again).
+    A file beside the shards that the manifest does not list is left to its owner."""
+    damaged: dict[int, str] = {}
+    rewrite = False
+    listed = {str(work.output / shard_name(i)) for i in range(len((work.read_manifest_data() or {}).get("shards", [])))}
+    for problem in validate_output(work.output):
+        unit = unit_of(Path(problem.file).name)
+        if problem.file in listed and unit is not None:
+            damaged.setdefault(unit, f"{Path(problem.file).name}: {problem.message}")
+        elif Path(problem.file).name == work.manifest_path.name:
+            rewrite = True
+    return damaged, rewrite
+
+
 def _reopen(
     work: WorkDir, manifest: dict[str, Any], run: RunDescription, damaged: dict[int, str], base_pass: bool
 ) -> Reopened:
@@ -282,4 +307,13 @@ def _reopen(
     return Reopened(damaged, base_pass)
 
 
-__all__ = ["Claim", "Reopened", "check_shards", "claim", "claim_folder", "differences", "finished_output"]
+__all__ = [
+    "Claim",
+    "Reopened",
+    "check_content",
+    "check_shards",
+    "claim",
+    "claim_folder",
+    "differences",
+    "finished_output",
+]

@@ -60,8 +60,9 @@ def print_summary(manifest: dict[str, Any] | None, stats: Any, seconds: float) -
     print("\n".join(lines), flush=True)
 
 
-def run_job(cfg: AnnotateConfig, rank: int, world: int) -> int:
-    """Score this rank's units; finalize when this is the only worker."""
+def run_job(cfg: AnnotateConfig, rank: int, world: int, deep: bool = False) -> int:
+    """Score this rank's units; finalize when this is the only worker. `deep`: check a finished output's
+    shards as `validate` does, and score again those that fail (`remit-annotate repair`)."""
     from remit.annotate.finalize import finalize
     from remit.annotate.workdir import WorkDir
     from remit.annotate.worker import run_worker
@@ -69,7 +70,7 @@ def run_job(cfg: AnnotateConfig, rank: int, world: int) -> int:
 
     t0 = time.perf_counter()
     work = WorkDir(cfg.output)  # the job's one view of its folder, handed to every step
-    stats, plan = run_worker(cfg, rank, world, work)
+    stats, plan = run_worker(cfg, rank, world, work, deep=deep)
     if stats.busy:
         print_summary(None, stats, time.perf_counter() - t0)
         raise UnitsBusy(

@@ -367,10 +367,11 @@ def _finish_unit(
 
 
 def run_worker(
-    cfg: AnnotateConfig, rank: int = 0, world_size: int = 1, work: WorkDir | None = None
+    cfg: AnnotateConfig, rank: int = 0, world_size: int = 1, work: WorkDir | None = None, deep: bool = False
 ) -> tuple[WorkerStats, Plan | None]:
     """Score this rank's pending units (those with ``unit % world_size == rank``) in `work` (default: the
-    work folder of ``cfg.output``).
+    work folder of ``cfg.output``). `deep`: check a finished output's shards as `validate` does (see
+    `remit.annotate.claim.claim`).
 
     Returns the stats and the plan (None when the output was already complete)."""
     stats = WorkerStats()
@@ -378,7 +379,7 @@ def run_worker(
     work = WorkDir(cfg.output) if work is None else work
     with _Timer(stats, "prepare"):
         setup = describe_run(cfg)
-        claimed = claim(work, setup.run, cfg.score)
+        claimed = claim(work, setup.run, cfg.score, deep=deep)
         setup, complete = setup.named_as(claimed.run), claimed.complete
     if complete:
         return stats, None

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import json
+import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -17,7 +19,10 @@ from remit.annotate.job import run_job
 from remit.annotate.workdir import MARKER
 from remit.common import atomic
 from remit.shards.checksum import file_sha256
+from tests.altered import rerecord_shard
 from tests.annotate.runs import assert_same_output, cli_flags, fresh_copy, job
+from tests.shards.test_integrity import ALTERATIONS
+from tests.shards.test_integrity import FILE as ALTERED_FILE
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +185,45 @@ def test_repair_names_records_as_the_run_did_whatever_the_working_folder(
     (out / "shard-00002.parquet").write_bytes(bytes(damaged))
     assert main(cli_flags(model_pair, first / "data" / ".." / "data" / "corpus.jsonl", out)) == 0
     assert _digests(out) == original
+
+
+def _suggested(err: str) -> list[str]:
+    """The commands a message tells the user to run (`remit-annotate ...` in backquotes), without the program."""
+    found = {c for c in re.findall(r"`(remit-annotate [^`]+)`", err)}
+    return [shlex.split(c)[1:] for c in sorted(found)]
+
+
+@pytest.mark.parametrize("rerecorded", [False, True], ids=["checksums-differ", "checksums-rerecorded"])
+@pytest.mark.parametrize("alter", ALTERATIONS, ids=lambda a: a.__name__)
+def test_every_suggestion_fixes_the_condition_it_reports(finished, reference, tmp_path, capsys, alter, rerecorded):
+    out = Path(shutil.copytree(finished, tmp_path / "out"))
+    alter(out)
+    if rerecorded:
+        rerecord_shard(out, ALTERED_FILE)
+    capsys.readouterr()
+    for check in (["validate", str(out)], ["finalize", str(out)]):
+        status = main(check)
+        err = capsys.readouterr().err
+        if status == 0:
+            continue
+        suggested = _suggested(err)
+        assert suggested, err
+        for argv in suggested:
+            assert main([*argv, "--progress-every", "1000"] if argv[0] == "repair" else argv) == 0, argv
+            capsys.readouterr()
+        assert main(check) == 0, capsys.readouterr().err
+    assert_same_output(out, reference)
+    assert main(["validate", str(out)]) == 0
+
+
+def test_repair_writes_again_a_manifest_inconsistent_with_its_shards(finished, reference, tmp_path, capsys):
+    out = Path(shutil.copytree(finished, tmp_path / "out"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["shards"][2]["first_sample_id"] += 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["validate", str(out)]) != 0
+    suggested = _suggested(capsys.readouterr().err)
+    assert suggested == [["repair", str(out)]], suggested
+    assert main(["repair", str(out), "--progress-every", "1000"]) == 0
+    assert_same_output(out, reference)
+    assert main(["validate", str(out)]) == 0
