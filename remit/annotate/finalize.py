@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from remit.annotate.claim import check_shards
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.records import Plan
 from remit.annotate.workdir import WorkDir
+from remit.common.faults import failpoint
 from remit.common.flags import option, option_of, to_argv
 from remit.shards.checksum import file_sha256
 from remit.shards.manifest import Passes, ShardError, assemble_manifest, read_manifest, repair_command
@@ -144,12 +146,28 @@ def _check_finished(work: WorkDir) -> dict[str, Any]:
     return manifest.data
 
 
+def finish_left_over(work: WorkDir, keep_work: bool) -> None:
+    """Clean up after a complete output whose finalize was stopped between its manifest and its cleanup:
+    what `WorkDir.finish` removes is removed now, with a note naming it."""
+    if keep_work or not work.root.is_dir():
+        return
+    print(
+        f"note: {work.output} is complete; removing {work.root}, left by a finalize stopped after it wrote the "
+        "manifest",
+        file=sys.stderr,
+        flush=True,
+    )
+    work.finish(keep_work)
+
+
 def finalize(output: str | Path | WorkDir, *, keep_work: bool = False) -> dict[str, Any]:
     """Write the manifest of a finished run (or check and return the one already written)."""
     work = output if isinstance(output, WorkDir) else WorkDir(output)
     out = work.output
     if work.manifest_path.exists():
-        return _check_finished(work)
+        manifest = _check_finished(work)
+        finish_left_over(work, keep_work)
+        return manifest
     run = work.read_run()
     plan = work.read_plan()
     if run is None or plan is None:
@@ -191,8 +209,17 @@ def finalize(output: str | Path | WorkDir, *, keep_work: bool = False) -> dict[s
     except FileNotFoundError:
         if not work.manifest_path.exists():
             raise
+    failpoint("after-manifest")
     work.finish(keep_work)
     return manifest
 
 
-__all__ = ["FinalizeFlags", "IncompleteOutput", "UnitCheck", "check_units", "finalize", "resume_command"]
+__all__ = [
+    "FinalizeFlags",
+    "IncompleteOutput",
+    "UnitCheck",
+    "check_units",
+    "finalize",
+    "finish_left_over",
+    "resume_command",
+]

@@ -63,7 +63,7 @@ def print_summary(manifest: dict[str, Any] | None, stats: Any, seconds: float) -
 def run_job(cfg: AnnotateConfig, rank: int, world: int, deep: bool = False) -> int:
     """Score this rank's units; finalize when this is the only worker. `deep`: check a finished output's
     shards as `validate` does, and score again those that fail (`remit-annotate repair`)."""
-    from remit.annotate.finalize import finalize
+    from remit.annotate.finalize import finalize, finish_left_over
     from remit.annotate.workdir import WorkDir
     from remit.annotate.worker import run_worker
     from remit.shards.manifest import read_manifest
@@ -81,6 +81,7 @@ def run_job(cfg: AnnotateConfig, rank: int, world: int, deep: bool = False) -> i
         )
     if plan is None:  # complete already, every shard checked against the manifest
         manifest: dict[str, Any] | None = read_manifest(cfg.output).data
+        finish_left_over(work, cfg.keep_work)
     else:
         manifest = finalize(work, keep_work=cfg.keep_work) if world == 1 else None
     print_summary(manifest, stats, time.perf_counter() - t0)
