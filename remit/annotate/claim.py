@@ -23,6 +23,7 @@ from typing import Any
 
 from remit.annotate.records import CompletionRecord, Plan, RunDescription, covers
 from remit.annotate.workdir import UNREADABLE_RUN, WorkDir, shard_name, unit_of
+from remit.common.listing import first_few
 from remit.shards.checksum import file_sha256
 from remit.shards.manifest import Passes, ShardError
 from remit.shards.schema import FORMAT_NAME
@@ -300,8 +301,9 @@ def _reopen(
         )
     # Removed last: until now a rerun finds the manifest and checks again; from now on, it resumes.
     work.manifest_path.unlink(missing_ok=True)
-    for unit, why in sorted(damaged.items())[:20]:
-        _note(f"repair: unit {unit}: {why}; scoring it again")
+    if damaged:
+        listed = [f"unit {unit}: {why}" for unit, why in sorted(damaged.items())]
+        _note(f"repair: {len(damaged)} units missing or damaged; scoring them again ({first_few(listed)})")
     if base_pass:
         _note(f"{work.output}: holds the RL pass only; scoring the base pass of its units and rewriting the shards")
     return Reopened(damaged, base_pass)

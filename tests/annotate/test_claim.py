@@ -174,7 +174,8 @@ def test_a_finished_output_with_a_missing_or_damaged_shard_is_reopened(tmp_path,
     assert sorted(p.name for p in work.done_dir.iterdir()) == ["unit-00000.json", "unit-00003.json"]
     record = CompletionRecord.from_dict(json.loads(work.record_path(3).read_text()))
     assert record.shard.to_dict() == entries[3] and record.passes == "both"
-    assert "repair: unit 1: shard-00001.parquet is missing" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "repair: 2 units missing or damaged" in err and "unit 1: shard-00001.parquet is missing" in err
 
 
 def test_an_rl_only_output_is_reopened_for_its_base_pass(tmp_path):
