@@ -227,3 +227,31 @@ def test_repair_writes_again_a_manifest_inconsistent_with_its_shards(finished, r
     assert main(["repair", str(out), "--progress-every", "1000"]) == 0
     assert_same_output(out, reference)
     assert main(["validate", str(out)]) == 0
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "_work/plan/unit-00001.parquet",
+        "_work/plan.json",
+        "shard-00002.parquet",
+        "_work/done/unit-00001.json",
+        "manifest.json",
+    ],
+)
+def test_a_full_disk_names_the_file_being_written(model_pair, corpus, planned, tmp_path, monkeypatch, capsys, target):
+    """A writer's error with no errno and no file name (as pyarrow raises it) still names the file."""
+    out = tmp_path / "out"
+    if not target.startswith("_work/plan"):
+        fresh_copy(planned, out)
+    real = atomic.fsync_file
+
+    def full(path):
+        if Path(path).name.startswith(Path(target).name + ".") and Path(path).parent == (out / target).parent:
+            raise OSError("No space left on device")
+        return real(path)
+
+    monkeypatch.setattr(atomic, "fsync_file", full)
+    assert main(cli_flags(model_pair, corpus, out)) == 1
+    line = one_line(capsys.readouterr().err)
+    assert f": {out / target}: No space left on device; free disk space" in line, line
