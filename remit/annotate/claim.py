@@ -25,7 +25,7 @@ from remit.annotate.records import CompletionRecord, Plan, RunDescription, cover
 from remit.annotate.workdir import UNREADABLE_RUN, WorkDir, shard_name, unit_of
 from remit.common.listing import first_few
 from remit.shards.checksum import file_sha256
-from remit.shards.manifest import Passes, ShardError
+from remit.shards.manifest import Passes, ShardError, repair_command
 from remit.shards.schema import FORMAT_NAME
 from remit.shards.validate import validate_output
 from remit.shards.writer import ShardInfo
@@ -95,6 +95,7 @@ def claim_folder(work: WorkDir) -> None:
         # moment may claim the folder and create _work/ between these two reads.
         foreign = work.foreign_entries()
         if work.read_marker() is not None:
+            _check_marker(work)
             return
         if work.marker_path.exists() and work.read_marker() is None:  # read again: it may have just appeared
             raise ShardError(
@@ -113,6 +114,35 @@ def claim_folder(work: WorkDir) -> None:
         work.write_marker(None)
 
 
+def _check_marker(work: WorkDir) -> None:
+    """Refuse a folder whose marker does not fit what it holds (a marker copied or planted into a folder of
+    someone else's files): files remit never writes there, or a manifest that is not remit's or is of another
+    run than the marker names. remit then deletes nothing."""
+    marker = work.read_marker() or {}
+    fix = (
+        "remit deletes or overwrites only files it wrote, and this marker does not fit the folder, so nothing was "
+        "touched. Choose a new --output folder, or move these files out of it"
+    )
+    unknown = work.unknown_entries()
+    if unknown:
+        raise ShardError(
+            f"{work.marker_path}: the folder holds files remit does not write ({first_few(unknown)}); {fix}."
+        )
+    if not work.manifest_path.exists():
+        return
+    manifest = work.read_manifest_data()
+    if manifest is None or manifest.get("format") != FORMAT_NAME or not isinstance(manifest.get("shards"), list):
+        raise ShardError(
+            f"{work.manifest_path}: not a manifest remit wrote (unreadable, or another format); {fix}. If it is "
+            f"this output's damaged manifest, delete it and run `{repair_command(work.output)}`."
+        )
+    if "run_id" in marker and manifest.get("run_id") != marker["run_id"]:
+        raise ShardError(
+            f"{work.manifest_path}: of run {manifest.get('run_id')}, but {work.marker_path.name} names run "
+            f"{marker['run_id']}; {fix}."
+        )
+
+
 # -- the folder for one run --------------------------------------------------------------------------------
 
 
@@ -129,6 +159,7 @@ def claim(work: WorkDir, run: RunDescription, passes: Passes = "both", deep: boo
     Raises ShardError when the folder is not remit's, or holds another run's output or unfinished work.
     """
     claim_folder(work)
+    _check_marker(work)
     manifest = _finished_manifest(work)
     run = run.with_names_of(manifest if manifest is not None else work.read_run_data())
     reopened = None
@@ -162,13 +193,10 @@ def claim(work: WorkDir, run: RunDescription, passes: Passes = "both", deep: boo
 
 
 def _finished_manifest(work: WorkDir) -> dict[str, Any] | None:
-    """The manifest of a finished output, or None; an unreadable one is removed (finalize writes it again)."""
+    """The manifest of a finished output, or None (`claim_folder` refused one that is not remit's)."""
     manifest = work.read_manifest_data()
     if manifest is not None and (manifest.get("format") != FORMAT_NAME or not isinstance(manifest.get("shards"), list)):
-        manifest = None
-    if manifest is None and work.manifest_path.exists():
-        _note(f"note: {work.manifest_path} is unreadable; it is removed and written again when the run is complete")
-        work.manifest_path.unlink(missing_ok=True)
+        return None
     return manifest
 
 
@@ -301,6 +329,9 @@ def _reopen(
         )
     # Removed last: until now a rerun finds the manifest and checks again; from now on, it resumes.
     work.manifest_path.unlink(missing_ok=True)
+    _note(
+        f"note: removed {work.manifest_path} (remit's, of run {run.run_id}); it is written again when the output is complete"
+    )
     if damaged:
         listed = [f"unit {unit}: {why}" for unit, why in sorted(damaged.items())]
         _note(f"repair: {len(damaged)} units missing or damaged; scoring them again ({first_few(listed)})")

@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 from remit import __version__
 from remit.annotate.records import CompletionRecord, Plan, PlannedUnit, RunDescription
 from remit.common.atomic import atomic_path, leftovers, write_json_atomic
+from remit.common.listing import first_few
 from remit.shards.manifest import MANIFEST_NAME, OWNERSHIP_MARKER, WORK_FOLDER, ShardError
 from remit.shards.schema import FORMAT_NAME
 
@@ -163,6 +164,16 @@ class WorkDir:
         mine = {self.marker_path.name, *(p.name for p in leftovers(self.marker_path))}
         return sorted(p.name + ("/" if p.is_dir() else "") for p in self.output.iterdir() if p.name not in mine)
 
+    def unknown_entries(self) -> list[str]:
+        """The folder's entries remit never writes there (anything but the marker, the manifest, shards, their
+        temporary files and the work folder), folders with a trailing slash."""
+        ours = re.compile("|".join(re.escape(n) for n in (MARKER, MANIFEST_NAME)) + "|" + _SHARD.pattern)
+        return sorted(
+            p.name + ("/" if p.is_dir() else "")
+            for p in self.output.iterdir()
+            if not (p.name == WORK_DIR and p.is_dir()) and not (p.is_file() and _is_ours(p.name, ours))
+        )
+
     def write_marker(self, run: RunDescription | None) -> None:
         """Write the ownership marker, naming `run` (None keeps the run a previous marker named)."""
         data: dict[str, Any] = {
@@ -214,9 +225,17 @@ class WorkDir:
     def remove_other_shards(self, keep: Collection[str]) -> None:
         """Remove shard files not named in `keep` (left by an earlier, longer unfinished run of the folder,
         which `remit.annotate.claim.finished_output` claimed as remit's)."""
+        removed = []
         for stale in sorted(self.output.glob("shard-*.parquet")):
             if _SHARD.fullmatch(stale.name) and stale.name not in keep:
                 stale.unlink()
+                removed.append(stale.name)
+        if removed:
+            print(
+                f"note: removed from {self.output}: {first_few(removed, sep=', ')} (shards of an earlier run)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     # -- the plan --------------------------------------------------------------------------------------
 
