@@ -160,6 +160,7 @@ def claim(work: WorkDir, run: RunDescription, passes: Passes = "both", deep: boo
     """
     claim_folder(work)
     _check_marker(work)
+    work.check_inside()
     manifest = _finished_manifest(work)
     run = run.with_names_of(manifest if manifest is not None else work.read_run_data())
     reopened = None

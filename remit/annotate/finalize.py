@@ -102,7 +102,7 @@ def check_units(work: WorkDir, run_id: str, plan: Plan) -> UnitCheck:
             )
         next_sample = u.first_sample_id + u.rows
         record, why = work.trusted_record(u, run_id)
-        if record is not None and file_sha256(work.output / record.shard.file) != record.shard.file_sha256:
+        if record is not None and file_sha256(work.inside(work.shard_path(n))) != record.shard.file_sha256:
             why = f"its shard {record.shard.file} differs from what was written (sha256 mismatch)"
             record = None
         if record is None:

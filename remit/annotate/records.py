@@ -53,6 +53,15 @@ def _unnamed(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in entry.items() if k != "given"}
 
 
+def _shard_of(unit: object, file: object) -> None:
+    """ValueError unless `unit` is a unit number and `file` its shard's name (a plain name in the output
+    folder: a record or plan naming anything else, e.g. a path with ``..``, is not remit's)."""
+    if not isinstance(unit, int) or isinstance(unit, bool) or unit < 0:
+        raise ValueError(f"unit {unit!r} is not a unit number")
+    if file != f"shard-{unit:05d}.parquet":
+        raise ValueError(f"unit {unit} names the shard {file!r}, not shard-{unit:05d}.parquet")
+
+
 class _FlatRecord:
     """A record whose JSON object holds exactly its fields."""
 
@@ -140,6 +149,9 @@ class PlannedUnit(_FlatRecord):
     token_checksum: str
     """Checksum of the unit's token ids and row lengths; the shard must carry the same."""
 
+    def __post_init__(self) -> None:
+        _shard_of(self.unit, self.file)
+
 
 @dataclass(frozen=True)
 class PlanTotals(_FlatRecord):
@@ -170,11 +182,19 @@ class Plan:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
         d = _take(cls, data)
-        try:
-            units = tuple(PlannedUnit.from_dict(u) for u in d["units"])
-        except TypeError as e:
-            raise ValueError(f"units: {e}") from None
-        return cls(run_id=d["run_id"], units=units, totals=PlanTotals.from_dict(d["totals"]), seconds=d["seconds"])
+        if not isinstance(d["units"], list):
+            raise ValueError("units: not a list")
+        units = []
+        for i, u in enumerate(d["units"]):
+            try:
+                units.append(PlannedUnit.from_dict(u))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"entry {i} of units: {e}") from None
+        if [u.unit for u in units] != list(range(len(units))):
+            raise ValueError("units are not numbered 0, 1, 2, ... in order")
+        return cls(
+            run_id=d["run_id"], units=tuple(units), totals=PlanTotals.from_dict(d["totals"]), seconds=d["seconds"]
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -203,6 +223,7 @@ class CompletionRecord:
     def from_dict(cls, data: Mapping[str, Any]) -> CompletionRecord:
         shard = ShardInfo(**_take(ShardInfo, data))
         fields_ = _take(cls, {"passes": "both", **data, "shard": shard})
+        _shard_of(fields_["unit"], shard.file)
         if fields_["passes"] not in ("both", "rl") or (fields_["passes"] == "both") != (
             fields_["engine_base"] is not None
         ):

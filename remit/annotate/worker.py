@@ -227,7 +227,7 @@ def _rows(table: pa.Table, layout: UnitPrompts, logp_base: np.ndarray, logp_rl: 
 def _stored_rl(ctx: _Context, job: _Job) -> tuple[pa.Table, np.ndarray]:
     """An RL-only shard's layout and log p_RL, checked against its completion record and the plan."""
     assert job.rl_record is not None
-    path = ctx.work.output / job.rl_record.shard.file
+    path = ctx.work.inside(ctx.work.shard_path(job.unit.unit))
     if file_sha256(path) != job.rl_record.shard.file_sha256:
         raise _Damaged(f"its shard {path.name} differs from what was written (sha256 mismatch)")
     table = read_shard(path, expected=job.rl_record.shard.column_checksums, columns=[*LAYOUT_COLUMNS, "logp_rl"])
