@@ -134,13 +134,27 @@ def _check_marker(work: WorkDir) -> None:
     if manifest is None or manifest.get("format") != FORMAT_NAME or not isinstance(manifest.get("shards"), list):
         raise ShardError(
             f"{work.manifest_path}: not a manifest remit wrote (unreadable, or another format); {fix}. If it is "
-            f"this output's damaged manifest, delete it and run `{repair_command(work.output)}`."
+            f"this output's damaged manifest, run `{repair_command(work.output)}`: it keeps the file in "
+            f"{work.root.name}/ and writes the manifest again."
         )
     if "run_id" in marker and manifest.get("run_id") != marker["run_id"]:
         raise ShardError(
             f"{work.manifest_path}: of run {manifest.get('run_id')}, but {work.marker_path.name} names run "
             f"{marker['run_id']}; {fix}."
         )
+
+
+def _set_aside_unreadable_manifest(work: WorkDir) -> None:
+    """For `remit-annotate repair` of an output that is remit's in every other way (its marker, only files
+    remit writes): a manifest that is not remit's (unreadable, another format) is kept in the work folder,
+    with a note, and the output is written again. Nothing is deleted."""
+    if not work.manifest_path.is_file() or work.read_marker() is None or work.unknown_entries():
+        return
+    data = work.read_manifest_data()
+    if data is not None and data.get("format") == FORMAT_NAME and isinstance(data.get("shards"), list):
+        return
+    kept = work.set_aside_manifest()
+    _note(f"note: {work.manifest_path} is not a manifest remit can read; moved to {kept} (kept), and written again")
 
 
 # -- the folder for one run --------------------------------------------------------------------------------
@@ -158,6 +172,8 @@ def claim(work: WorkDir, run: RunDescription, passes: Passes = "both", deep: boo
 
     Raises ShardError when the folder is not remit's, or holds another run's output or unfinished work.
     """
+    if deep:
+        _set_aside_unreadable_manifest(work)
     claim_folder(work)
     _check_marker(work)
     work.check_inside()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import re
 import sys
 from collections.abc import Collection, Iterable, Iterator
@@ -243,6 +244,14 @@ class WorkDir:
     def read_manifest_data(self) -> dict[str, Any] | None:
         """The manifest's JSON object, or None when it is missing or unreadable (no format check)."""
         return self._json(self.manifest_path)
+
+    def set_aside_manifest(self) -> Path:
+        """Move the manifest into the work folder as ``manifest.json.unreadable`` (kept after finalize, which
+        then says so); returns where it went."""
+        self.root.mkdir(exist_ok=True)
+        kept = self.inside(self.root / (MANIFEST_NAME + ".unreadable"))
+        os.replace(self.manifest_path, kept)
+        return kept
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Write the manifest: the output is complete."""

@@ -255,3 +255,20 @@ def test_a_full_disk_names_the_file_being_written(model_pair, corpus, planned, t
     assert main(cli_flags(model_pair, corpus, out)) == 1
     line = one_line(capsys.readouterr().err)
     assert f": {out / target}: No space left on device; free disk space" in line, line
+
+
+def test_an_unreadable_manifest_is_kept_aside_by_repair_and_written_again(finished, reference, tmp_path, capsys):
+    out = Path(shutil.copytree(finished, tmp_path / "out"))
+    (out / "manifest.json").write_bytes(b'{"shards": [trunc')
+    assert main(["validate", str(out)]) != 0
+    assert _suggested(capsys.readouterr().err) == [["repair", str(out)]]
+    assert main(cli_flags_of_repair(out)) == 0
+    err = capsys.readouterr().err
+    kept = out / "_work" / "manifest.json.unreadable"
+    assert f"moved to {kept} (kept)" in err and kept.read_bytes() == b'{"shards": [trunc'
+    assert main(["validate", str(out)]) == 0
+    assert {n: (out / n).read_bytes() for n in reference} == reference
+
+
+def cli_flags_of_repair(out: Path) -> list[str]:
+    return ["repair", str(out), "--progress-every", "1000"]
