@@ -161,15 +161,18 @@ class InputScan:
             return self
         names: dict[Path, Path] = {}
         for (given, sources), spelled in zip(self.groups, spellings, strict=True):
-            for s in sources:
+            under = [p for p in self.ignored if given in p.parents]  # entries of this input folder not read
+            for s in [*sources, *under]:
                 name = spelled if s == given else spelled / s.relative_to(given)
                 if name != s:
                     names[s] = name
         return dataclasses.replace(self, names=names)
 
     def not_read(self, path: Path) -> str:
-        """`path` (an entry of `ignored`), with why it is not read unless it is a file of no known input type."""
-        return f"{path}: {self.reasons[path]}" if path in self.reasons else str(path)
+        """`path` (an entry of `ignored`, by its name), with why it is not read unless it is a file of no
+        known input type."""
+        name = self.names.get(path, path)
+        return f"{name}: {self.reasons[path]}" if path in self.reasons else str(name)
 
 
 @dataclass

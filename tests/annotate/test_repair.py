@@ -161,20 +161,24 @@ def _digests(out: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.parametrize("spelled", ["data/corpus.jsonl", "data"])
 def test_repair_names_records_as_the_run_did_whatever_the_working_folder(
-    model_pair, corpus, tmp_path, monkeypatch, one_thread
+    model_pair, corpus, tmp_path, monkeypatch, one_thread, spelled
 ):
     first, other = tmp_path / "first", tmp_path / "other"
     (first / "data").mkdir(parents=True)
     other.mkdir()
     shutil.copy(corpus, first / "data" / "corpus.jsonl")
+    (first / "data" / "notes.csv").write_text("not an input\n")  # listed in the manifest as not read
     out = tmp_path / "out"
     monkeypatch.chdir(first)
-    flags = cli_flags(model_pair, Path("data/corpus.jsonl"), out)
+    flags = cli_flags(model_pair, Path(spelled), out)
     assert main(flags) == 0
     original = _digests(out)
     sources = set(pq.read_table(out / "shard-00000.parquet", columns=["source"]).column("source").to_pylist())
     assert sources == {"data/corpus.jsonl"}
+    if spelled == "data":
+        assert json.loads((out / "manifest.json").read_text())["input"]["ignored_examples"] == ["data/notes.csv"]
     (out / "shard-00001.parquet").unlink()
     monkeypatch.chdir(other)
     assert main(["repair", str(out), "--progress-every", "1000"]) == 0
@@ -183,7 +187,7 @@ def test_repair_names_records_as_the_run_did_whatever_the_working_folder(
     damaged = bytearray((out / "shard-00002.parquet").read_bytes())
     damaged[100] ^= 0xFF
     (out / "shard-00002.parquet").write_bytes(bytes(damaged))
-    assert main(cli_flags(model_pair, first / "data" / ".." / "data" / "corpus.jsonl", out)) == 0
+    assert main(cli_flags(model_pair, first / "data" / ".." / spelled, out)) == 0
     assert _digests(out) == original
 
 
