@@ -15,13 +15,18 @@ that a folder another worker is claiming is never mistaken for a stranger's.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from remit.annotate.records import CompletionRecord, Plan, RunDescription, covers
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from remit.annotate.records import SPELLING_KEYS, CompletionRecord, Plan, RunDescription, covers
 from remit.annotate.workdir import UNREADABLE_RUN, WorkDir, shard_name, unit_of
 from remit.common.listing import first_few
 from remit.shards.checksum import file_sha256
@@ -190,6 +195,7 @@ def claim(work: WorkDir, run: RunDescription, passes: Passes = "both", deep: boo
         have = manifest.get("passes", "both")
         if not damaged and not rewrite and covers(have, passes):
             return Claim(complete=True, run=run)
+        run = _spellings_from_shards(work, manifest, run, damaged)
         work.root.mkdir(exist_ok=True)
         # Workers started together (a Slurm array) all find the damage; one reopens the output, the others
         # then find no manifest and resume like any unfinished run.
@@ -278,6 +284,66 @@ def _accept_model_change(work: WorkDir, stored: dict[str, Any], run: RunDescript
         "and nothing was scored with the old one yet; continuing with the new one"
         + ("" if base_changed or not saved_base else " (the saved base pass is kept)")
     )
+
+
+def _spelling_in(resolved: str, names: set[str]) -> str | None:
+    """The spelling of the input path `resolved` that the source names `names` show: None when they name it
+    by its resolved path (or not at all), else the longest relative spelling whose normal form ends the
+    resolved path (``data/c.jsonl`` for /home/me/data/c.jsonl)."""
+    bases = {n[: n.index("[")] if n.endswith("]") and "[" in n else n for n in names}
+    if any(b == resolved or b.startswith(resolved + "/") for b in bases):
+        return None
+    best: tuple[int, str] | None = None
+    for b in sorted(bases):
+        if os.path.isabs(b):
+            continue
+        parts = PurePosixPath(b).parts
+        for k in range(len(parts), 0, -1):
+            spelled = str(PurePosixPath(*parts[:k]))
+            norm = os.path.normpath(spelled)
+            while norm.startswith("../"):
+                norm = norm[3:]
+            if norm not in ("", ".", "..") and resolved.endswith("/" + norm):
+                if best is None or len(PurePosixPath(norm).parts) > best[0]:
+                    best = (len(PurePosixPath(norm).parts), spelled)
+                break
+    return None if best is None else best[1]
+
+
+def _spellings_from_shards(
+    work: WorkDir, manifest: dict[str, Any], run: RunDescription, damaged: dict[int, str]
+) -> RunDescription:
+    """`run` with the input spellings read back from the intact shards' source names, for an output written
+    before runs recorded them (no ``given`` in its manifest): a unit scored again is then named as its
+    neighbours are. The spellings so found stay out of the manifest, as they were."""
+    recorded = (manifest.get("input") or {}).get("paths")
+    paths = run.input.get("paths")
+    if (
+        not isinstance(recorded, list)
+        or not isinstance(paths, list)
+        or any(isinstance(e, dict) and "given" in e for e in recorded)
+    ):
+        return run
+    names: set[str] = set()
+    for i in range(len(manifest["shards"])):
+        if i in damaged:
+            continue
+        try:
+            column = pq.read_table(work.inside(work.shard_path(i)), columns=["source"]).column("source")
+        except Exception:  # unreadable: the content checks report it
+            continue
+        names.update(str(v) for v in pc.unique(column).to_pylist())
+    found = [_spelling_in(str(e.get("path")), names) for e in paths]
+    if not any(found):
+        return run
+    new = [
+        {
+            **{k: v for k, v in e.items() if k not in SPELLING_KEYS},
+            **({"given": g, "given_inferred": True} if g else {}),
+        }
+        for e, g in zip(paths, found, strict=True)
+    ]
+    return dataclasses.replace(run, input={**run.input, "paths": new})
 
 
 # -- a finished output, checked and reopened ---------------------------------------------------------------

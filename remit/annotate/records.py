@@ -48,9 +48,15 @@ def _take(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
     return {f.name: data[f.name] for f in fields(cls)}
 
 
+#: Keys of an input path's entry that say how it was spelled: ``given`` (the spelling), ``given_inferred`` (set
+#: when the spelling was read back from the shards of an output written before runs recorded it; then the
+#: manifest leaves both out, as that output's manifest did).
+SPELLING_KEYS = ("given", "given_inferred")
+
+
 def _unnamed(entry: Mapping[str, Any]) -> dict[str, Any]:
     """An input path's entry without its spelling."""
-    return {k: v for k, v in entry.items() if k != "given"}
+    return {k: v for k, v in entry.items() if k not in SPELLING_KEYS}
 
 
 def _shard_of(unit: object, file: object) -> None:
@@ -118,7 +124,7 @@ class RunDescription(_FlatRecord):
         for m, t in zip(mine, theirs, strict=True):
             entry = _unnamed(m)
             if isinstance(t, Mapping) and t.get("path") == m["path"] and isinstance(t.get("given"), str):
-                entry["given"] = t["given"]
+                entry.update({k: t[k] for k in SPELLING_KEYS if k in t})
             paths.append(entry)
         return replace(self, input={**self.input, "paths": paths})
 
@@ -133,6 +139,8 @@ class RunDescription(_FlatRecord):
         out["engine"] = engine
         out["passes"] = passes
         out["input"] = {**self.input, **{k: getattr(totals, k) for k in INPUT_TOTALS}}
+        if "paths" in self.input:
+            out["input"]["paths"] = [_unnamed(e) if e.get("given_inferred") else e for e in self.input["paths"]]
         return out
 
 
@@ -241,4 +249,4 @@ class CompletionRecord:
         }
 
 
-__all__ = ["CompletionRecord", "Plan", "PlanTotals", "PlannedUnit", "RunDescription", "covers"]
+__all__ = ["SPELLING_KEYS", "CompletionRecord", "Plan", "PlanTotals", "PlannedUnit", "RunDescription", "covers"]

@@ -297,3 +297,21 @@ def test_a_marker_naming_another_run_than_the_manifest_is_refused(tmp_path):
     with pytest.raises(ShardError, match=f"of run {manifest['run_id']}, but {MARKER} names run"):
         claim(WorkDir(work.output), run)
     assert json.loads(work.manifest_path.read_text()) == manifest
+
+
+@pytest.mark.parametrize(
+    "resolved, names, spelled",
+    [
+        ("/home/me/data/c.jsonl", {"data/c.jsonl"}, "data/c.jsonl"),
+        ("/home/me/data/c.jsonl", {"c.jsonl", "data/c.jsonl"}, "data/c.jsonl"),  # the longest match
+        ("/home/me/data", {"data/a.jsonl", "data/sub/b.jsonl"}, "data"),
+        ("/home/me/data", {"../me/data/a.jsonl"}, "../me/data"),
+        ("/home/me/ds", {"ds[train]"}, "ds"),
+        ("/home/me/data/c.jsonl", {"/home/me/data/c.jsonl"}, None),  # named by the resolved path
+        ("/home/me/data/c.jsonl", {"other/x.jsonl"}, None),
+    ],
+)
+def test_the_spelling_of_an_input_is_read_back_from_source_names(resolved, names, spelled):
+    from remit.annotate.claim import _spelling_in
+
+    assert _spelling_in(resolved, names) == spelled

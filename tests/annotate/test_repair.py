@@ -18,6 +18,7 @@ from remit.annotate.config import AnnotateConfig
 from remit.annotate.job import run_job
 from remit.annotate.workdir import MARKER
 from remit.common import atomic
+from remit.common.atomic import write_json_atomic
 from remit.shards.checksum import file_sha256
 from tests.altered import rerecord_shard
 from tests.annotate.runs import assert_same_output, cli_flags, fresh_copy, job
@@ -276,3 +277,26 @@ def test_an_unreadable_manifest_is_kept_aside_by_repair_and_written_again(finish
 
 def cli_flags_of_repair(out: Path) -> list[str]:
     return ["repair", str(out), "--progress-every", "1000"]
+
+
+def test_an_output_that_does_not_record_its_spelling_is_repaired_with_the_names_its_shards_show(
+    model_pair, corpus, tmp_path, monkeypatch, one_thread
+):
+    """An output written before runs recorded how their inputs were spelled: its manifest holds only the
+    resolved paths, its shards the relative spelling."""
+    first, other = tmp_path / "first", tmp_path / "other"
+    (first / "data").mkdir(parents=True)
+    other.mkdir()
+    shutil.copy(corpus, first / "data" / "corpus.jsonl")
+    out = tmp_path / "out"
+    monkeypatch.chdir(first)
+    assert main(cli_flags(model_pair, Path("data/corpus.jsonl"), out)) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["input"]["paths"]:
+        assert entry.pop("given") == "data/corpus.jsonl"
+    write_json_atomic(out / "manifest.json", manifest)
+    original = _digests(out)
+    (out / "shard-00001.parquet").unlink()
+    monkeypatch.chdir(other)
+    assert main(["repair", str(out), "--progress-every", "1000"]) == 0
+    assert _digests(out) == original
