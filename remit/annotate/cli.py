@@ -80,8 +80,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cfg = config_from_args(AnnotateConfig, args)
     setup = describe_run(cfg)
     work = WorkDir(cfg.output)
-    if not claim(work, setup.run, cfg.score).complete:
-        plan = ensure_plan(cfg, setup, work, rank=0)
+    claimed = claim(work, setup.run, cfg.score)
+    if not claimed.complete:
+        plan = ensure_plan(cfg, setup.named_as(claimed.run), work, rank=0)
         print(json.dumps(plan.totals.to_dict(), indent=2))
     return 0
 

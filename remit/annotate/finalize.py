@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ from remit.annotate.claim import check_shards
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.records import Plan
 from remit.annotate.workdir import WorkDir
+from remit.common.faults import failpoint
 from remit.common.flags import option, option_of, to_argv
+from remit.common.listing import first_few
 from remit.shards.checksum import file_sha256
 from remit.shards.manifest import Passes, ShardError, assemble_manifest, read_manifest, repair_command
 
@@ -88,6 +91,7 @@ def check_units(work: WorkDir, run_id: str, plan: Plan) -> UnitCheck:
     invalid: list[tuple[int, str]] = []
     engines: dict[str, list[int]] = {}
     passes: dict[str, list[int]] = {}
+    mixed: list[str] = []  # units whose two passes used different engine set-ups
     next_sample = 0
     for u in plan.units:
         n = u.unit
@@ -98,7 +102,7 @@ def check_units(work: WorkDir, run_id: str, plan: Plan) -> UnitCheck:
             )
         next_sample = u.first_sample_id + u.rows
         record, why = work.trusted_record(u, run_id)
-        if record is not None and file_sha256(work.output / record.shard.file) != record.shard.file_sha256:
+        if record is not None and file_sha256(work.inside(work.shard_path(n))) != record.shard.file_sha256:
             why = f"its shard {record.shard.file} differs from what was written (sha256 mismatch)"
             record = None
         if record is None:
@@ -110,10 +114,7 @@ def check_units(work: WorkDir, run_id: str, plan: Plan) -> UnitCheck:
             continue
         passes.setdefault(record.passes, []).append(n)
         if record.passes == "both" and record.engine != record.engine_base:
-            problems.append(
-                f"{work.record_path(n)}: the base pass used {record.engine_base}, the RL pass "
-                f"{record.engine}; delete this record and run again to re-score the unit"
-            )
+            mixed.append(f"{work.record_path(n)}: the base pass used {record.engine_base}, the RL pass {record.engine}")
         engines.setdefault(json.dumps(record.engine, sort_keys=True), []).append(n)
         entries.append(record.shard.to_dict())
     if len(engines) > 1:
@@ -123,9 +124,17 @@ def check_units(work: WorkDir, run_id: str, plan: Plan) -> UnitCheck:
             f"engines, versions or settings are not comparable: delete {work.done_dir}/unit-N.json of the units "
             "whose set-up you do not want and run again with the other one."
         )
+    if mixed:
+        problems.append(
+            f"{len(mixed)} units' passes used different engine set-ups ({first_few(mixed)}); delete their "
+            "completion records and run again to re-score them"
+        )
     redo = sorted(missing + [n for n, _ in invalid])
-    for n, why in invalid[:_SHOWN]:
-        problems.append(f"unit {n}: {why}; its completion record was removed so that it is scored again")
+    if invalid:
+        listed = [f"unit {n}: {why}" for n, why in invalid]
+        problems.append(
+            f"{len(invalid)} units' completion records were removed so that they are scored again ({first_few(listed)})"
+        )
     engine = json.loads(next(iter(engines))) if len(engines) == 1 else None
     return UnitCheck(entries, problems, redo, engine, passes)
 
@@ -135,7 +144,7 @@ def _check_finished(work: WorkDir) -> dict[str, Any]:
     manifest = read_manifest(work.output)
     damaged = check_shards(work, manifest.shards)
     if damaged:
-        listed = "; ".join(f"unit {n}: {why}" for n, why in sorted(damaged.items())[:_SHOWN])
+        listed = first_few([f"unit {n}: {why}" for n, why in sorted(damaged.items())])
         raise IncompleteOutput(
             f"{work.output}: the manifest is in place but {len(damaged)} of its {len(manifest.shards)} shards are "
             f"missing or damaged ({listed}). Run `{repair_command(work.output)}`: it re-scores only those units and "
@@ -144,12 +153,28 @@ def _check_finished(work: WorkDir) -> dict[str, Any]:
     return manifest.data
 
 
+def finish_left_over(work: WorkDir, keep_work: bool) -> None:
+    """Clean up after a complete output whose finalize was stopped between its manifest and its cleanup:
+    what `WorkDir.finish` removes is removed now, with a note naming it."""
+    if keep_work or not work.root.is_dir():
+        return
+    print(
+        f"note: {work.output} is complete; removing {work.root}, left by a finalize stopped after it wrote the "
+        "manifest",
+        file=sys.stderr,
+        flush=True,
+    )
+    work.finish(keep_work)
+
+
 def finalize(output: str | Path | WorkDir, *, keep_work: bool = False) -> dict[str, Any]:
     """Write the manifest of a finished run (or check and return the one already written)."""
     work = output if isinstance(output, WorkDir) else WorkDir(output)
     out = work.output
     if work.manifest_path.exists():
-        return _check_finished(work)
+        manifest = _check_finished(work)
+        finish_left_over(work, keep_work)
+        return manifest
     run = work.read_run()
     plan = work.read_plan()
     if run is None or plan is None:
@@ -191,8 +216,17 @@ def finalize(output: str | Path | WorkDir, *, keep_work: bool = False) -> dict[s
     except FileNotFoundError:
         if not work.manifest_path.exists():
             raise
+    failpoint("after-manifest")
     work.finish(keep_work)
     return manifest
 
 
-__all__ = ["FinalizeFlags", "IncompleteOutput", "UnitCheck", "check_units", "finalize", "resume_command"]
+__all__ = [
+    "FinalizeFlags",
+    "IncompleteOutput",
+    "UnitCheck",
+    "check_units",
+    "finalize",
+    "finish_left_over",
+    "resume_command",
+]

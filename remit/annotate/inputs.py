@@ -21,12 +21,13 @@
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import gzip
 import json
 import lzma
 import os
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -149,10 +150,29 @@ class InputScan:
     """Why an entry of `ignored` is not read, where it is not simply a file of no known input type."""
     splits: dict[Path, list[str]] = field(default_factory=dict)
     """DatasetDict folder -> the splits read from it."""
+    names: dict[Path, Path] = field(default_factory=dict)
+    """Source -> the name its records carry, where it is not the source's own path (`named`)."""
+
+    def named(self, spellings: Sequence[Path]) -> InputScan:
+        """This scan with each input path's sources named under `spellings` (one per input path, in
+        order): the spelling a run recorded, so that a source read here through another path (a run
+        repaired from another working folder) carries the name it had."""
+        if len(spellings) != len(self.groups):
+            return self
+        names: dict[Path, Path] = {}
+        for (given, sources), spelled in zip(self.groups, spellings, strict=True):
+            under = [p for p in self.ignored if given in p.parents]  # entries of this input folder not read
+            for s in [*sources, *under]:
+                name = spelled if s == given else spelled / s.relative_to(given)
+                if name != s:
+                    names[s] = name
+        return dataclasses.replace(self, names=names)
 
     def not_read(self, path: Path) -> str:
-        """`path` (an entry of `ignored`), with why it is not read unless it is a file of no known input type."""
-        return f"{path}: {self.reasons[path]}" if path in self.reasons else str(path)
+        """`path` (an entry of `ignored`, by its name), with why it is not read unless it is a file of no
+        known input type."""
+        name = self.names.get(path, path)
+        return f"{name}: {self.reasons[path]}" if path in self.reasons else str(name)
 
 
 @dataclass
@@ -494,24 +514,28 @@ def _damaged(source: str, index: int, error: StreamError, kept: int) -> Skip:
 # -- readers ---------------------------------------------------------------------------------------------
 
 
-def read_source(path: Path, fields: Fields) -> Iterator[Item]:
-    """Records of one source in order; errors inside it become Skips (see the module docstring)."""
+def read_source(path: Path, fields: Fields, name: Path | None = None) -> Iterator[Item]:
+    """Records of one source in order; errors inside it become Skips (see the module docstring).
+
+    `name`: how the source is named in the records (default: `path`), e.g. the spelling a run recorded
+    for an input that is read here through another path."""
+    name = path if name is None else name
     if is_datasets_folder(path):
-        yield from _read_datasets(path, fields)
+        yield from _read_datasets(path, fields, name)
         return
     kind = input_kind(path)
     if kind == "parquet":
-        yield from _read_parquet(path, fields)
+        yield from _read_parquet(path, fields, name)
     elif kind == "jsonl":
-        yield from _read_jsonl(path, fields)
+        yield from _read_jsonl(path, fields, name)
     else:
-        yield from _read_text_file(path, fields)
+        yield from _read_text_file(path, fields, name)
 
 
-def _corrupt_file(path: Path, check: StreamCheck) -> Skip:
+def _corrupt_file(name: Path, check: StreamCheck) -> Skip:
     assert check.error is not None
     return Skip(
-        str(path),
+        str(name),
         0,
         f"corrupt compressed data ({check.error.detail}) after {check.lines} lines: the file fails its integrity "
         f"check, so none of it is used ({check.lines} or more records lost). Repair or re-create the file",
@@ -520,12 +544,12 @@ def _corrupt_file(path: Path, check: StreamCheck) -> Skip:
     )
 
 
-def _read_jsonl(path: Path, fields: Fields) -> Iterator[Item]:
-    source = str(path)
+def _read_jsonl(path: Path, fields: Fields, name: Path) -> Iterator[Item]:
+    source = str(name)
     if compression(path) is not None:
         check = check_stream(path)
         if check.error is not None and check.error.kind != "truncated":
-            yield _corrupt_file(path, check)
+            yield _corrupt_file(name, check)
             return
     index = 0
     pending = b""
@@ -573,10 +597,10 @@ def _columns(names: list[str], fields: Fields, source: str) -> list[str]:
     return [c for c in (want, fields.id) if c in names]
 
 
-def _read_parquet(path: Path, fields: Fields) -> Iterator[Item]:
+def _read_parquet(path: Path, fields: Fields, name: Path) -> Iterator[Item]:
     import pyarrow.parquet as pq
 
-    source = str(path)
+    source = str(name)
     try:
         pf = pq.ParquetFile(path, page_checksum_verification=True)
         groups = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
@@ -618,23 +642,25 @@ def _load_datasets(path: Path) -> list[tuple[str, Any]]:
     return [(name, ds[name]) for name in sorted(ds)] if isinstance(ds, DatasetDict) else [("", ds)]
 
 
-def _label(path: Path, name: str) -> str:
-    """How records of a `datasets` source are named: ``FOLDER[split]`` for a split of a DatasetDict."""
+def _label(path: Path, name: str, shown: Path | None = None) -> str:
+    """How records of a `datasets` source are named: ``FOLDER[split]`` for a split of a DatasetDict
+    (`shown`: the source's name, default `path`)."""
+    shown = path if shown is None else shown
     if not name and (path.parent / "dataset_dict.json").exists():
-        path, name = path.parent, path.name
-    return f"{path}[{name}]" if name else str(path)
+        shown, name = shown.parent, shown.name
+    return f"{shown}[{name}]" if name else str(shown)
 
 
-def _read_datasets(path: Path, fields: Fields) -> Iterator[Item]:
+def _read_datasets(path: Path, fields: Fields, shown: Path) -> Iterator[Item]:
     try:
         splits = _load_datasets(path)
     except Exception as e:  # datasets raises many types for a damaged folder
         yield Skip(
-            str(path), 0, f"cannot be loaded as a `datasets` folder ({type(e).__name__}: {e})", "unreadable file"
+            str(shown), 0, f"cannot be loaded as a `datasets` folder ({type(e).__name__}: {e})", "unreadable file"
         )
         return
     for name, split in splits:
-        source = _label(path, name)
+        source = _label(path, name, shown)
         cols = _columns(split.column_names, fields, source)
         index = 0
         try:
@@ -649,9 +675,9 @@ def _read_datasets(path: Path, fields: Fields) -> Iterator[Item]:
             )
 
 
-def _read_text_file(path: Path, fields: Fields) -> Iterator[Item]:
+def _read_text_file(path: Path, fields: Fields, name: Path) -> Iterator[Item]:
     """A text file is one document: kept whole or skipped whole."""
-    source = str(path)
+    source = str(name)
     if fields.tokens is not None:
         yield Skip(source, 0, "text files cannot hold pre-tokenized input", "not token ids")
         return
@@ -695,9 +721,11 @@ def check_columns(paths: list[Path], fields: Fields) -> None:
             _columns(names, fields, str(path))
 
 
-def read_inputs(paths: list[Path], fields: Fields) -> Iterator[Item]:
+def read_inputs(paths: list[Path], fields: Fields, names: Mapping[Path, Path] | None = None) -> Iterator[Item]:
+    """Records of the sources in order; `names` maps a source to the name its records carry (see
+    `InputScan.names`)."""
     for path in paths:
-        yield from read_source(path, fields)
+        yield from read_source(path, fields, (names or {}).get(path))
 
 
 def _files(source: Path) -> list[Path]:
@@ -721,6 +749,8 @@ def fingerprint(scan: InputScan | list[Path]) -> list[dict[str, Any]]:
             rel = f.relative_to(given) if f != given else Path(f.name)
             lines.append(f"{rel.as_posix()}\0{cache.sha256(f)}\n")
         entry: dict[str, Any] = {"path": str(root), "bytes": size, "files": len(files), "sha256": combine(lines)}
+        if str(given) != str(root):  # the spelling names the records (their source): kept to name them again
+            entry["given"] = str(given)
         splits = {
             (d.relative_to(given).as_posix() if d != given else "."): names
             for d, names in (scan.splits.items() if isinstance(scan, InputScan) else [])

@@ -60,16 +60,17 @@ def print_summary(manifest: dict[str, Any] | None, stats: Any, seconds: float) -
     print("\n".join(lines), flush=True)
 
 
-def run_job(cfg: AnnotateConfig, rank: int, world: int) -> int:
-    """Score this rank's units; finalize when this is the only worker."""
-    from remit.annotate.finalize import finalize
+def run_job(cfg: AnnotateConfig, rank: int, world: int, deep: bool = False) -> int:
+    """Score this rank's units; finalize when this is the only worker. `deep`: check a finished output's
+    shards as `validate` does, and score again those that fail (`remit-annotate repair`)."""
+    from remit.annotate.finalize import finalize, finish_left_over
     from remit.annotate.workdir import WorkDir
     from remit.annotate.worker import run_worker
     from remit.shards.manifest import read_manifest
 
     t0 = time.perf_counter()
     work = WorkDir(cfg.output)  # the job's one view of its folder, handed to every step
-    stats, plan = run_worker(cfg, rank, world, work)
+    stats, plan = run_worker(cfg, rank, world, work, deep=deep)
     if stats.busy:
         print_summary(None, stats, time.perf_counter() - t0)
         raise UnitsBusy(
@@ -80,6 +81,7 @@ def run_job(cfg: AnnotateConfig, rank: int, world: int) -> int:
         )
     if plan is None:  # complete already, every shard checked against the manifest
         manifest: dict[str, Any] | None = read_manifest(cfg.output).data
+        finish_left_over(work, cfg.keep_work)
     else:
         manifest = finalize(work, keep_work=cfg.keep_work) if world == 1 else None
     print_summary(manifest, stats, time.perf_counter() - t0)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,13 @@ class RunSetup:
     special: SpecialTokens
     scan: InputScan
     """The inputs' sources in reading order, and the files of input folders that are not read."""
+
+    def named_as(self, run: RunDescription | None) -> RunSetup:
+        """This setup for `run` as its folder records it (`remit.annotate.claim.Claim.run`): its records
+        named with the run's recorded input spellings."""
+        if run is None:
+            return self
+        return replace(self, run=run, scan=self.scan.named(run.input_spellings()))
 
 
 def _fields(cfg: AnnotateConfig) -> Fields:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from remit.shards.checksum import bytes_sha256
@@ -45,6 +46,26 @@ def _take(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         raise ValueError(f"key {missing[0]!r} missing")
     return {f.name: data[f.name] for f in fields(cls)}
+
+
+#: Keys of an input path's entry that say how it was spelled: ``given`` (the spelling), ``given_inferred`` (set
+#: when the spelling was read back from the shards of an output written before runs recorded it; then the
+#: manifest leaves both out, as that output's manifest did).
+SPELLING_KEYS = ("given", "given_inferred")
+
+
+def _unnamed(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """An input path's entry without its spelling."""
+    return {k: v for k, v in entry.items() if k not in SPELLING_KEYS}
+
+
+def _shard_of(unit: object, file: object) -> None:
+    """ValueError unless `unit` is a unit number and `file` its shard's name (a plain name in the output
+    folder: a record or plan naming anything else, e.g. a path with ``..``, is not remit's)."""
+    if not isinstance(unit, int) or isinstance(unit, bool) or unit < 0:
+        raise ValueError(f"unit {unit!r} is not a unit number")
+    if file != f"shard-{unit:05d}.parquet":
+        raise ValueError(f"unit {unit} names the shard {file!r}, not shard-{unit:05d}.parquet")
 
 
 class _FlatRecord:
@@ -82,8 +103,34 @@ class RunDescription(_FlatRecord):
 
     @classmethod
     def create(cls, **parts: Any) -> RunDescription:
-        """A description with its run id computed from `parts` (every field but run_id)."""
-        return cls(**parts, run_id=bytes_sha256(json.dumps(parts, sort_keys=True).encode()))
+        """A description with its run id computed from `parts` (every field but run_id). How the input paths
+        were spelled (``input.paths[].given``) is left out: the same files are the same run, and the run
+        names its records as it recorded them (`with_names_of`)."""
+        hashed = dict(parts)
+        if isinstance(parts.get("input"), Mapping) and "paths" in parts["input"]:
+            hashed["input"] = {**parts["input"], "paths": [_unnamed(e) for e in parts["input"]["paths"]]}
+        return cls(**parts, run_id=bytes_sha256(json.dumps(hashed, sort_keys=True).encode()))
+
+    def with_names_of(self, recorded: Mapping[str, Any] | None) -> RunDescription:
+        """This run with the input spellings that `recorded` (the JSON of this folder's run description or
+        manifest) holds for the same resolved paths: a run continued or repaired from another working
+        folder, or with the inputs spelled otherwise, names its records as the run first did."""
+        theirs = (recorded or {}).get("input")
+        theirs = theirs.get("paths") if isinstance(theirs, Mapping) else None
+        mine = self.input.get("paths")
+        if not isinstance(theirs, list) or not isinstance(mine, list) or len(theirs) != len(mine):
+            return self
+        paths = []
+        for m, t in zip(mine, theirs, strict=True):
+            entry = _unnamed(m)
+            if isinstance(t, Mapping) and t.get("path") == m["path"] and isinstance(t.get("given"), str):
+                entry.update({k: t[k] for k in SPELLING_KEYS if k in t})
+            paths.append(entry)
+        return replace(self, input={**self.input, "paths": paths})
+
+    def input_spellings(self) -> list[Path]:
+        """Each input path as the run spelled it, which names its records (the resolved path if the same)."""
+        return [Path(e.get("given", e["path"])) for e in self.input.get("paths", [])]
 
     def manifest_fields(self, engine: dict[str, Any] | None, totals: PlanTotals, passes: Passes) -> dict[str, Any]:
         """The run's part of the manifest: the engine as it described itself, the passes the shards hold,
@@ -92,6 +139,8 @@ class RunDescription(_FlatRecord):
         out["engine"] = engine
         out["passes"] = passes
         out["input"] = {**self.input, **{k: getattr(totals, k) for k in INPUT_TOTALS}}
+        if "paths" in self.input:
+            out["input"]["paths"] = [_unnamed(e) if e.get("given_inferred") else e for e in self.input["paths"]]
         return out
 
 
@@ -107,6 +156,9 @@ class PlannedUnit(_FlatRecord):
     tokens: int
     token_checksum: str
     """Checksum of the unit's token ids and row lengths; the shard must carry the same."""
+
+    def __post_init__(self) -> None:
+        _shard_of(self.unit, self.file)
 
 
 @dataclass(frozen=True)
@@ -138,11 +190,19 @@ class Plan:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
         d = _take(cls, data)
-        try:
-            units = tuple(PlannedUnit.from_dict(u) for u in d["units"])
-        except TypeError as e:
-            raise ValueError(f"units: {e}") from None
-        return cls(run_id=d["run_id"], units=units, totals=PlanTotals.from_dict(d["totals"]), seconds=d["seconds"])
+        if not isinstance(d["units"], list):
+            raise ValueError("units: not a list")
+        units = []
+        for i, u in enumerate(d["units"]):
+            try:
+                units.append(PlannedUnit.from_dict(u))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"entry {i} of units: {e}") from None
+        if [u.unit for u in units] != list(range(len(units))):
+            raise ValueError("units are not numbered 0, 1, 2, ... in order")
+        return cls(
+            run_id=d["run_id"], units=tuple(units), totals=PlanTotals.from_dict(d["totals"]), seconds=d["seconds"]
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -171,6 +231,7 @@ class CompletionRecord:
     def from_dict(cls, data: Mapping[str, Any]) -> CompletionRecord:
         shard = ShardInfo(**_take(ShardInfo, data))
         fields_ = _take(cls, {"passes": "both", **data, "shard": shard})
+        _shard_of(fields_["unit"], shard.file)
         if fields_["passes"] not in ("both", "rl") or (fields_["passes"] == "both") != (
             fields_["engine_base"] is not None
         ):
@@ -188,4 +249,4 @@ class CompletionRecord:
         }
 
 
-__all__ = ["CompletionRecord", "Plan", "PlanTotals", "PlannedUnit", "RunDescription", "covers"]
+__all__ = ["SPELLING_KEYS", "CompletionRecord", "Plan", "PlanTotals", "PlannedUnit", "RunDescription", "covers"]

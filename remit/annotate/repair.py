@@ -4,9 +4,9 @@
 
 - The job's settings come from the output itself: its manifest, else its run description
   (``_work/run.json``), else its ownership marker. Nothing needs to be retyped.
-- Every shard is checked against the manifest (existence, size, sha256); only the missing or damaged
-  units are scored again (one worker, in this process), and the manifest is written again. An
-  unfinished output is finished. ``--score both`` adds the base pass to an RL-only output.
+- Every shard is checked against the manifest (existence, size, sha256) and as `validate` checks it
+  (format, weight rule); only the missing or damaged units are scored again (one worker, in this
+  process), and the manifest is written again. An unfinished output is finished. ``--score both`` adds the base pass to an RL-only output.
 - ``--print`` prints the equivalent `remit-annotate run` command instead, for many workers (`launch`,
   a Slurm array, any ``--rank/--world-size`` split).
 
@@ -118,4 +118,4 @@ def run(args: argparse.Namespace) -> int:
         verbose=flags.verbose,
     )
     print(f"repair: {flags.output} with the settings recorded in {source}", flush=True)
-    return run_job(cfg, 0, 1)
+    return run_job(cfg, 0, 1, deep=True)

@@ -106,7 +106,7 @@ def corpus_units(
             print(f"[{label}] ... and {len(scan.ignored) - IGNORED_SHOWN} more files not read", file=sys.stderr)
 
     def documents() -> Iterator[Document]:
-        for item in tokenize_records(read_inputs(scan.sources, fields), tokenizer, special):
+        for item in tokenize_records(read_inputs(scan.sources, fields, scan.names), tokenizer, special):
             if isinstance(item, Skip):
                 stats.skip(item, strict)
                 continue

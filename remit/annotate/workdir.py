@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import re
 import sys
 from collections.abc import Collection, Iterable, Iterator
@@ -46,6 +47,7 @@ import pyarrow.parquet as pq
 from remit import __version__
 from remit.annotate.records import CompletionRecord, Plan, PlannedUnit, RunDescription
 from remit.common.atomic import atomic_path, leftovers, write_json_atomic
+from remit.common.listing import first_few
 from remit.shards.manifest import MANIFEST_NAME, OWNERSHIP_MARKER, WORK_FOLDER, ShardError
 from remit.shards.schema import FORMAT_NAME
 
@@ -119,6 +121,40 @@ class WorkDir:
 
     # -- paths -----------------------------------------------------------------------------------------
 
+    def inside(self, path: Path) -> Path:
+        """`path` (a file or folder of this output that remit is about to read or write), after checking that
+        it stays inside the output folder: a symlink on the way that leads out is refused in one line."""
+        try:
+            real, top = path.resolve(), self.output.resolve()
+        except (OSError, RuntimeError) as e:  # a symlink loop
+            raise ShardError(f"{path}: cannot be resolved ({e}); delete it and run again") from None
+        if real != top and top not in real.parents:
+            raise ShardError(
+                f"{path}: leads outside the output folder {self.output} (to {real}); remit reads and writes only "
+                f"inside it. Fix: delete {path} (the link, not what it points to) and run the same command again"
+            )
+        return path
+
+    def check_inside(self) -> None:
+        """Refuse an output whose work folder, or a file or folder remit keeps in it, leads out of the output
+        folder (see `inside`)."""
+        for path in (
+            self.manifest_path,
+            self.root,
+            self.run_path,
+            self.plan_path,
+            self.plan_dir,
+            self.done_dir,
+            self.base_dir,
+            self.leases_dir,
+            self.logs_dir,
+        ):
+            if path.is_symlink() or path.exists():
+                self.inside(path)
+
+    def _json(self, path: Path) -> dict[str, Any] | None:
+        return _read_json(self.inside(path)) if path.exists() or path.is_symlink() else None
+
     def shard_path(self, unit: int) -> Path:
         return self.output / shard_name(unit)
 
@@ -146,12 +182,12 @@ class WorkDir:
 
     def read_marker(self) -> dict[str, Any] | None:
         """The ownership marker's content when it is remit's, else None."""
-        data = _read_json(self.marker_path)
+        data = self._json(self.marker_path)
         return data if data is not None and data.get("created_by") == MARKER_OWNER else None
 
     def legacy_output(self) -> bool:
         """A folder written before the marker existed: a remit manifest or run description."""
-        manifest = _read_json(self.manifest_path)
+        manifest = self._json(self.manifest_path)
         return (manifest is not None and manifest.get("format") == FORMAT_NAME) or self.read_run_data() is not None
 
     def owned(self) -> bool:
@@ -162,6 +198,16 @@ class WorkDir:
         """The folder's entries but the marker (and its temporary files), folders with a trailing slash."""
         mine = {self.marker_path.name, *(p.name for p in leftovers(self.marker_path))}
         return sorted(p.name + ("/" if p.is_dir() else "") for p in self.output.iterdir() if p.name not in mine)
+
+    def unknown_entries(self) -> list[str]:
+        """The folder's entries remit never writes there (anything but the marker, the manifest, shards, their
+        temporary files and the work folder), folders with a trailing slash."""
+        ours = re.compile("|".join(re.escape(n) for n in (MARKER, MANIFEST_NAME)) + "|" + _SHARD.pattern)
+        return sorted(
+            p.name + ("/" if p.is_dir() else "")
+            for p in self.output.iterdir()
+            if not (p.name == WORK_DIR and p.is_dir()) and not (p.is_file() and _is_ours(p.name, ours))
+        )
 
     def write_marker(self, run: RunDescription | None) -> None:
         """Write the ownership marker, naming `run` (None keeps the run a previous marker named)."""
@@ -181,14 +227,14 @@ class WorkDir:
     # -- the run description and the manifest ----------------------------------------------------------
 
     def read_run_data(self) -> dict[str, Any] | None:
-        return _read_json(self.run_path) if self.run_path.exists() else None
+        return self._json(self.run_path)
 
     def read_run(self) -> RunDescription | None:
         """The run this folder was claimed for, or None when it holds no run.json."""
         if not self.run_path.exists():
             return None
         try:
-            return RunDescription.from_dict(_read_json(self.run_path) or {})
+            return RunDescription.from_dict(self._json(self.run_path) or {})
         except (TypeError, ValueError):
             raise ShardError(f"{self.run_path}: {UNREADABLE_RUN}") from None
 
@@ -197,7 +243,15 @@ class WorkDir:
 
     def read_manifest_data(self) -> dict[str, Any] | None:
         """The manifest's JSON object, or None when it is missing or unreadable (no format check)."""
-        return _read_json(self.manifest_path)
+        return self._json(self.manifest_path)
+
+    def set_aside_manifest(self) -> Path:
+        """Move the manifest into the work folder as ``manifest.json.unreadable`` (kept after finalize, which
+        then says so); returns where it went."""
+        self.root.mkdir(exist_ok=True)
+        kept = self.inside(self.root / (MANIFEST_NAME + ".unreadable"))
+        os.replace(self.manifest_path, kept)
+        return kept
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Write the manifest: the output is complete."""
@@ -207,16 +261,24 @@ class WorkDir:
         """The files that may record the job's settings, most complete first (the manifest, run.json, the
         ownership marker), with their JSON objects; missing or unreadable ones are left out."""
         for path in (self.manifest_path, self.run_path, self.marker_path):
-            data = _read_json(path)
+            data = self._json(path)
             if data is not None:
                 yield path, data
 
     def remove_other_shards(self, keep: Collection[str]) -> None:
         """Remove shard files not named in `keep` (left by an earlier, longer unfinished run of the folder,
         which `remit.annotate.claim.finished_output` claimed as remit's)."""
+        removed = []
         for stale in sorted(self.output.glob("shard-*.parquet")):
             if _SHARD.fullmatch(stale.name) and stale.name not in keep:
                 stale.unlink()
+                removed.append(stale.name)
+        if removed:
+            print(
+                f"note: removed from {self.output}: {first_few(removed, sep=', ')} (shards of an earlier run)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     # -- the plan --------------------------------------------------------------------------------------
 
@@ -242,7 +304,7 @@ class WorkDir:
         """The finished plan, or None when there is none yet. With `run_id`, refuse another run's plan."""
         if not self.plan_path.exists():
             return None
-        data = _read_json(self.plan_path)
+        data = self._json(self.plan_path)
         try:
             plan = Plan.from_dict(data if data is not None else {})
         except (TypeError, ValueError) as e:
@@ -276,8 +338,9 @@ class WorkDir:
 
     def read_planned_unit(self, unit: PlannedUnit) -> pa.Table:
         """A planned unit's rows, checked against the plan."""
+        path = self.inside(self.unit_plan_path(unit.unit))
         try:
-            table = pq.read_table(self.unit_plan_path(unit.unit))
+            table = pq.read_table(path)
         except Exception as e:  # pyarrow raises several types for a truncated file
             raise ShardError(
                 f"{self.plan_dir}: planned unit {unit.unit} is unreadable ({type(e).__name__}: {e}). "
@@ -300,24 +363,26 @@ class WorkDir:
         hash the full file.
         """
         path = self.record_path(unit.unit)
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             return None, ""
-        data = _read_json(path)
+        data = self._json(path)
         if data is None:
             return None, "its completion record is unreadable"
         if data.get("run_id") != run_id:
             return None, "its completion record belongs to another run"
         try:
             record = CompletionRecord.from_dict(data)
-        except (TypeError, ValueError):
-            return None, "its completion record is unreadable"
+        except (TypeError, ValueError) as e:
+            return None, f"its completion record is unreadable ({e})"
+        if record.unit != unit.unit:
+            return None, f"its completion record is of unit {record.unit}"
         for key in ("rows", "tokens", "first_sample_id", "token_checksum"):
             if getattr(record.shard, key) != getattr(unit, key):
                 return (
                     None,
                     f"its completion record says {key} = {getattr(record.shard, key)}, the plan {getattr(unit, key)}",
                 )
-        shard = self.output / record.shard.file
+        shard = self.inside(self.shard_path(unit.unit))
         try:
             size = shard.stat().st_size
         except OSError:
@@ -339,7 +404,7 @@ class WorkDir:
         """The passes the completion records hold (both, rl), unreadable records left out."""
         found = set()
         for p in self.done_dir.glob("unit-*.json") if self.done_dir.is_dir() else []:
-            data = _read_json(p)
+            data = self._json(p)
             if data is not None:
                 found.add(data.get("passes", "both"))
         return found
@@ -356,8 +421,9 @@ class WorkDir:
     def load_base(self, unit: int, n_tokens: int, model: str) -> tuple[np.ndarray, dict[str, Any]] | None:
         """Saved base log-probs and the engine that produced them, or None when unusable (then re-scored):
         unreadable, not one value per token, or scored by a base model other than `model` (weights hash)."""
+        path = self.inside(self.base_path(unit))
         try:
-            with np.load(self.base_path(unit)) as saved:
+            with np.load(path) as saved:
                 logp, engine, scored_by = saved["logp"], json.loads(str(saved["engine"])), str(saved["model"])
         except Exception:  # truncated or empty after a machine crash: BadZipFile, EOFError, KeyError, ...
             return None

@@ -38,6 +38,7 @@ from remit.annotate.progress import Progress
 from remit.annotate.records import CompletionRecord, Plan, PlannedUnit, covers
 from remit.annotate.workdir import WorkDir
 from remit.common.faults import failpoint
+from remit.common.listing import first_few
 from remit.shards.checksum import file_sha256
 from remit.shards.manifest import ShardError
 from remit.shards.reader import read_shard
@@ -122,6 +123,7 @@ def _pending_units(ctx: _Context, mine: list[PlannedUnit]) -> tuple[list[_Job], 
     """The jobs of this rank, and its units that are complete with both passes."""
     jobs: list[_Job] = []
     both: set[int] = set()
+    untrusted: list[str] = []
     for u in mine:
         record, why = ctx.work.trusted_record(u, ctx.run_id)
         if record is not None:
@@ -133,23 +135,30 @@ def _pending_units(ctx: _Context, mine: list[PlannedUnit]) -> tuple[list[_Job], 
             continue
         if why:
             # The record promises a shard that is not there (or not this one): score the unit again.
-            _log(f"unit {u.unit}: {why}; scoring it again")
+            untrusted.append(f"unit {u.unit}: {why}")
             ctx.work.drop_record(u.unit)
             ctx.stats.units_rescored += 1
         jobs.append(_Job(u))
+    if untrusted:
+        _log(f"{len(untrusted)} units are scored again ({first_few(untrusted)})")
     return jobs, both
 
 
 def _take_leases(ctx: _Context, jobs: list[_Job]) -> list[_Job]:
     mine = []
+    busy: list[str] = []
     for job in jobs:
-        holder = ctx.leases.acquire(job.unit.unit)
+        holder = ctx.leases.acquire(job.unit.unit, note=False)
         if holder is None:
             mine.append(job)
             continue
-        note = f"unit {job.unit.unit}: another worker is scoring it now ({holder.describe()}); left to it"
-        _log(note)
-        ctx.stats.busy.append(note)
+        busy.append(f"unit {job.unit.unit} ({holder.describe()})")
+    gone, ctx.leases.taken_over = ctx.leases.taken_over, []
+    if gone:
+        _log(f"{len(gone)} units: taking over the leases of workers that are gone ({first_few(gone)})")
+    if busy:
+        _log(f"{len(busy)} units are being scored by another worker now; left to it: {first_few(busy)}")
+        ctx.stats.busy += busy
     return mine
 
 
@@ -218,7 +227,7 @@ def _rows(table: pa.Table, layout: UnitPrompts, logp_base: np.ndarray, logp_rl: 
 def _stored_rl(ctx: _Context, job: _Job) -> tuple[pa.Table, np.ndarray]:
     """An RL-only shard's layout and log p_RL, checked against its completion record and the plan."""
     assert job.rl_record is not None
-    path = ctx.work.output / job.rl_record.shard.file
+    path = ctx.work.inside(ctx.work.shard_path(job.unit.unit))
     if file_sha256(path) != job.rl_record.shard.file_sha256:
         raise _Damaged(f"its shard {path.name} differs from what was written (sha256 mismatch)")
     table = read_shard(path, expected=job.rl_record.shard.column_checksums, columns=[*LAYOUT_COLUMNS, "logp_rl"])
@@ -245,6 +254,8 @@ def _second_pass(ctx: _Context, jobs: list[_Job], fresh: set[int], rl: _LazyScor
         every_s=cfg.progress_every_s,
     )
     redo: list[_Job] = []
+    again: list[str] = []  # units scored again, with why: one line after the pass
+    lost: list[str] = []  # units whose lease another worker took over
     for job in jobs:
         u = job.unit
         stored_rl: np.ndarray | None = None
@@ -253,7 +264,7 @@ def _second_pass(ctx: _Context, jobs: list[_Job], fresh: set[int], rl: _LazyScor
                 with _Timer(stats, "io"):
                     table, stored_rl = _stored_rl(ctx, job)
             except (_Damaged, ShardError) as e:
-                _log(f"unit {u.unit}: {e}; scoring both passes again")
+                again.append(f"unit {u.unit}: {e}; both passes")
                 work.drop_record(u.unit)
                 work.drop_base(u.unit)
                 stats.units_rescored += 1
@@ -265,7 +276,7 @@ def _second_pass(ctx: _Context, jobs: list[_Job], fresh: set[int], rl: _LazyScor
                 table = work.read_planned_unit(u)
             describe_rl = rl.get().describe()
         layout = unit_prompts(table)
-        saved = _saved_base(ctx, job, describe_rl, u.unit in fresh) if both else None
+        saved = _saved_base(ctx, job, describe_rl, u.unit in fresh, again) if both else None
         if both and saved is None:
             redo.append(job)
             continue
@@ -277,16 +288,22 @@ def _second_pass(ctx: _Context, jobs: list[_Job], fresh: set[int], rl: _LazyScor
             stats.tokens_rl += u.tokens
         if _finish_unit(ctx, u, table, layout, logp_rl, describe_rl, saved):
             progress.update(u.tokens)
+        else:
+            lost.append(f"unit {u.unit}")
     progress.close()
+    if again:
+        _log(f"{len(again)} units are scored again ({first_few(again)})")
+    if lost:
+        _log(f"{len(lost)} units' leases were taken over by another worker; left to it: {first_few(lost)}")
     return redo
 
 
 def _saved_base(
-    ctx: _Context, job: _Job, describe_rl: dict[str, Any], fresh: bool
+    ctx: _Context, job: _Job, describe_rl: dict[str, Any], fresh: bool, again: list[str]
 ) -> tuple[np.ndarray, dict[str, Any]] | None:
     """The unit's saved base log-probs if they can be paired with this RL pass, else None: then they are
-    deleted and the unit's base pass is to be redone. `fresh`: the base pass ran in this process, so a
-    different engine set-up is a configuration error, not an old file."""
+    deleted, the unit's base pass is to be redone, and why is added to `again`. `fresh`: the base pass
+    ran in this process, so a different engine set-up is a configuration error, not an old file."""
     u = job.unit
     with _Timer(ctx.stats, "bookkeeping"):
         saved = ctx.work.load_base(u.unit, u.tokens, ctx.base_model)
@@ -305,7 +322,7 @@ def _saved_base(
         # Unreadable, or scored earlier by another engine version or set-up (a resume on other machines):
         # weights from two set-ups are not comparable, so the base pass is redone for this unit.
         why = "unreadable" if saved is None else f"from another engine set-up ({saved[1]})"
-        _log(f"unit {u.unit}: saved base log-probs {why}; scoring the base pass again")
+        again.append(f"unit {u.unit}: saved base log-probs {why}; the base pass")
         ctx.work.drop_base(u.unit)
         ctx.stats.units_rescored += 1
         return None
@@ -336,7 +353,6 @@ def _finish_unit(
         shard = build_table(_rows(table, layout, logp_base, logp_rl, weight), cfg.eps)
     failpoint("before-shard")
     if not ctx.leases.holds(u.unit):
-        _log(f"unit {u.unit}: its lease was taken over by another worker; leaving the unit to it")
         stats.busy.append(f"unit {u.unit}: lease taken over by another worker")
         return False
     with _Timer(stats, "write"):
@@ -367,10 +383,11 @@ def _finish_unit(
 
 
 def run_worker(
-    cfg: AnnotateConfig, rank: int = 0, world_size: int = 1, work: WorkDir | None = None
+    cfg: AnnotateConfig, rank: int = 0, world_size: int = 1, work: WorkDir | None = None, deep: bool = False
 ) -> tuple[WorkerStats, Plan | None]:
     """Score this rank's pending units (those with ``unit % world_size == rank``) in `work` (default: the
-    work folder of ``cfg.output``).
+    work folder of ``cfg.output``). `deep`: check a finished output's shards as `validate` does (see
+    `remit.annotate.claim.claim`).
 
     Returns the stats and the plan (None when the output was already complete)."""
     stats = WorkerStats()
@@ -378,7 +395,8 @@ def run_worker(
     work = WorkDir(cfg.output) if work is None else work
     with _Timer(stats, "prepare"):
         setup = describe_run(cfg)
-        complete = claim(work, setup.run, cfg.score).complete
+        claimed = claim(work, setup.run, cfg.score, deep=deep)
+        setup, complete = setup.named_as(claimed.run), claimed.complete
     if complete:
         return stats, None
     with _Timer(stats, "plan"):

@@ -10,6 +10,8 @@ The points, in the order a unit passes them:
   shard-tmp-written  the shard's temporary file is written, not yet verified or renamed
   after-shard        the shard is renamed into place, its completion record not yet written
   after-done         the completion record is written, the base log-probs not yet deleted
+And once per output:
+  after-manifest     finalize wrote the manifest, the work folder is not yet removed
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("base-saved", "before-shard", "shard-tmp-written", "after-shard", "after-done")
+POINTS = ("base-saved", "before-shard", "shard-tmp-written", "after-shard", "after-done", "after-manifest")
 
 _hits: dict[str, int] = {}
 

@@ -126,6 +126,8 @@ class Leases(Generic[K]):
         self.host, self.boot = socket.gethostname(), _boot_id()
         self.token = uuid.uuid4().hex
         self.held: set[K] = set()
+        self.taken_over: list[str] = []
+        """Leases taken over from holders that are gone, when `acquire` was asked not to note each."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -171,8 +173,11 @@ class Leases(Generic[K]):
         finally:
             tmp.unlink(missing_ok=True)
 
-    def acquire(self, unit: K) -> Holder | None:
-        """Take the lease of `unit`. Returns None when this process holds it now, else the live one that does."""
+    def acquire(self, unit: K, note: bool = True) -> Holder | None:
+        """Take the lease of `unit`. Returns None when this process holds it now, else the live one that does.
+
+        A lease of a holder that is gone is taken over with a note on stderr; with `note` False, the note is
+        added to `taken_over` instead (for a caller that takes many and reports them in one line)."""
         path = self.path_of(unit)
         path.parent.mkdir(parents=True, exist_ok=True)
         other: Holder | None = None
@@ -192,12 +197,11 @@ class Leases(Generic[K]):
                     return Holder("unknown host", None, -1, None, -1, "", path.stat().st_mtime)
             elif self.alive(other):
                 return other
-            print(
-                f"{self.what(unit)}: taking over the lease of a {self.holder} that is gone"
-                + (f" ({other.describe()})" if other is not None else ""),
-                file=sys.stderr,
-                flush=True,
-            )
+            gone = f"{self.what(unit)}" + (f" ({other.describe()})" if other is not None else "")
+            if note:
+                print(f"{gone}: taking over the lease of a {self.holder} that is gone", file=sys.stderr, flush=True)
+            else:
+                self.taken_over.append(gone)
             write_json_atomic(path, asdict(self.me()))
         if not self.holds(unit):
             return self.read(unit) or other

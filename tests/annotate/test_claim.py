@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -174,7 +175,8 @@ def test_a_finished_output_with_a_missing_or_damaged_shard_is_reopened(tmp_path,
     assert sorted(p.name for p in work.done_dir.iterdir()) == ["unit-00000.json", "unit-00003.json"]
     record = CompletionRecord.from_dict(json.loads(work.record_path(3).read_text()))
     assert record.shard.to_dict() == entries[3] and record.passes == "both"
-    assert "repair: unit 1: shard-00001.parquet is missing" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "repair: 2 units missing or damaged" in err and "unit 1: shard-00001.parquet is missing" in err
 
 
 def test_an_rl_only_output_is_reopened_for_its_base_pass(tmp_path):
@@ -250,3 +252,66 @@ def test_a_manifest_entry_without_column_checksums_counts_as_damaged(tmp_path):
     entries = finished(work, run)
     del entries[1]["column_checksums"]  # an entry of format version 1
     assert check_shards(work, entries) == {1: "its manifest entry lacks column_checksums"}
+
+
+def _forged_marker(tmp_path: Path) -> bytes:
+    """A marker as remit writes it, naming a run: what someone copies into a folder of their own."""
+    source = WorkDir(tmp_path / "source")
+    claim(source, run_description())
+    return source.marker_path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"manifest.json": b'{"name": "my project", "version": 3}\n'},
+        {"manifest.json": b"not json at all"},
+        {"notes.txt": b"keep me"},
+        {"shard-00000.parquet": b"mine", "data/": None},
+    ],
+    ids=["their-manifest", "unreadable-manifest", "their-notes", "their-folder"],
+)
+def test_a_planted_marker_makes_remit_refuse_and_touch_nothing(tmp_path, files):
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    for name, data in files.items():
+        if data is None:
+            (folder / name).mkdir()
+        else:
+            (folder / name).write_bytes(data)
+    (folder / MARKER).write_bytes(_forged_marker(tmp_path))
+    before = {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in folder.rglob("*")}
+    with pytest.raises(ShardError, match="nothing was touched") as e:
+        claim(WorkDir(folder), run_description(1))
+    assert "\n" not in str(e.value)
+    assert {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in folder.rglob("*")} == before
+
+
+def test_a_marker_naming_another_run_than_the_manifest_is_refused(tmp_path):
+    work = WorkDir(tmp_path / "out")
+    run = run_description()
+    claim_folder(work)
+    finished(work, run, units=2)
+    manifest = json.loads(work.manifest_path.read_text())
+    work.write_marker(run_description(1))
+    with pytest.raises(ShardError, match=f"of run {manifest['run_id']}, but {MARKER} names run"):
+        claim(WorkDir(work.output), run)
+    assert json.loads(work.manifest_path.read_text()) == manifest
+
+
+@pytest.mark.parametrize(
+    "resolved, names, spelled",
+    [
+        ("/home/me/data/c.jsonl", {"data/c.jsonl"}, "data/c.jsonl"),
+        ("/home/me/data/c.jsonl", {"c.jsonl", "data/c.jsonl"}, "data/c.jsonl"),  # the longest match
+        ("/home/me/data", {"data/a.jsonl", "data/sub/b.jsonl"}, "data"),
+        ("/home/me/data", {"../me/data/a.jsonl"}, "../me/data"),
+        ("/home/me/ds", {"ds[train]"}, "ds"),
+        ("/home/me/data/c.jsonl", {"/home/me/data/c.jsonl"}, None),  # named by the resolved path
+        ("/home/me/data/c.jsonl", {"other/x.jsonl"}, None),
+    ],
+)
+def test_the_spelling_of_an_input_is_read_back_from_source_names(resolved, names, spelled):
+    from remit.annotate.claim import _spelling_in
+
+    assert _spelling_in(resolved, names) == spelled

@@ -4,7 +4,11 @@ that finishes the run."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -12,7 +16,7 @@ from remit.annotate.cli import main
 from remit.annotate.config import AnnotateConfig
 from remit.annotate.finalize import IncompleteOutput, finalize
 from remit.annotate.worker import run_worker
-from tests.annotate.runs import assert_same_output, fresh_copy, job
+from tests.annotate.runs import assert_same_output, cli_flags, fresh_copy, job
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,4 +58,23 @@ def test_a_completion_record_whose_shard_is_gone_or_altered_is_scored_again(
     stats, _ = run_worker(cfg)
     assert stats.units_scored == 1
     finalize(out)
+    assert_same_output(out, reference)
+
+
+@pytest.mark.parametrize("then", ["finalize", "rerun"])
+def test_a_work_folder_left_by_a_finalize_killed_after_its_manifest_is_removed_next_time(
+    planned, reference, model_pair, corpus, tmp_path, capsys, then
+):
+    out = fresh_copy(planned, tmp_path / "out")
+    kwargs = job(model_pair, corpus, out)
+    run_worker(AnnotateConfig(**kwargs), 0, 1)
+    env = {**os.environ, "REMIT_FAILPOINT": "after-manifest"}
+    code = f"from remit.annotate.finalize import finalize; finalize({str(out)!r})"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert (out / "manifest.json").exists() and (out / "_work").is_dir()
+    capsys.readouterr()
+    argv = ["finalize", str(out)] if then == "finalize" else cli_flags(model_pair, corpus, out)
+    assert main(argv) == 0
+    assert f"removing {out / '_work'}" in capsys.readouterr().err
     assert_same_output(out, reference)

@@ -95,3 +95,18 @@ def test_a_second_live_worker_is_reported_and_no_manifest_written(
     assert run_job(replace(cfg), 0, 1) == 0
     assert work.manifest_path.exists()
     assert "taking over" in capsys.readouterr().err
+
+
+def test_units_left_to_another_worker_are_one_line(model_pair, corpus, planned, n_units, tmp_path, sleeper, capsys):
+    from remit.annotate.cli import main
+
+    out = fresh_copy(planned, tmp_path / "out")
+    work = WorkDir(out)
+    for unit in range(n_units):
+        plant(work, unit, pid=sleeper.pid, started=process_start(sleeper.pid), rank=5)
+    assert main(["repair", str(out), "--progress-every", "1000"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "another" in line]
+    assert len(lines) == 2, err  # the note, and the error that ends the job
+    assert lines[0].startswith(f"{n_units} units are being scored by another worker now; left to it: unit 0 (")
+    assert f"({n_units} in all)" in lines[0] and f"unit {n_units - 1} (" not in lines[0]

@@ -6,11 +6,14 @@ The unit tests use hand-made records and files (no model); one test runs real wo
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from remit.annotate.claim import claim
 from remit.annotate.config import AnnotateConfig
@@ -271,3 +274,84 @@ def test_leftovers_of_a_killed_worker_are_cleaned(planned, model_pair, corpus, t
     run_worker(AnnotateConfig(**kwargs))
     assert not list(out.glob("*.tmp")) and not list((out / "_work").rglob("*.tmp"))
     assert not list((out / "_work" / "base").iterdir())
+
+
+# -- confinement ------------------------------------------------------------------------------------------
+
+_HOSTILE_NAMES = st.one_of(
+    st.sampled_from(
+        [
+            "../shard-00001.parquet",
+            "/etc/passwd",
+            "shard-00001.parquet/../../x",
+            "..",
+            "",
+            "shard-00002.parquet",
+            "sub/shard-00001.parquet",
+            "C:\\shard-00001.parquet",
+            "shard-00001.parquet\0",
+        ]
+    ),
+    st.text(alphabet="./\\shard-0123456789parquet\0~", max_size=40),
+    st.integers(),
+    st.none(),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=_HOSTILE_NAMES, unit=st.one_of(st.just(1), st.integers(-3, 3), st.text(max_size=5), st.booleans()))
+def test_a_record_or_plan_naming_anything_but_its_shard_is_refused(tmp_path_factory, name, unit):
+    work = WorkDir(tmp_path_factory.mktemp("hostile") / "out")
+    work.done_dir.mkdir(parents=True)
+    run = run_description()
+    planned = planned_unit(1)
+    outside = work.output.parent / "shard-00001.parquet"
+    outside.write_bytes(bytes(100))  # what a record leading out would find, at the recorded size
+    on_disk = {**record_for(work, planned, run.run_id).to_dict(), "file": name, "unit": unit}
+    work.record_path(1).write_text(json.dumps(on_disk))
+    record, why = work.trusted_record(planned, run.run_id)
+    if name != "shard-00001.parquet" or unit != 1 or isinstance(unit, bool):
+        assert record is None and why and "\n" not in why
+    plan = Plan(run.run_id, (planned_unit(0), planned_unit(1)), PlanTotals(2, 392, 8, 2, 49, {}, [], 0, []), 0.5)
+    data = plan.to_dict()
+    data["units"][1] = {**data["units"][1], "file": name, "unit": unit}
+    work.plan_path.write_text(json.dumps(data))
+    if name == "shard-00001.parquet" and unit == 1 and not isinstance(unit, bool):
+        assert work.read_plan(run.run_id) == plan
+        return
+    with pytest.raises(ShardError) as e:
+        work.read_plan(run.run_id)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"{work.plan_path}: unreadable (entry 1 of units")
+    assert "delete it and rerun" in message
+
+
+@pytest.mark.parametrize("link", ["_work", "_work/done", "_work/done/unit-00001.json", "_work/plan/unit-00001.parquet"])
+def test_a_symlink_in_the_work_folder_that_leads_out_is_refused(tmp_path, link):
+    work = WorkDir(tmp_path / "out")
+    run = run_description()
+    claim(work, run)
+    work.plan_dir.mkdir(parents=True, exist_ok=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = work.output / link
+    if target.exists():
+        (elsewhere / target.name).mkdir() if target.is_dir() else (elsewhere / target.name).write_text("{}")
+        if target.is_dir():
+            for p in target.iterdir():
+                shutil.move(str(p), elsewhere / target.name / p.name)
+            target.rmdir()
+        else:
+            target.unlink()
+    else:
+        (elsewhere / target.name).write_text("{}")
+    target.symlink_to(elsewhere / target.name)
+    planned = planned_unit(1)
+    with pytest.raises(ShardError, match="leads outside the output folder") as e:
+        if link.startswith("_work/plan/"):
+            work.read_planned_unit(planned)
+        elif link == "_work/done/unit-00001.json":
+            work.trusted_record(planned, run.run_id)
+        else:
+            claim(WorkDir(work.output), run)
+    assert "\n" not in str(e.value) and f"Fix: delete {target}" in str(e.value)
