@@ -6,6 +6,8 @@
 - `faults`: fail points for crash tests
 - `atomic`: files written under a temporary name and renamed
 - `requires`: install hints for optional extras
+- `lease`: one live process per piece of work (an annotation unit, a training run folder)
+- `listing`: a repeated condition said once ("the first five ... (N in all)")
 
-It needs only the standard library (numpy where a fail point says so): importing it loads no engine.
+It needs only the standard library: importing it loads no engine.
 """
