@@ -128,7 +128,8 @@ def test_the_lease_of_a_job_that_is_gone_is_taken_over_with_a_note(tmp_path, cap
     )
     lease = hold_run_folder(run)
     try:
-        assert f"taking over the lease of a training job that is gone (pid {dead.pid}" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f"{run} (pid {dead.pid} on" in err and "taking over the lease of a training job that is gone" in err
         assert json.loads((run / LEASE_FILE).read_text())["pid"] == os.getpid()
     finally:
         lease.__exit__(None, None, None)
