@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -312,11 +311,10 @@ def _poll_saves(run: Run, wait: bool = False) -> None:
 
 
 def _loop(run: Run, observer: Observer | None, before_step: BeforeStep | None) -> None:
-    try:
-        _steps(run, observer, before_step)
-    finally:
-        if sys.exc_info()[0] is None:
-            _poll_saves(run, wait=True)  # never leave with a save in flight
+    _steps(run, observer, before_step)
+    # Never leave with a save in flight. (A run that fails ends its background writer instead: the
+    # tracker then still names the last complete checkpoint.)
+    _poll_saves(run, wait=True)
 
 
 def _steps(run: Run, observer: Observer | None, before_step: BeforeStep | None) -> None:
