@@ -265,7 +265,9 @@ def test_a_checksum_failure_on_one_rank_stops_every_rank(data, random_llama, tmp
     proc = _train(bad, tmp_path / "run", "--skip-validate", train_iters=4, init_hf=random_llama, nproc=2)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("remit-train: error:")]
-    assert len(errors) == 2 and errors[0] == errors[1], proc.stderr[-4000:]  # every rank, the same line
+    # Every rank stops at the same step with the same line; torchrun ends the other rank once one has
+    # exited, so that one may be gone before it prints (seen on megatron-core 0.19 under load).
+    assert errors and len(set(errors)) == 1, proc.stderr[-4000:]
     assert errors[0].startswith(f"remit-train: error: step {step}: rank 1 could not read its data: "), errors[0]
     assert f"{bad / file}: column 'weight' does not match" in errors[0]
     assert f'File "{runs.REPO / "remit"}' not in proc.stderr
