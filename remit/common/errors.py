@@ -98,6 +98,13 @@ def describe_os_error(e: OSError) -> str:
     return f"{where}: {cause}; {fix}"
 
 
+def _say(line: str) -> None:
+    """One line on stderr in a single write: the ranks of a job share one stderr, and a line written in
+    two parts (text, then newline) can be cut by another rank's."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def run_command(prog: str, fn: Callable[[], int | None], user_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run `fn` (a command's body) and turn any error into one line on stderr and an exit status.
 
@@ -108,31 +115,29 @@ def run_command(prog: str, fn: Callable[[], int | None], user_errors: tuple[type
     except KeyboardInterrupt:
         if debug():
             raise
-        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        _say(f"{prog}: interrupted")
         return 130
     except USER_ERRORS + user_errors as e:
         if debug():
             raise
-        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        _say(f"{prog}: error: {e}")
         return 2
     except OSError as e:
         if debug():
             raise
-        print(f"{prog}: error: {describe_os_error(os_error_in(e) or e)}", file=sys.stderr, flush=True)
+        _say(f"{prog}: error: {describe_os_error(os_error_in(e) or e)}")
         return 1
     except Exception as e:
         if debug():
             raise
         cause = os_error_in(e)
         if cause is not None:  # an OS error wrapped by a library (a full disk inside a writer)
-            print(f"{prog}: error: {describe_os_error(cause)}", file=sys.stderr, flush=True)
+            _say(f"{prog}: error: {describe_os_error(cause)}")
             return 1
         detail = " ".join(str(e).split())[:300]
-        print(
+        _say(
             f"{prog}: internal error: {type(e).__name__}: {detail} (run again with REMIT_DEBUG=1 for the traceback, "
-            "and report it)",
-            file=sys.stderr,
-            flush=True,
+            "and report it)"
         )
         return 1
     return 0 if status is None else int(status)

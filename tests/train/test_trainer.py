@@ -333,7 +333,9 @@ def test_a_nonfinite_loss_stops_the_run_before_the_update_and_it_resumes(baselin
     )  # fmt: skip
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("remit-train: error:")]
-    assert len(errors) == 2 and errors[0] == errors[1], proc.stderr[-3000:]  # one line per rank, the same
+    # One line per rank, the same line; torchrun ends the other rank once one has exited, so that one may
+    # be gone before it prints.
+    assert errors and len(set(errors)) == 1, proc.stderr[-3000:]
     msg = errors[0]
     assert msg.startswith(
         f"remit-train: error: step 5: the loss is not finite on rank 1 (data-parallel rank 1), samples {bad_id}. "
