@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args, get_type_hints
 
 from remit.common.flags import library_only, literal_choices, option
 
-WeightMode = Literal["none", "static", "online", "shuffled", "rho1"]
+WeightMode = Literal["none", "static", "online", "shuffled", "rho1", "external"]
 #: Attention backends (see remit.train.attention): auto means sdpa; te is chosen by name.
 AttentionBackend = Literal["auto", "sdpa", "dense", "te"]
 CenterMode = Literal["row", "segment"]
@@ -48,13 +48,23 @@ class TrainConfig:
         "static",
         help="none: plain next-token loss; static: stored weights; online: the paper's rule with the "
         "current model's log-prob; shuffled: the stored weights permuted within each row (a control); "
-        "rho1: Rho-1, the top --keep-ratio tokens of each micro-batch by log p_RL - log p_theta (default: static)",
+        "rho1: Rho-1, the top --keep-ratio tokens of each micro-batch by log p_RL - log p_theta; external: "
+        "per-token weights from --external-weights (default: static)",
         group=_DATA,
     )
     """Loss weighting: 'none' (plain next-token loss), 'static' (stored weights, base model as proxy),
     'online' (the paper's rule with the current model's own log-prob), 'shuffled' (the stored weights
     permuted among each row's tokens: a control) or 'rho1' (Rho-1: keep the top `keep_ratio` tokens of
-    each micro-batch by log p_RL - log p_theta, mean loss over the kept ones)."""
+    each micro-batch by log p_RL - log p_theta, mean loss over the kept ones) or 'external' (per-token
+    weights from the `external_weights` folder, not from any log-prob: labels, another scorer)."""
+    external_weights: Path | None = option(
+        None,
+        help="external: folder of per-token weights, one Parquet file per shard of --data (sample_id, weight); "
+        "see docs/format.md",
+        group=_DATA,
+    )
+    """'external': the folder of per-token weights beside the output (`remit.shards.external`): one
+    Parquet file per shard, named like it, with the shard's sample ids and one weight per token."""
     keep_ratio: float = option(
         0.6, help="rho1: fraction of each micro-batch's valid tokens kept, in (0, 1] (default: 0.6)", group=_DATA
     )
@@ -287,11 +297,23 @@ class TrainConfig:
     extra: dict[str, Any] = library_only(default_factory=dict)
     """Free-form notes recorded with the run (not used by the trainer)."""
 
+    def _check_external(self) -> None:
+        if self.weights == "external" and self.external_weights is None:
+            _fail("weights", "external reads its weights from a folder", "pass --external-weights DIR")
+        if self.weights != "external" and self.external_weights is not None:
+            _fail("external_weights", f"given with --weights {self.weights}", "pass --weights external, or drop it")
+        if self.weights == "external" and self.eval_data is not None:
+            _fail(
+                "eval_data",
+                "external weights belong to --data only, so --eval-data has none",
+                "drop --eval-data, or evaluate that output in another run",
+            )
+
     def __post_init__(self) -> None:
         self._check_choices()
         self.data = Path(self.data)
         self.save = Path(self.save)
-        for name in ("init_hf", "init_config", "load", "export_hf", "eval_data", "tensorboard_dir"):
+        for name in ("init_hf", "init_config", "load", "export_hf", "eval_data", "tensorboard_dir", "external_weights"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value))
@@ -299,6 +321,7 @@ class TrainConfig:
             _fail("keep_ratio", f"{self.keep_ratio} is outside (0, 1]", "pass the kept fraction, e.g. 0.6")
         if self.eps is not None and not 0.0 <= self.eps < 1.0:
             _fail("eps", f"{self.eps} is outside [0, 1)", "weights must stay positive: use e.g. 0.2")
+        self._check_external()
         for name in (
             "train_iters",
             "micro_batch_size",

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from remit.shards import ShardError, open_output
+from remit.shards.external import check_folder, external_file, read_external
 from remit.shards.manifest import repair_command
 from remit.shards.schema import schema_mismatch
 
@@ -127,6 +128,7 @@ class RemitDataset:
         create_attention_mask: bool = True,
         check_footers: bool = True,
         validate: bool = False,
+        external_weights: str | Path | None = None,
     ) -> None:
         self.output = open_output(root)
         m = self.output.manifest
@@ -156,6 +158,11 @@ class RemitDataset:
         self.validate = validate
         self.shards_validated: list[int] = []
         self._check_shards(read_footers=check_footers)
+        #: With `external_weights`, the weights come from that folder (`remit.shards.external`), one file per
+        #: shard, checked against the shard when it is read; the output's own weights are not used.
+        self.external_weights = Path(external_weights) if external_weights is not None else None
+        if self.external_weights is not None:
+            check_folder(self.external_weights, [self.output.path(i) for i in range(self.num_shards)], root)
 
     def _check_shards(self, read_footers: bool) -> None:
         for i, entry in enumerate(self.output.manifest.shards):
@@ -223,7 +230,7 @@ class RemitDataset:
             row_offsets=np.concatenate([[0], np.cumsum(lengths)]),
             token_ids=pc.list_flatten(table.column("token_ids")).to_numpy(),
             logp_rl=pc.list_flatten(table.column("logp_rl")).to_numpy(),
-            weight=pc.list_flatten(table.column("weight")).to_numpy(),
+            weight=self._weights(index, table, ids, lengths),
             seg_offsets=np.concatenate(
                 [[0], np.cumsum(pc.list_value_length(seg_col).to_numpy(zero_copy_only=False))]
             ).astype(np.int64),
@@ -240,6 +247,13 @@ class RemitDataset:
         while len(self._cache) > self.cache_shards:
             self._cache.popitem(last=False)
         return arrays
+
+    def _weights(self, index: int, table, sample_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Shard `index`'s flat weights: its own column, or its external-weights file."""
+        if self.external_weights is None:
+            return pc.list_flatten(table.column("weight")).to_numpy()
+        path = external_file(self.external_weights, self.output.path(index))
+        return read_external(path, sample_ids, lengths)
 
     def _validate(self, index: int) -> None:
         from remit.shards.validate import validate_shard

@@ -13,6 +13,8 @@ Modes (N is the count of valid tokens unless said otherwise):
             tokens of the micro-batch with the largest excess log p_RL(x_t) - log p_theta(x_t) (ties to the
             earlier position), 0 for the rest; N is the count of kept tokens, so the loss is the mean over
             the kept tokens. keep_ratio = 1 keeps every valid token and is `none` exactly.
+  external  w_t = the weight read from an external-weights folder (`remit.shards.external`), applied
+            exactly as `static` applies the stored ones.
 Every weight is computed under no_grad (the paper treats it as a constant).
 
 `remit_loss` returns the numerator and the count separately: Megatron-Core, with
@@ -27,9 +29,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-MODES: tuple[str, ...] = ("none", "static", "online", "shuffled", "rho1")
+MODES: tuple[str, ...] = ("none", "static", "online", "shuffled", "rho1", "external")
 #: Modes that read the stored weights, and modes that read the stored log p_RL.
-NEEDS_WEIGHTS: tuple[str, ...] = ("static", "shuffled")
+NEEDS_WEIGHTS: tuple[str, ...] = ("static", "shuffled", "external")
 NEEDS_LOGP_RL: tuple[str, ...] = ("online", "rho1")
 #: Order of the values in the report tensor that `remit_loss` returns. n_loss is the loss's denominator
 #: (the kept tokens for rho1, else n_valid).
@@ -144,7 +146,7 @@ def remit_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum of w*l, the loss's token count as int32, report) for one micro-batch of shape [b, s].
 
-    `loss_mask` is 0/1 validity. `loss_weight` (static, shuffled) is label-aligned and already 0 where
+    `loss_mask` is 0/1 validity. `loss_weight` (static, shuffled, external) is label-aligned and already 0 where
     invalid. `logp_rl` is needed for online and rho1, `segment_ids` for online, `sample_ids` ([b]) and
     `seed` for shuffled, `keep_ratio` (in (0, 1]) for rho1. The count is the number of valid tokens,
     for rho1 the number of kept ones. The report is a float64 tensor in `STAT_NAMES` order: sums, so
@@ -157,7 +159,7 @@ def remit_loss(
     mask = valid.to(loss.dtype)
     if mode == "none":
         w = mask
-    elif mode == "static":
+    elif mode in ("static", "external"):
         w = _needed(loss_weight, "loss_weight", mode).reshape(-1).to(loss.dtype) * mask
     elif mode == "shuffled":
         stored = _needed(loss_weight, "loss_weight", mode)
@@ -180,8 +182,9 @@ def remit_loss(
     n_loss = (w > 0).sum().to(torch.int32) if mode == "rho1" else n_valid
     with torch.no_grad():
         # Python-float bounds compare in float32, exactly as the stored weights were clipped, and
-        # need no host-to-device copy. For 'none' and 'rho1' (weights 0 or 1) no weight sits at a bound.
-        bounded = mode not in ("none", "rho1")
+        # need no host-to-device copy. For 'none' and 'rho1' (weights 0 or 1) no weight sits at a bound;
+        # 'external' weights have none.
+        bounded = mode not in ("none", "rho1", "external")
         at_low = ((w <= 1.0 - eps) & valid).sum() if bounded else torch.zeros_like(n_valid)
         at_high = ((w >= 1.0 + eps) & valid).sum() if bounded else torch.zeros_like(n_valid)
         counts = torch.stack([n_valid, at_low.to(torch.int32), at_high.to(torch.int32), n_loss]).double()

@@ -71,6 +71,7 @@ MODE_PASSES = {
     "rho1": ("both", "rl"),
     "static": ("both",),
     "shuffled": ("both",),
+    "external": ("both", "rl", "none"),  # its weights come from beside the output
 }
 
 

@@ -289,7 +289,7 @@ def _prepare(cfg: TrainConfig, rank: int, device: torch.device, lease: Leases[st
     tokenizer_hash = _preflight(cfg, template, arch.vocab_size, arch.max_positions, checkpoint)
 
     # Each rank validates and checksums the shards it reads, as it first reads them (remit.train.dataset).
-    dataset = _open_data(cfg.data, tokenizer_hash, cfg)
+    dataset = _open_data(cfg.data, tokenizer_hash, cfg, external_weights=cfg.external_weights)
     order = SampleOrder(dataset.shard_rows, seed=cfg.seed, shuffle_shards=cfg.shuffle_shards)
     gbs, n_micro = cfg.check_batch(cfg.data_parallel_size(dist.get_world_size()), len(dataset))  # before the model
     loss_opts, objective = _objective(cfg, manifest, gbs)
@@ -447,7 +447,13 @@ def _device_peak(cfg: TrainConfig) -> float | None:
     return peak_tflops(torch.cuda.get_device_name(), "bf16" if cfg.bf16 else "fp32")
 
 
-def _open_data(root: Path, tokenizer_hash: str | None, cfg: TrainConfig, seq_len: int | None = None) -> RemitDataset:
+def _open_data(
+    root: Path,
+    tokenizer_hash: str | None,
+    cfg: TrainConfig,
+    seq_len: int | None = None,
+    external_weights: Path | None = None,
+) -> RemitDataset:
     """A dataset that checks its manifest now and each shard as it is first read (validated unless
     --skip-validate, checksummed always)."""
     return RemitDataset(
@@ -458,6 +464,7 @@ def _open_data(root: Path, tokenizer_hash: str | None, cfg: TrainConfig, seq_len
         create_attention_mask=False,
         check_footers=False,
         validate=not cfg.skip_validate,
+        external_weights=external_weights,
     )
 
 
