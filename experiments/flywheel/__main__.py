@@ -22,7 +22,8 @@ from experiments.flywheel.config import (
     recorded,
     set_field,
 )
-from experiments.flywheel.evaluate import EVAL_SPLITS
+from experiments.flywheel.data import CONFIRM
+from experiments.flywheel.evaluate import ALL_EVAL_SPLITS, EVAL_SPLITS
 from remit.common.errors import run_command
 
 
@@ -67,7 +68,13 @@ def parser() -> argparse.ArgumentParser:
         "--post-rl-seeds", type=int_list, default=None, help="seeds of the second RL turn (default: 1,2; quick: 1)"
     )
     p.add_argument(
-        "--eval-splits", default=",".join(EVAL_SPLITS), help="evaluation splits (pilots tuning on dev pass: dev)"
+        "--eval-splits",
+        default=",".join(EVAL_SPLITS),
+        help=f"evaluation splits, of {', '.join(ALL_EVAL_SPLITS)} (pilots tuning on dev pass: dev; with {CONFIRM}, "
+        "the base, RL and SFT models are evaluated on every split into eval/refs/)",
+    )
+    p.add_argument(
+        "--final-only", action="store_true", help="evaluate only the last checkpoint of each mid-training run"
     )
     p.add_argument(
         "--engine", choices=("vllm", "hf"), default=None, help="remit-annotate engine (default vllm; --quick: hf)"
@@ -130,19 +137,23 @@ def run(args: argparse.Namespace) -> None:
 
     cfg = configure(args)
     splits = tuple(s for s in args.eval_splits.split(",") if s)
-    bad = [s for s in splits if s not in EVAL_SPLITS]
+    bad = [s for s in splits if s not in ALL_EVAL_SPLITS]
     if bad:
-        raise ValueError(f"--eval-splits: unknown split(s) {bad}; choose from {', '.join(EVAL_SPLITS)}")
+        raise ValueError(f"--eval-splits: unknown split(s) {bad}; choose from {', '.join(ALL_EVAL_SPLITS)}")
     out = args.out
     claim_output(out, cfg, args.quick)
-    pipe = Pipeline(cfg, out, splits)
+    pipe = Pipeline(cfg, out, splits, final_only=args.final_only)
     t0 = time.perf_counter()
     pipe.stage_data()
+    pipe.stage_data_extra()
     pipe.stage_pretrain()
     pipe.stage_rl()
     pipe.stage_eval_base_rl()
     pipe.stage_annotate()
     pipe.stage_diagnose()
+    pipe.stage_controls(cfg.arms)
+    if CONFIRM in splits:
+        pipe.stage_eval_refs(ALL_EVAL_SPLITS)
     pipe.stage_mid(cfg.arms, cfg.seeds)
     pipe.stage_post_rl(tuple(a for a in cfg.post_rl_arms if a in cfg.arms), cfg.post_rl_seeds)
     pipe.stage_report()

@@ -17,17 +17,39 @@ from experiments.flywheel.grpo import GRPOConfig
 from experiments.flywheel.models import ModelShape
 from remit.common.atomic import write_json_atomic
 
-#: remit-train flags of each mid-training arm. The first five are the experiment; the rest are ablations.
+#: remit-train flags of each mid-training arm. The first five are the experiment; then the controls of the
+#: confirmatory study (docs/results.md) and the ablations.
 ARMS: dict[str, list[str]] = {
     "none": ["--weights", "none"],
     "static": ["--weights", "static"],
     "online": ["--weights", "online"],
     "shuffled": ["--weights", "shuffled"],
     "rho1": ["--weights", "rho1", "--keep-ratio", "0.6"],
+    "online-sft": ["--weights", "online"],
+    "oracle": ["--weights", "external"],
+    "clean-none": ["--weights", "none"],
+    "clean-online": ["--weights", "online"],
+    "clean-shuffled": ["--weights", "shuffled"],
     "online-eps0.5": ["--weights", "online", "--eps", "0.5"],
     "rho1-keep0.8": ["--weights", "rho1", "--keep-ratio", "0.8"],
 }
 MAIN_ARMS = ("none", "static", "online", "shuffled", "rho1")
+#: The annotation each arm trains on (default: "annotated", base + RL model on the annealing split):
+#: "annotated-sft" is scored with the SFT reference in place of the RL model, "annotated-clean" is the
+#: clean annealing split scored with base + RL. The oracle reads external weights beside "annotated".
+ARM_DATA: dict[str, str] = {
+    "online-sft": "annotated-sft",
+    "clean-none": "annotated-clean",
+    "clean-online": "annotated-clean",
+    "clean-shuffled": "annotated-clean",
+}
+#: Folder of the oracle's external weights (experiments/flywheel/oracle.py), beside "annotated".
+ORACLE_WEIGHTS = "oracle-weights"
+
+
+def arm_data(arm: str) -> str:
+    """The annotation folder (under the output folder) that `arm` trains on."""
+    return ARM_DATA.get(arm, "annotated")
 
 
 @dataclass(frozen=True)
@@ -87,7 +109,7 @@ class ExperimentConfig:
 FULL = ExperimentConfig()
 
 QUICK = ExperimentConfig(
-    data=DataConfig(pretrain=600, anneal=160, rl=64, dev=16, heldout=16, heldout_templates=16),
+    data=DataConfig(pretrain=600, anneal=160, rl=64, dev=16, heldout=16, heldout_templates=16, heldout_confirm=16),
     shape=ModelShape(hidden=64, layers=2, heads=2, kv_heads=1, ffn=192, max_positions=256),
     seq_len=128,
     rows_per_shard=64,

@@ -213,6 +213,9 @@ class DataConfig:
     dev: int = 300
     heldout: int = 500
     heldout_templates: int = 500
+    heldout_confirm: int = 2000
+    """Problems of the confirmatory held-out split, drawn after every other split from its own random
+    stream (`extra_splits`), so that adding it changes none of them."""
     noise_rate: float = 0.3
     """Share of training-split solutions with an error (pre-training and annealing)."""
     step_share: float = 0.7
@@ -226,7 +229,7 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("pretrain", "anneal", "rl", "dev", "heldout", "heldout_templates"):
+        for name in ("pretrain", "anneal", "rl", "dev", "heldout", "heldout_templates", "heldout_confirm"):
             if getattr(self, name) < 1:
                 raise ValueError(f"data.{name} = {getattr(self, name)}: a split needs at least 1 problem")
         for name in ("noise_rate", "step_share"):
@@ -246,11 +249,50 @@ NOISY = ("pretrain", "anneal")
 WITH_TEXT = ("pretrain", "anneal")
 
 
-def generate(cfg: DataConfig, out: Path) -> dict[str, Any]:
+def _draw(
+    rng: np.random.Generator,
+    cfg: DataConfig,
+    split: str,
+    want: int,
+    templates: list[dict[str, Any]],
+    prefix: str,
+    noise_rate: float,
+    owner: dict[str, str],
+) -> list[Problem]:
+    """`want` problems of `split`, each of a number chain no other split owns (recorded in `owner`).
+
+    A chain belongs to one split. The training splits may repeat their own chains (with other names,
+    items and wording); the other splits hold each chain once. A rejected draw keeps its chain length,
+    so every split holds the same mix of lengths even where the splits drawn before it used up most
+    chains of one length.
+    """
+    problems: list[Problem] = []
+    misses = 0
+    steps = int(rng.choice(cfg.steps))
+    while len(problems) < want:
+        t = int(rng.integers(len(templates)))
+        p = make_problem(rng, f"{prefix}{t}", templates[t], noise_rate, steps, cfg.step_share)
+        if owner.get(p.signature, split) != split or (split not in NOISY and p.signature in owner):
+            misses += 1
+            if misses > 50 * want + 10_000:
+                raise ValueError(
+                    f"{split}: {len(problems)} of {want} problems drawn, then the free {steps}-step number chains "
+                    "ran out; ask for fewer problems or longer chains (data.steps)"
+                )
+            continue
+        owner[p.signature] = split
+        problems.append(p)
+        steps = int(rng.choice(cfg.steps))
+    return problems
+
+
+def generate(cfg: DataConfig, out: Path, keep: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write one JSONL per split under `out` and return the statistics (also written as stats.json).
 
     Training splits hold {"id", "text", "kind", "noise"}; the others {"id", "question", "prompt",
-    "solution", "answer", "template", "steps"} with a correct solution.
+    "solution", "answer", "template", "steps"} with a correct solution. `keep`, when given, receives
+    the chain owners ("owner": signature -> split) and, per training split, the problem behind each
+    written document (None for a text document), in file order: what `extra_splits` builds on.
     """
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
@@ -262,27 +304,7 @@ def generate(cfg: DataConfig, out: Path) -> dict[str, Any]:
         templates = UNSEEN_TEMPLATES if split == "heldout_templates" else TRAIN_TEMPLATES
         prefix = "u" if split == "heldout_templates" else "t"
         noise_rate = cfg.noise_rate if split in NOISY else 0.0
-        problems: list[Problem] = []
-        misses = 0
-        steps = int(rng.choice(cfg.steps))
-        while len(problems) < want:
-            t = int(rng.integers(len(templates)))
-            p = make_problem(rng, f"{prefix}{t}", templates[t], noise_rate, steps, cfg.step_share)
-            # A chain belongs to one split. The training splits may repeat their own chains (with other
-            # names, items and wording); the other splits hold each chain once. A rejected draw keeps its
-            # chain length, so every split holds the same mix of lengths even where the splits drawn
-            # before it used up most chains of one length.
-            if owner.get(p.signature, split) != split or (split not in NOISY and p.signature in owner):
-                misses += 1
-                if misses > 50 * want + 10_000:
-                    raise ValueError(
-                        f"{split}: {len(problems)} of {want} problems drawn, then the free {steps}-step number chains "
-                        "ran out; ask for fewer problems or longer chains (data.steps)"
-                    )
-                continue
-            owner[p.signature] = split
-            problems.append(p)
-            steps = int(rng.choice(cfg.steps))
+        problems = _draw(rng, cfg, split, want, templates, prefix, noise_rate, owner)
         n_text = round(cfg.text_share * want) if split in WITH_TEXT else 0
         with open(out / f"{split}.jsonl", "w") as f:
             if split in WITH_TEXT:
@@ -294,18 +316,11 @@ def generate(cfg: DataConfig, out: Path) -> dict[str, Any]:
                 order = rng.permutation(len(docs))
                 for i, j in enumerate(order):
                     f.write(json.dumps({"id": f"{split}-{i}", **docs[j]}) + "\n")
+                if keep is not None:
+                    keep[split] = [problems[j] if j < len(problems) else None for j in order]
             else:
                 for i, p in enumerate(problems):
-                    row = {
-                        "id": f"{split}-{i}",
-                        "question": p.question,
-                        "prompt": p.prompt,
-                        "solution": p.solution,
-                        "answer": p.answer,
-                        "template": p.template,
-                        "steps": p.steps,
-                    }
-                    f.write(json.dumps(row) + "\n")
+                    f.write(json.dumps(_eval_row(split, i, p)) + "\n")
         noise = {k: sum(p.noise == k for p in problems) for k in ("step", "answer")}
         stats["splits"][split] = {
             "problems": len(problems),
@@ -316,8 +331,130 @@ def generate(cfg: DataConfig, out: Path) -> dict[str, Any]:
             "templates": sorted({p.template for p in problems}),
             "by_steps": {str(k): sum(p.steps == k for p in problems) for k in cfg.steps},
         }
+    if keep is not None:
+        keep["owner"] = owner
     write_json_atomic(out / "stats.json", stats)
     return stats
+
+
+#: The splits `extra_splits` adds to a data folder.
+CONFIRM = "heldout_confirm"
+CLEAN_ANNEAL = "anneal_clean"
+ANNEAL_LABELS = "anneal_labels"
+
+
+def clean_solution(p: Problem) -> str:
+    """The correct worked solution of `p`'s number chain (its signature), whatever `p.solution` says."""
+    start, *ops = p.signature.split("|")
+    v, equations = int(start), []
+    for op in ops:
+        b = int(op[1:])
+        w = v + b if op[0] == "+" else v - b
+        equations.append(f"{v} {op[0]} {b} = {w}.")
+        v = w
+    return " ".join(equations) + f" The answer is {v}."
+
+
+def wrong_from(text: str, noise: str) -> int | None:
+    """Character offset in a training document's `text` of its first wrong number (the result of the first
+    wrong equation, or the wrong final number), None for a correct solution. ValueError when the text does
+    not carry the error its label `noise` ('', 'step' or 'answer') says."""
+    cut = text.find("\nAnswer:")
+    sol = cut + len("\nAnswer:")
+    last, first_wrong = None, None
+    for m in _EQ.finditer(text, sol):
+        a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+        if first_wrong is None and (a + b if op == "+" else a - b) != c:
+            first_wrong = m.start(4)
+        last = c
+    final = ANSWER_RE.search(text, sol)
+    if cut < 0 or final is None or last is None:
+        raise ValueError(f"not a worked solution: {text[:80]!r}")
+    wrong_final = int(final.group(1)) != last
+    if noise == "step" and first_wrong is not None and not wrong_final:
+        return first_wrong
+    if noise == "answer" and first_wrong is None and wrong_final:
+        return final.start(1)
+    if noise == "" and first_wrong is None and not wrong_final:
+        return None
+    raise ValueError(f"the solution does not carry the error its label {noise!r} says: {text[cut:]!r}")
+
+
+_EQ = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)\.")
+
+
+def extra_splits(cfg: DataConfig, data: Path) -> dict[str, Any]:
+    """Add to the data folder `data` (written by `generate(cfg, data)`) three files that leave every
+    existing split as it is:
+
+    - `heldout_confirm.jsonl`: `cfg.heldout_confirm` correct problems in the training templates and
+      chain-length mix, from their own random stream (seeded with (data seed, 1)), of number chains no
+      split holds;
+    - `anneal_clean.jsonl`: the annealing split with every wrong solution replaced by the correct
+      solution of the same problem (same ids, order and text documents; "was_noise" keeps the label);
+    - `anneal_labels.jsonl`: per annealing document, its noise label and `wrong_from`, the character
+      offset of its first wrong number (None for a correct solution or a text document).
+
+    The generator is run again in memory to recover the problems behind the files; a split file that
+    differs from what it draws is refused (ValueError naming the file). Returns the new splits' statistics.
+    """
+    import tempfile
+
+    keep: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(cfg, Path(tmp), keep)
+        for split in SPLITS:
+            if (Path(tmp) / f"{split}.jsonl").read_bytes() != (data / f"{split}.jsonl").read_bytes():
+                raise ValueError(
+                    f"{data / f'{split}.jsonl'}: differs from what the generator draws for this configuration; "
+                    "the folder was made by another version or configuration: generate it again"
+                )
+    rng = np.random.default_rng([cfg.seed, 1])
+    confirm = _draw(rng, cfg, CONFIRM, cfg.heldout_confirm, TRAIN_TEMPLATES, "t", 0.0, keep["owner"])
+    _write_jsonl(data / f"{CONFIRM}.jsonl", [_eval_row(CONFIRM, i, p) for i, p in enumerate(confirm)])
+    docs = read_jsonl(data / "anneal.jsonl")
+    clean, labels = [], []
+    for doc, p in zip(docs, keep["anneal"], strict=True):
+        if p is None:
+            clean.append({**doc, "was_noise": ""})
+            labels.append({"id": doc["id"], "noise": "", "wrong_from": None})
+            continue
+        clean.append({**doc, "text": p.prompt + " " + clean_solution(p), "noise": "", "was_noise": doc["noise"]})
+        labels.append({"id": doc["id"], "noise": doc["noise"], "wrong_from": wrong_from(doc["text"], doc["noise"])})
+    _write_jsonl(data / f"{CLEAN_ANNEAL}.jsonl", clean)
+    _write_jsonl(data / f"{ANNEAL_LABELS}.jsonl", labels)
+    stats = {
+        CONFIRM: {
+            "problems": len(confirm),
+            "distinct_chains": len({p.signature for p in confirm}),
+            "templates": sorted({p.template for p in confirm}),
+            "by_steps": {str(k): sum(p.steps == k for p in confirm) for k in cfg.steps},
+        },
+        CLEAN_ANNEAL: {
+            "documents": len(clean),
+            "solutions_corrected": sum(1 for d in clean if d["was_noise"]),
+        },
+    }
+    write_json_atomic(data / "stats_extra.json", stats)
+    return stats
+
+
+def _eval_row(split: str, i: int, p: Problem) -> dict[str, Any]:
+    return {
+        "id": f"{split}-{i}",
+        "question": p.question,
+        "prompt": p.prompt,
+        "solution": p.solution,
+        "answer": p.answer,
+        "template": p.template,
+        "steps": p.steps,
+    }
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    from remit.common.atomic import write_text_atomic
+
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

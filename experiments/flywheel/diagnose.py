@@ -82,13 +82,16 @@ def _char_spans(text: str, noise: str) -> list[tuple[int, int, str]]:
     return spans
 
 
-def weight_by_token_kind(out: Path) -> dict[str, dict[str, float]]:
+def weight_by_token_kind(
+    out: Path, annotated: str = "annotated", split: str = "anneal"
+) -> dict[str, dict[str, float]]:
+    """The table for the annotation `out/annotated` of the annealing file `out/data/split.jsonl`."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
-    rows = {r["id"]: r for r in read_jsonl(out / "data" / "anneal.jsonl")}
+    rows = {r["id"]: r for r in read_jsonl(out / "data" / f"{split}.jsonl")}
     acc: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for doc_id, v in _documents(out / "annotated").items():
+    for doc_id, v in _documents(out / annotated).items():
         row = rows.get(doc_id)
         if row is None:
             continue

@@ -24,6 +24,8 @@ from experiments.flywheel.data import parse_answer, read_jsonl
 from remit.common.atomic import write_json_atomic
 
 EVAL_SPLITS = ("dev", "heldout", "heldout_templates")
+#: Every split the evaluation can read: the first ones and the confirmatory split (data.extra_splits).
+ALL_EVAL_SPLITS = (*EVAL_SPLITS, "heldout_confirm")
 
 
 def load(model_dir: str | Path):
@@ -134,12 +136,14 @@ def evaluate_model(
     return out
 
 
-def export_iterations(run: Path, dest: Path) -> list[tuple[int, Path]]:
-    """Export every saved iteration of a remit-train run (remit's exporter); return (iteration, folder)."""
+def export_iterations(run: Path, dest: Path, last_only: bool = False) -> list[tuple[int, Path]]:
+    """Export every saved iteration of a remit-train run (remit's exporter), or its last one; return
+    (iteration, folder) pairs."""
     from remit.train import cpu_compat
     from remit.train.export import export_checkpoint
 
     its = sorted(int(p.name.split("_")[1]) for p in run.glob("iter_*") if p.is_dir())
+    its = its[-1:] if last_only else its
     done = []
     for it in its:
         folder = dest / f"iter_{it:07d}"
@@ -162,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="splits for a run's intermediate iterations (default: --splits); the last iteration gets --splits",
     )
+    p.add_argument(
+        "--final-only", action="store_true", help="a run's last saved iteration only (no curves)"
+    )
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
@@ -172,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     curve_splits = tuple(s for s in args.curve_splits.split(",") if s) if args.curve_splits else splits
     args.out_dir.mkdir(parents=True, exist_ok=True)
     # Export every run first: the exporter installs remit's CPU layer for Megatron, removed before decoding.
-    exported = {run: export_iterations(run, run / "hf_steps") for run in args.run}
+    exported = {run: export_iterations(run, run / "hf_steps", args.final_only) for run in args.run}
     targets: list[tuple[str, Sequence[tuple[int | None, Path]]]] = [(m.name, [(None, m)]) for m in args.model]
     targets += [(run.name, exported[run]) for run in args.run]
     for name, items in targets:

@@ -1,8 +1,11 @@
 """The flywheel, stage by stage, through remit's own command lines.
 
-    data -> tokenizer -> pack (remit-annotate pack) -> pretrain (remit-train --init-config, --weights none)
-    -> rl (GRPO) -> annotate (remit-annotate, base + RL) -> diagnose (weights per token kind) -> mid (remit-train, one run per arm and seed)
-    -> eval -> post-rl (the same GRPO on mid-trained models) -> report
+    data -> data-extra (confirmatory split, clean annealing split, noise labels) -> tokenizer
+    -> pack (remit-annotate pack) -> pretrain (remit-train --init-config, --weights none)
+    -> rl (GRPO) -> annotate (remit-annotate, base + RL) -> diagnose (weights per token kind)
+    -> the controls the arms need: sft + annotate-sft, annotate-clean, oracle (external weights)
+    -> eval-refs (base, RL, SFT on every split, when the confirmatory split is evaluated)
+    -> mid (remit-train, one run per arm and seed) -> eval -> post-rl (the same GRPO on mid-trained models) -> report
 
 Every stage writes `OUT/stages/NAME.json` (its wall time) when it finishes; a rerun with the same
 OUT skips finished stages and finished runs, so an interrupted experiment continues where it stopped.
@@ -22,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from experiments.flywheel.config import ARMS, ExperimentConfig, TrainRecipe
+from experiments.flywheel.config import ARMS, ORACLE_WEIGHTS, ExperimentConfig, TrainRecipe, arm_data
 from remit.common.atomic import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,8 +46,11 @@ REMIT_TRAIN = ("remit-train", "remit.train")
 
 
 class Pipeline:
-    def __init__(self, cfg: ExperimentConfig, out: Path, eval_splits: tuple[str, ...]) -> None:
-        self.cfg, self.out, self.eval_splits = cfg, out.resolve(), eval_splits
+    def __init__(
+        self, cfg: ExperimentConfig, out: Path, eval_splits: tuple[str, ...], final_only: bool = False
+    ) -> None:
+        """`final_only`: evaluate only the last checkpoint of each mid-training run (no curves)."""
+        self.cfg, self.out, self.eval_splits, self.final_only = cfg, out.resolve(), eval_splits, final_only
         for sub in ("stages", "logs", "models", "runs", "eval"):
             (self.out / sub).mkdir(parents=True, exist_ok=True)
         self.env = {
@@ -116,6 +122,19 @@ class Pipeline:
         write_config(self.cfg.shape, vocab, self.out / "model_config")
         self.finish("data", t0, vocab=vocab, splits=stats["splits"])
 
+    def stage_data_extra(self) -> None:
+        """The splits added after the first ones (`data.extra_splits`), which leave those as they are."""
+        from experiments.flywheel.data import extra_splits
+
+        if self.done("data-extra"):
+            return
+        t0 = time.perf_counter()
+        try:
+            stats = extra_splits(self.cfg.data, self.data)
+        except ValueError as e:
+            raise StageError(f"stage data-extra: {e}") from None
+        self.finish("data-extra", t0, splits=stats)
+
     def _train_flags(self, r: TrainRecipe, data: Path, save: Path, seed: int) -> list[str]:
         interval = max(1, r.iters // max(r.saves, 1))
         return [
@@ -157,7 +176,14 @@ class Pipeline:
             "--out", str(out), "--config", json.dumps(cfg),
         )  # fmt: skip
 
-    def _evaluate(self, stage: str, out_dir: Path, models: Sequence[Path] = (), runs: Sequence[Path] = ()) -> None:
+    def _evaluate(
+        self,
+        stage: str,
+        out_dir: Path,
+        models: Sequence[Path] = (),
+        runs: Sequence[Path] = (),
+        splits: Sequence[str] | None = None,
+    ) -> None:
         """One evaluation process for all of them (start-up costs more than a tiny model's decoding).
 
         A run's intermediate checkpoints (the curves) are evaluated on the first held-out split only
@@ -165,10 +191,13 @@ class Pipeline:
         """
         if not models and not runs:
             return
-        args = ["--data", str(self.data), "--out-dir", str(out_dir), "--splits", ",".join(self.eval_splits)]
-        curve = [s for s in self.eval_splits if s == "heldout"] or list(self.eval_splits)
+        splits = tuple(splits or self.eval_splits)
+        args = ["--data", str(self.data), "--out-dir", str(out_dir), "--splits", ",".join(splits)]
+        curve = [s for s in splits if s == "heldout"] or list(splits)
         args += ["--curve-splits", ",".join(curve)]
         args += ["--max-new-tokens", str(self.cfg.max_new_tokens), "--limit", str(self.cfg.eval_limit)]
+        if self.final_only:
+            args += ["--final-only"]
         for m in models:
             args += ["--model", str(m)]
         for r in runs:
@@ -191,33 +220,94 @@ class Pipeline:
         self._evaluate("eval-base-rl", self.out / "eval", models=[models / "base", models / "rl"])
         self.finish("eval-base-rl", t0)
 
-    def stage_annotate(self) -> None:
-        if self.done("annotate"):
+    def stage_annotate(self, stage: str = "annotate", reference: str = "rl", split: str = "anneal") -> None:
+        """remit-annotate with the base model and `reference` (models/NAME) on the annealing file `split`,
+        into the folder named like the stage ("annotate" writes "annotated", "annotate-sft" "annotated-sft")."""
+        if self.done(stage):
             return
         t0 = time.perf_counter()
         models = self.out / "models"
+        output = self.out / stage.replace("annotate", "annotated", 1)
         self.run(
-            "annotate",
-            [*_cli(*REMIT_ANNOTATE), "--base", str(models / "base"), "--rl", str(models / "rl"),
-             "--input", str(self.data / "anneal.jsonl"), "--output", str(self.out / "annotated"),
+            stage,
+            [*_cli(*REMIT_ANNOTATE), "--base", str(models / "base"), "--rl", str(models / reference),
+             "--input", str(self.data / f"{split}.jsonl"), "--output", str(output),
              "--seq-len", str(self.cfg.seq_len), "--rows-per-shard", str(self.cfg.rows_per_shard),
              "--eps", str(self.cfg.eps), "--engine", self.cfg.engine],
         )  # fmt: skip
-        self.run("annotate-stats", [*_cli(*REMIT_ANNOTATE), "stats", str(self.out / "annotated"), "--json"])
-        self.finish("annotate", t0)
+        self.run(f"{stage}-stats", [*_cli(*REMIT_ANNOTATE), "stats", str(output), "--json"])
+        self.finish(stage, t0)
 
-    def stage_diagnose(self) -> None:
-        """Where the annotation put its weights, per kind of token (diagnose.py), before any arm trains:
-        the noise rate and eps are judged here, without an evaluation split."""
+    def stage_diagnose(self, stage: str = "diagnose", annotated: str = "annotated", split: str = "anneal") -> None:
+        """Where an annotation put its weights, per kind of token (diagnose.py), before any arm trains on it:
+        the noise rate and eps are judged here, without an evaluation split. Written to
+        weights_by_token_kind.json ("diagnose") or weights_by_token_kind-NAME.json ("diagnose-NAME")."""
         from experiments.flywheel.diagnose import markdown, weight_by_token_kind
 
-        if self.done("diagnose"):
+        if self.done(stage):
             return
         t0 = time.perf_counter()
-        table = weight_by_token_kind(self.out)
-        write_json_atomic(self.out / "weights_by_token_kind.json", table)
+        table = weight_by_token_kind(self.out, annotated, split)
+        suffix = stage.removeprefix("diagnose")
+        write_json_atomic(self.out / f"weights_by_token_kind{suffix}.json", table)
         print(markdown(table), flush=True)
-        self.finish("diagnose", t0)
+        self.finish(stage, t0)
+
+    def stage_controls(self, arms: Sequence[str]) -> None:
+        """What the confirmatory study's control arms need, and only for the arms asked for: the SFT
+        reference and its annotation (online-sft), the clean split's annotation (clean-*), the oracle's
+        external weights (oracle)."""
+        if any(arm_data(a) == "annotated-sft" for a in arms):
+            self.stage_sft()
+            self.stage_annotate("annotate-sft", reference="sft")
+            self.stage_diagnose("diagnose-sft", "annotated-sft")
+        if any(arm_data(a) == "annotated-clean" for a in arms):
+            self.stage_annotate("annotate-clean", split="anneal_clean")
+            self.stage_diagnose("diagnose-clean", "annotated-clean", "anneal_clean")
+        if "oracle" in arms:
+            self.stage_oracle()
+
+    def stage_sft(self) -> None:
+        if self.done("sft"):
+            return
+        t0 = time.perf_counter()
+        models = self.out / "models"
+        cfg = {**asdict(self.cfg.rl), "seed": self.cfg.base_seed}
+        self.python(
+            "sft", "experiments.flywheel.sft", "--model", str(models / "base"), "--data", str(self.data),
+            "--out", str(models / "sft"), "--config", json.dumps(cfg),
+        )  # fmt: skip
+        self.finish("sft", t0)
+
+    def stage_oracle(self) -> None:
+        from experiments.flywheel.oracle import OracleError, write_oracle_weights
+
+        if self.done("oracle"):
+            return
+        t0 = time.perf_counter()
+        dest = self.out / ORACLE_WEIGHTS
+        shutil.rmtree(dest, ignore_errors=True)
+        try:
+            counts = write_oracle_weights(self.out, self.out / "annotated", dest, self.cfg.eps)
+        except OracleError as e:
+            raise StageError(f"stage oracle: {e}") from None
+        write_json_atomic(self.out / "weights_oracle.json", counts)
+        self.finish("oracle", t0, **counts)
+
+    def stage_eval_refs(self, splits: Sequence[str]) -> None:
+        """The reference models (base, RL, and the SFT reference once trained) on `splits`, into
+        eval/refs/NAME.json; a model evaluated before is not evaluated again."""
+        models = self.out / "models"
+        todo = [
+            models / name
+            for name in ("base", "rl", "sft")
+            if (models / name).exists() and not (self.out / "eval" / "refs" / f"{name}.json").exists()
+        ]
+        if todo:
+            t0 = time.perf_counter()
+            stage = self.fresh("eval-refs")
+            self._evaluate(stage, self.out / "eval" / "refs", models=todo, splits=splits)
+            self.finish(stage, t0, models=[m.name for m in todo])
 
     def mid_name(self, arm: str, seed: int) -> str:
         return f"{arm}-s{seed}"
@@ -237,7 +327,9 @@ class Pipeline:
                     continue
                 t0 = time.perf_counter()
                 shutil.rmtree(run, ignore_errors=True)
-                flags = self._train_flags(self.cfg.mid, self.out / "annotated", run, seed)
+                flags = self._train_flags(self.cfg.mid, self.out / arm_data(arm), run, seed)
+                if "external" in ARMS[arm]:
+                    flags += ["--external-weights", str(self.out / ORACLE_WEIGHTS)]
                 self.run(
                     stage,
                     [*_cli(*REMIT_TRAIN), *flags, *ARMS[arm], "--init-hf", str(self.out / "models" / "base"),
