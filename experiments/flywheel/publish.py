@@ -95,7 +95,7 @@ def _excerpt(line: str | None, other: str | None) -> str:
 
 
 def first_difference(name: str, expected: str, found: str, first_line: int = 1) -> str | None:
-    """"NAME line N: expected '...', found '...'" for the first differing line, or None."""
+    """`NAME line N: expected '...', found '...'` for the first differing line, or None."""
     e, f = expected.splitlines(), found.splitlines()
     for i in range(max(len(e), len(f))):
         a, b = (e[i] if i < len(e) else None), (f[i] if i < len(f) else None)

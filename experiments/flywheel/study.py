@@ -138,7 +138,9 @@ def _load_base(folder: Path, index: int, missing: list[str]) -> Base:
     for name in REFERENCES:
         ev = optional(f"eval/refs/{name}.json")
         if ev is not None:
-            base.refs[name] = final_model(ev, folder / f"eval/refs/{name}.json")
+            base.refs[name] = _checked(
+                final_model(ev, folder / f"eval/refs/{name}.json"), folder / f"eval/refs/{name}.json"
+            )
     for name in (*ANNOTATIONS, "oracle"):
         table = optional(f"weights/{name}.json")
         if table is not None:
@@ -147,16 +149,21 @@ def _load_base(folder: Path, index: int, missing: list[str]) -> Base:
         for seed in SEEDS:
             path = folder / "eval" / "mid" / f"{arm}-s{seed}.json"
             if path.is_file():
-                base.runs[arm, seed] = _checked_run(final_model(read_json(path), path), path)
+                base.runs[arm, seed] = _checked(final_model(read_json(path), path), path)
     for path in sorted((folder / "stages").glob("*.json")):
-        base.stages[path.stem] = float(read_json(path)["seconds"])
+        stage = read_json(path)
+        if not isinstance(stage.get("seconds"), (int, float)):
+            raise ValueError(f'{path}: no "seconds" number in it')
+        base.stages[path.stem] = float(stage["seconds"])
     return base
 
 
-def _checked_run(model: dict[str, Any], path: Path) -> dict[str, Any]:
-    lacking = [sp for sp in SPLITS if sp not in model]
-    if lacking:
-        raise ValueError(f"{path}: the final checkpoint is not evaluated on {', '.join(lacking)}")
+def _checked(model: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`model` if it holds every split with its accuracy, loss and per-problem answers."""
+    for sp in SPLITS:
+        lacking = [k for k in ("accuracy", "loss", "correct") if k not in model.get(sp, {})]
+        if lacking:
+            raise ValueError(f"{path}: the final checkpoint has no {', '.join(lacking)} on {sp}")
     return model
 
 
@@ -234,7 +241,10 @@ def problem_bootstrap(study: Study, c: Contrast, draws: int = PROBLEM_DRAWS, see
     for base in study.bases.values():
         seeds = [s for s in SEEDS if (c.arm, s) in base.runs and (c.ref, s) in base.runs]
         if seeds:
-            d = [np.subtract(base.runs[c.arm, s][c.split]["correct"], base.runs[c.ref, s][c.split]["correct"]) for s in seeds]
+            d = [
+                np.subtract(base.runs[c.arm, s][c.split]["correct"], base.runs[c.ref, s][c.split]["correct"])
+                for s in seeds
+            ]
             rows.append(np.mean(d, axis=0))
     if not rows:
         return {"lo": math.nan, "hi": math.nan}

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable
@@ -68,15 +69,21 @@ def interval(lo: float, hi: float, c: ContrastResult) -> str:
     return "n/a" if math.isnan(lo) else f"[{signed(lo, c)}, {signed(hi, c)}]"
 
 
+def with_interval(c: ContrastResult) -> str:
+    """The estimate with its unit and t interval, e.g. `+1.2 points [-0.3, +2.7]`."""
+    if c.t["n"] == 0:
+        return "n/a"
+    return f"{signed(c.t['mean'], c)}{_scale(c)[2]} {interval(c.t['lo'], c.t['hi'], c)}"
+
+
 def estimate(c: ContrastResult) -> str:
-    """"+1.2 points [-0.3, +2.7] (95% t over 4 bases)", or why there is no interval."""
+    """`with_interval` and the number of bases, e.g. `+1.2 points [-0.3, +2.7] (95% t over 4 bases)`."""
     n = c.t["n"]
     if n == 0:
         return "n/a (no base ran both arms)"
-    unit = _scale(c)[2]
     if n < 2:
-        return f"{signed(c.t['mean'], c)}{unit} (1 base; t interval n/a)"
-    return f"{signed(c.t['mean'], c)}{unit} {interval(c.t['lo'], c.t['hi'], c)} (95% t over {n} bases)"
+        return f"{signed(c.t['mean'], c)}{_scale(c)[2]} (1 base; t interval n/a)"
+    return f"{with_interval(c)} (95% t over {n} bases)"
 
 
 def _pct(x: float | None) -> str:
@@ -161,13 +168,14 @@ def secondary_table(results: list[ContrastResult]) -> str:
             [
                 f"`{c.contrast.label}`",
                 str(c.t["n"]),
-                estimate(c).split(" (")[0] if c.t["n"] else "n/a",
+                with_interval(c),
                 interval(c.bootstrap["lo"], c.bootstrap["hi"], c),
                 per_base,
                 f"{c.above} / {c.below}",
             ]
         )
-    header = ["contrast", "bases", "estimate [95% t over bases]", "hierarchical bootstrap", "per base", "pairs above / below"]
+    header = ["contrast", "bases", "estimate [95% t over bases]", "hierarchical bootstrap", "per base",
+              "pairs above / below"]  # fmt: skip
     return _table(header, rows)
 
 
@@ -201,6 +209,33 @@ def compute_table(study: Study) -> str:
     return _table(header, rows)
 
 
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = json.dumps(v, sort_keys=True)
+    return flat
+
+
+def config_text(study: Study) -> str:
+    """Whether the bases ran one configuration (apart from `base_seed`), from their config.json."""
+    recorded = {b: base.config for b, base in study.bases.items() if base.config}
+    if not recorded:
+        return "No base folder holds its config.json."
+    flat = {b: _flatten(c.get("config", {})) for b, c in recorded.items()}
+    keys = sorted(set().union(*flat.values()) - {"base_seed"})
+    differs = [k for k in keys if len({f.get(k) for f in flat.values()}) > 1]
+    names = ", ".join(str(b) for b in recorded)
+    text = f"The recorded configurations of bases {names} "
+    text += f"differ in {', '.join(f'`{k}`' for k in differs)}." if differs else "are the same apart from `base_seed`."
+    quick = [str(b) for b, c in recorded.items() if c.get("quick")]
+    if quick:
+        text += f" Bases {', '.join(quick)} ran with `--quick`: a smoke test, not a measurement."
+    return text
+
+
 def missing_text(study: Study) -> str:
     if not study.missing_runs and not study.missing_files:
         return "Nothing the plan asked for is missing."
@@ -229,18 +264,28 @@ def analyse(study: Study) -> dict[str, Any]:
     }
 
 
+def confirm_problems(study: Study) -> int:
+    """How many problems `heldout_confirm` has (from its first evaluated run or reference model)."""
+    for base in study.bases.values():
+        for model in [*base.runs.values(), *base.refs.values()]:
+            return len(model[CONFIRM]["correct"])
+    return 0
+
+
 def fields(study: Study, res: dict[str, Any]) -> dict[str, str]:
     """The `{{name}}` values of both templates."""
     primary: ContrastResult = res["primary"]
     values = {
         "bases": ", ".join(str(b) for b in study.bases),
         "n_bases": str(len(study.bases)),
+        "confirm_problems": f"{confirm_problems(study):,}",
         "primary": estimate(primary),
         "decision": res["decision"],
         "primary_bootstrap": interval(primary.bootstrap["lo"], primary.bootstrap["hi"], primary),
         "primary_problems": interval(res["problems"]["lo"], res["problems"]["hi"], primary),
         "primary_pairs": f"{primary.above} / {primary.below}",
         "missing": missing_text(study),
+        "config": config_text(study),
         "table_references": references_table(study),
         "table_weights": weights_table(study),
         "table_oracle": oracle_table(study),
@@ -307,7 +352,8 @@ def draw_figures(data: dict[str, Any], folder: Path) -> None:
                 ax.plot([r["lo"], r["hi"]], [y, y], color="C0")
         ax.axvline(0, color="k", lw=0.8)
         ax.set_yticks(range(len(mine)), [r["label"] for r in mine], fontsize=8)
-        ax.set_xlabel(f"difference ({unit}); dots: bases, diamond and bar: estimate and 95% t")
+        ax.set_xlabel(f"difference ({unit})")
+        ax.set_title("dots: bases; diamond, bar: estimate, 95% t over bases", fontsize=9)
     fig.tight_layout()
     fig.savefig(folder / "contrasts.png", dpi=110)
     plt.close(fig)
@@ -317,6 +363,8 @@ def draw_figures(data: dict[str, Any], folder: Path) -> None:
         for x, arm in enumerate(ARMS):
             ys = [v for v in arms.get(arm, {}).values() if v is not None]
             ax.scatter([x] * len(ys), ys, s=14)
+            if ys:
+                ax.plot([x - 0.3, x + 0.3], [np.mean(ys)] * 2, color="k", lw=1)
         ax.set_xticks(range(len(ARMS)), ARMS, rotation=60, fontsize=8)
         ax.set_title(f"base {b}")
         ax.set_ylabel(f"{CONFIRM} accuracy %")
