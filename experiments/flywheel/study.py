@@ -261,3 +261,38 @@ def decide(t: dict[str, float]) -> str:
     if t["hi"] < 0:
         return "hurt"
     return "not established"
+
+
+# --- the readings fixed in advance ---------------------------------------------------------------
+
+
+def excludes_zero(t: dict[str, float]) -> bool:
+    return bool(t["lo"] > 0 or t["hi"] < 0)
+
+
+def reading_rl(decision: str, online_vs_sft: ContrastResult) -> str:
+    """The first reading: if `online` helps, does the gain come from the RL model (against `online-sft`)?"""
+    if decision != "help":
+        return "does not apply (`online` is not found to help)"
+    if online_vs_sft.t["n"] < 2:
+        return "cannot be applied (`online` minus `online-sft` has no t interval: fewer than 2 bases)"
+    if excludes_zero(online_vs_sft.t):
+        return "does not apply (`online` minus `online-sft` has an interval that excludes 0)"
+    return "applies: the gain is not shown to come from RL (`online` minus `online-sft` has an interval containing 0)"
+
+
+def reading_noise(primary: ContrastResult, oracle: ContrastResult, clean_online: ContrastResult) -> str:
+    """The second reading: is the gain noise filtering (`oracle` at least `online`, no clean-split gain)?"""
+    if primary.t["n"] == 0 or oracle.t["n"] == 0 or clean_online.t["n"] < 2:
+        return "cannot be applied (a contrast it needs has no estimate or no interval)"
+    reasons = []
+    if oracle.t["mean"] < primary.t["mean"]:
+        reasons.append("`oracle` minus `none` is below `online` minus `none`")
+    if excludes_zero(clean_online.t):
+        reasons.append("`clean-online` minus `clean-none` has an interval that excludes 0")
+    if reasons:
+        return f"does not apply ({'; '.join(reasons)})"
+    return (
+        "applies: the gain is read as noise filtering (`oracle` minus `none` is at least `online` minus `none`, "
+        "and `clean-online` minus `clean-none` has an interval containing 0)"
+    )

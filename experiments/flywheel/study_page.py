@@ -32,6 +32,8 @@ from experiments.flywheel.study import (
     contrast,
     decide,
     problem_bootstrap,
+    reading_noise,
+    reading_rl,
 )
 
 TEMPLATE = Path(__file__).with_name("results_template.md")
@@ -254,13 +256,17 @@ def missing_text(study: Study) -> str:
 
 
 def analyse(study: Study) -> dict[str, Any]:
-    """Every contrast and the primary's problem bootstrap and decision."""
+    """Every contrast, the primary's problem bootstrap and decision, and the readings fixed in advance."""
     primary = contrast(study, PRIMARY)
+    secondary = {c.key: contrast(study, c) for c in SECONDARY}
+    decision = decide(primary.t)
     return {
         "primary": primary,
-        "secondary": [contrast(study, c) for c in SECONDARY],
+        "secondary": list(secondary.values()),
         "problems": problem_bootstrap(study, PRIMARY),
-        "decision": decide(primary.t),
+        "decision": decision,
+        "reading_rl": reading_rl(decision, secondary["online_vs_sft"]),
+        "reading_noise": reading_noise(primary, secondary["oracle_vs_none"], secondary["clean_online"]),
     }
 
 
@@ -281,6 +287,8 @@ def fields(study: Study, res: dict[str, Any]) -> dict[str, str]:
         "confirm_problems": f"{confirm_problems(study):,}",
         "primary": estimate(primary),
         "decision": res["decision"],
+        "reading_rl": res["reading_rl"],
+        "reading_noise": res["reading_noise"],
         "primary_bootstrap": interval(primary.bootstrap["lo"], primary.bootstrap["hi"], primary),
         "primary_problems": interval(res["problems"]["lo"], res["problems"]["hi"], primary),
         "primary_pairs": f"{primary.above} / {primary.below}",

@@ -15,13 +15,18 @@ from experiments.flywheel import report
 from experiments.flywheel.publish import BEGIN, END
 from experiments.flywheel.study import (
     ARMS,
+    PRIMARY,
+    SECONDARY,
     SPLITS,
+    ContrastResult,
     decide,
     hierarchical_bootstrap,
     load_study,
+    reading_noise,
+    reading_rl,
     t_over_bases,
 )
-from experiments.flywheel.study_page import TEMPLATE
+from experiments.flywheel.study_page import TEMPLATE, fill
 
 REPO = Path(__file__).resolve().parents[2]
 PROBLEMS = 200
@@ -186,6 +191,21 @@ def test_one_base_gives_no_t_interval(tmp_path: Path) -> None:
     assert "effect is: **not established**" in page.read_text()
 
 
+def test_bases_without_runs_still_render(tmp_path: Path) -> None:
+    data = make_data(tmp_path / "data", bases=(0, 1), seeds=())
+    page = tmp_path / "docs" / "results.md"
+    (tmp_path / "README.md").write_text(f"{BEGIN}\n{END}\n")
+    assert report.main(["--from", str(data), "--write", str(page)]) == 0
+    assert "n/a (no base ran both arms)" in page.read_text()
+
+
+def test_an_unknown_template_field_is_named(tmp_path: Path) -> None:
+    template = tmp_path / "t.md"
+    template.write_text("{{known}} and {{unknown}}")
+    with pytest.raises(ValueError, match=r"t.md: unknown field \{\{unknown\}\}"):
+        fill(template, {"known": "x"})
+
+
 # --- statistics ------------------------------------------------------------------------------------
 
 
@@ -204,6 +224,47 @@ def test_hierarchical_bootstrap_bounds_and_determinism() -> None:
     assert min(np.mean(d) for d in diffs) <= a["lo"] < a["hi"] <= max(np.mean(d) for d in diffs)
     assert hierarchical_bootstrap([[0.01, 0.01], [0.03]]) == pytest.approx({"lo": 0.01, "hi": 0.03})
     assert hierarchical_bootstrap(diffs, seed=1) != a
+
+
+def _slow_hierarchical_bootstrap(diffs: list[list[float]], draws: int, seed: int = 0) -> dict[str, float]:
+    """The same draws as `hierarchical_bootstrap`, one base slot at a time in plain loops."""
+    rng = np.random.default_rng(seed)
+    n, widest = len(diffs), max(len(d) for d in diffs)
+    bases = rng.integers(0, n, size=(draws, n))
+    u = rng.random((draws, n, widest))
+    stats = []
+    for r in range(draws):
+        means = []
+        for j in range(n):
+            d = diffs[bases[r, j]]
+            means.append(sum(d[int(u[r, j, k] * len(d))] for k in range(len(d))) / len(d))
+        stats.append(sum(means) / n)
+    return {"lo": float(np.quantile(stats, 0.025)), "hi": float(np.quantile(stats, 0.975))}
+
+
+def test_hierarchical_bootstrap_matches_a_slow_reference() -> None:
+    diffs = [[0.01, 0.03, 0.02], [-0.02], [0.05, 0.04]]
+    assert hierarchical_bootstrap(diffs, draws=300) == pytest.approx(_slow_hierarchical_bootstrap(diffs, 300))
+
+
+def _result(key: str, mean: float, lo: float, hi: float, n: int = 4) -> ContrastResult:
+    c = next(c for c in (PRIMARY, *SECONDARY) if c.key == key)
+    return ContrastResult(c, {}, {"mean": mean, "lo": lo, "hi": hi, "n": n}, {"lo": lo, "hi": hi})
+
+
+def test_the_readings_fixed_in_advance() -> None:
+    sft_zero, sft_above = _result("online_vs_sft", 0.0, -0.01, 0.01), _result("online_vs_sft", 0.02, 0.01, 0.03)
+    assert reading_rl("help", sft_zero).startswith("applies: the gain is not shown to come from RL")
+    assert reading_rl("help", sft_above).startswith("does not apply (`online` minus `online-sft`")
+    assert reading_rl("not established", sft_zero).startswith("does not apply (`online` is not found")
+    primary = _result("primary", 0.02, 0.01, 0.03)
+    clean_zero = _result("clean_online", 0.0, -0.01, 0.01)
+    assert reading_noise(primary, _result("oracle_vs_none", 0.03, 0, 0.06), clean_zero).startswith("applies")
+    no = reading_noise(primary, _result("oracle_vs_none", 0.01, 0, 0.02), _result("clean_online", 0.02, 0.01, 0.03))
+    assert "is below" in no and "excludes 0" in no
+    assert reading_noise(primary, _result("oracle_vs_none", 0.03, 0, 0.06), _result("clean_online", 0, 0, 0, 1)) == (
+        "cannot be applied (a contrast it needs has no estimate or no interval)"
+    )
 
 
 @pytest.mark.parametrize(("lo", "hi", "word"), [(0.001, 0.02, "help"), (-0.03, -0.001, "hurt"),
