@@ -6,6 +6,9 @@
   problems for both arms, every seed).
 - Curves: accuracy and loss against the training step, mean over seeds (PNG).
 - Base vs RL model, the second RL turn, and the wall time of every stage.
+- The command line (`main`) is the confirmatory study's page instead: `--from DIR --write/--check
+  docs/results.md` regenerates or verifies it from the committed raw data (study.py, study_page.py,
+  publish.py).
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,8 @@ README_TEMPLATE = Path(__file__).with_name("readme_template.md")
 FIGURES = ("contrasts.png", "accuracy_by_arm.png")
 KEY_KINDS = ("result, wrong step", "final answer, wrong number", "result, correct step")
 NA = "–"
+ONE_OFF_STAGES = {"pretrain": "pre-training", "rl": "RL", "sft": "SFT", "annotate": "annotation (RL)",
+                  "annotate-sft": "annotation (SFT)", "annotate-clean": "annotation (clean)"}  # fmt: skip
 _FIELD = re.compile(r"\{\{(\w+)\}\}")
 
 
@@ -181,33 +182,21 @@ def secondary_table(results: list[ContrastResult]) -> str:
     return _table(header, rows)
 
 
-def compute_table(study: Study) -> str:
-    def secs(base_stages: dict[str, float], pick: Callable[[str], bool], mean: bool = False) -> str:
-        vals = [v for k, v in base_stages.items() if pick(k)]
-        if not vals:
-            return NA
-        return f"{(np.mean(vals) if mean else sum(vals)):,.0f}"
+def _seconds(values: list[float], mean: bool = False) -> str:
+    return NA if not values else f"{(np.mean(values) if mean else sum(values)):,.0f}"
 
+
+def compute_table(study: Study) -> str:
+    """Wall time (s) per base: the one-off stages by name, the mean mid-training run, every evaluation."""
     rows = []
     for b, base in study.bases.items():
         st = base.stages
-        n_mid = sum(k.startswith("mid-") for k in st)
-        rows.append(
-            [
-                str(b),
-                secs(st, lambda k: k == "pretrain"),
-                secs(st, lambda k: k == "rl"),
-                secs(st, lambda k: k == "sft"),
-                secs(st, lambda k: k == "annotate"),
-                secs(st, lambda k: k == "annotate-sft"),
-                secs(st, lambda k: k == "annotate-clean"),
-                f"{secs(st, lambda k: k.startswith('mid-'), mean=True)} ({n_mid} runs)",
-                secs(st, lambda k: k.startswith("eval")),
-                secs(st, lambda k: True),
-            ]
-        )
-    header = ["base", "pre-training", "RL", "SFT", "annotation (RL)", "annotation (SFT)", "annotation (clean)",
-              "mid-training run, mean", "evaluation, all", "every stage"]  # fmt: skip
+        once = [_seconds([st[k]] if k in st else []) for k in ONE_OFF_STAGES]
+        mid = [v for k, v in st.items() if k.startswith("mid-")]
+        evals = [v for k, v in st.items() if k.startswith("eval")]
+        total = _seconds(list(st.values()))
+        rows.append([str(b), *once, f"{_seconds(mid, mean=True)} ({len(mid)} runs)", _seconds(evals), total])
+    header = ["base", *ONE_OFF_STAGES.values(), "mid-training run, mean", "evaluation, all", "every stage"]
     return _table(header, rows)
 
 
