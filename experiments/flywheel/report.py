@@ -6,6 +6,9 @@
   problems for both arms, every seed).
 - Curves: accuracy and loss against the training step, mean over seeds (PNG).
 - Base vs RL model, the second RL turn, and the wall time of every stage.
+- The command line (`main`) is the confirmatory study's page instead: `--from DIR --write/--check
+  docs/results.md` regenerates or verifies it from the committed raw data (study.py, study_page.py,
+  publish.py).
 """
 
 from __future__ import annotations
@@ -325,3 +328,51 @@ def write_report(out: Path, cfg: Any, splits: tuple[str, ...]) -> dict[str, Any]
     write_text_atomic(out / "results.json", json.dumps(payload, indent=1, default=float) + "\n")
     print(md, flush=True)
     return payload
+
+
+# --- command line: the confirmatory study's page -------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`--from DIR --check PAGE` or `--from DIR --write PAGE`: see experiments/flywheel/publish.py."""
+    import argparse
+    import sys
+
+    from remit.common.errors import run_command
+
+    ap = argparse.ArgumentParser(
+        prog="python -m experiments.flywheel.report",
+        description="Regenerate (--write) or verify (--check) the results page, the README's results block and "
+        "the figures from the committed raw data.",
+    )
+    ap.add_argument("--from", dest="data", type=Path, required=True, help="the raw data folder (base0/ ... base3/)")
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--check", type=Path, metavar="PAGE", help="compare PAGE, the README block and the figures")
+    mode.add_argument("--write", type=Path, metavar="PAGE", help="write PAGE, the README block and the figures")
+    ap.add_argument("--readme", type=Path, help="the README with the results markers (default: PAGE's ../README.md)")
+    args = ap.parse_args(argv)
+
+    def run() -> int:
+        from experiments.flywheel.publish import check, default_readme, write
+
+        page = args.check or args.write
+        readme = args.readme or default_readme(page)
+        if args.write:
+            r = write(args.data, page, readme)
+            print(f"{page}: written ({r.summary()}); {readme} results block and figures updated")
+            return 0
+        r, difference = check(args.data, page, readme)
+        if difference:
+            print(
+                f"{difference}; regenerate with python -m experiments.flywheel.report --from {args.data} --write {page}",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{page}: matches the data ({r.summary()})")
+        return 0
+
+    return run_command("report", run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
