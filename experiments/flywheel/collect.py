@@ -48,6 +48,7 @@ def _copy(src: Path, dst: Path, root: str) -> None:
         data = json.loads(src.read_text())
     except ValueError as e:
         raise ValueError(f"{src}: not JSON ({e}); is the stage that writes it still running?") from None
+    dst.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(dst, _relative(data, root))
 
 
@@ -64,10 +65,11 @@ def collect(out: Path, into: Path) -> Path:
     extra = out / "data" / "stats_extra.json"
     if extra.exists():
         stats["splits"].update(json.loads(extra.read_text()))
+    dest.mkdir(parents=True, exist_ok=True)
     write_json_atomic(dest / "data_stats.json", stats)
     for folder in FOLDERS:
-        for src in sorted((out / folder).glob("*.json")):
-            _copy(src, dest / folder / src.name, root)
+        for path in sorted((out / folder).glob("*.json")):
+            _copy(path, dest / folder / path.name, root)
     return dest
 
 

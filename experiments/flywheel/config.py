@@ -108,14 +108,19 @@ class ExperimentConfig:
 
 FULL = ExperimentConfig()
 
+#: Tiny sizes, one seed: a smoke test of every stage and arm in a few minutes. Pre-training is long enough
+#: for the model to state an answer and sometimes the right one, so that GRPO's rewards differ within a
+#: group and the RL model moves away from the base: the annotation's weights are not all 1 and every
+#: weighted arm trains differently from `none` (test_quick_mode_runs_every_stage checks both).
 QUICK = ExperimentConfig(
-    data=DataConfig(pretrain=600, anneal=160, rl=64, dev=16, heldout=16, heldout_templates=16, heldout_confirm=16),
+    data=DataConfig(pretrain=2000, anneal=160, rl=64, dev=16, heldout=16, heldout_templates=16, heldout_confirm=16),
     shape=ModelShape(hidden=64, layers=2, heads=2, kv_heads=1, ffn=192, max_positions=256),
     seq_len=128,
     rows_per_shard=64,
-    pretrain=TrainRecipe(iters=12, micro_batch=8, global_batch=8, lr=2e-3, min_lr=1e-4, warmup=2),
+    pretrain=TrainRecipe(iters=150, micro_batch=8, global_batch=8, lr=2e-3, min_lr=2e-3, warmup=2),
     mid=TrainRecipe(iters=4, micro_batch=4, global_batch=8, lr=5e-4, min_lr=0.0, warmup=1, saves=2),
-    rl=GRPOConfig(steps=2, prompts_per_step=4, group_size=4, max_new_tokens=40, warmup=1),
+    rl=GRPOConfig(steps=4, prompts_per_step=8, group_size=8, lr=5e-4, max_new_tokens=40, warmup=1),
+    arms=(*MAIN_ARMS, "online-sft", "oracle", "clean-none", "clean-online", "clean-shuffled"),
     seeds=(1,),
     post_rl_seeds=(1,),
     eval_limit=16,

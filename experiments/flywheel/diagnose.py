@@ -82,9 +82,7 @@ def _char_spans(text: str, noise: str) -> list[tuple[int, int, str]]:
     return spans
 
 
-def weight_by_token_kind(
-    out: Path, annotated: str = "annotated", split: str = "anneal"
-) -> dict[str, dict[str, float]]:
+def weight_by_token_kind(out: Path, annotated: str = "annotated", split: str = "anneal") -> dict[str, dict[str, float]]:
     """The table for the annotation `out/annotated` of the annealing file `out/data/split.jsonl`."""
     from transformers import AutoTokenizer
 

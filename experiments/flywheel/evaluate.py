@@ -166,9 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="splits for a run's intermediate iterations (default: --splits); the last iteration gets --splits",
     )
-    p.add_argument(
-        "--final-only", action="store_true", help="a run's last saved iteration only (no curves)"
-    )
+    p.add_argument("--final-only", action="store_true", help="a run's last saved iteration only (no curves)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)

@@ -52,7 +52,9 @@ def write_oracle_weights(out: Path, annotated: Path, dest: Path, eps: float) -> 
     for index in range(len(output.manifest.shards)):
         table = output.read(index)
         ids, weights = [], []
-        for row in table.select(["sample_id", "token_ids", "segment_starts", "segment_doc_ids", "segment_doc_offsets"]).to_pylist():
+        for row in table.select(
+            ["sample_id", "token_ids", "segment_starts", "segment_doc_ids", "segment_doc_offsets"]
+        ).to_pylist():
             toks = np.asarray(row["token_ids"], np.int64)
             w = np.ones(len(toks), np.float32)
             bounds = [*row["segment_starts"], len(toks)]

@@ -82,9 +82,7 @@ def read_external(path: Path, sample_ids: np.ndarray, lengths: np.ndarray) -> np
         table = pq.read_table(path)
     except Exception as e:  # pyarrow raises several types for a missing or corrupt file
         raise ShardError(f"{path}: cannot be read as Parquet ({type(e).__name__}: {e}); {fix}") from None
-    if table.schema.names != SCHEMA.names or not all(
-        table.schema.field(f.name).type.equals(f.type) for f in SCHEMA
-    ):
+    if table.schema.names != SCHEMA.names or not all(table.schema.field(f.name).type.equals(f.type) for f in SCHEMA):
         raise ShardError(f"{path}: columns {table.schema}, expected sample_id: int64 and weight: list<float>; {fix}")
     ids = table.column("sample_id").to_numpy()
     if len(ids) != len(sample_ids) or not np.array_equal(ids, sample_ids):

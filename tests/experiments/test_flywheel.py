@@ -284,13 +284,24 @@ def test_quick_mode_runs_every_stage(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     stages = {p.stem for p in (out / "stages").glob("*.json")}
-    arms = ("none", "static", "online", "shuffled", "rho1")
-    want = {"data", "pretrain", "rl", "eval-base-rl", "annotate", "diagnose", "eval-mid", "eval-post-rl", "report"}
+    arms = ("none", "static", "online", "shuffled", "rho1", "online-sft", "oracle", "clean-none", "clean-online",
+            "clean-shuffled")  # fmt: skip
+    want = {"data", "data-extra", "pretrain", "rl", "eval-base-rl", "annotate", "diagnose", "eval-mid", "report"}
+    want |= {"sft", "annotate-sft", "diagnose-sft", "annotate-clean", "diagnose-clean", "oracle", "eval-post-rl"}
     want |= {f"mid-{a}-s1" for a in arms} | {"post-rl-none-s1", "post-rl-online-s1"}
     assert want <= stages, want - stages
-    from remit.shards import read_manifest
+    from remit.shards import open_output, read_manifest
 
     assert read_manifest(out / "packed").scored is False and read_manifest(out / "annotated").scored is True
+    # The weights are not trivial: the RL model moved away from the base, so the weighted arms train otherwise
+    for folder in ("annotated", "annotated-sft", "annotated-clean"):
+        tables = list(open_output(out / folder).iter_tables(columns=["weight", "logp_base"]))
+        w = np.concatenate([np.concatenate(t.column("weight").to_numpy(zero_copy_only=False)) for t in tables])
+        lb = np.concatenate([np.concatenate(t.column("logp_base").to_numpy(zero_copy_only=False)) for t in tables])
+        assert w[~np.isnan(lb)].std() > 0.01, folder
+    plain = (out / "models" / "mid" / "none-s1" / "model.safetensors").read_bytes()
+    for arm in ("static", "online", "shuffled", "rho1", "online-sft", "oracle"):
+        assert (out / "models" / "mid" / f"{arm}-s1" / "model.safetensors").read_bytes() != plain, arm
     res = json.loads((out / "results.json").read_text())
     table = res["summary"]["table"]
     assert set(table) == set(arms)

@@ -21,7 +21,9 @@ from tests.train import runs
 
 @pytest.fixture(scope="module")
 def output(tmp_path_factory):
-    return make_output(tmp_path_factory.mktemp("out") / "o", n_docs=30, seq_len=32, doc_len=(3, 40), rows_per_shard=5, seed=3)
+    return make_output(
+        tmp_path_factory.mktemp("out") / "o", n_docs=30, seq_len=32, doc_len=(3, 40), rows_per_shard=5, seed=3
+    )
 
 
 def _write(output, folder, make):
@@ -67,14 +69,22 @@ def _table(ids, weights):
 
     from remit.shards.external import SCHEMA
 
-    return pa.table({"sample_id": pa.array(ids, pa.int64()), "weight": pa.array(weights, pa.list_(pa.float32()))}, schema=SCHEMA)
+    return pa.table(
+        {"sample_id": pa.array(ids, pa.int64()), "weight": pa.array(weights, pa.list_(pa.float32()))}, schema=SCHEMA
+    )
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda t: t["weight"].__setitem__(2, list(t["weight"][2])[:-1]), r"row 2 \(sample 7\) has 32 weights for 33 tokens"),
-        (lambda t: t["weight"].__setitem__(1, [-0.5] + list(t["weight"][1])[1:]), r"row 1 \(sample 6\) has a weight below 0"),
+        (
+            lambda t: t["weight"].__setitem__(2, list(t["weight"][2])[:-1]),
+            r"row 2 \(sample 7\) has 32 weights for 33 tokens",
+        ),
+        (
+            lambda t: t["weight"].__setitem__(1, [-0.5] + list(t["weight"][1])[1:]),
+            r"row 1 \(sample 6\) has a weight below 0",
+        ),
         (lambda t: t["sample_id"].__setitem__(3, 99), "row 3 has sample_id 99"),
         (lambda t: (t["sample_id"].pop(), t["weight"].pop()), "row 4 has sample_id none"),
     ],
