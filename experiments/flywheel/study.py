@@ -76,6 +76,7 @@ class Base:
     runs: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # (arm, seed) -> final checkpoint
     weights: dict[str, dict[str, Any]] = field(default_factory=dict)  # rl / sft / clean / oracle
     stages: dict[str, float] = field(default_factory=dict)
+    vocab: int | None = None  # the tokenizer's size, recorded by the data stage
 
 
 @dataclass
@@ -155,6 +156,8 @@ def _load_base(folder: Path, index: int, missing: list[str]) -> Base:
         if not isinstance(stage.get("seconds"), (int, float)):
             raise ValueError(f'{path}: no "seconds" number in it')
         base.stages[path.stem] = float(stage["seconds"])
+        if path.stem == "data" and isinstance(stage.get("vocab"), int):
+            base.vocab = stage["vocab"]
     return base
 
 

@@ -267,12 +267,25 @@ def confirm_problems(study: Study) -> int:
     return 0
 
 
+def parameters(study: Study) -> str:
+    """The model's parameter count, from the recorded shape and the vocabulary the data stage built
+    (Llama: untied embeddings, grouped-query attention, SwiGLU, RMSNorm weights), e.g. "423,840"."""
+    for base in study.bases.values():
+        shape, vocab = base.config.get("config", {}).get("shape"), base.vocab
+        if shape and vocab:
+            h, f, heads, kv = shape["hidden"], shape["ffn"], shape["heads"], shape["kv_heads"]
+            layer = 2 * h * h + 2 * h * kv * (h // heads) + 3 * h * f + 2 * h
+            return f"{2 * vocab * h + shape['layers'] * layer + h:,}"
+    return "n/a"
+
+
 def fields(study: Study, res: dict[str, Any]) -> dict[str, str]:
     """The `{{name}}` values of both templates."""
     primary: ContrastResult = res["primary"]
     values = {
         "bases": ", ".join(str(b) for b in study.bases),
         "n_bases": str(len(study.bases)),
+        "parameters": parameters(study),
         "confirm_problems": f"{confirm_problems(study):,}",
         "primary": estimate(primary),
         "decision": res["decision"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -295,3 +296,19 @@ def test_the_committed_page_matches_its_data(capsys: pytest.CaptureFixture[str])
         pytest.skip("docs/results/data is not committed yet: nothing to check the page against")
     rc = report.main(["--from", str(data), "--check", str(REPO / "docs" / "results.md")])
     assert rc == 0, capsys.readouterr().err
+
+
+def test_parameter_count_matches_the_model_transformers_builds(tmp_path):
+    """The page's parameter count, from the recorded shape and vocabulary, against the real model's."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from experiments.flywheel.config import FULL
+    from experiments.flywheel.models import write_config
+    from experiments.flywheel.study import Base, Study
+    from experiments.flywheel.study_page import parameters
+
+    for shape, vocab in ((FULL.shape, 155), (replace(FULL.shape, hidden=64, heads=4, kv_heads=2, layers=2), 97)):
+        folder = write_config(shape, vocab, tmp_path / f"cfg{vocab}")
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+        base = Base(0, config={"config": {"shape": asdict(shape)}}, vocab=vocab)
+        assert parameters(Study({0: base}, {}, [])) == f"{sum(p.numel() for p in model.parameters()):,}"
