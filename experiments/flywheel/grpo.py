@@ -102,6 +102,18 @@ def policy_loss(
     return -(per_token * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def save_tuned(model, model_dir: Path, out: Path) -> None:
+    """Save a model tuned from `model_dir` into `out`, with `model_dir`'s tokenizer files as they were: a
+    tuned model must carry the base model's tokenizer exactly (remit-annotate compares their hashes), not
+    one with the padding set up for decoding here."""
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    for f in Path(model_dir).iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")) or f.name in ("vocab.json", "merges.txt"):
+            shutil.copy2(f, out / f.name)
+
+
 def train_grpo(model_dir: Path, data: Path, out: Path, cfg: GRPOConfig, log_every: int = 5) -> dict[str, Any]:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -159,14 +171,7 @@ def train_grpo(model_dir: Path, data: Path, out: Path, cfg: GRPOConfig, log_ever
                 f"{record['completion_tokens']:.1f} tok | {record['seconds']:.0f}s",
                 flush=True,
             )
-    model.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    # The tokenizer files as they were: the RL model must carry the base model's tokenizer exactly
-    # (remit-annotate compares their hashes), not one with the padding set up for decoding here.
-    for f in Path(model_dir).iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens")) or f.name in ("vocab.json", "merges.txt"):
-            shutil.copy2(f, out / f.name)
+    save_tuned(model, model_dir, out)
     summary = {"config": asdict(cfg), "from": str(model_dir), "history": history, "seconds": time.perf_counter() - t0}
     write_json_atomic(out / "grpo.json", summary)
     return summary

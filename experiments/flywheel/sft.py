@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 
 from experiments.flywheel.data import read_jsonl
 from experiments.flywheel.evaluate import load
-from experiments.flywheel.grpo import GRPOConfig
+from experiments.flywheel.grpo import GRPOConfig, save_tuned
 from remit.common.atomic import write_json_atomic
 
 
@@ -80,12 +79,7 @@ def train_sft(model_dir: Path, data: Path, out: Path, cfg: GRPOConfig, log_every
         history.append(record)
         if step % log_every == 0 or step == cfg.steps:
             print(f"sft step {step}/{cfg.steps} | loss {record['loss']:.4f} | {record['seconds']:.0f}s", flush=True)
-    model.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    for f in Path(model_dir).iterdir():  # the base model's tokenizer files exactly (remit-annotate compares them)
-        if f.name.startswith(("tokenizer", "special_tokens")) or f.name in ("vocab.json", "merges.txt"):
-            shutil.copy2(f, out / f.name)
+    save_tuned(model, model_dir, out)
     summary = {"config": asdict(cfg), "from": str(model_dir), "history": history, "seconds": time.perf_counter() - t0}
     write_json_atomic(out / "sft.json", summary)
     return summary
