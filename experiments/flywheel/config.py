@@ -120,8 +120,9 @@ QUICK = ExperimentConfig(
     pretrain=TrainRecipe(iters=150, micro_batch=8, global_batch=8, lr=2e-3, min_lr=2e-3, warmup=2),
     mid=TrainRecipe(iters=4, micro_batch=4, global_batch=8, lr=5e-4, min_lr=0.0, warmup=1, saves=2),
     rl=GRPOConfig(steps=4, prompts_per_step=8, group_size=8, lr=5e-4, max_new_tokens=40, warmup=1),
-    arms=(*MAIN_ARMS, "online-sft", "oracle", "clean-none", "clean-online", "clean-shuffled"),
+    arms=(*MAIN_ARMS, "online-sft", "oracle", "clean-online"),  # every path: each annotation, external weights
     seeds=(1,),
+    post_rl_arms=("online",),
     post_rl_seeds=(1,),
     eval_limit=16,
     max_new_tokens=40,

@@ -284,11 +284,10 @@ def test_quick_mode_runs_every_stage(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     stages = {p.stem for p in (out / "stages").glob("*.json")}
-    arms = ("none", "static", "online", "shuffled", "rho1", "online-sft", "oracle", "clean-none", "clean-online",
-            "clean-shuffled")  # fmt: skip
+    arms = ("none", "static", "online", "shuffled", "rho1", "online-sft", "oracle", "clean-online")
     want = {"data", "data-extra", "pretrain", "rl", "eval-base-rl", "annotate", "diagnose", "eval-mid", "report"}
     want |= {"sft", "annotate-sft", "diagnose-sft", "annotate-clean", "diagnose-clean", "oracle", "eval-post-rl"}
-    want |= {f"mid-{a}-s1" for a in arms} | {"post-rl-none-s1", "post-rl-online-s1"}
+    want |= {f"mid-{a}-s1" for a in arms} | {"post-rl-online-s1"}
     assert want <= stages, want - stages
     from remit.shards import open_output, read_manifest
 
@@ -311,7 +310,7 @@ def test_quick_mode_runs_every_stage(tmp_path):
             assert 0.0 <= acc[0] <= 1.0 and math.isfinite(loss[0]) and loss[0] > 0
             if arm != "none":
                 assert set(table[arm][split]["vs_none"]) == {"t", "bootstrap", "loss_t"}
-    assert set(res["summary"]["post_rl"]) == {"none", "online"} and res["base"] and res["rl"]
+    assert set(res["summary"]["post_rl"]) == {"online"} and res["base"] and res["rl"]
     md = (out / "results.md").read_text()
     for arm in arms:
         assert f"| {arm} | 1 |" in md
