@@ -65,7 +65,8 @@ def _final(ev: dict[str, Any]) -> dict[str, Any]:
 def collect(out: Path, splits: tuple[str, ...]) -> dict[str, Any]:
     res: dict[str, Any] = {"mid": {}, "curves": {}, "post_rl": {}}
     for name in ("base", "rl"):
-        ev = _read(out / "eval" / f"{name}.json")
+        # eval/refs/ (every split, the confirmatory one too) where the study evaluated the references
+        ev = _read(out / "eval" / "refs" / f"{name}.json") or _read(out / "eval" / f"{name}.json")
         if ev:
             res[name] = ev["models"][0]
     for path in sorted((out / "eval" / "mid").glob("*.json")):

@@ -275,3 +275,29 @@ def test_collect_writes_the_layout_with_relative_paths(tmp_path):
     }
     assert json.loads((dest / "eval" / "refs" / "rl.json").read_text())["models"][0]["model"] == "models/rl"
     assert json.loads((dest / "rl" / "grpo.json").read_text())["from"] == "models/base"
+
+
+def test_a_folders_report_reads_the_references_of_the_confirmatory_split(tmp_path):
+    """With --eval-splits ...,heldout_confirm the base and RL models have that split in eval/refs/ only."""
+    from experiments.flywheel.config import FULL
+    from experiments.flywheel.report import write_report
+
+    out = tmp_path / "exp"
+    splits = (CONFIRM, "heldout")
+    rng = np.random.default_rng(0)
+
+    def model(it, names):
+        return {
+            "iteration": it,
+            **{s: {"accuracy": 0.5, "loss": 0.1, "correct": rng.integers(0, 2, 20).tolist()} for s in names},
+        }
+
+    for sub in ("eval/refs", "eval/mid", "stages"):
+        (out / sub).mkdir(parents=True)
+    for name in ("base", "rl"):
+        (out / "eval" / f"{name}.json").write_text(json.dumps({"models": [model(None, ["heldout"])]}))
+        (out / "eval" / "refs" / f"{name}.json").write_text(json.dumps({"models": [model(None, splits)]}))
+    for arm in ("none", "online"):
+        (out / "eval" / "mid" / f"{arm}-s6.json").write_text(json.dumps({"models": [model(80, splits)]}))
+    res = write_report(out, FULL, splits)
+    assert res["base"] == {CONFIRM: 0.5, "heldout": 0.5} and "online" in res["summary"]["table"]
