@@ -1,6 +1,6 @@
 """`remit-train`: mid-train a Hugging Face checkpoint on an annotation output with ReMiT weights.
 
-    remit-train --data OUTPUT --weights {none,static,online,shuffled,rho1} --init-hf DIR --train-iters N --save DIR
+    remit-train --data OUTPUT --weights {none,static,online,shuffled,rho1,external} --init-hf DIR --train-iters N --save DIR
     remit-train --data OUTPUT --weights none --init-config CONFIG.json ...     (random initialisation)
     remit-train export-hf --load RUN_DIR --out DIR [--iteration N]
 

@@ -26,6 +26,7 @@ TRAIN_FLAGS = [
     "--exit-duration-in-mins",
     "--exit-signal-handler",
     "--export-hf",
+    "--external-weights",
     "--global-batch-size",
     "--init-config",
     "--init-hf",
@@ -247,7 +248,7 @@ def test_launch_scripts(pytestconfig, tmp_path):
         ["bash", str(launch / "torchrun.sh"), "--help"], env=env, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "--weights {none,static,online,shuffled,rho1}" in proc.stdout
+    assert "--weights {none,static,online,shuffled,rho1,external}" in proc.stdout
     assert subprocess.run(["bash", "-n", str(launch / "slurm.sbatch")]).returncode == 0
 
 
