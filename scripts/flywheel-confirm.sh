@@ -8,13 +8,16 @@ set -euo pipefail
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${1:-flywheel-confirm}"
 IFS=, read -r -a BASES <<< "${2:-0,1,2,3}"
-STUDY=(--seeds 6,7,8 --eval-splits heldout_confirm,heldout,heldout_templates --final-only --set 'post_rl_arms=[]')
+STUDY=(--eval-splits heldout_confirm,heldout,heldout_templates --final-only --set 'post_rl_arms=[]')
 
-step() {  # step BASE ARMS
-  "$ROOT_DIR/scripts/flywheel.sh" --out "$OUT/base$1" --set "base_seed=$1" --arms "$2" "${STUDY[@]}"
+step() {  # step BASE ARMS SEEDS
+  "$ROOT_DIR/scripts/flywheel.sh" --out "$OUT/base$1" --set "base_seed=$1" --arms "$2" --seeds "$3" "${STUDY[@]}"
   PYTHONPATH="$ROOT_DIR" "$ROOT_DIR/.venv/bin/python" -m experiments.flywheel.collect "$OUT/base$1" \
     --into "$ROOT_DIR/docs/results/data"
 }
 
-for b in "${BASES[@]}"; do step "$b" none,online; done
-for b in "${BASES[@]}"; do step "$b" none,online,online-sft,oracle,shuffled,clean-none,clean-online,clean-shuffled; done
+for b in "${BASES[@]}"; do step "$b" none,online 6,7,8; done
+# the controls one seed at a time: each seed's runs are evaluated (and collected) as soon as they finish
+for b in "${BASES[@]}"; do
+  for s in 6 7 8; do step "$b" none,online,online-sft,oracle,shuffled,clean-none,clean-online,clean-shuffled "$s"; done
+done
