@@ -346,6 +346,7 @@ def draw_figures(data: dict[str, Any], folder: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     folder.mkdir(parents=True, exist_ok=True)
     rows = data["contrasts.png"]
@@ -361,6 +362,7 @@ def draw_figures(data: dict[str, Any], folder: Path) -> None:
             if r["lo"] is not None:
                 ax.plot([r["lo"], r["hi"]], [y, y], color="C0")
         ax.axvline(0, color="k", lw=0.8)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
         ax.set_yticks(range(len(mine)), [r["label"] for r in mine], fontsize=8)
         ax.set_xlabel(f"difference ({unit})")
         ax.set_title("dots: bases; diamond, bar: estimate, 95% t over bases", fontsize=9)
