@@ -341,6 +341,8 @@ def generate(cfg: DataConfig, out: Path, keep: dict[str, Any] | None = None) -> 
 CONFIRM = "heldout_confirm"
 CLEAN_ANNEAL = "anneal_clean"
 ANNEAL_LABELS = "anneal_labels"
+#: One equation of a worked solution: "a op b = c."
+_EQ = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)\.")
 
 
 def clean_solution(p: Problem) -> str:
@@ -379,8 +381,6 @@ def wrong_from(text: str, noise: str) -> int | None:
         return None
     raise ValueError(f"the solution does not carry the error its label {noise!r} says: {text[cut:]!r}")
 
-
-_EQ = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)\.")
 
 
 def extra_splits(cfg: DataConfig, data: Path) -> dict[str, Any]:
