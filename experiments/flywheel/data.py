@@ -382,7 +382,6 @@ def wrong_from(text: str, noise: str) -> int | None:
     raise ValueError(f"the solution does not carry the error its label {noise!r} says: {text[cut:]!r}")
 
 
-
 def extra_splits(cfg: DataConfig, data: Path) -> dict[str, Any]:
     """Add to the data folder `data` (written by `generate(cfg, data)`) three files that leave every
     existing split as it is:
