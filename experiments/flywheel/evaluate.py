@@ -94,29 +94,34 @@ def accuracy(model, tok, rows: list[dict[str, Any]], max_new_tokens: int, batch_
     }
 
 
+def solution_sequences(tok, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
+    """(input ids, attention mask, prompt lengths, sequence lengths) of prompt + " " + solution + EOS for
+    every row, right-padded: positions start at 0 for every row."""
+    seqs, starts = [], []
+    for r in rows:
+        p = tok(r["prompt"])["input_ids"]
+        seqs.append(p + tok(" " + r["solution"])["input_ids"] + [tok.eos_token_id])
+        starts.append(len(p))
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), tok.eos_token_id)
+    att = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        att[i, : len(s)] = 1
+    return ids, att, starts, [len(s) for s in seqs]
+
+
 @torch.no_grad()
 def solution_loss(model, tok, rows: list[dict[str, Any]], batch_size: int = 64) -> float:
     """Mean NLL per solution token (plus EOS) given the prompt, over all rows."""
     total, count = 0.0, 0
     for first in range(0, len(rows), batch_size):
-        chunk = rows[first : first + batch_size]
-        seqs, starts = [], []
-        for r in chunk:
-            p = tok(r["prompt"])["input_ids"]
-            s = tok(" " + r["solution"])["input_ids"] + [tok.eos_token_id]
-            seqs.append(p + s)
-            starts.append(len(p))
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), tok.eos_token_id)
-        att = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):  # right padding: positions start at 0 for every row
-            ids[i, : len(s)] = torch.tensor(s)
-            att[i, : len(s)] = 1
+        ids, att, starts, lengths = solution_sequences(tok, rows[first : first + batch_size])
         logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
         logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
-        for i, s in enumerate(seqs):
-            total -= float(logp[i, starts[i] - 1 : len(s) - 1].sum())
-            count += len(s) - starts[i]
+        for i, (start, n) in enumerate(zip(starts, lengths)):
+            total -= float(logp[i, start - 1 : n - 1].sum())
+            count += n - start
     return total / max(count, 1)
 
 

@@ -25,27 +25,18 @@ import numpy as np
 import torch
 
 from experiments.flywheel.data import read_jsonl
-from experiments.flywheel.evaluate import load
+from experiments.flywheel.evaluate import load, solution_sequences
 from experiments.flywheel.grpo import GRPOConfig, save_tuned
 from remit.common.atomic import write_json_atomic
 
 
 def solution_batch(tok, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input ids, attention mask, label mask) for prompt + " " + solution + EOS, right-padded; the label
-    mask marks the predictions of the solution tokens and of the EOS."""
-    seqs, starts = [], []
-    for r in rows:
-        p = tok(r["prompt"])["input_ids"]
-        seqs.append(p + tok(" " + r["solution"])["input_ids"] + [tok.eos_token_id])
-        starts.append(len(p))
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), tok.eos_token_id)
-    att = torch.zeros((len(seqs), width), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width - 1))
-    for i, (s, start) in enumerate(zip(seqs, starts)):
-        ids[i, : len(s)] = torch.tensor(s)
-        att[i, : len(s)] = 1
-        mask[i, start - 1 : len(s) - 1] = 1.0
+    mask marks the predictions of the solution tokens and of the EOS (the sequences `solution_loss` scores)."""
+    ids, att, starts, lengths = solution_sequences(tok, rows)
+    mask = torch.zeros((ids.shape[0], ids.shape[1] - 1))
+    for i, (start, n) in enumerate(zip(starts, lengths)):
+        mask[i, start - 1 : n - 1] = 1.0
     return ids, att, mask
 
 
